@@ -1,0 +1,187 @@
+"""Dataclass configs: paper defaults in code, a YAML file over them, ``--set`` over that.
+
+The resolved config is what every run saves to ``config.json``; loading it back
+gives an equal object (:func:`config_from_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from medcommon.errors import InputError
+
+T = TypeVar("T")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(value: Any, tp: Any, field: str) -> Any:
+    """Convert ``value`` (a string from the command line, or a YAML scalar) to type ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        is_null = value is None or (
+            isinstance(value, str) and value.lower() in {"none", "null", ""}
+        )
+        if is_null and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, field)
+            except InputError as exc:
+                errors.append(exc.problem)
+        raise InputError(field, "; ".join(errors) or f"cannot parse {value!r}")
+    if origin is typing.Literal:
+        for option in args:
+            if str(option) == str(value):
+                return option
+        raise InputError(field, f"{value!r} is not one of {', '.join(map(str, args))}")
+    if origin in (tuple, list):
+        items = value
+        if isinstance(value, str):
+            items = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(items, (list, tuple)):
+            items = [items]
+        item_type = args[0] if args else str
+        coerced = [_coerce(v, item_type, field) for v in items]
+        return tuple(coerced) if origin is tuple else coerced
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, Mapping):
+            return config_from_dict(tp, value, prefix=f"{field}.")
+        raise InputError(field, f"expected a mapping for {tp.__name__}")
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError(value)
+        if tp is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        if tp is float:
+            return float(value)
+        if tp is str:
+            return str(value)
+        if tp is Path:
+            return Path(value)
+    except (TypeError, ValueError):
+        name = getattr(tp, "__name__", str(tp))
+        raise InputError(field, f"cannot parse {value!r} as {name}") from None
+    return value
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def config_from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Build the dataclass ``cls`` from a mapping; unknown keys are an :class:`InputError`."""
+    types_ = _field_types(cls)
+    unknown = sorted(set(data) - set(types_))
+    if unknown:
+        raise InputError(
+            f"{prefix}{unknown[0]}",
+            f"unknown config field; valid fields: {', '.join(sorted(types_))}",
+        )
+    kwargs = {k: _coerce(v, types_[k], f"{prefix}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (possibly nested) dataclass config; tuples become lists."""
+
+    def convert(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [convert(x) for x in v]
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    return convert(cfg)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise InputError(f"--set {key}", f"{part} is not a nested config")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """Turn ``["lr=1e-4", "model.width=8"]`` into a nested dict of strings."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise InputError(f"--set {item}", "expected key=value")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise InputError(f"--set {item}", "empty key")
+        _set_dotted(tree, key, value)
+    return tree
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def resolve_config(
+    cls: type[T],
+    *,
+    base: T | None = None,
+    file: str | Path | None = None,
+    overrides: Iterable[str] = (),
+) -> T:
+    """Defaults (or ``base``) <- YAML ``file`` <- ``--set key=value`` overrides.
+
+    Raises:
+        InputError: the file is unreadable or not a mapping, or a key or value is invalid.
+    """
+    data = config_to_dict(base if base is not None else cls())
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise InputError(path, "config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(path, f"invalid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(loaded, Mapping):
+            raise InputError(path, "expected a mapping of config fields")
+        data = _merge(data, loaded)
+    sets = parse_overrides(overrides)
+    for key in sets:
+        if key not in data:
+            raise InputError(
+                f"--set {key}", f"unknown config field; valid fields: {', '.join(sorted(data))}"
+            )
+    data = _merge(data, sets)
+    return config_from_dict(cls, data)

@@ -1,0 +1,33 @@
+"""Text overlap metrics for generated answers."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+
+@lru_cache(maxsize=1)
+def _scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure (longest common subsequence of tokens), via ``rouge-score``."""
+    return float(_scorer().score(reference, prediction)["rougeL"].fmeasure)
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 if the answers agree after lower-casing and dropping punctuation, else 0.0."""
+    return float(_normalise(prediction) == _normalise(reference))
+
+
+def substring_match(prediction: str, reference: str) -> float:
+    """1.0 if the normalised reference occurs in the normalised prediction, else 0.0."""
+    ref = _normalise(reference)
+    return float(bool(ref) and ref in _normalise(prediction))

@@ -1,0 +1,60 @@
+"""A small name -> object registry that refuses duplicates and lists valid names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from medcommon.errors import InputError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Named entries (methods, models, strategies), looked up by the CLI's ``--method``.
+
+    Example::
+
+        METHODS = Registry("method")
+
+        @METHODS.register("erm")
+        class ERM: ...
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator adding ``obj`` under ``name``; a second entry of that name is an error."""
+
+        def add(obj: T) -> T:
+            if name in self._entries:
+                raise KeyError(f"{self.kind} {name!r} is already registered")
+            self._entries[name] = obj
+            return obj
+
+        return add
+
+    def get(self, name: str) -> T:
+        """Return the entry, or raise :class:`InputError` naming the valid choices."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise InputError(
+                f"--{self.kind}",
+                f"unknown {self.kind} {name!r}; choose from {', '.join(self.names())}",
+            ) from None
+
+    def names(self) -> list[str]:
+        """Registered names in registration order."""
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)

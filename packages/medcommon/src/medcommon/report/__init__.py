@@ -1,0 +1,38 @@
+"""Benchmark results: the ``results.json`` schema, markdown tables and plots.
+
+``results.json``::
+
+    {"package", "version", "preset", "seeds",
+     "rows": [{"method", "seed", "metrics": {...}, "train_seconds", ...}],
+     "summary": [{"method", "metrics": {name: {"mean", "std", "n"}}}],
+     "extra": {...}}                      # optional: timing ratios, notes
+
+``std`` is the sample standard deviation over seeds (ddof=1), 0.0 for one seed.
+Rows may carry a ``"setting"`` (e.g. a bias ratio); summaries then group by
+``(setting, method)``.
+"""
+
+from medcommon.report.plots import plot_bars, plot_heatmap, plot_image_grid, plot_lines
+from medcommon.report.results import (
+    combine_reports,
+    load_results,
+    make_results,
+    markdown_table,
+    summarise,
+    write_report,
+    write_results,
+)
+
+__all__ = [
+    "combine_reports",
+    "load_results",
+    "make_results",
+    "markdown_table",
+    "plot_bars",
+    "plot_heatmap",
+    "plot_image_grid",
+    "plot_lines",
+    "summarise",
+    "write_report",
+    "write_results",
+]

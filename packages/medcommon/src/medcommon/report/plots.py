@@ -1,0 +1,143 @@
+"""Matplotlib figures for benchmark reports (Agg backend, written atomically)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from medcommon.fs import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    _pyplot().close(fig)
+    return path
+
+
+def plot_bars(
+    values: Mapping[str, Mapping[str, tuple[float, float]]],
+    path: str | Path,
+    title: str,
+    ylabel: str,
+) -> Path:
+    """Grouped bars with error bars: ``values[group][series] = (mean, std)``."""
+    plt = _pyplot()
+    groups = list(values)
+    series: list[str] = []
+    for g in groups:
+        series += [s for s in values[g] if s not in series]
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups) * max(1, len(series)) / 3), 4))
+    x = np.arange(len(groups))
+    for i, s in enumerate(series):
+        means = [values[g].get(s, (np.nan, 0))[0] for g in groups]
+        stds = [values[g].get(s, (np.nan, 0))[1] for g in groups]
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=s)
+    ax.set_xticks(x, groups, rotation=20 if len(groups) > 4 else 0)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(series) > 1:
+        ax.legend(fontsize=8, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_lines(
+    xs: Sequence[float],
+    ys: Mapping[str, Sequence[float]],
+    path: str | Path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+) -> Path:
+    """One line per series over shared x values."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, y in ys.items():
+        ax.plot(xs, y, marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_heatmap(
+    matrix: np.ndarray | Sequence[Sequence[float]],
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    path: str | Path,
+    title: str,
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+) -> Path:
+    """A matrix with its values printed in the cells (e.g. the stage x site Dice matrix)."""
+    plt = _pyplot()
+    m = np.asarray(matrix, dtype=float)
+    fig, ax = plt.subplots(figsize=(1 + 0.9 * m.shape[1], 1 + 0.6 * m.shape[0]))
+    im = ax.imshow(m, vmin=vmin, vmax=vmax, cmap="viridis")
+    ax.set_xticks(range(m.shape[1]), col_labels, rotation=30)
+    ax.set_yticks(range(m.shape[0]), row_labels)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(
+                j,
+                i,
+                f"{m[i, j]:.2f}",
+                ha="center",
+                va="center",
+                color="w" if m[i, j] < (vmin + vmax) / 2 else "k",
+                fontsize=8,
+            )
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def plot_image_grid(
+    images: Sequence[Sequence[np.ndarray]],
+    path: str | Path,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str] | None = None,
+    title: str = "",
+) -> Path:
+    """A grid of grayscale images, ``images[row][col]`` each ``(y, x)``."""
+    plt = _pyplot()
+    rows = len(images)
+    cols = max(len(r) for r in images)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows), squeeze=False)
+    for i in range(rows):
+        for j in range(cols):
+            ax = axes[i][j]
+            ax.axis("off")
+            if j < len(images[i]):
+                ax.imshow(np.asarray(images[i][j]), cmap="gray")
+            if j == 0:
+                ax.text(
+                    -0.08,
+                    0.5,
+                    row_labels[i],
+                    transform=ax.transAxes,
+                    ha="right",
+                    va="center",
+                    fontsize=8,
+                )
+            if col_labels and i == 0 and j < len(col_labels):
+                ax.set_title(col_labels[j], fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

@@ -1,0 +1,188 @@
+"""Building, validating, saving and rendering benchmark results."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medcommon.errors import InputError
+from medcommon.fs import write_json_atomic, write_text_atomic
+
+REQUIRED_KEYS = ("package", "version", "preset", "seeds", "rows", "summary")
+
+
+def _group_key(row: dict[str, Any]) -> tuple[str, str]:
+    return (str(row.get("setting", "")), str(row["method"]))
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample std (ddof=1) of every numeric metric per (setting, method), in row order."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(_group_key(row), []).append(row)
+    summary = []
+    for (setting, method), members in groups.items():
+        names: list[str] = []
+        for r in members:
+            names += [k for k, v in r["metrics"].items() if _is_number(v) and k not in names]
+        metrics = {}
+        for name in names:
+            vals = np.array(
+                [r["metrics"][name] for r in members if _is_number(r["metrics"].get(name))], float
+            )
+            vals = vals[np.isfinite(vals)]
+            if vals.size == 0:
+                metrics[name] = {"mean": float("nan"), "std": float("nan"), "n": 0}
+                continue
+            std = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+            metrics[name] = {"mean": float(vals.mean()), "std": std, "n": int(vals.size)}
+        secs = [r["train_seconds"] for r in members if _is_number(r.get("train_seconds"))]
+        entry: dict[str, Any] = {"method": method, "metrics": metrics}
+        if setting:
+            entry["setting"] = setting
+        if secs:
+            entry["train_seconds"] = float(np.mean(secs))
+        summary.append(entry)
+    return summary
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def make_results(
+    package: str,
+    version: str,
+    preset: str,
+    seeds: Sequence[int],
+    rows: Sequence[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Assemble a ``results.json`` object (summary computed from ``rows``)."""
+    for i, row in enumerate(rows):
+        if "method" not in row or "metrics" not in row:
+            raise ValueError(f"rows[{i}] needs 'method' and 'metrics'")
+    results = {
+        "package": package,
+        "version": version,
+        "preset": preset,
+        "seeds": list(seeds),
+        "rows": list(rows),
+        "summary": summarise(rows),
+    }
+    if extra:
+        results["extra"] = extra
+    return results
+
+
+def write_results(directory: str | Path, results: dict[str, Any]) -> Path:
+    """Write ``directory/results.json`` atomically; NaN and inf become null (strict JSON)."""
+    path = Path(directory) / "results.json"
+    write_json_atomic(path, _nan_to_none(results))
+    return path
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """Read and check a ``results.json`` (a folder holding one is accepted too)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise InputError(path, "no results.json here")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"invalid JSON ({exc})") from None
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise InputError(path, f"not a benchmark results file (missing {', '.join(missing)})")
+    return data
+
+
+def _fmt(stat: dict[str, Any] | None, digits: int) -> str:
+    if (
+        not stat
+        or stat.get("mean") is None
+        or (isinstance(stat["mean"], float) and math.isnan(stat["mean"]))
+    ):
+        return "–"
+    if stat.get("n", 1) > 1:
+        return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f}"
+
+
+def markdown_table(
+    results: dict[str, Any],
+    metrics: Sequence[str] | None = None,
+    digits: int = 3,
+    setting: str | None = None,
+) -> str:
+    """A markdown table of mean ± std over seeds: one row per method, one column per metric."""
+    summary = [s for s in results["summary"] if setting is None or s.get("setting", "") == setting]
+    if metrics is None:
+        metrics = []
+        for s in summary:
+            metrics += [m for m in s["metrics"] if m not in metrics]
+    has_setting = setting is None and any(s.get("setting") for s in summary)
+    head = (["setting"] if has_setting else []) + ["method", *metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for s in summary:
+        cells = ([s.get("setting", "")] if has_setting else []) + [s["method"]]
+        cells += [_fmt(s["metrics"].get(m), digits) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    directory: str | Path,
+    results: dict[str, Any],
+    title: str,
+    sections: Iterable[tuple[str, str]] = (),
+    metrics: Sequence[str] | None = None,
+) -> Path:
+    """Write ``directory/report.md``: title, run facts, the summary table, then ``sections``."""
+    seeds = ", ".join(map(str, results["seeds"]))
+    parts = [
+        f"# {title}\n",
+        f"`{results['package']}` {results['version']}, preset `{results['preset']}`, seeds {seeds}. "
+        "Values are mean ± sample std over seeds.\n",
+        markdown_table(results, metrics),
+    ]
+    for heading, body in sections:
+        parts.append(f"## {heading}\n\n{body.rstrip()}\n")
+    path = Path(directory) / "report.md"
+    write_text_atomic(path, "\n".join(parts))
+    return path
+
+
+def combine_reports(paths: Sequence[str | Path]) -> str:
+    """One markdown document from several benchmark folders' ``results.json`` (and plots)."""
+    if not paths:
+        raise InputError("DIR", "give at least one benchmark folder")
+    parts = ["# Combined benchmark report\n"]
+    for p in paths:
+        res = load_results(p)
+        parts.append(f"## {res['package']} {res['version']} (preset `{res['preset']}`)\n")
+        parts.append(markdown_table(res))
+        extra = res.get("extra") or {}
+        ratios = {k: v for k, v in extra.items() if _is_number(v)}
+        if ratios:
+            parts.append("| measured in the same run | value |\n|---|---|")
+            parts += [f"| {k} | {v:.3g} |" for k, v in ratios.items()]
+            parts.append("")
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,21 @@
+"""One training loop on Hugging Face Accelerate with a pluggable step function.
+
+A method supplies ``step_fn(model, batch, ctx) -> loss`` (or a dict with a
+``"loss"`` entry plus values to log); the loop owns devices, mixed precision,
+gradient accumulation, clipping, DDP, logging, evaluation, best-checkpoint
+selection, checkpoint/resume and progress bars.
+"""
+
+from medcommon.train.config import TrainConfig
+from medcommon.train.loop import FitResult, StepContext, Trainer
+from medcommon.train.sampling import EpochBatchSampler
+from medcommon.train.seeding import seed_everything
+
+__all__ = [
+    "EpochBatchSampler",
+    "FitResult",
+    "StepContext",
+    "TrainConfig",
+    "Trainer",
+    "seed_everything",
+]

@@ -1,0 +1,29 @@
+"""The loop's own settings; a method's config embeds one of these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How long and how to train; nothing here is method-specific.
+
+    ``batch_size`` is the global batch per optimizer step: it is split over
+    ``grad_accum_steps`` micro-batches and over the processes of a DDP run, so a
+    run's result does not depend on how many processes share it.
+    """
+
+    max_steps: int = 1000
+    batch_size: int = 32
+    grad_accum_steps: int = 1
+    max_grad_norm: float | None = None
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    log_every: int = 10
+    eval_every: int = 0
+    checkpoint_every: int = 0
+    select_metric: str | None = None
+    select_mode: Literal["max", "min"] = "max"
+    drop_last: bool = True
+    find_unused_parameters: bool = False
