@@ -1,0 +1,222 @@
+"""The training loop: learning, resume after SIGKILL, accumulation, selection, saving."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import TensorDataset
+
+from medcommon.errors import InputError
+from medcommon.models import from_pretrained
+from medcommon.train import EpochBatchSampler, TrainConfig, Trainer, seed_everything
+
+SCRIPT = Path(__file__).parent / "scripts" / "toy_train.py"
+sys.path.insert(0, str(SCRIPT.parent))
+from toy_train import ToyNet, make_data  # noqa: E402
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env
+    )
+
+
+def _mse_step(m, batch, ctx):
+    x, y = batch
+    return torch.nn.functional.mse_loss(m(x), y)
+
+
+def test_loss_falls_on_a_learnable_problem(tmp_path):
+    seed_everything(0)
+    data = make_data()
+    model = ToyNet()
+    x, y = data.tensors
+    before = torch.nn.functional.mse_loss(model(x), y).item()
+    trainer = Trainer(
+        model,
+        torch.optim.Adam(model.parameters(), lr=1e-2),
+        data,
+        _mse_step,
+        config=TrainConfig(max_steps=200, batch_size=32, log_every=50),
+        run_dir=tmp_path,
+        quiet=True,
+    )
+    trainer.fit()
+    after = torch.nn.functional.mse_loss(model(x), y).item()
+    assert after < 0.2 * before
+    lines = [json.loads(s) for s in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [50, 100, 150, 200]
+    assert lines[-1]["loss"] < lines[0]["loss"]
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert _run("--out", str(full)).returncode == 0
+    crash = _run("--out", str(killed), "--kill-at", "27")
+    assert crash.returncode == -signal.SIGKILL
+    state = json.loads((killed / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 20  # the last checkpoint before the kill
+    assert not (killed / "model").exists()  # no finished-looking model after a crash
+    resumed = _run("--out", str(killed), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_file(full / "checkpoint" / "model.safetensors")
+    b = load_file(killed / "checkpoint" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), (
+            k
+        )  # dropout RNG, batch order, optimizer, scheduler all restored
+    log_full = (full / "log.jsonl").read_text().splitlines()
+    log_resumed = (killed / "log.jsonl").read_text().splitlines()
+    strip = [{k: v for k, v in json.loads(s).items() if k != "elapsed"} for s in log_full]
+    strip_r = [{k: v for k, v in json.loads(s).items() if k != "elapsed"} for s in log_resumed]
+    assert strip == strip_r  # no duplicated or missing log lines
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    outs = []
+    for accum in (1, 4):
+        run = tmp_path / f"acc{accum}"
+        assert (
+            _run(
+                "--out", str(run), "--accum", str(accum), "--dropout", "0", "--steps", "20"
+            ).returncode
+            == 0
+        )
+        outs.append(load_file(run / "checkpoint" / "model.safetensors"))
+    for k in outs[0]:
+        torch.testing.assert_close(outs[0][k], outs[1][k], rtol=1e-5, atol=1e-6)
+
+
+def test_best_checkpoint_selection_and_saved_model_round_trip(tmp_path):
+    seed_everything(0)
+    data = make_data()
+    model = ToyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=2.0)  # too large: the loss will bounce around
+    x, y = data.tensors
+    seen: list[tuple[int, float]] = []
+
+    def evaluate(m):
+        value = torch.nn.functional.mse_loss(m(x), y).item()
+        seen.append((len(seen), value))
+        return {"mse": value}
+
+    cfg = TrainConfig(
+        max_steps=60,
+        batch_size=16,
+        eval_every=5,
+        select_metric="mse",
+        select_mode="min",
+        max_grad_norm=2.0,
+    )
+    result = Trainer(
+        model,
+        opt,
+        data,
+        _mse_step,
+        config=cfg,
+        run_dir=tmp_path,
+        eval_fn=evaluate,
+        model_config={"width": 32, "dropout": 0.0},
+        quiet=True,
+    ).fit()
+    best_value = min(v for _, v in seen)
+    assert result.best_metrics["mse"] == pytest.approx(best_value)
+    assert seen[-1][1] > best_value  # the last weights are not the best: selection mattered
+    loaded = from_pretrained(ToyNet, tmp_path / "model")
+    with torch.no_grad():
+        assert torch.nn.functional.mse_loss(loaded(x), y).item() == pytest.approx(
+            best_value, rel=1e-6
+        )
+
+
+def test_batch_order_is_a_function_of_seed_and_step():
+    s = EpochBatchSampler(100, 10, seed=3)
+    assert s.global_batch(13) == EpochBatchSampler(100, 10, seed=3).global_batch(13)
+    epoch = [i for step in range(10) for i in s.global_batch(step)]
+    assert sorted(epoch) == list(range(100))  # each epoch is a permutation
+    assert s.global_batch(0) != s.global_batch(10)  # epochs reshuffle
+    # Two processes split each micro-batch without overlap and cover it.
+    shards = [s.micro_batches(5, 2, r, 2) for r in range(2)]
+    merged = [i for a in range(2) for r in range(2) for i in shards[r][a]]
+    assert merged == s.global_batch(5)
+
+
+def test_weighted_sampling_balances_classes():
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    weights = torch.where(labels == 1, 9.0, 1.0)
+    s = EpochBatchSampler(100, 50, seed=0, weights=weights)
+    drawn = torch.tensor([i for step in range(40) for i in s.global_batch(step)])
+    share = (labels[drawn] == 1).float().mean().item()
+    assert 0.45 < share < 0.55
+
+
+def test_bad_loop_settings_are_input_errors():
+    data = TensorDataset(torch.zeros(10, 8), torch.zeros(10, 1))
+    model = ToyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(InputError, match="batch_size"):
+        Trainer(model, opt, data, _mse_step, config=TrainConfig(batch_size=20), quiet=True)
+    with pytest.raises(InputError, match="--device"):
+        Trainer(
+            model, opt, data, _mse_step, config=TrainConfig(batch_size=5), device="tpu", quiet=True
+        )
+    empty = TensorDataset(torch.zeros(0, 8), torch.zeros(0, 1))
+    with pytest.raises(InputError, match="dataset: is empty"):
+        Trainer(model, opt, empty, _mse_step, config=TrainConfig(batch_size=5), quiet=True)
+
+
+def test_nan_loss_stops_the_run():
+    data = TensorDataset(torch.full((8, 8), float("nan")), torch.zeros(8, 1))
+    model = ToyNet()
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        data,
+        _mse_step,
+        config=TrainConfig(max_steps=3, batch_size=4),
+        quiet=True,
+    )
+    with pytest.raises(FloatingPointError, match="step 0"):
+        trainer.fit()
+
+
+@pytest.mark.ddp
+def test_two_process_ddp_equals_one_process(tmp_path):
+    """torchrun with 2 CPU processes (gloo) gives the weights of 1 process at the same global batch."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _run("--out", str(one), "--dropout", "0", "--steps", "20").returncode == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        str(SCRIPT),
+        "--out",
+        str(two),
+        "--dropout",
+        "0",
+        "--steps",
+        "20",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    state = json.loads((two / "checkpoint" / "trainer_state.json").read_text())
+    assert state["num_processes"] == 2
+    a = load_file(one / "checkpoint" / "model.safetensors")
+    b = load_file(two / "checkpoint" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
