@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from conftest import shipped_dicom
 from medcommon import __version__
 from medcommon.cli import run_main
 from medcommon.cli.main import main
 from medcommon.errors import InputError
 from medcommon.report import make_results, write_results
+from medcommon.testing import pydicom_test_file as shipped_dicom
 
 
 def test_input_error_is_one_line_and_exit_2(capsys):

@@ -101,3 +101,21 @@ class ModelConformance:
         cfg = self.model_config(model)
         if dataclasses.is_dataclass(cfg):
             assert self.model_config(loaded) == cfg, "config changed through save/load"
+
+
+def pydicom_test_file(name: str):
+    """Path of a DICOM file shipped inside the pydicom wheel (never the downloadable extras).
+
+    ``pydicom.data.get_testdata_file`` tries to download files that are not
+    shipped; tests must not touch the network, so we look on disk only and skip
+    the test when the file is absent.
+    """
+    from pathlib import Path
+
+    import pydicom.data
+    import pytest
+
+    path = Path(pydicom.data.__file__).parent / "test_files" / name
+    if not path.is_file():  # pragma: no cover - depends on the pydicom build
+        pytest.skip(f"pydicom does not ship {name}")
+    return path

@@ -1,0 +1,168 @@
+"""Sessions for the monorepo: tests per package, lint, benchmarks, the demo, DDP.
+
+`nox -l` lists them. The package list is read from packages/*/pyproject.toml, so
+a new package is tested the day it is added. PyTorch is installed first in every
+environment from MEDAI_TORCH (default: the CPU build torch==2.13.0); GPU users
+set e.g. MEDAI_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126".
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+import nox
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    from pip._vendor import tomli as tomllib
+
+ROOT = Path(__file__).parent
+CORE = "medcommon"
+TORCH = os.environ.get("MEDAI_TORCH", "torch==2.13.0")
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = False
+
+
+def _packages() -> dict[str, dict]:
+    """``{folder name: [project] table}`` for every package; medcommon first."""
+    found: dict[str, dict] = {}
+    for folder in sorted((ROOT / "packages").iterdir()):
+        if not folder.is_dir() or folder.name.startswith("."):
+            continue
+        pyproject = folder / "pyproject.toml"
+        if not pyproject.is_file():
+            raise SystemExit(f"error: {folder}: a package folder without pyproject.toml")
+        project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+        if not (folder / "tests").is_dir():
+            raise SystemExit(f"error: {folder}: a package without a tests/ folder")
+        found[folder.name] = project
+    if CORE not in found:
+        raise SystemExit("error: packages/medcommon is missing")
+    return {CORE: found.pop(CORE), **found}
+
+
+PACKAGES = _packages()
+METHOD_PACKAGES = [name for name in PACKAGES if name != CORE]
+
+
+def _console_script(name: str) -> str:
+    scripts = PACKAGES[name].get("scripts", {})
+    if not scripts:
+        raise SystemExit(f"error: packages/{name}: no [project.scripts] console script")
+    return next(iter(scripts))
+
+
+def _install(session: nox.Session, *names: str, extra: str = "") -> None:
+    """Torch first (CPU wheel by default), then medcommon and the named packages, not editable."""
+    session.install(*shlex.split(TORCH))
+    targets = [CORE, *[n for n in names if n != CORE]]
+    specs = [f"{ROOT / 'packages' / n}{extra}" for n in targets]
+    session.install(*specs)
+
+
+def _pytest(session: nox.Session, package: str, marker: str) -> None:
+    session.run(
+        "pytest",
+        str(ROOT / "packages" / package / "tests"),
+        "--rootdir",
+        str(ROOT),
+        "-m",
+        marker,
+        *session.posargs,
+        env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")},
+    )
+
+
+@nox.session
+@nox.parametrize("package", list(PACKAGES), ids=list(PACKAGES))
+def tests(session: nox.Session, package: str) -> None:
+    """Unit tests of one package in its own virtualenv (only it and medcommon installed)."""
+    _install(session, package, extra="[test]")
+    _pytest(session, package, "not slow and not gpu")
+
+
+@nox.session(default=False)
+@nox.parametrize("package", list(PACKAGES), ids=list(PACKAGES))
+def tests_slow(session: nox.Session, package: str) -> None:
+    """The slow tests: each method's effect on small synthetic data (minutes)."""
+    _install(session, package, extra="[test]")
+    session.run(
+        "pytest",
+        str(ROOT / "packages" / package / "tests"),
+        "--rootdir",
+        str(ROOT),
+        "-m",
+        "slow and not gpu",
+        *session.posargs,
+        success_codes=[0, 5],
+    )
+
+
+@nox.session(reuse_venv=True)
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check over the whole tree."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(default=False)
+def ddp(session: nox.Session) -> None:
+    """The training loop under torchrun --nproc_per_node 2 (gloo on CPU) equals one process."""
+    _install(session, CORE, extra="[test]")
+    _pytest(session, CORE, "ddp")
+
+
+def _run_benchmarks(session: nox.Session, out: Path, preset: str, seeds: list[str]) -> list[Path]:
+    done = []
+    for name in METHOD_PACKAGES:
+        target = out / name
+        session.run(
+            _console_script(name),
+            "benchmark",
+            "--preset",
+            preset,
+            "--seeds",
+            *seeds,
+            "--out",
+            str(target),
+            "--quiet",
+        )
+        done.append(target)
+    return done
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmarks at preset `small`: medcommon's loop and readers, then every method package."""
+    _install(session, *PACKAGES)
+    out = ROOT / "bench-results"
+    out.mkdir(exist_ok=True)
+    session.run(
+        "python",
+        str(ROOT / "packages" / CORE / "benchmarks" / "bench_core.py"),
+        "--out",
+        str(out / CORE),
+    )
+    dirs = [out / CORE, *_run_benchmarks(session, out, "small", ["0", "1", "2"])]
+    session.run("medcommon", "report", *map(str, dirs), "--out", str(out / "report.md"))
+    session.log(f"combined report: {out / 'report.md'}")
+
+
+@nox.session(default=False)
+def demo(session: nox.Session) -> None:
+    """Every method package's benchmark at preset `tiny`, one seed; prints the combined report."""
+    _install(session, *PACKAGES)
+    out = ROOT / "demo-results"
+    out.mkdir(exist_ok=True)
+    if not METHOD_PACKAGES:
+        session.log(
+            "no method package has a benchmark yet: nothing to demo beyond medcommon's tests"
+        )
+        return
+    dirs = _run_benchmarks(session, out, "tiny", ["0"])
+    session.run("medcommon", "report", *map(str, dirs), "--out", str(out / "report.md"))
+    print((out / "report.md").read_text(encoding="utf-8"))
