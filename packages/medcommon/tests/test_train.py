@@ -220,3 +220,50 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     b = load_file(two / "checkpoint" / "model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def _fit_toy(device: str, precision: str, tmp_path) -> tuple[float, float]:
+    seed_everything(0)
+    data = make_data()
+    model = ToyNet()
+    x, y = data.tensors
+    before = torch.nn.functional.mse_loss(model(x), y).item()
+    cfg = TrainConfig(max_steps=150, batch_size=32, mixed_precision=precision)
+    Trainer(
+        model,
+        torch.optim.Adam(model.parameters(), lr=1e-2),
+        data,
+        _mse_step,
+        config=cfg,
+        run_dir=tmp_path,
+        device=device,
+        quiet=True,
+    ).fit()
+    model = model.cpu().float()
+    return before, torch.nn.functional.mse_loss(model(x), y).item()
+
+
+def test_bf16_autocast_on_cpu_still_learns(tmp_path):
+    before, after = _fit_toy("cpu", "bf16", tmp_path)
+    assert after < 0.3 * before
+
+
+def test_fp16_is_refused_on_cpu():
+    data = TensorDataset(torch.zeros(8, 8), torch.zeros(8, 1))
+    model = ToyNet()
+    with pytest.raises(InputError, match="mixed_precision: fp16 needs CUDA"):
+        Trainer(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            data,
+            _mse_step,
+            config=TrainConfig(batch_size=4, mixed_precision="fp16"),
+            device="cpu",
+            quiet=True,
+        )
+
+
+@pytest.mark.gpu
+def test_fp16_on_cuda_learns(tmp_path):
+    before, after = _fit_toy("cuda", "fp16", tmp_path)
+    assert after < 0.3 * before
