@@ -1,0 +1,187 @@
+"""Frozen dataclass configs with the authors' defaults, and the ``tiny``/``small``/``full`` presets.
+
+Paper / authors' code defaults (LLYXC/PBBL): Adam (0.9, 0.999), lr 1e-4, weight decay
+5e-4, batch 256, GCE q = 0.7, 1000 steps per stage, a frozen DenseNet-121 with an MLP
+head 1024-512-512-2 at 224 px. The ``tiny``/``small`` presets shrink the model and data
+so that they run on a laptop CPU; ``full`` is the paper-scale setting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from medcommon.errors import InputError
+
+PRESETS = ("tiny", "small", "full")
+SELECT_METRICS = (
+    "",
+    "auc_balanced",
+    "auc",
+    "ap",
+    "accuracy",
+    "auc_aligned",
+    "auc_conflicting",
+    "acc_worst_group",
+    "acc_mean_group",
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The classifier: a backbone producing features, then a linear or MLP head.
+
+    ``arch="cnn"`` is a small 4-block CNN (``tiny``/``small``); ``"densenet121"`` is
+    MONAI's DenseNet-121 (``spatial_dims=2, in_channels=1``). ``backbone_weights`` is a
+    local safetensors file of backbone weights (never downloaded).
+    """
+
+    arch: Literal["cnn", "densenet121"] = "cnn"
+    in_channels: int = 1
+    num_classes: int = 2
+    width: int = 16
+    image_size: int = 32
+    head: Literal["linear", "mlp"] = "linear"
+    mlp_hidden: tuple[int, ...] = (512, 512)
+    freeze_backbone: bool = False
+    backbone_weights: str | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a ``train`` run needs besides the data; saved to ``RUN/config.json``.
+
+    ``steps`` is the length of the main (for PBBL: stage-2) training; ``bias_steps``
+    the length of each stage-1 GCE round. Checkpoint selection: every ``eval_every``
+    steps the model is scored on the ``valid`` split and the best ``select_metric``
+    is kept (``select_metric=""`` keeps the final weights, as the authors' code does).
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    steps: int = 1000
+    bias_steps: int = 1000
+    batch_size: int = 256
+    lr: float = 1e-4
+    weight_decay: float = 5e-4
+    gce_q: float = 0.7
+    rounds: int = 1
+    prior_eps: float = 1e-9
+    lff_ema: float = 0.7
+    groupdro_eta: float = 0.01
+    eval_every: int = 100
+    select_metric: str = "auc_balanced"
+    log_every: int = 10
+    checkpoint_every: int = 0
+    max_grad_norm: float | None = None
+
+    def check(self) -> RunConfig:
+        """Raise :class:`InputError` for values that cannot work."""
+        positive = {
+            "steps": self.steps,
+            "bias_steps": self.bias_steps,
+            "batch_size": self.batch_size,
+            "rounds": self.rounds,
+            "model.image_size": self.model.image_size,
+            "model.num_classes": self.model.num_classes - 1,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise InputError(f"--set {name}", "must be positive")
+        if not 0.0 < self.gce_q <= 1.0:
+            raise InputError("--set gce_q", f"must be in (0, 1], got {self.gce_q}")
+        if not 0.0 <= self.lff_ema < 1.0:
+            raise InputError("--set lff_ema", f"must be in [0, 1), got {self.lff_ema}")
+        if self.lr <= 0:
+            raise InputError("--set lr", "must be positive")
+        if self.select_metric not in SELECT_METRICS:
+            raise InputError(
+                "--set select_metric",
+                f"unknown metric {self.select_metric!r}; choose from {', '.join(SELECT_METRICS[1:])} "
+                "or '' (keep the final weights)",
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """A synthetic GbP/SbP-style dataset (see :mod:`pbbl_cxr.synth`).
+
+    Train groups follow ``bias_ratio`` (the share of bias-aligned samples, label ==
+    bias, split evenly between the two labels); valid and test are group-balanced.
+    """
+
+    kind: Literal["gbp", "sbp"] = "gbp"
+    bias_ratio: float = 0.95
+    n_train: int = 2000
+    n_valid: int = 400
+    n_test: int = 800
+    image_size: int = 32
+    lesion_contrast: float = 0.30
+    lesion_sigma: float = 1.5
+    bias_strength: float = 1.0
+    noise: float = 0.03
+
+    def check(self) -> SynthConfig:
+        if not 0.5 <= self.bias_ratio < 1.0:
+            raise InputError("--bias-ratio", f"must be in [0.5, 1), got {self.bias_ratio}")
+        for name in ("n_train", "n_valid", "n_test"):
+            if getattr(self, name) < 8:
+                raise InputError(f"--set {name}", "must be at least 8")
+        if self.image_size < 16:
+            raise InputError("--set image_size", "must be at least 16 pixels")
+        return self
+
+
+_RUN_PRESETS = {
+    "tiny": RunConfig(
+        model=ModelConfig(width=8, image_size=24),
+        steps=6,
+        bias_steps=6,
+        batch_size=16,
+        lr=2e-3,
+        weight_decay=0.0,
+        eval_every=3,
+        log_every=2,
+    ),
+    "small": RunConfig(
+        model=ModelConfig(width=8, image_size=32),
+        steps=200,
+        bias_steps=100,
+        batch_size=64,
+        lr=2e-3,
+        weight_decay=0.0,
+        eval_every=40,
+        log_every=20,
+    ),
+    "full": RunConfig(
+        model=ModelConfig(arch="densenet121", image_size=224),
+        steps=1000,
+        bias_steps=1000,
+        batch_size=256,
+        lr=1e-4,
+        weight_decay=5e-4,
+        eval_every=100,
+    ),
+}
+
+_SYNTH_PRESETS = {
+    "tiny": SynthConfig(n_train=96, n_valid=32, n_test=32, image_size=24),
+    "small": SynthConfig(n_train=2000, n_valid=400, n_test=800, image_size=32),
+    "full": SynthConfig(n_train=1800, n_valid=600, n_test=1000, image_size=224),
+}
+
+
+def _check_preset(preset: str) -> str:
+    if preset not in PRESETS:
+        raise InputError("--preset", f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    return preset
+
+
+def run_preset(preset: str) -> RunConfig:
+    """The :class:`RunConfig` of a preset."""
+    return _RUN_PRESETS[_check_preset(preset)]
+
+
+def synth_preset(preset: str, **changes) -> SynthConfig:
+    """The :class:`SynthConfig` of a preset, with ``changes`` applied."""
+    return replace(_SYNTH_PRESETS[_check_preset(preset)], **changes)

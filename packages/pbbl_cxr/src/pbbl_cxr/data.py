@@ -1,0 +1,276 @@
+"""Split manifests as the authors published them, and the in-memory dataset built from them.
+
+A dataset folder holds ``train.csv`` (or several ``train_*.csv``, e.g. SbP's
+``train_NIH.csv`` + ``train_MIMIC.csv``, concatenated), ``valid.csv`` and ``test.csv``.
+Each manifest has an image-path column (``path``), a label column and, optionally, a
+bias column. Known headers are detected (``path,pneumothorax,gender``,
+``path,pneumonia,MIMIC``, ``path,label,bias``); others are named with
+``--label-column`` / ``--bias-column``. The published files' quirks (UTF-8 BOM, CRLF,
+an unnamed pandas index column) are absorbed by :func:`medcommon.data.read_csv_rows`.
+
+Paths: ``--path-map OLD=NEW`` rewrites a path prefix first (for the authors' absolute
+paths); a relative path then resolves against ``--image-root`` if given, else against
+the manifest's folder; an absolute path that does not exist is looked up by file name
+under ``--image-root``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from medcommon.data import read_csv_rows
+from medcommon.errors import InputError
+from medcommon.io import read_image
+
+KNOWN_COLUMNS = (("pneumothorax", "gender"), ("pneumonia", "MIMIC"), ("label", "bias"))
+PATH_COLUMNS = ("path", "image", "image_path", "filename")
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How to read manifests and images (command-line flags of ``train``/``evaluate``)."""
+
+    label_column: str | None = None
+    bias_column: str | None = None
+    image_root: Path | None = None
+    path_map: tuple[tuple[str, str], ...] = ()
+    image_size: int = 32
+    num_classes: int = 2
+
+
+@dataclass
+class Record:
+    """One manifest row: the resolved image path, label, bias (-1 = unknown), and where it came from."""
+
+    path: Path
+    label: int
+    bias: int
+    where: str
+
+
+def parse_path_map(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``["OLD=NEW", ...]`` -> ``(("OLD", "NEW"), ...)``."""
+    out = []
+    for item in items:
+        old, sep, new = item.partition("=")
+        if not sep or not old:
+            raise InputError("--path-map", f"expected OLD=NEW, got {item!r}")
+        out.append((old, new))
+    return tuple(out)
+
+
+def split_files(data_dir: str | Path, split: str) -> list[Path]:
+    """The manifest file(s) of ``split`` in ``data_dir``."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise InputError(data_dir, "dataset folder not found")
+    if split not in SPLITS:
+        raise InputError("--split", f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    single = data_dir / f"{split}.csv"
+    if single.is_file():
+        return [single]
+    many = sorted(data_dir.glob(f"{split}_*.csv"))
+    if many:
+        return many
+    raise InputError(data_dir, f"no {split}.csv (or {split}_*.csv) manifest")
+
+
+def detect_columns(
+    columns: Sequence[str], path: Path, label_column: str | None, bias_column: str | None
+) -> tuple[str, str, str | None]:
+    """Return the ``(path, label, bias)`` column names of a manifest (bias may be None)."""
+    lower = {c.lower(): c for c in columns}
+    path_col = next((lower[c] for c in PATH_COLUMNS if c in lower), None)
+    if path_col is None:
+        raise InputError(path, f"missing column 'path'; columns are {', '.join(columns)}")
+    if label_column is not None:
+        if label_column not in columns:
+            raise InputError(
+                path, f"missing column {label_column!r}; columns are {', '.join(columns)}"
+            )
+        if bias_column is not None and bias_column not in columns:
+            raise InputError(
+                path, f"missing column {bias_column!r}; columns are {', '.join(columns)}"
+            )
+        return path_col, label_column, bias_column
+    for lab, bias in KNOWN_COLUMNS:
+        if lab in columns:
+            if bias_column is not None and bias_column not in columns:
+                raise InputError(
+                    path, f"missing column {bias_column!r}; columns are {', '.join(columns)}"
+                )
+            return path_col, lab, bias_column or (bias if bias in columns else None)
+    raise InputError(
+        path,
+        "cannot tell the label column from the header "
+        f"({', '.join(columns)}); name it with --label-column (and --bias-column)",
+    )
+
+
+def resolve_image_path(raw: str, manifest_dir: Path, opts: DataOptions) -> Path:
+    """Apply ``--path-map``, then resolve against ``--image-root`` or the manifest folder."""
+    mapped = False
+    for old, new in opts.path_map:
+        if raw.startswith(old):
+            raw, mapped = new + raw[len(old) :], True
+            break
+    p = Path(raw)
+    if not p.is_absolute():
+        return (opts.image_root or manifest_dir) / p
+    if opts.image_root is not None and not mapped and not p.exists():
+        return opts.image_root / p.name
+    return p
+
+
+def _int_field(value: str, where: str, name: str, allowed: int) -> int:
+    try:
+        number = float(value)
+    except ValueError:
+        raise InputError(where, f"{name} {value!r} is not a number") from None
+    if not number.is_integer() or not 0 <= number < allowed:
+        raise InputError(
+            where,
+            f"{name} {value!r} is outside the {name} set {{{', '.join(map(str, range(allowed)))}}}",
+        )
+    return int(number)
+
+
+def read_manifest(path: Path, opts: DataOptions) -> list[Record]:
+    """Parse one manifest into :class:`Record` s (images are not opened here)."""
+    columns, rows = read_csv_rows(path)
+    path_col, label_col, bias_col = detect_columns(
+        columns, path, opts.label_column, opts.bias_column
+    )
+    records = []
+    for row in rows:
+        where = f"{path}:{row['_line']}"
+        raw = row[path_col]
+        if not raw:
+            raise InputError(where, "empty image path")
+        label = _int_field(row[label_col], where, "label", opts.num_classes)
+        bias = -1
+        if bias_col is not None and row[bias_col] != "":
+            bias = _int_field(row[bias_col], where, "bias", max(2, opts.num_classes))
+        records.append(Record(resolve_image_path(raw, path.parent, opts), label, bias, where))
+    return records
+
+
+def read_split(data_dir: str | Path, split: str, opts: DataOptions) -> list[Record]:
+    """All records of a split; an empty split or a missing image is an :class:`InputError`."""
+    records: list[Record] = []
+    files = split_files(data_dir, split)
+    for f in files:
+        records += read_manifest(f, opts)
+    if not records:
+        raise InputError(files[0], f"the {split} split is empty (no rows)")
+    for r in records:
+        if not r.path.is_file():
+            raise InputError(r.where, f"image not found: {r.path}")
+    return records
+
+
+def to_unit_gray(arr: np.ndarray) -> np.ndarray:
+    """Pixels -> float32 ``(y, x)`` in [0, 1].
+
+    Colour is averaged; a multi-frame image keeps its first frame. ``uint8`` is divided
+    by 255, ``uint16`` by 4095 (12-bit data) or 65535, anything else (DICOM after its
+    LUTs, floats) is min-max scaled.
+    """
+    a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        a = a[..., :3].astype(np.float32).mean(-1)
+    elif a.ndim == 3:
+        a = a[0]
+    if a.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {a.shape}")
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    if a.dtype == np.uint16:
+        return a.astype(np.float32) / (4095.0 if a.max() <= 4095 else 65535.0)
+    a = a.astype(np.float32)
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def load_image(record: Record, size: int) -> torch.Tensor:
+    """Read, convert to gray [0, 1] and resize one image to ``(1, size, size)``."""
+    try:
+        pixels = to_unit_gray(read_image(record.path).array)
+    except InputError as exc:
+        raise InputError(record.where, f"{exc.where}: {exc.problem}") from None
+    except ValueError as exc:
+        raise InputError(record.where, f"{record.path}: {exc}") from None
+    t = torch.from_numpy(pixels)[None, None]
+    if t.shape[-2:] != (size, size):
+        t = torch.nn.functional.interpolate(
+            t, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+    return t[0]
+
+
+class XrayDataset(Dataset):
+    """Decoded images in memory with labels, true bias (-1 = unknown) and pseudo bias labels.
+
+    Items are dicts: ``image`` (1, S, S) float32, ``label``, ``bias``, ``bias_hat``,
+    ``index`` (long scalars). ``bias_hat`` starts as a copy of ``label`` (as in the
+    authors' code) and is replaced by :meth:`with_bias_hat`.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        bias: torch.Tensor,
+        paths: Sequence[str] = (),
+        bias_hat: torch.Tensor | None = None,
+    ) -> None:
+        self.images = images  # (N, 1, S, S) float16 to halve memory
+        self.labels = labels.long()
+        self.bias = bias.long()
+        self.bias_hat = (bias_hat if bias_hat is not None else labels).long().clone()
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {
+            "image": self.images[i].float(),
+            "label": self.labels[i],
+            "bias": self.bias[i],
+            "bias_hat": self.bias_hat[i],
+            "index": torch.tensor(i),
+        }
+
+    @property
+    def has_bias(self) -> bool:
+        return bool((self.bias >= 0).all())
+
+    def with_bias_hat(self, bias_hat: torch.Tensor) -> XrayDataset:
+        """The same samples with new pseudo bias labels."""
+        return XrayDataset(self.images, self.labels, self.bias, self.paths, bias_hat)
+
+
+def load_split(
+    data_dir: str | Path, split: str, opts: DataOptions, quiet: bool = True
+) -> XrayDataset:
+    """Read a split's manifests and decode all its images (every bad row is reported)."""
+    records = read_split(data_dir, split, opts)
+    s = opts.image_size
+    images = torch.empty((len(records), 1, s, s), dtype=torch.float16)
+    for i, r in enumerate(tqdm(records, desc=f"load {split}", disable=quiet, leave=False)):
+        images[i] = load_image(r, s)
+    return XrayDataset(
+        images,
+        torch.tensor([r.label for r in records]),
+        torch.tensor([r.bias for r in records]),
+        [str(r.path) for r in records],
+    )

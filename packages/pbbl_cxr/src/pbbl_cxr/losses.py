@@ -1,0 +1,103 @@
+"""Losses and per-sample weights of PBBL and its baselines.
+
+- :func:`gce_loss` — generalized cross-entropy (Zhang & Sabuncu 2018) in the form the
+  authors' code (and LfF's) uses: ``CE(z, y) * q * p_y^q`` with ``p_y`` detached.
+- :func:`bias_balanced_ce` — bias-balanced softmax (Hong & Yang 2021):
+  ``CE(z + log p(y | b), y)``; plain logits at test time.
+- :class:`LossEMA` and :func:`lff_weights` — Learning from Failure (Nam et al. 2020).
+- :class:`GroupDROWeights` — online Group DRO (Sagawa et al. 2020).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def gce_loss(logits: torch.Tensor, target: torch.Tensor, q: float = 0.7) -> torch.Tensor:
+    """Per-sample GCE ``CE(z, y) * q * p_y^q`` (``p_y`` detached); logits ``(B, C)`` -> ``(B,)``.
+
+    Its gradient is ``q * p_y^q * dCE``, i.e. ``q`` times the gradient of
+    ``(1 - p_y^q) / q``: confident (easy) samples get larger weights, which makes the
+    model latch onto the easiest cue, the bias.
+    """
+    ce = F.cross_entropy(logits, target, reduction="none")
+    p_y = torch.softmax(logits, dim=1).gather(1, target[:, None]).squeeze(1)
+    return ce * q * p_y.detach() ** q
+
+
+def bias_balanced_ce(
+    logits: torch.Tensor, target: torch.Tensor, bias: torch.Tensor, log_prior: torch.Tensor
+) -> torch.Tensor:
+    """Mean of ``CE(z + log P[b], y)``; ``log_prior`` is ``(n_bias, C)`` with rows ``log p(y | b)``.
+
+    Logits ``(B, C)``, ``target``/``bias`` ``(B,)``.
+    """
+    return F.cross_entropy(logits + log_prior[bias], target)
+
+
+class LossEMA:
+    """Per-sample exponential moving average of losses (LfF, alpha = 0.7).
+
+    ``update(loss, index)`` sets ``ema[i] = alpha * ema[i] + (1 - alpha) * loss_i`` and
+    returns the updated values.
+    """
+
+    def __init__(self, n: int, alpha: float = 0.7) -> None:
+        self.alpha = alpha
+        self.values = torch.zeros(n)
+
+    def update(self, loss: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        idx = index.cpu()
+        new = self.alpha * self.values[idx] + (1 - self.alpha) * loss.detach().float().cpu()
+        self.values[idx] = new
+        return new.to(loss.device)
+
+    def class_max(self, labels_all: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """Maximum EMA within each sample's class (over the whole train set), ``(B,)``."""
+        out = torch.empty(label.shape[0])
+        lab = label.cpu()
+        for c in lab.unique():
+            out[lab == c] = self.values[labels_all == c].max().clamp_min(1e-8)
+        return out.to(label.device)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"values": self.values.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.values = state["values"].clone()
+
+
+def lff_weights(loss_b: torch.Tensor, loss_d: torch.Tensor) -> torch.Tensor:
+    """LfF relative difficulty ``W = l_B / (l_B + l_D)`` (``(B,)``, detached, 0 where both are 0)."""
+    lb, ld = loss_b.detach(), loss_d.detach()
+    return lb / (lb + ld + 1e-8)
+
+
+class GroupDROWeights:
+    """Group weights of online Group DRO: ``q_g <- q_g * exp(eta * L_g)``, then normalised.
+
+    The step's loss is ``sum_g q_g * L_g`` over the groups present in the batch.
+    """
+
+    def __init__(self, n_groups: int, eta: float = 0.01) -> None:
+        self.eta = eta
+        self.q = torch.full((n_groups,), 1.0 / n_groups)
+
+    def loss(self, per_sample: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        n = self.q.numel()
+        counts = torch.bincount(group, minlength=n).float()
+        sums = torch.zeros(n, device=per_sample.device).index_add(0, group, per_sample)
+        present = counts > 0
+        group_loss = torch.where(present, sums / counts.clamp_min(1), torch.zeros_like(sums))
+        q = self.q.to(per_sample.device)
+        q = q * torch.exp(self.eta * group_loss.detach() * present)
+        q = q / q.sum()
+        self.q = q.detach().cpu()
+        return (q * group_loss).sum()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"q": self.q.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.q = state["q"].clone()

@@ -1,0 +1,150 @@
+"""One training stage on :class:`medcommon.train.Trainer`, with best-checkpoint keeping.
+
+Every method is a sequence of stages; a stage is a model, a step function and a
+number of steps. Checkpoint selection: every ``eval_every`` steps the model is
+scored on the valid split and the weights with the best ``select_metric`` (default
+``auc_balanced`` on the group-balanced valid split) are kept in memory and in the
+checkpoint, so ``--resume`` keeps them too.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medcommon.train import FitResult, TrainConfig, Trainer
+from pbbl_cxr.config import RunConfig
+from pbbl_cxr.data import XrayDataset
+from pbbl_cxr.evaluate import evaluate_model
+
+
+# medcommon-candidate: Trainer writes the best weights to disk only (and only with a
+# model_config), keeps the *last* weights in memory, and cannot save a sub-network of a
+# multi-network method (LfF keeps f_D). A `restore_best=True` / `kept_model=` option would
+# replace this keeper.
+class BestKeeper:
+    """Keeps the weights with the best validation metric; checkpointed as Trainer state."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
+        self.value: float | None = None
+        self.evals = 0
+        self.best_eval: int | None = None
+        self.weights: dict[str, torch.Tensor] | None = None
+        self.metrics: dict[str, float] = {}
+        self.eval_seconds = 0.0
+
+    def offer(self, model: torch.nn.Module, metrics: dict[str, float]) -> None:
+        self.evals += 1
+        value = metrics.get(self.metric, float("nan"))
+        if not self.metric or math.isnan(value):
+            return
+        if self.value is None or value > self.value:
+            self.value, self.best_eval, self.metrics = value, self.evals, dict(metrics)
+            self.weights = copy.deepcopy(model.state_dict())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "value": self.value,
+            "evals": self.evals,
+            "best_eval": self.best_eval,
+            "weights": self.weights,
+            "metrics": self.metrics,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value, self.evals = state["value"], state["evals"]
+        self.best_eval, self.weights = state["best_eval"], state["weights"]
+        self.metrics = dict(state["metrics"])
+
+
+@dataclass
+class StageResult:
+    """What a stage produced: the kept model, the loop's result, timing and selection facts."""
+
+    model: torch.nn.Module
+    fit: FitResult
+    seconds_per_step: float
+    valid_metrics: dict[str, float] = field(default_factory=dict)
+    best_step: int | None = None
+
+
+def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    """Adam (0.9, 0.999) over the trainable parameters, as in the authors' code."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+
+
+def fit_stage(
+    model: torch.nn.Module,
+    train_set: XrayDataset,
+    step_fn: Callable,
+    cfg: RunConfig,
+    *,
+    steps: int,
+    valid_set: XrayDataset | None,
+    select: bool,
+    stage: str | None = None,
+    run_dir: str | Path | None = None,
+    seed: int = 0,
+    state: dict[str, Any] | None = None,
+    kept: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
+    device: str = "cpu",
+    quiet: bool = True,
+    resume: bool = False,
+) -> StageResult:
+    """Train ``model`` for ``steps`` steps of ``step_fn``; return the kept (best or final) model.
+
+    ``kept`` picks the network that is evaluated and kept (LfF: the debiased one).
+    With ``select=False`` the final weights are kept and the valid split is scored once.
+    """
+    keeper = BestKeeper(cfg.select_metric if select else "")
+
+    def eval_fn(m: torch.nn.Module) -> dict[str, float]:
+        t0 = time.perf_counter()
+        net = kept(m)
+        metrics = evaluate_model(net, valid_set, device=str(next(net.parameters()).device))
+        keeper.offer(net, metrics)
+        keeper.eval_seconds += time.perf_counter() - t0
+        return metrics
+
+    tcfg = TrainConfig(
+        max_steps=steps,
+        batch_size=cfg.batch_size,
+        log_every=cfg.log_every,
+        eval_every=cfg.eval_every if select else 0,
+        checkpoint_every=cfg.checkpoint_every,
+        max_grad_norm=cfg.max_grad_norm,
+    )
+    trainer = Trainer(
+        model,
+        make_optimizer(model, cfg),
+        train_set,
+        step_fn,
+        config=tcfg,
+        run_dir=run_dir,
+        seed=seed,
+        eval_fn=eval_fn if valid_set is not None else None,
+        state={**(state or {}), "best": keeper},
+        stage=stage,
+        device=device,
+        quiet=quiet,
+    )
+    result = trainer.fit(resume=resume)
+    net = kept(trainer.unwrapped_model())
+    valid_metrics = result.final_metrics
+    best_step = steps
+    if select and keeper.weights is not None:
+        net.load_state_dict(keeper.weights)
+        valid_metrics = keeper.metrics
+        best_step = min(steps, keeper.best_eval * cfg.eval_every) if keeper.best_eval else steps
+    # medcommon-candidate: FitResult.train_seconds includes evaluation; report it separately.
+    busy = max(result.train_seconds - keeper.eval_seconds, 0.0)
+    return StageResult(net, result, busy / max(steps, 1), valid_metrics, best_step)
