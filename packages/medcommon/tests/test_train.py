@@ -267,3 +267,27 @@ def test_fp16_is_refused_on_cpu():
 def test_fp16_on_cuda_learns(tmp_path):
     before, after = _fit_toy("cuda", "fp16", tmp_path)
     assert after < 0.3 * before
+
+
+def test_train_seconds_exclude_evaluation(tmp_path):
+    import time as _time
+
+    seed_everything(0)
+    data = make_data()
+    model = ToyNet()
+
+    def slow_eval(m):
+        _time.sleep(0.2)
+        return {"x": 0.0}
+
+    result = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        data,
+        _mse_step,
+        config=TrainConfig(max_steps=10, batch_size=16, eval_every=2),
+        eval_fn=slow_eval,
+        quiet=True,
+    ).fit()
+    assert result.eval_seconds >= 5 * 0.2  # 4 periodic evaluations + the final one
+    assert result.train_seconds < 0.5

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,6 @@ class BestKeeper:
         self.best_eval: int | None = None
         self.weights: dict[str, torch.Tensor] | None = None
         self.metrics: dict[str, float] = {}
-        self.eval_seconds = 0.0
 
     def offer(self, model: torch.nn.Module, metrics: dict[str, float]) -> None:
         self.evals += 1
@@ -108,11 +106,9 @@ def fit_stage(
     keeper = BestKeeper(cfg.select_metric if select else "")
 
     def eval_fn(m: torch.nn.Module) -> dict[str, float]:
-        t0 = time.perf_counter()
         net = kept(m)
         metrics = evaluate_model(net, valid_set, device=str(next(net.parameters()).device))
         keeper.offer(net, metrics)
-        keeper.eval_seconds += time.perf_counter() - t0
         return metrics
 
     tcfg = TrainConfig(
@@ -145,6 +141,5 @@ def fit_stage(
         net.load_state_dict(keeper.weights)
         valid_metrics = keeper.metrics
         best_step = min(steps, keeper.best_eval * cfg.eval_every) if keeper.best_eval else steps
-    # medcommon-candidate: FitResult.train_seconds includes evaluation; report it separately.
-    busy = max(result.train_seconds - keeper.eval_seconds, 0.0)
-    return StageResult(net, result, busy / max(steps, 1), valid_metrics, best_step)
+    # FitResult.train_seconds counts optimizer steps only (evaluation excluded).
+    return StageResult(net, result, result.train_seconds / max(steps, 1), valid_metrics, best_step)

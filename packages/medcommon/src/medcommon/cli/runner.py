@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -27,6 +29,11 @@ def run_main(
     except FileNotFoundError as exc:
         sys.stderr.write(f"error: {exc.filename or '?'}: file not found\n")
         return 2
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not our error, and nothing left to say.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
+        return 141
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         return 130

@@ -61,11 +61,12 @@ class FitResult:
     """Outcome of :meth:`Trainer.fit`."""
 
     steps: int
-    train_seconds: float
+    train_seconds: float  # optimizer steps only: evaluation and checkpoint writing excluded
     final_metrics: dict[str, float] = field(default_factory=dict)
     best_metrics: dict[str, float] = field(default_factory=dict)
     best_step: int | None = None
     resumed_from: int | None = None
+    eval_seconds: float = 0.0
 
 
 class Trainer:
@@ -286,6 +287,7 @@ class Trainer:
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         self.model.train()
         t0 = time.perf_counter()
+        eval_seconds = other_seconds = 0.0
         window: dict[str, list[float]] = {}
         last_metrics: dict[str, float] = {}
         bar = tqdm(
@@ -337,12 +339,16 @@ class Trainer:
                 bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}")
                 window.clear()
             if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.max_steps:
+                t_eval = time.perf_counter()
                 last_metrics = self._evaluate()
                 best = self._after_eval(done, last_metrics, best)
+                eval_seconds += time.perf_counter() - t_eval
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
+                t_ckpt = time.perf_counter()
                 self._checkpoint(done, best)
+                other_seconds += time.perf_counter() - t_ckpt
         bar.close()
-        train_seconds = time.perf_counter() - t0
+        train_seconds = time.perf_counter() - t0 - eval_seconds - other_seconds
 
         if resume and start >= cfg.max_steps:
             # The run had finished before: its outputs are on disk already.
@@ -352,8 +358,10 @@ class Trainer:
             return FitResult(
                 cfg.max_steps, 0.0, final, best.get("metrics", final), best.get("step"), start
             )
+        t_eval = time.perf_counter()
         last_metrics = self._evaluate() if self.eval_fn is not None else {}
         best = self._after_eval(cfg.max_steps, last_metrics, best)
+        eval_seconds += time.perf_counter() - t_eval
         if not cfg.select_metric or "value" not in best:
             # No selection, or no evaluation ever gave a usable value: keep the final weights.
             self._save_model()
@@ -365,6 +373,7 @@ class Trainer:
             best_metrics=best.get("metrics", last_metrics),
             best_step=best.get("step", cfg.max_steps),
             resumed_from=resumed_from,
+            eval_seconds=eval_seconds,
         )
 
     def _after_eval(
