@@ -205,3 +205,18 @@ def test_writes_are_atomic_on_failure(tmp_path):
     with pytest.raises(InputError):
         write_image(path, np.zeros((4, 4), np.float32))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_nan_voxels_in_nifti_survive_reading(tmp_path, suffix):
+    # SimpleITK alone reads NaN voxels as 0, which hides a corrupt volume.
+    arr = np.ones((3, 4, 5), np.float32)
+    arr[1, 2, 3] = np.nan
+    arr[2, 0, 0] = np.inf
+    path = tmp_path / f"v{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    assert np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).all()  # the hidden fault
+    img = read_image(path)
+    assert np.isnan(img.array[1, 2, 3]) and np.isinf(img.array[2, 0, 0])
+    assert img.meta["nonfinite_voxels"] == 2
+    assert np.isfinite(np.delete(img.array.ravel(), [1 * 20 + 2 * 5 + 3, 40])).all()

@@ -2,7 +2,9 @@
 
 SimpleITK reports spacing in (x, y, z) order while its arrays are (z, y, x); we
 reverse the spacing so that ``array.shape[i]`` and ``spacing[i]`` always describe
-the same axis.
+the same axis. Two NIfTI faults SimpleITK hides are caught here: voxel data
+shorter than the header promises (it zero-fills) and NaN/inf voxels (it reads
+them as 0; we put them back so callers can refuse them).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +24,20 @@ from medcommon.io.image import Image
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
 
 
-def _nifti_sizes(path: Path) -> tuple[int, int] | None:
-    """``(expected, actual)`` byte counts of a NIfTI-1/2 file, or None if not NIfTI.
+@dataclass(frozen=True)
+class _NiftiHeader:
+    endian: str
+    datatype: int
+    expected_bytes: int
+    offset: int
+    gz: bool
 
-    SimpleITK zero-fills a NIfTI whose voxel data stops early, so we compare the
-    size the header promises with what is there (for ``.gz``: the gzip trailer's
-    uncompressed size, confirmed by decompressing when it looks short).
-    """
+
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def _nifti_header(path: Path) -> _NiftiHeader | None:
+    """The few NIfTI-1/2 header fields we check ourselves, or None if not NIfTI."""
     name = path.name.lower()
     if not (name.endswith(".nii") or name.endswith(".nii.gz")):
         return None
@@ -39,38 +49,73 @@ def _nifti_sizes(path: Path) -> tuple[int, int] | None:
     except (OSError, EOFError):
         return None  # not gzip at all: SimpleITK reports it
     if len(head) < 348:
-        return (348, len(head))
+        return _NiftiHeader("<", 0, 348, 348, gz)
     for endian in "<>":
         size = struct.unpack(endian + "i", head[:4])[0]
         if size == 348:
             dims = struct.unpack(endian + "8h", head[40:56])
+            datatype = struct.unpack(endian + "h", head[70:72])[0]
             bitpix = struct.unpack(endian + "h", head[72:74])[0]
             offset = int(struct.unpack(endian + "f", head[108:112])[0])
             break
         if size == 540:
+            datatype = struct.unpack(endian + "h", head[12:14])[0]
+            bitpix = struct.unpack(endian + "h", head[14:16])[0]
             dims = struct.unpack(endian + "8q", head[16:80])
-            bitpix = struct.unpack(endian + "h", head[12:14])[0]
             offset = struct.unpack(endian + "q", head[168:176])[0]
             break
     else:
         return None
     n_dims = max(0, min(int(dims[0]), 7))
     voxels = int(np.prod([max(int(d), 1) for d in dims[1 : n_dims + 1]], dtype=np.int64))
-    expected = max(offset, 348) + voxels * max(int(bitpix), 8) // 8
-    if not gz:
-        return expected, path.stat().st_size
+    offset = max(offset, 348)
+    return _NiftiHeader(
+        endian, int(datatype), offset + voxels * max(int(bitpix), 8) // 8, offset, gz
+    )
+
+
+def _nifti_actual_bytes(path: Path, header: _NiftiHeader) -> int:
+    """Bytes really there (for ``.gz``: the trailer's size, confirmed by decompressing if short)."""
+    if not header.gz:
+        return path.stat().st_size
     with open(path, "rb") as fh:
         fh.seek(-4, os.SEEK_END)
         actual = struct.unpack("<I", fh.read(4))[0]
-    if actual < expected % 2**32 or expected >= 2**32:
-        actual = 0
-        try:
-            with gzip.open(path, "rb") as fh:
-                while chunk := fh.read(1 << 22):
-                    actual += len(chunk)
-        except (OSError, EOFError):
-            return expected, actual
-    return expected, actual
+    if actual >= header.expected_bytes % 2**32 and header.expected_bytes < 2**32:
+        return actual
+    actual = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                actual += len(chunk)
+    except (OSError, EOFError):
+        pass
+    return actual
+
+
+def _restore_nonfinite(path: Path, header: _NiftiHeader, arr: np.ndarray) -> int:
+    """Put NaN/inf voxels back into ``arr`` (SimpleITK reads them as 0); return their count.
+
+    Only float NIfTI data can hold them; the raw voxels are in (z, y, x) C order,
+    the same index order as SimpleITK's array.
+    """
+    if header.datatype not in _NIFTI_FLOATS or arr.dtype.kind != "f":
+        return 0
+    opener = gzip.open if header.gz else open
+    with opener(path, "rb") as fh:
+        fh.seek(header.offset)
+        raw = np.frombuffer(
+            fh.read(arr.size * np.dtype(_NIFTI_FLOATS[header.datatype]).itemsize),
+            dtype=np.dtype(header.endian + _NIFTI_FLOATS[header.datatype]),
+        )
+    if raw.size != arr.size:
+        return 0
+    bad = ~np.isfinite(raw)
+    count = int(bad.sum())
+    if count:
+        flat = arr.reshape(-1)
+        flat[bad] = raw[bad].astype(arr.dtype)
+    return count
 
 
 def read_volume(path: str | Path) -> Image:
@@ -78,11 +123,14 @@ def read_volume(path: str | Path) -> Image:
     import SimpleITK as sitk
 
     path = Path(path)
-    sizes = _nifti_sizes(path)
-    if sizes is not None and sizes[1] < sizes[0]:
-        raise InputError(
-            path, f"truncated NIfTI: header promises {sizes[0]} bytes, file holds {sizes[1]}"
-        )
+    header = _nifti_header(path)
+    if header is not None:
+        actual = _nifti_actual_bytes(path, header)
+        if actual < header.expected_bytes:
+            raise InputError(
+                path,
+                f"truncated NIfTI: header promises {header.expected_bytes} bytes, file holds {actual}",
+            )
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -90,6 +138,7 @@ def read_volume(path: str | Path) -> Image:
         detail = next((ln for ln in reversed(first) if ln.strip()), "unreadable")
         raise InputError(path, f"corrupt or unreadable volume ({detail.strip()[:160]})") from None
     arr = sitk.GetArrayFromImage(img)
+    nonfinite = _restore_nonfinite(path, header, arr) if header is not None else 0
     spacing = tuple(float(s) for s in reversed(img.GetSpacing()))
     meta = {
         "format": "volume",
@@ -97,6 +146,7 @@ def read_volume(path: str | Path) -> Image:
         "direction": [float(v) for v in img.GetDirection()],
         "pixel_type": img.GetPixelIDTypeAsString(),
         "components": img.GetNumberOfComponentsPerPixel(),
+        "nonfinite_voxels": nonfinite,
     }
     if img.GetNumberOfComponentsPerPixel() > 1:
         meta["channels_last"] = True
