@@ -154,13 +154,18 @@ def write_report(
     title: str,
     sections: Iterable[tuple[str, str]] = (),
     metrics: Sequence[str] | None = None,
+    spread_over: str = "seeds",
 ) -> Path:
-    """Write ``directory/report.md``: title, run facts, the summary table, then ``sections``."""
+    """Write ``directory/report.md``: title, run facts, the summary table, then ``sections``.
+
+    ``spread_over`` names what the rows of one method vary over (``"seeds"``, or
+    e.g. ``"folds x seeds"`` for cross-validation), for the table's caption.
+    """
     seeds = ", ".join(map(str, results["seeds"]))
     parts = [
         f"# {title}\n",
         f"`{results['package']}` {results['version']}, preset `{results['preset']}`, seeds {seeds}. "
-        "Values are mean ± sample std over seeds.\n",
+        f"Values are mean ± sample std over {spread_over}.\n",
         markdown_table(results, metrics),
     ]
     for heading, body in sections:

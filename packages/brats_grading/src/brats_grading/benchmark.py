@@ -1,0 +1,272 @@
+"""``benchmark``: every method, stratified k-fold by patient x seeds, on synthetic data.
+
+One row per (method, seed, fold) holds that fold's test metrics; the summary is the
+mean ± sample std over all folds and seeds. Throughput (training volumes per
+second, one volume = one case with its four sequences) of CMG and early fusion is
+measured in the same run. ``--memory-probe`` adds the peak memory of one
+``full``-preset training step (see :mod:`brats_grading.memprobe`).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from brats_grading import __version__
+from brats_grading.config import synth_preset
+from brats_grading.data import discover, load_cases, make_split
+from brats_grading.evaluate import grading_metrics, predict_proba
+from brats_grading.methods import METHODS
+from brats_grading.model import GradingNet
+from brats_grading.synth import write_synthetic
+from brats_grading.train import fit_method, method_config
+from medcommon import metrics as M
+from medcommon.errors import InputError
+from medcommon.report import (
+    make_results,
+    markdown_table,
+    plot_bars,
+    plot_image_grid,
+    write_report,
+    write_results,
+)
+
+METRICS = ["auc", "accuracy", "sensitivity", "specificity", "f1"]
+
+
+def attention_figure(model: GradingNet, x: np.ndarray, path: Path, branch: str) -> Path:
+    """Input slices, spatial attention received per position, and the slice attention matrix."""
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.from_numpy(x[None].astype(np.float32)))
+    attn = out["attention"][branch]
+    if not attn:
+        raise InputError("model", "has no attention maps (built with attention=False)")
+    spatial = attn["spatial"][0]  # (D, N, N): row i = where position i reads from
+    d, n, _ = spatial.shape
+    received = spatial.mean(dim=1)  # (D, N): mean attention each position receives
+    feat_hw = _factor_hw(n, x.shape[-2], x.shape[-1])
+    slices = np.linspace(0, x.shape[1] - 1, num=min(6, x.shape[1])).round().astype(int)
+    mod_index = {"t1": 0, "t1ce": 1, "t2": 2, "flair": 3}.get(branch, 1)
+    row_in = [x[mod_index, s].astype(np.float32) for s in slices]
+    row_sp = []
+    for s in slices:
+        m = received[min(s, d - 1)].reshape(feat_hw).numpy()
+        row_sp.append(np.kron(m, np.ones((x.shape[-2] // feat_hw[0], x.shape[-1] // feat_hw[1]))))
+    row_sl = [attn["slice"][0].numpy()]
+    return plot_image_grid(
+        [row_in, row_sp, row_sl],
+        path,
+        row_labels=[f"{branch} input", "spatial attn", "slice attn (DxD)"],
+        col_labels=[f"slice {s}" for s in slices],
+        title=f"dual attention of the {branch} branch (one test case)",
+    )
+
+
+@torch.no_grad()
+def branch_diagnostics(model: GradingNet, arrays: np.ndarray, y: list[int]) -> dict:
+    """Per-branch test AUC and spread (std) of P(HGG): how much each branch adds or adds noise."""
+    if len(model.branch_names) < 2:
+        return {}
+    model.eval()
+    out = model(torch.from_numpy(np.asarray(arrays, dtype=np.float32)))
+    result = {}
+    for name, z in out["branch_logits"].items():
+        p = torch.softmax(z, dim=1)[:, 1].numpy()
+        result[name] = {"auc": M.auc(y, p), "p_std": float(p.std())}
+    return result
+
+
+def _factor_hw(n: int, h: int, w: int) -> tuple[int, int]:
+    ratio = h / w
+    best = (n, 1)
+    for a in range(1, n + 1):
+        if n % a == 0 and abs(a / (n // a) - ratio) < abs(best[0] / best[1] - ratio):
+            best = (a, n // a)
+    return best
+
+
+def probe_memory(method: str = "cmg", timeout: float = 3600) -> dict[str, Any]:
+    """Run :mod:`brats_grading.memprobe` in a fresh process and return its JSON report."""
+    cmd = [sys.executable, "-m", "brats_grading.memprobe", "--method", method]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        return {"method": method, "error": proc.stderr.strip().splitlines()[-1:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_benchmark(
+    out: Path,
+    preset: str = "small",
+    seeds: Sequence[int] = (0, 1, 2),
+    *,
+    data: Path | None = None,
+    device: str = "auto",
+    quiet: bool = False,
+    folds: int | None = None,
+    methods: Sequence[str] | None = None,
+    memory_probe: bool = False,
+) -> dict[str, Any]:
+    """Run the comparison and write ``out/results.json``, ``out/report.md`` and plots."""
+    methods = list(methods or METHODS.names())
+    for m in methods:
+        METHODS.get(m)
+    out = Path(out)
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        if data is None:
+            data = write_synthetic(
+                Path(tmp) / "data", synth_preset(preset), "2019", seed=1234, quiet=quiet
+            )
+            source = f"synthetic `{preset}` set (layout 2019, generator seed 1234)"
+        else:
+            source = f"`{data}`"
+        _, cases = discover(data)
+        _, base_cfg = method_config("cmg", preset)
+        k = folds or base_cfg.folds
+        arrays = load_cases(cases, base_cfg.shape, quiet=quiet)
+    labels = [c.label for c in cases]
+    index = {c.name: i for i, c in enumerate(cases)}
+    splits = [make_split(cases, k, f, base_cfg.split_seed) for f in range(k)]
+    rows: list[dict[str, Any]] = []
+    throughput: dict[str, list[float]] = {}
+    fig_model = None
+    fig_case = None
+    for seed in seeds:
+        for f, split in enumerate(splits):
+            tr = [index[n] for n in split["train"]]
+            te = [index[n] for n in split["test"]]
+            for name in methods:
+                method, cfg = method_config(name, preset, overrides=[f"folds={k}", f"fold={f}"])
+                info = fit_method(
+                    method, cfg, arrays, labels, tr, seed=seed, device=device, quiet=quiet
+                )
+                probs = predict_proba(info.model, arrays[te])
+                branches = branch_diagnostics(info.model, arrays[te], [labels[i] for i in te])
+                rows.append({
+                    "method": name, "seed": seed, "fold": f,
+                    "metrics": grading_metrics([labels[i] for i in te], probs),
+                    "train_seconds": info.train_seconds,
+                    "volumes_per_second": info.volumes_per_second,
+                    "branches": branches,
+                })  # fmt: skip
+                throughput.setdefault(name, []).append(info.volumes_per_second)
+                if name == "cmg" and fig_model is None:
+                    fig_model, fig_case = info.model, arrays[te[0]].astype(np.float32)
+                if not quiet:
+                    m = rows[-1]["metrics"]
+                    print(f"seed {seed} fold {f} {name:18s} auc={m['auc']:.3f} acc={m['accuracy']:.3f} "
+                          f"({info.train_seconds:.1f}s)", flush=True)  # fmt: skip
+    extra: dict[str, Any] = {
+        "folds": k,
+        "data": source,
+        "n_cases": len(cases),
+        "n_hgg": int(sum(labels)),
+        "n_lgg": int(len(labels) - sum(labels)),
+        "shape": list(base_cfg.shape),
+        "wall_seconds": round(time.perf_counter() - t_start, 1),
+    }
+    for name, vals in throughput.items():
+        extra[f"volumes_per_second_{name}"] = float(np.mean(vals))
+    if "cmg" in throughput and "early-fusion" in throughput:
+        extra["throughput_ratio_cmg_over_early_fusion"] = float(
+            np.mean(throughput["cmg"]) / np.mean(throughput["early-fusion"])
+        )
+    if memory_probe:
+        extra["memory_full_step"] = {m: probe_memory(m) for m in ("early-fusion", "cmg")}
+    results = make_results("brats-grading", __version__, preset, list(seeds), rows, extra)
+    out.mkdir(parents=True, exist_ok=True)
+    write_results(out, results)
+    summary = {s["method"]: s["metrics"] for s in results["summary"]}
+    plot_bars(
+        {m: {"auc": (summary[m]["auc"]["mean"], summary[m]["auc"]["std"])} for m in summary},
+        out / "auc.png",
+        f"test AUC, {k}-fold x {len(seeds)} seeds",
+        "AUC",
+    )
+    if fig_model is not None and fig_model.config.attention:
+        attention_figure(fig_model, fig_case, out / "attention.png", fig_model.config.primary)
+    write_report(
+        out,
+        results,
+        "brats-grading benchmark",
+        sections=_sections(results, k, seeds),
+        metrics=METRICS,
+        spread_over="folds x seeds",
+    )
+    return results
+
+
+def _branch_table(rows: list[dict[str, Any]]) -> str:
+    acc: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for r in rows:
+        for b, v in (r.get("branches") or {}).items():
+            acc.setdefault(r["method"], {}).setdefault(b, []).append((v["auc"], v["p_std"]))
+    if not acc:
+        return ""
+    names = ["t1", "t1ce", "t2", "flair"]
+    lines = ["| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for method, per in acc.items():
+        cells = []
+        for b in names:
+            vals = np.array(per.get(b, []), dtype=float)
+            cells.append(
+                "–" if vals.size == 0 else f"{np.nanmean(vals[:, 0]):.3f} / {vals[:, 1].mean():.2f}"
+            )
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _sections(results: dict[str, Any], k: int, seeds: Sequence[int]) -> list[tuple[str, str]]:
+    extra = results["extra"]
+    summary = {s["method"]: s for s in results["summary"]}
+    lines = [
+        f"Data: {extra['data']}: {extra['n_cases']} cases ({extra['n_hgg']} HGG / "
+        f"{extra['n_lgg']} LGG), resized to {tuple(extra['shape'])}. Stratified {k}-fold by "
+        f"patient; each row above is the mean ± sample std over {k} folds x {len(seeds)} seeds "
+        f"({k * len(seeds)} runs). Threshold 0.5 on P(HGG).",
+    ]
+    sections = [("Setup", "\n".join(lines))]
+    tp = [
+        f"| {m} | {extra[f'volumes_per_second_{m}']:.1f} | {summary[m].get('train_seconds', float('nan')):.1f} |"
+        for m in summary
+        if f"volumes_per_second_{m}" in extra
+    ]
+    body = "| method | training volumes/s | train seconds per run |\n|---|---|---|\n" + "\n".join(
+        tp
+    )
+    if "throughput_ratio_cmg_over_early_fusion" in extra:
+        body += (
+            f"\n\nCMG / early-fusion throughput ratio (same run): "
+            f"{extra['throughput_ratio_cmg_over_early_fusion']:.2f}"
+        )
+    sections.append(("Throughput", body))
+    if "memory_full_step" in extra:
+        mem = "\n".join(f"- {m}: {json.dumps(v)}" for m, v in extra["memory_full_step"].items())
+        sections.append(
+            ("Peak memory of one full-preset training step (CPU, batch 1, 4x128^3)", mem)
+        )
+    aucs = {m: s["metrics"]["auc"]["mean"] for m, s in summary.items()}
+    if "cmg" in aucs:
+        singles = {m: v for m, v in aucs.items() if m.startswith("single-")}
+        verdict = [f"CMG AUC {aucs['cmg']:.3f}"]
+        if "early-fusion" in aucs:
+            verdict.append(f"early fusion {aucs['early-fusion']:.3f}")
+        if singles:
+            best = max(singles, key=singles.get)
+            verdict.append(f"best single modality {best} {singles[best]:.3f}")
+        sections.append(("Claim check", ", ".join(verdict) + "."))
+    diag = _branch_table(results["rows"])
+    if diag:
+        sections.append(("Branches of the multi-branch methods (test AUC / std of P(HGG))", diag))
+    sections.append(("AUC per method", markdown_table(results, ["auc"])))
+    return sections

@@ -1,0 +1,164 @@
+"""Configs: frozen dataclasses with the paper's defaults and the presets ``tiny|small|full``.
+
+The paper (Xu et al., arXiv 2401.09029) publishes no code and few numbers; every
+value below that it does not state is our choice, listed in the README under
+"Choices where the paper is silent".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from medcommon.errors import InputError
+
+MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The grading network (see :class:`brats_grading.model.GradingNet`).
+
+    ``inputs``: ``single`` = one branch on ``modality``; ``early`` = one branch on the
+    4-channel stack; ``branches`` = one branch per modality, fused by ``fusion``.
+    Backbone: MC3 (Tran et al. 2018): a stem ``(3,7,7)`` stride ``(1,2,2)``, then
+    ``len(widths)`` residual layers; the first ``full3d_layers`` use 3x3x3 convolutions,
+    the rest 1x3x3 with stride ``(1,2,2)`` (never striding over slices).
+    """
+
+    modalities: tuple[str, ...] = MODALITIES
+    inputs: Literal["single", "early", "branches"] = "branches"
+    modality: str = "t1ce"
+    stem_channels: int = 64
+    widths: tuple[int, ...] = (64, 128, 256, 512)
+    blocks: tuple[int, ...] = (2, 2, 2, 2)
+    full3d_layers: int = 1
+    attention: bool = True
+    attention_reduction: int = 8
+    dropout: float = 0.2
+    primary: str = "t1ce"
+    fusion: Literal["primary-weighted", "mean"] = "primary-weighted"
+    primary_weight: float = 0.5
+    num_classes: int = 2
+
+    def __post_init__(self) -> None:
+        for name in (*self.modalities, self.modality, self.primary):
+            if name not in MODALITIES:
+                raise InputError("model", f"unknown modality {name!r}; use {', '.join(MODALITIES)}")
+        if len(self.widths) != len(self.blocks) or not self.widths:
+            raise InputError("model.widths", "widths and blocks need the same, non-zero length")
+        if not 0 <= self.full3d_layers <= len(self.widths):
+            raise InputError("model.full3d_layers", f"must be in 0..{len(self.widths)}")
+        if not 0.0 <= self.primary_weight <= 1.0:
+            raise InputError("model.primary_weight", "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """Cross-modality guidance: the primary branch teaches the secondary ones (stage 2).
+
+    ``temperature`` softens both distributions in the distillation KL (Hinton et al.
+    2015, scaled by T^2); ``feature_weight`` scales the alignment of the
+    L2-normalised pooled features; ``freeze_primary`` keeps the stage-1 primary fixed.
+    """
+
+    temperature: float = 4.0
+    kd_weight: float = 1.0
+    feature_weight: float = 1.0
+    ce_weight: float = 1.0
+    freeze_primary: bool = True
+
+
+@dataclass(frozen=True)
+class GradingConfig:
+    """Everything a training run needs; saved resolved to ``RUN/config.json``."""
+
+    shape: tuple[int, int, int] = (128, 128, 128)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    folds: int = 5
+    fold: int = 0
+    split_seed: int = 0
+    imbalance: Literal["weighted-loss", "sampler", "none"] = "weighted-loss"
+    steps: int = 3000
+    primary_steps: int = 3000
+    batch_size: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    flip: bool = True
+    log_every: int = 10
+    checkpoint_every: int = 500
+
+    def __post_init__(self) -> None:
+        if len(self.shape) != 3 or min(self.shape) < 4:
+            raise InputError("shape", f"need three sizes >= 4 (slices, y, x), got {self.shape}")
+        if self.folds < 2:
+            raise InputError("folds", "need at least 2 folds")
+        if not 0 <= self.fold < self.folds:
+            raise InputError("fold", f"must be in 0..{self.folds - 1}, got {self.fold}")
+        if self.steps < 0 or self.primary_steps < 0:
+            raise InputError("steps", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The synthetic BraTS-like set (see :mod:`brats_grading.synth`)."""
+
+    hgg: int = 34
+    lgg: int = 10
+    shape: tuple[int, int, int] = (24, 40, 40)
+
+
+def _preset_model(preset: str) -> ModelConfig:
+    if preset == "tiny":
+        return ModelConfig(stem_channels=4, widths=(4, 8), blocks=(1, 1), attention_reduction=2)
+    if preset == "small":
+        return ModelConfig(
+            stem_channels=8, widths=(8, 16, 16), blocks=(1, 1, 1), attention_reduction=4
+        )
+    return ModelConfig()
+
+
+PRESETS = ("tiny", "small", "full")
+
+
+def check_preset(preset: str) -> str:
+    if preset not in PRESETS:
+        raise InputError("--preset", f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    return preset
+
+
+def preset_config(preset: str) -> GradingConfig:
+    """The training config of a preset (before the method adjusts it)."""
+    check_preset(preset)
+    model = _preset_model(preset)
+    if preset == "tiny":
+        return GradingConfig(
+            shape=(8, 16, 16), model=model, folds=2, steps=4, primary_steps=4, batch_size=4,
+            lr=3e-3, log_every=2, checkpoint_every=0,
+        )  # fmt: skip
+    if preset == "small":
+        return GradingConfig(
+            shape=(16, 24, 24), model=model, folds=3, steps=80, primary_steps=80, batch_size=8,
+            lr=3e-3, log_every=20, checkpoint_every=0,
+        )  # fmt: skip
+    return GradingConfig()
+
+
+def synth_preset(preset: str) -> SynthConfig:
+    """How many cases of which size ``synth --preset`` writes (HGG:LGG about 3.4:1)."""
+    check_preset(preset)
+    if preset == "tiny":
+        return SynthConfig(hgg=6, lgg=4, shape=(12, 24, 24))
+    if preset == "small":
+        return SynthConfig(hgg=63, lgg=21, shape=(20, 32, 32))
+    return SynthConfig(hgg=259, lgg=76, shape=(64, 120, 120))
+
+
+def replace(cfg, **changes):
+    """``dataclasses.replace`` that also accepts ``model=dict(...)`` and ``guidance=dict(...)``."""
+    for key in ("model", "guidance"):
+        if isinstance(changes.get(key), dict):
+            changes[key] = dataclasses.replace(getattr(cfg, key), **changes[key])
+    return dataclasses.replace(cfg, **changes)

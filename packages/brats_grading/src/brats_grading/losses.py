@@ -1,0 +1,71 @@
+"""Losses: class-weighted cross-entropy and the cross-modality guidance terms.
+
+With primary logits ``z_p``, secondary logits ``z_s``, temperature ``T`` and pooled
+features ``f``:
+
+- soft-label distillation (Hinton et al. 2015):
+  ``L_kd(s) = T^2 * KL( softmax(z_p / T) || softmax(z_s / T) )``, mean over the batch;
+- feature alignment: ``L_fa(s) = mean_b || f_s / |f_s| - f_p / |f_p| ||^2``;
+- guided stage-2 objective over the secondary set ``S``:
+  ``L = 1/|S| sum_s [ ce_weight * CE_w(z_s, y) + kd_weight * L_kd(s) + feature_weight * L_fa(s) ]``
+  (+ ``CE_w(z_p, y)`` when the primary is not frozen).
+
+The primary's logits and features are detached: guidance flows from primary to
+secondary only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def weighted_ce(
+    logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy with per-class weights, normalised by the summed weights of the batch."""
+    return F.cross_entropy(logits, y, weight=weight)
+
+
+def distillation_kl(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher/T) || softmax(student/T))``, averaged over the batch.
+
+    ``student``, ``teacher``: logits ``(B, K)``; the teacher is detached.
+    """
+    t = temperature
+    log_q = F.log_softmax(student / t, dim=1)
+    log_p = F.log_softmax(teacher.detach() / t, dim=1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(dim=1)
+    return kl.mean() * t * t
+
+
+def feature_alignment(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance of L2-normalised features ``(B, C)`` (= ``2 - 2 cos``)."""
+    s = F.normalize(student, dim=1)
+    p = F.normalize(teacher.detach(), dim=1)
+    return (s - p).square().sum(dim=1).mean()
+
+
+def guidance_loss(
+    primary_logits: torch.Tensor,
+    primary_features: torch.Tensor,
+    secondary_logits: dict[str, torch.Tensor],
+    secondary_features: dict[str, torch.Tensor],
+    y: torch.Tensor,
+    *,
+    temperature: float,
+    kd_weight: float,
+    feature_weight: float,
+    ce_weight: float = 1.0,
+    class_weight: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The stage-2 guided objective (module docstring); returns ``loss`` and its parts."""
+    names = list(secondary_logits)
+    ce = sum(weighted_ce(secondary_logits[n], y, class_weight) for n in names) / len(names)
+    kd = sum(distillation_kl(secondary_logits[n], primary_logits, temperature) for n in names)
+    fa = sum(feature_alignment(secondary_features[n], primary_features) for n in names)
+    kd, fa = kd / len(names), fa / len(names)
+    loss = ce_weight * ce + kd_weight * kd + feature_weight * fa
+    return {"loss": loss, "ce": ce.detach(), "kd": kd.detach(), "fa": fa.detach()}
