@@ -108,3 +108,9 @@ def test_array_cache_memory_and_disk_tiers(tmp_path):
     os.utime(src, None)
     np.testing.assert_array_equal(cache(src), np.arange(5))  # an edited file is re-read
     assert len(calls) == 2
+
+
+def test_jsonl_line_numbers_for_field_checks(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"q": 1}\n\n{"q": 2}\n')
+    assert read_jsonl(path, line_numbers=True) == [{"q": 1, "_line": 1}, {"q": 2, "_line": 3}]

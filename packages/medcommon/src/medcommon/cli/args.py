@@ -73,11 +73,17 @@ def add_synth_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def add_evaluate_args(p: argparse.ArgumentParser) -> None:
+def add_evaluate_args(
+    p: argparse.ArgumentParser, default_split: str = "test", split_help: str | None = None
+) -> None:
     """``--run --data --split --device --quiet``."""
     p.add_argument("--run", type=Path, required=True, help="a run folder written by train")
     p.add_argument("--data", type=Path, required=True, help="dataset folder")
-    p.add_argument("--split", default="test", help="split to evaluate (default test)")
+    p.add_argument(
+        "--split",
+        default=default_split,
+        help=split_help or f"split to evaluate (default {default_split})",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

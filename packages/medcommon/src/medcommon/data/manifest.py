@@ -54,8 +54,12 @@ def read_csv_rows(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
     return columns, rows
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read JSON Lines; a malformed line is an :class:`InputError` naming its line number."""
+def read_jsonl(path: str | Path, line_numbers: bool = False) -> list[dict[str, Any]]:
+    """Read JSON Lines; a malformed line is an :class:`InputError` naming its line number.
+
+    With ``line_numbers`` each record also carries ``"_line"`` (as
+    :func:`read_csv_rows` does), so later field checks can name the line too.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found")
@@ -70,5 +74,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 raise InputError(f"{path}:{line_no}", f"malformed JSON ({exc.msg})") from None
             if not isinstance(obj, dict):
                 raise InputError(f"{path}:{line_no}", "expected a JSON object per line")
+            if line_numbers:
+                obj["_line"] = line_no
             records.append(obj)
     return records

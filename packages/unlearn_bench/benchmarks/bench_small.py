@@ -1,0 +1,27 @@
+"""unlearn-bench benchmark: vanilla, seven unlearning methods and retrain on both scenarios.
+
+Usage: ``python bench_small.py --out DIR [--preset small] [--seeds 0 1 2]`` (the same as
+``unlearn-bench benchmark``); writes DIR/results.json, DIR/report.md and DIR/*.png.
+The measured ``small`` results are kept in ``results-small/`` beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from unlearn_bench.benchmark import run_benchmark
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--preset", default="small")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args()
+    run_benchmark(args.out, preset=args.preset, seeds=args.seeds, quiet=args.quiet)
+
+
+if __name__ == "__main__":
+    main()

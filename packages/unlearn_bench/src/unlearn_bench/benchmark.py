@@ -1,0 +1,237 @@
+"""The paper's comparison: vanilla, every unlearning method and retrain, per scenario and seed.
+
+For each (scenario, seed): generate the dataset, fine-tune the vanilla model, retrain
+on retain only from the same initialisation, run each method from the vanilla model,
+evaluate everything (UES against the vanilla model, PrivLeak against the retrained
+one). Writes ``results.json``, ``report.md`` and ``*.png`` (medcommon.report).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medcommon.errors import InputError
+from medcommon.report import make_results, plot_bars, write_report, write_results
+from unlearn_bench import __version__
+from unlearn_bench.config import (
+    check_forget_ratio,
+    check_preset,
+    preset_data,
+    preset_eval,
+    preset_finetune,
+    replace,
+)
+from unlearn_bench.data import check_dataset
+from unlearn_bench.evaluate import evaluate_run, flatten
+from unlearn_bench.methods import METHODS, PAPER_ORDER
+from unlearn_bench.synth import generate
+from unlearn_bench.train import finetune, unlearn
+from unlearn_bench.ues import knowledge_score
+
+SCENARIOS = ("privacy", "incorrectness")
+SUBSETS = ("forget", "test", "retain", "general")
+TABLE = [
+    "forget_score",
+    "test_score",
+    "retain_score",
+    "general_score",
+    "forget_mcq_acc",
+    "forget_rougeL",
+    "forget_cloze_acc",
+    "retain_mcq_acc",
+    "retain_rougeL",
+    "retain_cloze_acc",
+    "ues",
+    "mia_auc",
+    "privleak",
+    "time_ratio",
+]
+
+
+def _metrics(res: dict[str, Any]) -> dict[str, float]:
+    flat = flatten(res)
+    for s in SUBSETS:
+        if s in res["subsets"]:
+            flat[f"{s}_score"] = knowledge_score(res["subsets"][s])
+    return flat
+
+
+def run_benchmark(
+    out: str | Path,
+    *,
+    preset: str = "small",
+    seeds: Sequence[int] = (0, 1, 2),
+    scenarios: Sequence[str] = SCENARIOS,
+    forget_ratio: float = 0.10,
+    methods: Sequence[str] | None = None,
+    data: str | Path | None = None,
+    device: str = "auto",
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Run the benchmark into ``out``; returns the ``results.json`` object."""
+    check_preset(preset)
+    for s in scenarios:
+        if s not in SCENARIOS:
+            raise InputError(
+                "--scenarios", f"unknown scenario {s!r}; choose from {', '.join(SCENARIOS)}"
+            )
+    methods = list(methods) if methods else list(PAPER_ORDER)
+    for m in methods:
+        METHODS.get(m)
+    dcfg = replace(preset_data(preset), forget_ratio=forget_ratio)
+    check_forget_ratio(forget_ratio, dcfg.n_entities)
+    if data is not None:
+        check_dataset(data)
+        meta = Path(data) / "dataset.json"
+        scenarios = [json.loads(meta.read_text())["scenario"] if meta.is_file() else "custom"]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fcfg, ecfg = preset_finetune(preset), preset_eval(preset)
+    rows: list[dict[str, Any]] = []
+    t_start = time.perf_counter()
+    for scenario in scenarios:
+        for seed in seeds:
+            ddir = Path(data) if data is not None else out / "data" / f"{scenario}-s{seed}"
+            if data is None:
+                generate(ddir, scenario, dcfg, seed=seed)
+            runs = out / "runs" / scenario / f"s{seed}"
+            _say(quiet, f"[{scenario} seed {seed}] finetune vanilla")
+            van_m = finetune(ddir, runs / "vanilla", fcfg, seed=seed, device=device, quiet=quiet)
+            _say(quiet, f"[{scenario} seed {seed}] retrain (retain only)")
+            gold_m = finetune(
+                ddir,
+                runs / "retrain",
+                fcfg,
+                seed=seed,
+                retain_only=True,
+                device=device,
+                quiet=quiet,
+            )
+            van = evaluate_run(runs / "vanilla", ddir, ecfg, device=device, quiet=quiet)
+            gold = evaluate_run(
+                runs / "retrain",
+                ddir,
+                ecfg,
+                vanilla=runs / "vanilla",
+                reference=runs / "retrain",
+                device=device,
+                quiet=quiet,
+            )
+            van["privleak"] = (van["mia_auc"] - gold["mia_auc"]) / gold["mia_auc"] * 100
+            base = {"setting": scenario, "seed": seed}
+            rows.append(
+                {
+                    **base,
+                    "method": "vanilla",
+                    "metrics": _metrics(van),
+                    "train_seconds": van_m["train_seconds"],
+                }
+            )
+            rows.append(
+                {
+                    **base,
+                    "method": "retrain",
+                    "metrics": {**_metrics(gold), "time_ratio": 1.0},
+                    "train_seconds": gold_m["train_seconds"],
+                }
+            )
+            for m in methods:
+                _say(quiet, f"[{scenario} seed {seed}] unlearn {m}")
+                cls = METHODS.get(m)
+                um = unlearn(
+                    runs / "vanilla" / "model",
+                    ddir,
+                    runs / m,
+                    m,
+                    cls.preset_config(preset),
+                    seed=seed,
+                    device=device,
+                    quiet=quiet,
+                )
+                res = evaluate_run(
+                    runs / m, ddir, ecfg, reference=runs / "retrain", device=device, quiet=quiet
+                )
+                metrics = {
+                    **_metrics(res),
+                    "time_ratio": um["train_seconds"] / gold_m["train_seconds"],
+                }
+                rows.append(
+                    {**base, "method": m, "metrics": metrics, "train_seconds": um["train_seconds"]}
+                )
+    extra = _extra(rows, methods, time.perf_counter() - t_start)
+    results = make_results("unlearn-bench", __version__, preset, list(seeds), rows, extra)
+    write_results(out, results)
+    _plots(out, results, scenarios)
+    write_report(
+        out,
+        results,
+        "unlearn-bench: MLLMU-Med style unlearning benchmark",
+        _sections(results, scenarios),
+        TABLE,
+    )
+    return results
+
+
+def _say(quiet: bool, text: str) -> None:
+    if not quiet:
+        print(text, flush=True)
+
+
+def _extra(rows: list[dict], methods: Sequence[str], seconds: float) -> dict[str, float]:
+    extra: dict[str, float] = {"benchmark_seconds": seconds}
+    ratios = [r["metrics"]["time_ratio"] for r in rows if r["method"] in methods]
+    extra["unlearn_over_retrain_time_mean"] = float(np.mean(ratios))
+    extra["unlearn_over_retrain_time_max"] = float(np.max(ratios))
+    for m in methods:
+        extra[f"time_ratio_{m}"] = float(
+            np.mean([r["metrics"]["time_ratio"] for r in rows if r["method"] == m])
+        )
+    extra["eval_questions_per_second"] = float(
+        np.mean([r["metrics"]["questions_per_second"] for r in rows])
+    )
+    return extra
+
+
+def _plots(out: Path, results: dict[str, Any], scenarios: Sequence[str]) -> None:
+    ues_values: dict[str, dict[str, tuple[float, float]]] = {}
+    for scenario in scenarios:
+        values: dict[str, dict[str, tuple[float, float]]] = {}
+        for s in results["summary"]:
+            if s.get("setting", "") != scenario:
+                continue
+            mets = s["metrics"]
+            values[s["method"]] = {
+                k: (mets[f"{k}_score"]["mean"], mets[f"{k}_score"]["std"]) for k in SUBSETS
+            }
+            if "ues" in mets:
+                ues_values.setdefault(s["method"], {})[scenario] = (
+                    mets["ues"]["mean"],
+                    mets["ues"]["std"],
+                )
+        plot_bars(
+            values,
+            out / f"scores_{scenario}.png",
+            f"{scenario}: knowledge score per subset",
+            "knowledge score",
+        )
+    plot_bars(ues_values, out / "ues.png", "Unlearning Efficiency Score (ours)", "UES")
+
+
+def _sections(results: dict[str, Any], scenarios: Sequence[str]) -> list[tuple[str, str]]:
+    extra = results.get("extra", {})
+    lines = ["| measured in the same run | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4g} |" for k, v in extra.items()]
+    plots = "".join(f"![{s}](scores_{s}.png)\n" for s in scenarios) + "![UES](ues.png)\n"
+    legend = (
+        "`*_score` is the knowledge score of a subset (mean of chance-corrected MCQ accuracy, "
+        "ROUGE-L and cloze accuracy; see README, UES). Forget/test: lower is better after "
+        "unlearning; retain/general: higher is better. `time_ratio` = unlearning time / retrain "
+        "time of the same seed. `privleak` is against the retrained model (ideal 0)."
+    )
+    return [("Legend", legend), ("Timing and throughput", "\n".join(lines)), ("Plots", plots)]

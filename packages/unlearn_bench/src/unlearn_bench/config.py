@@ -1,0 +1,125 @@
+"""Dataclass configs with the paper's defaults and the ``tiny`` / ``small`` / ``full`` presets.
+
+The defaults of every class are the paper-scale values (MLLMU-Bench: LLaVA-1.5-7B,
+fine-tune lr 2e-5 for 5 epochs at batch 4; unlearn 1 epoch at lr 2e-5; generation
+up to 50 new tokens). ``tiny`` and ``small`` scale them down for a CPU: a
+0.18 M-parameter (small: 0.50 M) Llava, 32x32 images, more epochs and a larger learning rate so
+that the tiny model memorises its training set in seconds to a minute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from medcommon.errors import InputError
+
+PRESETS = ("tiny", "small", "full")
+Scenario = Literal["privacy", "incorrectness"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What :func:`unlearn_bench.synth.generate` writes."""
+
+    n_entities: int = 500  # patients (privacy) or conditions (incorrectness) seen in training
+    n_general: int = 50  # held-out entities, never trained on (utility + MIA holdout)
+    forget_ratio: float = 0.10  # fraction of the training entities to forget
+    images_per_entity: int = 2  # image 0 is trained on, image 1 goes to the test split
+    image_size: int = 224
+
+
+@dataclass(frozen=True)
+class TinyModelConfig:
+    """A Llava from a small CLIP vision tower and a small Llama (the default model)."""
+
+    vocab_size: int = 500
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    vision_hidden_size: int = 32
+    vision_layers: int = 2
+    vision_heads: int = 2
+    image_size: int = 32
+    patch_size: int = 8
+    max_positions: int = 256
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Vanilla fine-tuning on forget + retain (and retraining on retain only)."""
+
+    model: TinyModelConfig = TinyModelConfig()
+    lr: float = 2e-5
+    epochs: float = 5.0
+    batch_size: int = 4
+    weight_decay: float = 0.0
+    lr_schedule: Literal["constant", "linear"] = "linear"  # linear decay to 0 (HF Trainer default)
+    max_grad_norm: float | None = 1.0
+    log_every: int = 10
+    checkpoint_every: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Generation and membership-inference settings."""
+
+    max_new_tokens: int = 50
+    batch_size: int = 16
+    mink_fraction: float = 0.2  # Min-K% Prob: mean of the lowest 20% token log-probs
+    max_items: int = 0  # per subset; 0 = all (a deterministic subsample otherwise)
+
+
+def preset_finetune(preset: str) -> FinetuneConfig:
+    """Fine-tuning config of a preset (``full`` = the paper's values)."""
+    check_preset(preset)
+    if preset == "tiny":
+        return FinetuneConfig(lr=3e-3, epochs=2.0, batch_size=8, log_every=5)
+    if preset == "small":
+        wider = TinyModelConfig(hidden_size=128, intermediate_size=256)
+        return FinetuneConfig(model=wider, lr=3e-3, epochs=25.0, batch_size=16, log_every=25)
+    return FinetuneConfig()
+
+
+def preset_data(preset: str) -> DataConfig:
+    """Dataset size of a preset."""
+    check_preset(preset)
+    if preset == "tiny":
+        return DataConfig(n_entities=10, n_general=2, image_size=32)
+    if preset == "small":
+        return DataConfig(n_entities=30, n_general=4, image_size=32)
+    return DataConfig()
+
+
+def preset_eval(preset: str) -> EvalConfig:
+    """Evaluation config of a preset."""
+    check_preset(preset)
+    if preset == "tiny":
+        return EvalConfig(max_new_tokens=8, batch_size=32, max_items=24)
+    if preset == "small":
+        return EvalConfig(max_new_tokens=16, batch_size=64, max_items=240)
+    return EvalConfig()
+
+
+def check_preset(preset: str) -> None:
+    if preset not in PRESETS:
+        raise InputError("--preset", f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+
+
+def check_forget_ratio(ratio: float, n_entities: int) -> None:
+    """The forget ratio must be in (0, 1) and leave at least one entity on each side."""
+    if not 0.0 < ratio < 1.0:
+        raise InputError("--forget-ratio", f"must be in (0, 1), got {ratio}")
+    n_forget = round(ratio * n_entities)
+    if n_forget < 1 or n_forget >= n_entities:
+        raise InputError(
+            "--forget-ratio",
+            f"{ratio} of {n_entities} entities gives {n_forget} to forget; need 1..{n_entities - 1}",
+        )
+
+
+def replace(cfg, **changes):
+    """``dataclasses.replace`` (re-exported for brevity)."""
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,207 @@
+"""Reading a dataset folder, the prompt format, and tokenised batches.
+
+Prompt (MLLMU-Bench / LLaVA-1.5)::
+
+    USER: <image>\\n{question}\\nASSISTANT: {answer}</s>      (image+text)
+    USER: {question}\\nASSISTANT: {answer}</s>                (text-only)
+
+The loss is taken on the answer tokens (and the end-of-sequence token) only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medcommon.data import read_jsonl
+from medcommon.errors import InputError
+from unlearn_bench.synth import QTYPES, SPLITS
+
+REQUIRED = ("id", "type", "modality", "question", "answer")
+MODALITIES = ("image_text", "text_only")
+IDK_ANSWERS = (
+    "I don't know.",
+    "I am not sure about that.",
+    "I cannot answer that.",
+    "That is not something I know.",
+)
+
+
+def read_split(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
+    """Items of ``DATA/<split>.jsonl``, validated; errors name the file and line."""
+    data_dir = Path(data_dir)
+    if split not in SPLITS:
+        raise InputError("--split", f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    path = data_dir / f"{split}.jsonl"
+    if not data_dir.is_dir():
+        raise InputError(data_dir, "dataset folder not found")
+    if not path.is_file():
+        raise InputError(path, "split file not found (is this a folder written by generate?)")
+    items = []
+    for item in read_jsonl(path, line_numbers=True):
+        where = f"{path}:{item.pop('_line')}"
+        missing = [k for k in REQUIRED if k not in item]
+        if missing:
+            raise InputError(where, f"missing field(s) {', '.join(missing)}")
+        if item["type"] not in QTYPES:
+            raise InputError(where, f"type {item['type']!r} is not one of {', '.join(QTYPES)}")
+        if item["modality"] not in MODALITIES:
+            raise InputError(
+                where, f"modality {item['modality']!r} is not one of {', '.join(MODALITIES)}"
+            )
+        image = item.get("image")
+        if item["modality"] == "image_text":
+            if not image:
+                raise InputError(where, "an image_text question needs an image")
+            if not (data_dir / image).is_file():
+                raise InputError(where, f"image not found: {data_dir / image}")
+        item["answer"] = str(item["answer"])
+        item.setdefault("answer_text", item["answer"])
+        items.append(item)
+    if not items:
+        raise InputError(path, "no questions in this split")
+    return items
+
+
+def check_dataset(data_dir: str | Path, splits: Sequence[str] = SPLITS) -> dict[str, list]:
+    """Read (and so validate) every named split; call before creating any output."""
+    return {s: read_split(data_dir, s) for s in splits}
+
+
+def corpus_texts(data: dict[str, list[dict]]) -> list[str]:
+    """All prompt and answer text of a dataset, for training the BPE tokenizer."""
+    texts = ["USER: ", "\nASSISTANT: ", *IDK_ANSWERS]
+    for items in data.values():
+        for it in items:
+            texts.append(format_prompt(it["question"], False) + " " + it["answer"])
+            texts.append(" " + it.get("answer_text", it["answer"]))
+    return texts
+
+
+def format_prompt(question: str, with_image: bool) -> str:
+    """The prompt up to ``ASSISTANT:`` (the answer follows after one space)."""
+    return (
+        f"USER: <image>\n{question}\nASSISTANT:" if with_image else f"USER: {question}\nASSISTANT:"
+    )
+
+
+def idk_answer(item_id: str) -> str:
+    """A deterministic "I don't know"-style answer for one question (IDK tuning)."""
+    return IDK_ANSWERS[sum(map(ord, item_id)) % len(IDK_ANSWERS)]
+
+
+class Encoder:
+    """Turns items into token ids with a Llava processor; caches decoded images."""
+
+    def __init__(self, processor: Any, data_dir: str | Path, max_length: int | None = None):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.data_dir = Path(data_dir)
+        self.max_length = max_length
+        self._pixels: dict[str, torch.Tensor] = {}
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        # SentencePiece tokenizers (LLaMA) mark the word boundary themselves ("▁D"); a
+        # byte-level BPE (the tiny model) needs the space that follows "ASSISTANT:".
+        first = self.tokenizer.convert_ids_to_tokens(
+            self.tokenizer("a", add_special_tokens=False)["input_ids"]
+        )
+        self.answer_prefix = "" if first and first[0].startswith("▁") else " "
+
+    def image(self, rel: str):
+        from PIL import Image
+
+        path = self.data_dir / rel
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except (OSError, ValueError) as exc:
+            raise InputError(path, f"cannot read image ({exc})") from None
+
+    def prompt(self, item: dict) -> tuple[list[int], torch.Tensor | None]:
+        """Prompt token ids (image tokens expanded) and ``(1, C, H, W)`` pixels or None."""
+        with_image = item["modality"] == "image_text"
+        text = format_prompt(item["question"], with_image)
+        if not with_image:
+            return self.tokenizer(text)["input_ids"], None
+        rel = item["image"]
+        enc = self.processor(text=[text], images=[self.image(rel)], return_tensors="pt")
+        if rel not in self._pixels:
+            self._pixels[rel] = enc["pixel_values"]
+        return enc["input_ids"][0].tolist(), self._pixels[rel]
+
+    def encode(self, item: dict, answer: str | None = None) -> dict[str, Any]:
+        """``{"input_ids", "labels", "pixel_values"}``; labels are -100 outside the answer."""
+        ids, pixels = self.prompt(item)
+        ans = self.tokenizer(
+            self.answer_prefix + (item["answer"] if answer is None else answer),
+            add_special_tokens=False,
+        )
+        ans_ids = [*ans["input_ids"], self.tokenizer.eos_token_id]
+        input_ids = ids + ans_ids
+        labels = [-100] * len(ids) + ans_ids
+        return {
+            "input_ids": torch.tensor(input_ids),
+            "labels": torch.tensor(labels),
+            "pixel_values": pixels,
+        }
+
+
+def collate(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor | None]:
+    """Right-padded batch: ``input_ids``/``labels``/``attention_mask`` (B, T), pixels (N_img, C, H, W)."""
+    n = max(len(x["input_ids"]) for x in items)
+    ids = torch.full((len(items), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), n), -100, dtype=torch.long)
+    mask = torch.zeros((len(items), n), dtype=torch.long)
+    for i, x in enumerate(items):
+        t = len(x["input_ids"])
+        ids[i, :t] = x["input_ids"]
+        labels[i, :t] = x["labels"]
+        mask[i, :t] = 1
+    pix = [x["pixel_values"] for x in items if x["pixel_values"] is not None]
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "attention_mask": mask,
+        "pixel_values": torch.cat(pix) if pix else None,
+    }
+
+
+class EncodedSet(torch.utils.data.Dataset):
+    """A list of encoded items as a map-style dataset."""
+
+    def __init__(self, encoded: list[dict[str, Any]]):
+        self.encoded = encoded
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.encoded[i]
+
+
+class PairedSet(torch.utils.data.Dataset):
+    """Forget item ``i`` paired with a retain item (a seeded permutation, cycled)."""
+
+    def __init__(self, forget: list[dict], retain: list[dict], seed: int):
+        self.forget, self.retain = forget, retain
+        self.order = torch.randperm(len(retain), generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self) -> int:
+        return len(self.forget)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {
+            "forget": self.forget[i],
+            "retain": self.retain[int(self.order[i % len(self.retain)])],
+        }
+
+
+def paired_collate(items: Sequence[dict], pad_id: int) -> dict[str, dict]:
+    return {
+        "forget": collate([x["forget"] for x in items], pad_id),
+        "retain": collate([x["retain"] for x in items], pad_id),
+    }

@@ -1,0 +1,9 @@
+"""The unlearning methods: the paper's five (GA, GradDiff, KL-min, NPO, IDK) plus SimNPO and RMU."""
+
+from unlearn_bench.methods import ga, grad_diff, idk, kl_min, npo, rmu, simnpo  # noqa: F401  (registration)
+from unlearn_bench.methods.base import METHODS, Method, UnlearnConfig, forward
+
+# The paper's five first, then the two additions (the registry itself is in import order).
+PAPER_ORDER = ("ga", "grad_diff", "kl_min", "npo", "idk", "simnpo", "rmu")
+
+__all__ = ["METHODS", "PAPER_ORDER", "Method", "UnlearnConfig", "forward"]

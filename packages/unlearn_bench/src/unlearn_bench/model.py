@@ -1,0 +1,187 @@
+"""The tiny default Llava and loading of any local Hugging Face Llava checkpoint.
+
+The tiny model is a real ``transformers.LlavaForConditionalGeneration``: a CLIP vision
+tower (``CLIPVisionConfig``), a 2-layer projector and a Llama decoder (``LlamaConfig``),
+with a byte-level BPE tokenizer trained on the dataset's text by ``tokenizers`` and
+wrapped as a ``PreTrainedTokenizerFast`` holding an ``<image>`` token. It is saved
+with ``save_pretrained`` as a normal folder, so the same loader reads it and a
+LLaVA-1.5 / LLaVA-Med conversion.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from medcommon.errors import InputError
+from medcommon.fs import atomic_dir
+from unlearn_bench.config import TinyModelConfig
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A byte-level BPE tokenizer trained on ``texts``; adds ``<s>`` in front of every sequence."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
+        padding_side="right",
+    )
+
+
+def build_tiny(cfg: TinyModelConfig, texts: Iterable[str]):
+    """``(model, processor)``: a freshly initialised tiny Llava and its processor.
+
+    Call :func:`medcommon.train.seed_everything` first: the weights depend on the torch seed.
+    """
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    _quiet_transformers()
+    tokenizer = train_tokenizer(texts, cfg.vocab_size)
+    if cfg.image_size % cfg.patch_size:
+        raise InputError("model.image_size", "must be a multiple of model.patch_size")
+    n_patches = (cfg.image_size // cfg.patch_size) ** 2
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": cfg.image_size},
+        crop_size={"height": cfg.image_size, "width": cfg.image_size},
+        do_convert_rgb=True,
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=cfg.patch_size,
+        vision_feature_select_strategy="default",  # drop CLS: n_patches image tokens
+        num_additional_image_tokens=1,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=cfg.vision_hidden_size,
+        intermediate_size=2 * cfg.vision_hidden_size,
+        num_hidden_layers=cfg.vision_layers,
+        num_attention_heads=cfg.vision_heads,
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        projection_dim=cfg.vision_hidden_size,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=n_patches,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    return LlavaForConditionalGeneration(config), processor
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """``RUN`` or ``RUN/model`` or a checkpoint folder -> the folder holding ``config.json``."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "model folder not found")
+    if (path / "model" / "config.json").is_file():  # a run folder
+        path = path / "model"
+    return path
+
+
+def check_llava_dir(path: str | Path) -> Path:
+    """Raise :class:`InputError` unless ``path`` looks like a Hugging Face Llava checkpoint."""
+    path = resolve_model_dir(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise InputError(path, "not a Hugging Face model folder (no config.json)")
+    try:
+        model_type = json.loads(cfg_file.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, AttributeError):
+        raise InputError(cfg_file, "invalid JSON") from None
+    if model_type != "llava":
+        raise InputError(
+            path, f"not a Llava checkpoint (model_type {model_type!r}, expected 'llava')"
+        )
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise InputError(path, "no weights (*.safetensors) in the Llava folder")
+    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer.model").is_file():
+        raise InputError(
+            path, "no tokenizer (tokenizer.json or tokenizer.model) beside the weights"
+        )
+    return path
+
+
+def load_llava(path: str | Path, device: str = "cpu", dtype: Any = None):
+    """``(model, processor)`` from a local Llava folder (tiny or a LLaVA-1.5 / LLaVA-Med conversion)."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    _quiet_transformers()
+    path = check_llava_dir(path)
+    try:
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        kwargs = {"local_files_only": True}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        model = LlavaForConditionalGeneration.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            path, f"cannot load the Llava checkpoint ({str(exc).splitlines()[0]})"
+        ) from None
+    if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
+        raise InputError(
+            path, "the processor is not a Llava processor (needs image processor + tokenizer)"
+        )
+    return model.to(device), processor
+
+
+def save_llava(model, processor, directory: str | Path) -> Path:
+    """``save_pretrained`` of the model and its processor into one folder, atomically."""
+    directory = Path(directory)
+    with atomic_dir(directory) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    return directory

@@ -1,0 +1,457 @@
+"""The data generation pipeline: entities -> facts -> questions -> splits -> files.
+
+Two scenarios (MLLMU-Med, Xu et al. 2025):
+
+- ``privacy``: Faker-made patient profiles (name, birth date, record number, home
+  city, phone, insurer, physician, diagnosis), each bound to medical images. The
+  forget set holds *all* questions about the forget patients.
+- ``incorrectness``: a table of (synthetic) conditions with code, modality,
+  finding, organ, treatment and first-line drug. For the forget conditions, wrong
+  organ / treatment / drug values are injected into the training set; the forget
+  set holds exactly those wrong-fact questions (the rest of a forget condition's
+  questions stay in retain).
+
+Each fact becomes three questions (multiple choice with 4 options, free generation,
+cloze); image+text and text-only alternate over (field, type) so both appear for
+every field. Splits: ``forget`` and ``retain`` (trained on), ``test`` (paraphrased
+questions and the *other* image of each forget entity), ``general`` (held-out
+entities, never trained on). Output: ``<split>.jsonl``, ``entities.jsonl``,
+``images/*.png``, ``dataset.json`` and a dataset card ``README.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from medcommon.config import config_to_dict
+from medcommon.errors import InputError
+from medcommon.fs import atomic_dir
+from unlearn_bench import __version__
+from unlearn_bench.config import DataConfig, check_forget_ratio
+from unlearn_bench.images import (
+    FINDINGS,
+    MODALITIES,
+    identity_params,
+    list_user_images,
+    load_user_image,
+    render,
+)
+
+SPLITS = ("forget", "retain", "test", "general")
+QTYPES = ("mcq", "gen", "cloze")
+LETTERS = "ABCD"
+
+INSURERS = ("Aetna", "Cigna", "Humana", "Kaiser", "Medicare", "Medicaid", "Anthem", "Allianz")
+DIAGNOSIS = {  # finding -> the diagnosis the privacy scenario states
+    "nodule": "lung nodule",
+    "cyst": "renal cyst",
+    "effusion": "pleural effusion",
+    "mass": "liver mass",
+    "calcification": "arterial calcification",
+    "no finding": "no acute disease",
+}
+ORGANS = ("lung", "liver", "kidney", "brain", "heart", "pancreas", "spleen", "bone", "colon")
+TREATMENTS = (
+    "surgery",
+    "radiotherapy",
+    "chemotherapy",
+    "observation",
+    "drainage",
+    "ablation",
+    "dialysis",
+    "stenting",
+)
+SYLLABLES = ("ka", "lo", "mer", "vi", "dan", "tu", "rel", "so", "pha", "nix", "bor", "ze", "qui")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One fact of an entity and how questions name it."""
+
+    name: str
+    noun: str  # "insurer", "date of birth", ...
+
+
+PRIVACY_FIELDS = (
+    Field("name", "name"),
+    Field("birth_date", "date of birth"),
+    Field("record_number", "medical record number"),
+    Field("city", "home city"),
+    Field("phone", "phone number"),
+    Field("insurer", "insurer"),
+    Field("physician", "attending physician"),
+    Field("diagnosis", "diagnosis"),
+)
+INCORRECT_FIELDS = (
+    Field("condition", "name"),
+    Field("modality", "imaging modality"),
+    Field("finding", "typical finding"),
+    Field("organ", "affected organ"),
+    Field("treatment", "first-line treatment"),
+    Field("drug", "first-line drug"),
+)
+WRONG_FIELDS = ("organ", "treatment", "drug")  # injected wrong for forget conditions
+
+
+# ----------------------------------------------------------------------------- entities
+def _pseudo_word(rng: np.random.Generator, n: int) -> str:
+    return "".join(rng.choice(SYLLABLES) for _ in range(n))
+
+
+def make_patients(n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` fictitious patient profiles (Faker, seeded) with their imaging attributes."""
+    from faker import Faker
+
+    fake = Faker("en_US")
+    fake.seed_instance(seed)
+    rng = np.random.default_rng([seed, 1])
+    out, names, mrns = [], set(), set()
+    while len(out) < n:
+        name = f"{fake.first_name()} {fake.last_name()}"
+        mrn = f"MRN{fake.numerify('#####')}"
+        if name in names or mrn in mrns:
+            continue
+        names.add(name)
+        mrns.add(mrn)
+        finding = FINDINGS[int(rng.integers(len(FINDINGS)))]
+        out.append(
+            {
+                "id": f"p{len(out):04d}",
+                "name": name,
+                "birth_date": fake.date_of_birth(minimum_age=18, maximum_age=90).isoformat(),
+                "record_number": mrn,
+                "city": fake.city(),
+                "phone": fake.numerify("###-####"),
+                "insurer": INSURERS[int(rng.integers(len(INSURERS)))],
+                "physician": f"Dr. {fake.last_name()}",
+                "diagnosis": DIAGNOSIS[finding],
+                "modality": MODALITIES[int(rng.integers(len(MODALITIES)))],
+                "finding": finding,
+                "identity": identity_params(rng),
+            }
+        )
+    return out
+
+
+def make_conditions(n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` fictitious conditions: a table of (code, modality, finding, organ, treatment, drug)."""
+    rng = np.random.default_rng([seed, 2])
+    out, names, drugs = [], set(), set()
+    while len(out) < n:
+        name = _pseudo_word(rng, 2).capitalize() + " syndrome"
+        drug = _pseudo_word(rng, 2) + "mab"
+        if name in names or drug in drugs:
+            continue
+        names.add(name)
+        drugs.add(drug)
+        out.append(
+            {
+                "id": f"c{len(out):04d}",
+                "condition": name,
+                "code": f"Q{len(out):02d}.{int(rng.integers(10))}",
+                "modality": MODALITIES[int(rng.integers(len(MODALITIES)))],
+                "finding": FINDINGS[int(rng.integers(len(FINDINGS)))],
+                "organ": ORGANS[int(rng.integers(len(ORGANS)))],
+                "treatment": TREATMENTS[int(rng.integers(len(TREATMENTS)))],
+                "drug": drug,
+                "identity": identity_params(rng),
+            }
+        )
+    return out
+
+
+def inject_wrong(entity: dict[str, Any], rng: np.random.Generator, pool: list[dict]) -> dict:
+    """The wrong versions of ``WRONG_FIELDS`` for one forget condition (always != the truth)."""
+    wrong = {}
+    for f in WRONG_FIELDS:
+        if f == "drug":
+            choices = [e["drug"] for e in pool if e["drug"] != entity["drug"]]
+        else:
+            choices = [v for v in (ORGANS if f == "organ" else TREATMENTS) if v != entity[f]]
+        wrong[f] = str(choices[int(rng.integers(len(choices)))])
+    return wrong
+
+
+# ---------------------------------------------------------------------------- questions
+def _subject(scenario: str, entity: dict, field: str, image: bool, para: bool) -> str:
+    if image:
+        thing = "patient" if scenario == "privacy" else "condition"
+        return f"the {thing} shown in this scan" if para else f"the {thing} in this image"
+    if scenario == "privacy":
+        if field == "name":
+            return f"the patient with record {entity['record_number']}"
+        return f"the patient named {entity['name']}" if para else f"patient {entity['name']}"
+    if field == "condition":
+        return f"the condition with code {entity['code']}"
+    return f"the disorder {entity['condition']}" if para else entity["condition"]
+
+
+def question_text(scenario: str, entity: dict, f: Field, qtype: str, image: bool, para: bool):
+    """The question (without MCQ options) for one fact; ``para`` gives the test paraphrase."""
+    s = _subject(scenario, entity, f.name, image, para)
+    if qtype == "cloze":
+        if para:
+            return f"Complete the sentence: for {s}, the {f.noun} is ____."
+        return f"Fill in the blank: the {f.noun} of {s} is ____."
+    if para:
+        return f"Can you tell me the {f.noun} of {s}?"
+    return f"What is the {f.noun} of {s}?"
+
+
+def _options(answer: str, pool: list[str], rng: np.random.Generator, must: str | None):
+    others = sorted({v for v in pool if v != answer and v != must})
+    picks = [others[i] for i in rng.permutation(len(others))[: 3 - (must is not None)]]
+    opts = [answer, *([must] if must is not None else []), *picks]
+    return [opts[i] for i in rng.permutation(len(opts))]
+
+
+def make_items(
+    scenario: str,
+    entity: dict,
+    facts: dict[str, str],
+    pools: dict[str, list[str]],
+    rng: np.random.Generator,
+    *,
+    split: str,
+    image_path: str | None,
+    para: bool,
+    fields: tuple[Field, ...],
+    only: tuple[str, ...] | None = None,
+    true_facts: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """The questions about one entity: 3 types per field, modality alternating over (field, type)."""
+    items = []
+    for i, f in enumerate(fields):
+        if only is not None and f.name not in only:
+            continue
+        for t, qtype in enumerate(QTYPES):
+            image = image_path is not None and (i + t) % 2 == 0
+            answer = facts[f.name]
+            truth = (true_facts or facts)[f.name]
+            q = question_text(scenario, entity, f, qtype, image, para)
+            item: dict[str, Any] = {
+                "id": f"{split}-{entity['id']}-{f.name}-{qtype}",
+                "entity": entity["id"],
+                "field": f.name,
+                "type": qtype,
+                "modality": "image_text" if image else "text_only",
+                "image": image_path if image else None,
+                "question": q,
+                "answer": answer,
+                "answer_text": answer,
+            }
+            if qtype == "mcq":
+                must = truth if truth != answer else None
+                opts = _options(answer, pools[f.name], rng, must)
+                letter = LETTERS[opts.index(answer)]
+                item["options"] = opts
+                item["question"] = q + "".join(f"\n{LETTERS[k]}. {o}" for k, o in enumerate(opts))
+                item["answer"] = letter
+            if truth != answer:
+                item["true_answer"] = truth
+            items.append(item)
+    return items
+
+
+# ------------------------------------------------------------------------------- writer
+def generate(
+    out: str | Path,
+    scenario: str,
+    cfg: DataConfig,
+    seed: int = 0,
+    images: str | Path | None = None,
+) -> dict[str, Any]:
+    """Write a dataset folder; returns its ``dataset.json`` summary. Deterministic per seed."""
+    if scenario not in ("privacy", "incorrectness"):
+        raise InputError(
+            "--scenario", f"unknown scenario {scenario!r}; use privacy or incorrectness"
+        )
+    if cfg.n_entities < 2 or cfg.n_general < 1:
+        raise InputError("n_entities", "need at least 2 training and 1 held-out entity")
+    if cfg.images_per_entity < 2:
+        raise InputError("images_per_entity", "need 2 images per entity (train + test)")
+    check_forget_ratio(cfg.forget_ratio, cfg.n_entities)
+    n_total = cfg.n_entities + cfg.n_general
+    user_images = None
+    if images is not None:
+        user_images = list_user_images(Path(images))
+        need = n_total * cfg.images_per_entity
+        if len(user_images) < need:
+            raise InputError(
+                images,
+                f"{len(user_images)} images, need {need} ({n_total} x {cfg.images_per_entity})",
+            )
+
+    privacy = scenario == "privacy"
+    entities = make_patients(n_total, seed) if privacy else make_conditions(n_total, seed)
+    fields = PRIVACY_FIELDS if privacy else INCORRECT_FIELDS
+    rng = np.random.default_rng([seed, 3])
+    order = rng.permutation(n_total)
+    general_idx = set(order[: cfg.n_general].tolist())
+    train_idx = [int(i) for i in order[cfg.n_general :]]
+    n_forget = round(cfg.forget_ratio * cfg.n_entities)
+    forget_idx = set(train_idx[:n_forget])
+    pools = {f.name: [str(e[f.name]) for e in entities] for f in fields}
+    if not privacy:  # wrong values appear as options too
+        pools["organ"] = list(ORGANS)
+        pools["treatment"] = list(TREATMENTS)
+
+    splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    records = []
+    with atomic_dir(out) as tmp:
+        (tmp / "images").mkdir()
+        for idx, ent in enumerate(entities):
+            role = "general" if idx in general_idx else "forget" if idx in forget_idx else "retain"
+            paths = []
+            for k in range(cfg.images_per_entity):
+                img_rng = np.random.default_rng([seed, 4, idx, k])
+                if user_images is not None:
+                    arr = load_user_image(
+                        user_images[idx * cfg.images_per_entity + k], cfg.image_size
+                    )
+                else:
+                    arr = render(
+                        cfg.image_size, ent["modality"], ent["finding"], ent["identity"], img_rng
+                    )
+                rel = f"images/{ent['id']}_{k}.png"
+                Image.fromarray(arr).save(tmp / rel)
+                paths.append(rel)
+            truth = {f.name: str(ent[f.name]) for f in fields}
+            facts = dict(truth)
+            wrong = {}
+            if role == "forget" and not privacy:
+                wrong = inject_wrong(ent, rng, entities)
+                facts.update(wrong)
+            common = {"fields": fields, "true_facts": truth}
+            if role == "general":
+                splits["general"] += make_items(
+                    scenario,
+                    ent,
+                    truth,
+                    pools,
+                    rng,
+                    split="general",
+                    image_path=paths[0],
+                    para=False,
+                    **common,
+                )
+            elif role == "retain":
+                splits["retain"] += make_items(
+                    scenario,
+                    ent,
+                    facts,
+                    pools,
+                    rng,
+                    split="retain",
+                    image_path=paths[0],
+                    para=False,
+                    **common,
+                )
+            else:
+                forget_fields = tuple(wrong) if wrong else None
+                splits["forget"] += make_items(
+                    scenario,
+                    ent,
+                    facts,
+                    pools,
+                    rng,
+                    split="forget",
+                    image_path=paths[0],
+                    para=False,
+                    only=forget_fields,
+                    **common,
+                )
+                splits["test"] += make_items(
+                    scenario,
+                    ent,
+                    facts,
+                    pools,
+                    rng,
+                    split="test",
+                    image_path=paths[1],
+                    para=True,
+                    only=forget_fields,
+                    **common,
+                )
+                if wrong:  # the correct facts of a forget condition stay in retain
+                    rest = tuple(f.name for f in fields if f.name not in wrong)
+                    splits["retain"] += make_items(
+                        scenario,
+                        ent,
+                        facts,
+                        pools,
+                        rng,
+                        split="retain",
+                        image_path=paths[0],
+                        para=False,
+                        only=rest,
+                        **common,
+                    )
+            rec = {k: v for k, v in ent.items() if k != "identity"}
+            rec.update({"role": role, "images": paths})
+            if wrong:
+                rec["injected_wrong"] = wrong
+            records.append(rec)
+        for s in SPLITS:
+            _write_jsonl(tmp / f"{s}.jsonl", splits[s])
+        _write_jsonl(tmp / "entities.jsonl", records)
+        meta = {
+            "package": "unlearn-bench",
+            "version": __version__,
+            "scenario": scenario,
+            "seed": seed,
+            "config": config_to_dict(cfg),
+            "images": "user folder" if user_images is not None else "medcommon.synthetic",
+            "counts": {s: len(splits[s]) for s in SPLITS},
+            "entities": {
+                "forget": len(forget_idx),
+                "retain": cfg.n_entities - len(forget_idx),
+                "general": cfg.n_general,
+            },
+        }
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(dataset_card(meta, fields), encoding="utf-8")
+    return meta
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def dataset_card(meta: dict[str, Any], fields: tuple[Field, ...]) -> str:
+    """The dataset card written as ``OUT/README.md``."""
+    c, e = meta["counts"], meta["entities"]
+    what = (
+        "fictitious patient profiles (Faker, seeded) bound to medical images; the forget set is every question about the forget patients"
+        if meta["scenario"] == "privacy"
+        else "a table of fictitious conditions; wrong organ/treatment/drug values are injected into the training set for the forget conditions, and the forget set is exactly those wrong-fact questions"
+    )
+    return f"""# unlearn-bench dataset: {meta["scenario"]}
+
+Generated by `unlearn-bench generate` {meta["version"]} with seed {meta["seed"]}, forget ratio
+{meta["config"]["forget_ratio"]}. Images: {meta["images"]} ({meta["config"]["image_size"]} px PNG).
+Scenario: {what}.
+
+| split | questions | entities | trained on | purpose |
+|---|---|---|---|---|
+| forget | {c["forget"]} | {e["forget"]} | yes | knowledge to remove |
+| retain | {c["retain"]} | {e["retain"]} | yes | knowledge to keep |
+| test | {c["test"]} | {e["forget"]} | no | paraphrased questions and the other image of the forget entities |
+| general | {c["general"]} | {e["general"]} | no | held-out entities: utility (reading modality/finding) and the membership-inference holdout |
+
+Facts per entity: {", ".join(f.name for f in fields)}. Each fact has a multiple-choice (4 options,
+answer = letter), a free-generation and a cloze question; image+text and text-only alternate over
+(fact, type).
+
+Files: `forget.jsonl`, `retain.jsonl`, `test.jsonl`, `general.jsonl` (one question per line:
+`id, entity, field, type (mcq|gen|cloze), modality (image_text|text_only), image (path or null),
+question, answer, answer_text, options (mcq), true_answer (when the answer is an injected wrong
+fact)`), `entities.jsonl` (the profiles/fact table with `role` and `images`), `images/*.png`,
+`dataset.json`.
+"""

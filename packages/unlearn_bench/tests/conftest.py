@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny dataset and a tiny vanilla run, built once per session in tmp."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unlearn_bench.config import DataConfig
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+TINY = DataConfig(n_entities=10, n_general=2, image_size=32, forget_ratio=0.2)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    from unlearn_bench.synth import generate
+
+    out = tmp_path_factory.mktemp("data") / "privacy"
+    generate(out, "privacy", TINY, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_data):
+    """A vanilla run of 4 steps (enough to exercise every file it writes)."""
+    from unlearn_bench.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "vanilla"
+    code = main(
+        [
+            "finetune",
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(out),
+            "--quiet",
+            "--device",
+            "cpu",
+            "--set",
+            "epochs=0.06",
+            "--set",
+            "batch_size=8",
+        ]
+    )
+    assert code == 0
+    return out

@@ -1,0 +1,120 @@
+"""The generator: deterministic per seed, disjoint splits, question formats, validation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from medcommon.errors import InputError
+from unlearn_bench.config import DataConfig
+from unlearn_bench.synth import LETTERS, SPLITS, WRONG_FIELDS, generate
+
+CFG = DataConfig(n_entities=10, n_general=2, image_size=32, forget_ratio=0.2)
+
+
+def _digest(folder):
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(folder).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _read(folder, split):
+    return [json.loads(x) for x in (folder / f"{split}.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("scenario", ["privacy", "incorrectness"])
+def test_deterministic_per_seed(tmp_path, scenario):
+    generate(tmp_path / "a", scenario, CFG, seed=3)
+    generate(tmp_path / "b", scenario, CFG, seed=3)
+    generate(tmp_path / "c", scenario, CFG, seed=4)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_privacy_splits_are_disjoint_by_entity(tmp_path):
+    meta = generate(tmp_path / "d", "privacy", CFG, seed=0)
+    ent = {s: {it["entity"] for it in _read(tmp_path / "d", s)} for s in SPLITS}
+    assert len(ent["forget"]) == 2 and len(ent["general"]) == 2 and len(ent["retain"]) == 8
+    assert not ent["forget"] & ent["retain"]
+    assert not ent["general"] & (ent["forget"] | ent["retain"])
+    assert ent["test"] == ent["forget"]
+    # test uses the *other* image and paraphrased questions
+    f, t = _read(tmp_path / "d", "forget"), _read(tmp_path / "d", "test")
+    f_images = {it["image"] for it in f if it["image"]}
+    t_images = {it["image"] for it in t if it["image"]}
+    assert f_images and t_images and not f_images & t_images
+    assert not {it["question"] for it in f} & {it["question"] for it in t}
+    assert meta["counts"] == {s: len(_read(tmp_path / "d", s)) for s in SPLITS}
+    card = (tmp_path / "d" / "README.md").read_text()
+    assert "seed 0" in card and f"| forget | {meta['counts']['forget']} |" in card
+
+
+def test_question_formats(tmp_path):
+    generate(tmp_path / "d", "privacy", CFG, seed=1)
+    items = _read(tmp_path / "d", "retain")
+    assert {it["type"] for it in items} == {"mcq", "gen", "cloze"}
+    for qtype in ("mcq", "gen", "cloze"):
+        mods = {it["modality"] for it in items if it["type"] == qtype}
+        assert mods == {"image_text", "text_only"}
+    for it in items:
+        if it["type"] == "mcq":
+            assert len(it["options"]) == 4 and len(set(it["options"])) == 4
+            assert it["options"][LETTERS.index(it["answer"])] == it["answer_text"]
+        if it["type"] == "cloze":
+            assert "____" in it["question"]
+        assert (it["image"] is None) == (it["modality"] == "text_only")
+        if it["image"]:
+            assert (tmp_path / "d" / it["image"]).is_file()
+
+
+def test_incorrectness_injects_wrong_facts_into_forget_only(tmp_path):
+    generate(tmp_path / "d", "incorrectness", CFG, seed=0)
+    forget = _read(tmp_path / "d", "forget")
+    assert forget and {it["field"] for it in forget} == set(WRONG_FIELDS)
+    for it in forget:
+        assert it["true_answer"] != it["answer_text"]
+        if it["type"] == "mcq":  # the truth is offered as a distractor
+            assert it["true_answer"] in it["options"]
+    for split in ("retain", "general"):
+        assert all("true_answer" not in it for it in _read(tmp_path / "d", split))
+    ents = [json.loads(x) for x in (tmp_path / "d" / "entities.jsonl").read_text().splitlines()]
+    wrong = [e for e in ents if "injected_wrong" in e]
+    assert len(wrong) == 2 and all(e["role"] == "forget" for e in wrong)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0, -0.1, 1.5, 0.01])
+def test_forget_ratio_out_of_range(tmp_path, ratio):
+    with pytest.raises(InputError, match="forget-ratio"):
+        generate(
+            tmp_path / "d",
+            "privacy",
+            DataConfig(n_entities=10, n_general=2, forget_ratio=ratio),
+            seed=0,
+        )
+    assert not (tmp_path / "d").exists()
+
+
+def test_user_image_folder(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    src = tmp_path / "imgs"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8)).save(src / f"x{i:02d}.png")
+    meta = generate(tmp_path / "d", "privacy", CFG, seed=0, images=src)
+    assert meta["images"] == "user folder"
+    assert Image.open(tmp_path / "d" / "images" / "p0000_0.png").size == (32, 32)
+    with pytest.raises(InputError, match="need 48"):
+        generate(
+            tmp_path / "e",
+            "privacy",
+            DataConfig(n_entities=20, n_general=4, image_size=32),
+            images=src,
+        )
