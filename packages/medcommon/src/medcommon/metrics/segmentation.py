@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -60,7 +61,16 @@ def hd95(
         return float("inf")
     pt = torch.from_numpy(p)[None, None].float()
     tt = torch.from_numpy(t)[None, None].float()
-    value = compute_hausdorff_distance(
-        pt, tt, include_background=True, percentile=95, spacing=list(spacing) if spacing else None
-    )
+    with warnings.catch_warnings():
+        # MONAI >= 1.5 warns about an argument its own HD code still passes internally.
+        warnings.filterwarnings(
+            "ignore", message=".*always_return_as_numpy", category=FutureWarning
+        )
+        value = compute_hausdorff_distance(
+            pt,
+            tt,
+            include_background=True,
+            percentile=95,
+            spacing=list(spacing) if spacing else None,
+        )
     return float(value.item())

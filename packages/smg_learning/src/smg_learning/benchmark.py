@@ -1,0 +1,277 @@
+"""``smg-learning benchmark``: every strategy over seeds on one multi-site dataset.
+
+Writes ``DIR/results.json`` (medcommon schema; ``extra`` holds the cost ratios and
+the mean Dice matrices), ``DIR/report.md``, a Dice-matrix heat map per strategy
+(``DIR/dice_<method>.png``), the summary bars (``DIR/summary.png``) and a grid of
+SMD samples beside real slices per site (``DIR/smd_samples.png``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from medcommon.errors import InputError
+from medcommon.report import (
+    make_results,
+    plot_bars,
+    plot_heatmap,
+    plot_image_grid,
+    write_report,
+    write_results,
+)
+from smg_learning import __version__
+from smg_learning.config import preset_config
+from smg_learning.costs import site_classifier_accuracy, time_pga, time_samplers
+from smg_learning.data import load_continual
+from smg_learning.strategies import STRATEGIES
+from smg_learning.synth import generate
+from smg_learning.train import resize_pairs, train_continual
+
+METRICS = ["memorizability", "generalizability", "bwt", "hd95", "train_seconds"]
+
+#: training order and held-out sites of the synthetic benchmark, per preset
+BENCH_SITES = {
+    "tiny": (("RUNMC", "BMC"), ("I2CVB",)),
+    "small": (("RUNMC", "BMC", "I2CVB", "UCL"), ("BIDMC", "HK")),
+    "full": (("RUNMC", "BMC", "I2CVB", "UCL"), ("BIDMC", "HK")),
+}
+#: cost-measurement sizes per preset (sampler comparison and site classifier)
+COST_SIZES = {
+    "tiny": dict(ddim_steps=5, per_site=2, train_steps=5, clf_steps=10, clf_per_site=4),
+    "small": dict(ddim_steps=50, per_site=16, train_steps=300, clf_steps=300, clf_per_site=32),
+    "full": dict(ddim_steps=50, per_site=32, train_steps=1000, clf_steps=1000, clf_per_site=64),
+}
+
+
+def run_benchmark(
+    out: str | Path,
+    *,
+    preset: str = "small",
+    seeds: list[int] = (0, 1, 2),
+    data: str | Path | None = None,
+    task: str = "prostate",
+    methods: list[str] | None = None,
+    device: str = "cpu",
+    quiet: bool = True,
+    sites: tuple[str, ...] = (),
+    heldout: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Run the comparison and write the results, report and plots to ``out``."""
+    out = Path(out)
+    cfg = preset_config(preset)
+    methods = list(methods or STRATEGIES.names())
+    if out.exists() and (out / "results.json").exists():
+        raise InputError(out, "already holds a results.json; choose another --out")
+    default_sites, default_held = BENCH_SITES[preset]
+    if data is None and task == "fundus":
+        default_sites, default_held = ("Domain1", "Domain2"), ("Domain3",)
+    with tempfile.TemporaryDirectory(prefix="smg-bench-") as tmp:
+        tmp = Path(tmp)
+        if data is None:
+            data = generate(tmp / "data", task=task, preset=preset, seed=0)
+            sites, heldout = sites or default_sites, heldout or default_held
+        loaded = load_continual(data, cfg, sites, heldout)
+        rows, runs = [], {}
+        bar = tqdm(total=len(seeds) * len(methods), desc="benchmark", disable=quiet)
+        for seed in seeds:
+            for method in methods:
+                smd_from = None
+                if method == "smg" and (seed, "smd-replay") in runs:
+                    smd_from = runs[(seed, "smd-replay")]["dir"]  # same SMD: same data, seed, sites
+                run_dir = tmp / f"run-{seed}-{method}"
+                run_dir.mkdir()
+                m = train_continual(
+                    loaded,
+                    cfg,
+                    method,
+                    run_dir,
+                    seed=seed,
+                    device=device,
+                    quiet=True,
+                    smd_from=smd_from,
+                )
+                if smd_from is not None:  # charge smg for the SMD it reused
+                    src = runs[(seed, "smd-replay")]["metrics"]
+                    m["train_seconds"] += src["smd_seconds"]
+                    m["smd_seconds"] = src["smd_seconds"]
+                runs[(seed, method)] = {"dir": run_dir, "metrics": m}
+                rows.append(
+                    {
+                        "method": method,
+                        "seed": seed,
+                        "metrics": {k: m[k] for k in METRICS if k != "train_seconds"},
+                        "train_seconds": m["train_seconds"],
+                        "dice_matrix": m["dice_matrix"],
+                    }
+                )
+                bar.update(1)
+        bar.close()
+        for r in rows:
+            r["metrics"]["train_seconds"] = r["train_seconds"]
+        extra: dict[str, Any] = {
+            "sites": loaded.sites,
+            "heldout": loaded.heldout,
+            "task": loaded.task,
+            "config": dataclasses.asdict(cfg),
+        }
+        # cost ratios, measured once in this run (first seed)
+        t0 = time.perf_counter()
+        extra.update(time_pga(loaded, cfg, seed=seeds[0], repeats=5 if preset == "tiny" else 10))
+        smd = None
+        for method in ("smd-replay", "smg"):
+            if (seeds[0], method) in runs and runs[(seeds[0], method)]["metrics"][
+                "_smd"
+            ] is not None:
+                smd = runs[(seeds[0], method)]["metrics"]["_smd"]
+                break
+        sizes = COST_SIZES[preset]
+        if smd is not None:
+            judge = None
+            if (seeds[0], "joint") in runs:
+                judge = runs[(seeds[0], "joint")]["metrics"]["_model"]
+            extra.update(
+                time_samplers(
+                    smd,
+                    loaded,
+                    cfg,
+                    judge=judge,
+                    ddim_steps=sizes["ddim_steps"],
+                    per_site=sizes["per_site"],
+                    train_steps=sizes["train_steps"],
+                    seed=seeds[0],
+                )
+            )
+            extra.update(
+                site_classifier_accuracy(
+                    smd,
+                    loaded,
+                    cfg,
+                    per_site=sizes["clf_per_site"],
+                    steps=sizes["clf_steps"],
+                    seed=seeds[0],
+                )
+            )
+        extra["cost_seconds"] = time.perf_counter() - t0
+        out.mkdir(parents=True, exist_ok=True)
+        results = make_results("smg-learning", __version__, preset, seeds, rows, extra=extra)
+        write_results(out, results)
+        _plots(out, results, runs, loaded, smd, methods, seeds)
+        write_report(
+            out,
+            results,
+            "SMG-Learning benchmark",
+            sections=_sections(results, methods),
+            metrics=METRICS,
+        )
+    return results
+
+
+def _mean_matrix(results: dict[str, Any], method: str) -> np.ndarray:
+    mats = [np.asarray(r["dice_matrix"]) for r in results["rows"] if r["method"] == method]
+    return np.mean(mats, axis=0)
+
+
+def _plots(out, results, runs, data, smd, methods, seeds) -> None:
+    stages = [f"after {s}" for s in data.sites]
+    for method in methods:
+        plot_heatmap(
+            _mean_matrix(results, method),
+            stages,
+            data.columns,
+            out / f"dice_{method}.png",
+            f"{method}: Dice (stage x site, mean over seeds)",
+        )
+    values = {}
+    for s in results["summary"]:
+        for metric in ("memorizability", "generalizability"):
+            st = s["metrics"][metric]
+            values.setdefault(metric, {})[s["method"]] = (st["mean"], st["std"])
+    plot_bars(values, out / "summary.png", "Memorizability and generalizability", "Dice")
+    if smd is not None:
+        g = torch.Generator().manual_seed(seeds[0])
+        k = 3
+        sites = torch.arange(len(smd.config.site_names)).repeat_interleave(k)
+        images, masks = smd.sample(sites, steps=smd_steps(results), generator=g)
+        images, masks = resize_pairs(
+            images, masks, data.parts["train"][data.sites[0]].images.shape[-1]
+        )
+        grid, labels = [], []
+        for j, name in enumerate(smd.config.site_names):
+            real = data.parts["train"][name]
+            idx = np.linspace(0, len(real) - 1, k + 2).astype(int)[1:-1]
+            row = [real.images[i, 0].numpy() for i in idx]
+            row += [images[j * k + i, 0].numpy() for i in range(k)]
+            row += [masks[j * k, 0].numpy().astype(float)]
+            grid.append(row)
+            labels.append(name)
+        plot_image_grid(
+            grid,
+            out / "smd_samples.png",
+            labels,
+            col_labels=["real"] * k + ["SMD"] * k + ["SMD mask"],
+            title="Real slices (left) and SMD samples (right) per site prompt",
+        )
+
+
+def smd_steps(results: dict[str, Any]) -> int:
+    return int(results["extra"]["config"]["smd"]["ddim_steps"])
+
+
+def _sections(results: dict[str, Any], methods: list[str]) -> list[tuple[str, str]]:
+    ex = results["extra"]
+    lines = ["| measured in the same run | value |", "|---|---|"]
+
+    def add(label: str, key: str, fmt: str = "{:.3f}") -> None:
+        if key in ex:
+            lines.append(f"| {label} | {fmt.format(ex[key])} |")
+
+    add("PGA step / plain step (same samples, goal <= 2)", "pga_over_plain", "{:.2f}")
+    add("first-order / exact PGA step time (goal <= 0.5)", "first_over_exact", "{:.2f}")
+    add(
+        f"DDIM-{ex.get('ddim_steps')} / DDPM-{ex.get('ddpm_steps')} sampling time (goal <= 0.05)",
+        "ddim_over_ddpm_time",
+        "{:.4f}",
+    )
+    add("downstream Dice, DDIM minus DDPM samples", "ddim_minus_ddpm_dice", "{:+.3f}")
+    add(
+        "downstream Dice of DDIM samples (generated mask vs joint model on the image)",
+        "ddim_downstream_dice",
+    )
+    add("downstream Dice of DDPM samples (same)", "ddpm_downstream_dice")
+    add("site classifier accuracy on SMD samples", "site_acc_smd")
+    add("site classifier accuracy on real test slices", "site_acc_real_test")
+    add("chance", "site_chance")
+    add("plain step seconds", "plain_step_s", "{:.4f}")
+    add("first-order PGA step seconds", "pga_step_s", "{:.4f}")
+    add("exact PGA step seconds", "pga_exact_step_s", "{:.4f}")
+    mats = []
+    for m in methods:
+        mat = _mean_matrix(results, m)
+        head = "| stage | " + " | ".join(ex["sites"] + ex["heldout"]) + " |"
+        sep = "|---" * (1 + mat.shape[1]) + "|"
+        body = "\n".join(
+            f"| after {s} | " + " | ".join(f"{v:.3f}" for v in row) + " |"
+            for s, row in zip(ex["sites"], mat)
+        )
+        mats.append(f"**{m}**\n\n{head}\n{sep}\n{body}\n")
+    setup = (
+        f"Task `{ex['task']}`; training order {' -> '.join(ex['sites'])}; held-out "
+        f"{', '.join(ex['heldout']) or 'none'}. Memorizability: mean Dice on the training "
+        "sites after the last stage. Generalizability: mean over stages of the mean Dice on "
+        "sites not yet trained (and held-out). BWT: mean of D[T, i] - D[i, i]. HD95 in pixels "
+        "(training sites, last stage). train_seconds includes SMD training and replay sampling."
+    )
+    return [
+        ("Setup", setup),
+        ("Costs and SMD quality", "\n".join(lines)),
+        ("Dice matrices (mean over seeds)", "\n".join(mats)),
+        ("Plots", "`summary.png`, `dice_<method>.png`, `smd_samples.png`."),
+    ]

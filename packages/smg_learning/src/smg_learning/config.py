@@ -1,0 +1,212 @@
+"""Configuration: frozen dataclasses with the paper's (or its predecessors') defaults.
+
+``SMGConfig`` is everything ``smg-learning train`` uses; nested ``pga`` and ``smd``
+sections hold the Parallel Gradient Alignment and Site-Modulated Diffusion
+settings. Presets: ``tiny`` (unit tests, seconds), ``small`` (the CPU benchmark,
+minutes), ``full`` (the paper-scale setting for a GPU and the public data).
+Override any field with ``--config F.yaml`` or ``--set key=value`` (dotted for
+nested fields, e.g. ``--set pga.inner_lr=0.02``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from medcommon.errors import InputError
+
+PRESETS = ("tiny", "small", "full")
+
+#: The public six-site prostate MRI set, in the order used by the group's framework.
+PROSTATE_SITES = ("RUNMC", "BMC", "I2CVB", "UCL", "BIDMC", "HK")
+#: Domain names of the public multi-site fundus (optic disc/cup) set.
+FUNDUS_SITES = ("Domain1", "Domain2", "Domain3", "Domain4")
+
+
+@dataclass(frozen=True)
+class PGAConfig:
+    """Parallel Gradient Alignment as first-order dual meta-objectives (DESIGN.md section 5).
+
+    Objective (see README): ``L_cur(θ) + beta_mem·L_rep(θ − α∇L_cur) +
+    beta_gen·[L_mtr(θ) + L_mte(θ − α∇L_mtr)]`` with ``α = inner_lr``.
+    """
+
+    inner_lr: float = 0.01
+    beta_mem: float = 1.0
+    beta_gen: float = 0.5
+    order: Literal["first", "exact"] = "first"
+    shifted_copies: int = 1
+    meta_test_domains: int = 1
+    shift_strength: float = 1.0
+
+
+@dataclass(frozen=True)
+class SMDConfig:
+    """Site-Modulated Diffusion: a diffusers U-Net over image + mask, one prompt per site."""
+
+    image_size: int = 0  # 0: the segmenter's image_size; samples are resized to it
+    prediction_type: Literal["epsilon", "sample"] = "epsilon"
+    block_out_channels: tuple[int, ...] = (64, 128, 256, 256)
+    layers_per_block: int = 2
+    norm_num_groups: int = 32
+    attention: bool = True
+    num_prompts: int = 8
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    train_steps: int = 20000
+    batch_size: int = 16
+    lr: float = 1e-4
+    ddim_steps: int = 100
+    replay_per_site: int = 256
+    mask_threshold: float = 0.0
+
+
+@dataclass(frozen=True)
+class SMGConfig:
+    """One continual run: data, segmenter, strategy settings, PGA and SMD."""
+
+    # data
+    task: Literal["auto", "prostate", "fundus"] = "auto"
+    sites: tuple[str, ...] = ()
+    heldout: tuple[str, ...] = ()
+    image_size: int = 192
+    adjacent_slices: int = 1
+    test_fraction: float = 0.3
+    split_seed: int = 0
+    mask_labels: tuple[int, ...] = ()
+    foreground_labels: tuple[int, ...] = ()
+    # segmenter (MONAI 2D U-Net, 32 base filters in the group's framework)
+    channels: tuple[int, ...] = (32, 64, 128, 256, 512)
+    num_res_units: int = 2
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    dice_weight: float = 0.5
+    steps_per_site: int = 5000
+    batch_size: int = 16
+    # replay (real or generated): share of each batch that is replay, stored samples per site
+    replay_batch: int = 16
+    replay_per_site: int = 256
+    # baselines
+    ewc_lambda: float = 100.0
+    ewc_batches: int = 8
+    lwf_alpha: float = 1.0
+    lwf_temperature: float = 2.0
+    # loop
+    log_every: int = 50
+    checkpoint_every: int = 0
+    pga: PGAConfig = field(default_factory=PGAConfig)
+    smd: SMDConfig = field(default_factory=SMDConfig)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (
+                "image_size",
+                self.image_size >= 16 and self.image_size % 8 == 0,
+                "a multiple of 8, >= 16",
+            ),
+            ("adjacent_slices", self.adjacent_slices in (1, 3), "1 or 3"),
+            ("test_fraction", 0.0 < self.test_fraction < 1.0, "in (0, 1)"),
+            ("steps_per_site", self.steps_per_site >= 0, ">= 0"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("replay_batch", self.replay_batch >= 1, ">= 1"),
+            ("replay_per_site", self.replay_per_site >= 1, ">= 1"),
+            ("lr", self.lr > 0, "> 0"),
+            ("channels", len(self.channels) >= 2, "at least two levels"),
+            ("pga.inner_lr", self.pga.inner_lr >= 0, ">= 0"),
+            ("pga.shifted_copies", self.pga.shifted_copies >= 0, ">= 0"),
+            ("pga.meta_test_domains", self.pga.meta_test_domains >= 1, ">= 1"),
+            ("smd.ddim_steps", self.smd.ddim_steps >= 1, ">= 1"),
+            (
+                "smd.image_size",
+                self.smd.image_size == 0
+                or (self.smd.image_size >= 8 and self.smd.image_size % 4 == 0),
+                "0 (the segmenter's size) or a multiple of 4, >= 8",
+            ),
+            ("smd.num_prompts", self.smd.num_prompts >= 1, ">= 1"),
+            ("smd.replay_per_site", self.smd.replay_per_site >= 1, ">= 1"),
+            (
+                "smd.block_out_channels",
+                all(c % self.smd.norm_num_groups == 0 for c in self.smd.block_out_channels),
+                f"multiples of smd.norm_num_groups ({self.smd.norm_num_groups})",
+            ),
+        ]
+        for name, ok, need in checks:
+            if not ok:
+                raise InputError(f"--set {name}", f"must be {need}")
+
+
+def _replace(cfg: SMGConfig, pga: dict | None = None, smd: dict | None = None, **kw) -> SMGConfig:
+    return dataclasses.replace(
+        cfg,
+        pga=dataclasses.replace(cfg.pga, **(pga or {})),
+        smd=dataclasses.replace(cfg.smd, **(smd or {})),
+        **kw,
+    )
+
+
+def preset_config(preset: str) -> SMGConfig:
+    """The config of a named preset (``tiny``, ``small`` or ``full``)."""
+    full = SMGConfig()
+    if preset == "full":
+        return full
+    if preset == "small":
+        # CPU scale-down: 32 px slices, a 3-level U-Net, 150 steps a site; the SMD is a
+        # (16, 32) diffusion U-Net at 16 px predicting x0 ("sample"), 400 steps a site,
+        # DDIM-20 replay upsampled to 32 px.
+        return _replace(
+            full,
+            image_size=32,
+            channels=(8, 16, 32),
+            num_res_units=1,
+            lr=2e-3,
+            steps_per_site=150,
+            batch_size=16,
+            replay_batch=16,
+            replay_per_site=64,
+            ewc_batches=4,
+            log_every=25,
+            smd=dict(
+                image_size=16,
+                prediction_type="sample",
+                block_out_channels=(16, 32),
+                layers_per_block=1,
+                norm_num_groups=8,
+                attention=False,
+                train_steps=400,
+                batch_size=16,
+                lr=2e-3,
+                ddim_steps=20,
+                replay_per_site=64,
+                beta_schedule="squaredcos_cap_v2",
+            ),
+        )
+    if preset == "tiny":
+        return _replace(
+            full,
+            image_size=16,
+            channels=(4, 8),
+            num_res_units=0,
+            lr=2e-3,
+            steps_per_site=6,
+            batch_size=4,
+            replay_batch=4,
+            replay_per_site=4,
+            ewc_batches=1,
+            log_every=2,
+            smd=dict(
+                prediction_type="sample",
+                block_out_channels=(8, 16),
+                layers_per_block=1,
+                norm_num_groups=4,
+                attention=False,
+                train_steps=4,
+                batch_size=4,
+                lr=2e-3,
+                ddim_steps=3,
+                replay_per_site=4,
+                num_train_timesteps=100,
+                beta_schedule="squaredcos_cap_v2",
+            ),
+        )
+    raise InputError("--preset", f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")

@@ -1,0 +1,351 @@
+"""Multi-site data: discover the public layouts, load slices, split each site by patient.
+
+Layouts (``--data DIR``):
+
+- prostate: ``DIR/<Site>/CaseNN.nii.gz`` + ``DIR/<Site>/CaseNN_segmentation.nii.gz``
+  (the public six-site set: RUNMC, BMC, I2CVB, UCL, BIDMC, HK; ``.nii``, ``.mha``,
+  ``.nrrd`` and ``_Segmentation`` are accepted too). Each volume is min-max normalised
+  to [0, 1]; every axial slice (optionally with its two neighbours as channels) is
+  resized to ``image_size``.
+- fundus: ``DIR/<Domain>/image/NAME.png`` + ``DIR/<Domain>/mask/NAME.png`` (any PNG/JPEG);
+  RGB images (grayscale is replicated), min-max normalised per image. Each image is a case.
+
+Masks must hold only the declared labels (``mask_labels``, default prostate 0/1,
+fundus 0/255); the foreground is ``foreground_labels`` (default prostate 1, fundus 255).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from medcommon.data import patient_split
+from medcommon.errors import InputError
+from medcommon.io import read_image
+from smg_learning.config import FUNDUS_SITES, PROSTATE_SITES, SMGConfig
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
+DEFAULT_LABELS = {"prostate": ((0, 1), (1,)), "fundus": ((0, 255), (255,))}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One patient (prostate volume) or one fundus image, with its mask file."""
+
+    site: str
+    case_id: str
+    image: Path
+    mask: Path
+
+
+@dataclass
+class SiteSlices:
+    """All 2D slices of some cases of one site, ready for the segmenter.
+
+    ``images`` (N, C, S, S) float32 in [0, 1]; ``masks`` (N, 1, S, S) int64 in {0, 1};
+    ``case_index`` (N,) the position of each slice's case in ``cases``.
+    """
+
+    site: str
+    cases: list[str]
+    images: torch.Tensor
+    masks: torch.Tensor
+    case_index: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def case_slices(self, k: int) -> np.ndarray:
+        """Indices of case ``k``'s slices, in z order."""
+        return np.flatnonzero(self.case_index == k)
+
+
+class SliceDataset(Dataset):
+    """Map-style dataset over :class:`SiteSlices` parts: ``{"image", "mask", "site"}`` items."""
+
+    def __init__(self, parts: list[SiteSlices], site_ids: list[int]) -> None:
+        self.images = torch.cat([p.images for p in parts])
+        self.masks = torch.cat([p.masks for p in parts])
+        self.sites = torch.cat(
+            [torch.full((len(p),), s, dtype=torch.long) for p, s in zip(parts, site_ids)]
+        )
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"image": self.images[i], "mask": self.masks[i], "site": self.sites[i]}
+
+
+def _strip(name: str, suffixes: tuple[str, ...]) -> str | None:
+    low = name.lower()
+    for s in suffixes:
+        if low.endswith(s):
+            return name[: -len(s)]
+    return None
+
+
+def _prostate_cases(site_dir: Path) -> list[Case]:
+    images, masks = {}, {}
+    for f in sorted(site_dir.iterdir()):
+        stem = _strip(f.name, VOLUME_SUFFIXES) if f.is_file() else None
+        if stem is None:
+            continue
+        if stem.lower().endswith("_segmentation"):
+            masks[stem[: -len("_segmentation")]] = f
+        else:
+            images[stem] = f
+    for stem, f in images.items():
+        if stem not in masks:
+            raise InputError(f, f"image without its segmentation ({stem}_segmentation.nii.gz)")
+    for stem, f in masks.items():
+        if stem not in images:
+            raise InputError(f, f"segmentation without its image ({stem}.nii.gz)")
+    return [Case(site_dir.name, s, images[s], masks[s]) for s in sorted(images)]
+
+
+def _fundus_cases(site_dir: Path) -> list[Case]:
+    img_dir, mask_dir = site_dir / "image", site_dir / "mask"
+    if not mask_dir.is_dir():
+        raise InputError(site_dir, "has image/ but no mask/ folder")
+
+    def listing(d: Path) -> dict[str, Path]:
+        out = {}
+        for f in sorted(d.iterdir()):
+            stem = _strip(f.name, RASTER_SUFFIXES) if f.is_file() else None
+            if stem is not None:
+                out[stem] = f
+        return out
+
+    images, masks = listing(img_dir), listing(mask_dir)
+    for stem, f in images.items():
+        if stem not in masks:
+            raise InputError(f, f"image without its mask (mask/{stem}.png)")
+    for stem, f in masks.items():
+        if stem not in images:
+            raise InputError(f, f"mask without its image (image/{stem}.png)")
+    return [Case(site_dir.name, s, images[s], masks[s]) for s in sorted(images)]
+
+
+@dataclass
+class MultiSiteData:
+    """The sites found under a data folder, each a list of :class:`Case` (not yet loaded)."""
+
+    root: Path
+    task: str
+    sites: dict[str, list[Case]] = field(default_factory=dict)
+
+    def resolve_sites(
+        self, sites: tuple[str, ...] | list[str], heldout: tuple[str, ...] | list[str]
+    ) -> tuple[list[str], list[str]]:
+        """Validate the training order and the held-out sites against the folder.
+
+        Without ``sites``, every site not held out trains, in the public order
+        (RUNMC, BMC, I2CVB, UCL, BIDMC, HK / Domain1..4) when the names match, else sorted.
+        """
+        for flag, names in (("--sites", sites), ("--heldout", heldout)):
+            for n in names:
+                if n not in self.sites:
+                    raise InputError(
+                        flag, f"unknown site {n!r}; {self.root} has {', '.join(self.sites)}"
+                    )
+            dup = sorted({n for n in names if list(names).count(n) > 1})
+            if dup:
+                raise InputError(flag, f"site {dup[0]!r} is listed twice")
+        both = sorted(set(sites) & set(heldout))
+        if both:
+            raise InputError("--heldout", f"site {both[0]!r} is also in --sites")
+        order = list(sites) or [n for n in self.sites if n not in heldout]
+        if not order:
+            raise InputError("--sites", "no site left to train on")
+        for n in [*order, *heldout]:
+            if not self.sites[n]:
+                raise InputError(self.root / n, "site has no cases")
+        return order, list(heldout)
+
+
+def discover(root: str | Path, task: str = "auto") -> MultiSiteData:
+    """Find the sites and cases under ``root`` (prostate or fundus layout).
+
+    Raises:
+        InputError: the folder is missing or empty, mixes layouts, or a case lacks its mask.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "data folder not found")
+    site_dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    if not site_dirs:
+        raise InputError(root, "no site folders found")
+    kinds = {d.name: ("fundus" if (d / "image").is_dir() else "prostate") for d in site_dirs}
+    found = set(kinds.values())
+    if len(found) > 1:
+        raise InputError(root, "mixes the prostate and fundus layouts")
+    detected = found.pop()
+    if task != "auto" and task != detected:
+        raise InputError(root, f"looks like the {detected} layout, not {task}")
+    sites = {}
+    for d in site_dirs:
+        sites[d.name] = _fundus_cases(d) if detected == "fundus" else _prostate_cases(d)
+    public = PROSTATE_SITES if detected == "prostate" else FUNDUS_SITES
+    if set(sites) <= set(public):
+        sites = {n: sites[n] for n in public if n in sites}
+    return MultiSiteData(root, detected, sites)
+
+
+def labels_for(cfg: SMGConfig, task: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The declared mask labels and foreground labels (config, else the task default)."""
+    labels, fg = DEFAULT_LABELS[task]
+    labels = cfg.mask_labels or labels
+    fg = cfg.foreground_labels or fg
+    missing = sorted(set(fg) - set(labels))
+    if missing:
+        raise InputError("--set foreground_labels", f"{missing[0]} is not among mask_labels")
+    return tuple(labels), tuple(fg)
+
+
+def _minmax(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float32)
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def _resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    if x.shape[-2:] == (size, size):
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=(size, size), mode="nearest")
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def load_case(case: Case, task: str, cfg: SMGConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read one case: images (Z, C, S, S) float32 in [0, 1], masks (Z, 1, S, S) int64 in {0, 1}."""
+    img = read_image(case.image)
+    msk = read_image(case.mask)
+    labels, fg = labels_for(cfg, task)
+    if task == "fundus":
+        arr = img.array if img.array.ndim == 3 else np.repeat(img.array[..., None], 3, axis=2)
+        m = msk.array if msk.array.ndim == 2 else msk.array[..., 0]
+        if arr.shape[:2] != m.shape:
+            raise InputError(
+                case.mask, f"mask shape {m.shape} differs from image shape {arr.shape[:2]}"
+            )
+        vol = _minmax(arr).transpose(2, 0, 1)[None]  # (1, 3, y, x)
+        m = m[None]  # (1, y, x)
+    else:
+        arr = img.array
+        if arr.ndim == 2:
+            arr = arr[None]
+        if arr.ndim != 3:
+            raise InputError(case.image, f"expected a 3D volume, got shape {arr.shape}")
+        m = msk.array if msk.array.ndim == 3 else msk.array[None]
+        if m.shape != arr.shape:
+            raise InputError(
+                case.mask, f"mask shape {m.shape} differs from image shape {arr.shape}"
+            )
+        v = _minmax(arr)  # (z, y, x)
+        if cfg.adjacent_slices == 3:
+            idx = np.arange(v.shape[0])
+            vol = np.stack([v[np.clip(idx + d, 0, len(idx) - 1)] for d in (-1, 0, 1)], axis=1)
+        else:
+            vol = v[:, None]
+    values = np.unique(m)
+    bad = [int(x) for x in values if int(x) not in labels or x != int(x)]
+    if bad:
+        raise InputError(
+            case.mask,
+            f"mask has labels {bad[:5]} not among the declared {list(labels)} "
+            "(set mask_labels / foreground_labels)",
+        )
+    fgm = np.isin(m, fg).astype(np.float32)[:, None]  # (z, 1, y, x)
+    images = _resize(torch.from_numpy(np.ascontiguousarray(vol)), cfg.image_size, "bilinear")
+    masks = _resize(torch.from_numpy(fgm), cfg.image_size, "nearest")
+    return images.clamp(0, 1).float(), masks.round().long()
+
+
+def load_slices(cases: list[Case], task: str, cfg: SMGConfig, site: str) -> SiteSlices:
+    """Load and stack the slices of ``cases`` (all of one site)."""
+    ims, mks, idx = [], [], []
+    for k, c in enumerate(cases):
+        i, m = load_case(c, task, cfg)
+        ims.append(i)
+        mks.append(m)
+        idx.append(np.full(i.shape[0], k))
+    if not ims:
+        raise InputError(site, "no cases in this split")
+    return SiteSlices(
+        site, [c.case_id for c in cases], torch.cat(ims), torch.cat(mks), np.concatenate(idx)
+    )
+
+
+def split_site(cases: list[Case], test_fraction: float, seed: int) -> dict[str, list[str]]:
+    """A patient-level train/test split of one site's cases (at least one case each side)."""
+    ids = [c.case_id for c in cases]
+    if len(ids) < 2:
+        raise InputError(cases[0].image.parent if cases else "site", "needs at least 2 cases")
+    n_test = min(max(1, round(len(ids) * test_fraction)), len(ids) - 1)
+    train_idx, test_idx = patient_split(ids, [len(ids) - n_test, n_test], seed=seed)
+    if len(test_idx) == 0 or len(train_idx) == 0:  # rounding in patient_split
+        order = np.random.default_rng(seed).permutation(len(ids))
+        test_idx, train_idx = np.sort(order[:n_test]), np.sort(order[n_test:])
+    return {"train": [ids[i] for i in train_idx], "test": [ids[i] for i in test_idx]}
+
+
+@dataclass
+class ContinualData:
+    """Loaded slices for a run: ``parts[split][site]`` for the training and held-out sites."""
+
+    task: str
+    sites: list[str]
+    heldout: list[str]
+    split: dict[str, dict[str, list[str]]]
+    parts: dict[str, dict[str, SiteSlices]]
+    channels: int
+
+    @property
+    def columns(self) -> list[str]:
+        """Dice-matrix columns: training sites in order, then held-out sites."""
+        return [*self.sites, *self.heldout]
+
+
+def load_continual(
+    root: str | Path,
+    cfg: SMGConfig,
+    sites: tuple[str, ...] | list[str] = (),
+    heldout: tuple[str, ...] | list[str] = (),
+    split: dict[str, dict[str, list[str]]] | None = None,
+) -> ContinualData:
+    """Discover, validate and load everything a run needs (before any output is written).
+
+    Args:
+        split: a saved split (``RUN/split.json``) to reuse; otherwise each site is
+            split by patient with ``cfg.test_fraction`` and ``cfg.split_seed``.
+    """
+    ms = discover(root, cfg.task)
+    order, held = ms.resolve_sites(sites or cfg.sites, heldout or cfg.heldout)
+    if len(order) > cfg.smd.num_prompts:
+        raise InputError(
+            "--sites", f"{len(order)} sites exceed smd.num_prompts ({cfg.smd.num_prompts})"
+        )
+    labels_for(cfg, ms.task)
+    split = dict(split or {})
+    parts: dict[str, dict[str, SiteSlices]] = {"train": {}, "test": {}}
+    for name in [*order, *held]:
+        cases = ms.sites[name]
+        if name not in split:
+            split[name] = split_site(cases, cfg.test_fraction, cfg.split_seed)
+        by_id = {c.case_id: c for c in cases}
+        for part in ("train", "test"):
+            missing = [i for i in split[name][part] if i not in by_id]
+            if missing:
+                raise InputError(root, f"case {name}/{missing[0]} of the saved split is missing")
+            chosen = [by_id[i] for i in split[name][part]]
+            parts[part][name] = load_slices(chosen, ms.task, cfg, name)
+    channels = int(next(iter(parts["train"].values())).images.shape[1])
+    split = {n: split[n] for n in [*order, *held]}
+    return ContinualData(ms.task, order, held, split, parts, channels)

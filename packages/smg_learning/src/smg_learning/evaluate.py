@@ -1,0 +1,110 @@
+"""Per-site Dice/HD95, the stage x site Dice matrix and its continual summaries.
+
+Dice and HD95 are per case (a prostate volume: its slices stacked in z; a fundus
+image) and averaged over the site's cases. HD95 is in pixels of the resized
+grid; a case whose prediction is empty while its truth is not (HD95 = inf) is
+given the image diagonal, so the mean stays finite.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medcommon.errors import InputError
+from medcommon.fs import write_json_atomic
+from medcommon.metrics import continual_summary, dice, hd95
+from medcommon.models import from_pretrained
+from smg_learning.data import ContinualData, SiteSlices
+from smg_learning.segmenter import Segmenter
+
+
+@torch.no_grad()
+def evaluate_site(
+    model: Segmenter, part: SiteSlices, device: str | torch.device = "cpu"
+) -> dict[str, float]:
+    """Mean per-case Dice and HD95 of ``model`` on one site's slices."""
+    model.eval()
+    pred = model.predict(part.images.to(device)).cpu().numpy()  # (N, S, S)
+    truth = part.masks[:, 0].numpy().astype(bool)
+    diag = math.hypot(*pred.shape[1:])
+    dices, hds = [], []
+    for k in range(len(part.cases)):
+        idx = part.case_slices(k)
+        p, t = pred[idx], truth[idx]
+        if p.shape[0] == 1:
+            p, t = p[0], t[0]
+        dices.append(dice(p, t))
+        h = hd95(p, t)
+        hds.append(diag if not math.isfinite(h) else h)
+    return {"dice": float(np.mean(dices)), "hd95": float(np.mean(hds))}
+
+
+def stage_metrics(
+    model: Segmenter, data: ContinualData, split: str, device="cpu"
+) -> dict[str, float]:
+    """``dice/<site>`` and ``hd95/<site>`` for every Dice-matrix column."""
+    out = {}
+    for site in data.columns:
+        m = evaluate_site(model, data.parts[split][site], device)
+        out[f"dice/{site}"] = m["dice"]
+        out[f"hd95/{site}"] = m["hd95"]
+    return out
+
+
+def summarize(
+    rows: list[dict[str, float]], data_sites: list[str], columns: list[str]
+) -> dict[str, Any]:
+    """Dice/HD95 matrices (stages x columns) and memorizability, generalizability, BWT, HD95.
+
+    ``hd95`` is the mean HD95 over the training sites after the last stage (the
+    memorizability counterpart); ``hd95_unseen`` over the held-out sites, averaged over stages.
+    """
+    dm = [[r[f"dice/{c}"] for c in columns] for r in rows]
+    hm = [[r[f"hd95/{c}"] for c in columns] for r in rows]
+    out: dict[str, Any] = {
+        "stages": [f"site-{s}" for s in data_sites[: len(rows)]],
+        "columns": list(columns),
+        "dice_matrix": dm,
+        "hd95_matrix": hm,
+    }
+    out.update(continual_summary(np.asarray(dm)))
+    t = len(rows)
+    out["hd95"] = float(np.mean(hm[-1][:t]))
+    held = len(columns) - len(data_sites)
+    out["hd95_unseen"] = (
+        float(np.mean([row[len(data_sites) :] for row in hm])) if held else float("nan")
+    )
+    return out
+
+
+def evaluate_run(
+    run: str | Path, data_dir: str | Path, split: str = "test", device: str = "cpu"
+) -> dict[str, Any]:
+    """Recompute the Dice matrix of a finished run from its per-stage models and saved split.
+
+    Writes ``RUN/eval-<split>.json`` and returns its content.
+    """
+    from smg_learning.train import load_run
+
+    run = Path(run)
+    cfg, sites, heldout, saved_split = load_run(run)
+    if split not in ("train", "test"):
+        raise InputError("--split", f"unknown split {split!r}; choose train or test")
+    from smg_learning.data import load_continual
+
+    data = load_continual(data_dir, cfg, sites, heldout, split=saved_split)
+    rows = []
+    for site in sites:
+        stage_dir = run / "stages" / site
+        if not (stage_dir / "model.safetensors").is_file():
+            raise InputError(stage_dir, "missing stage model (is the run finished?)")
+        model = from_pretrained(Segmenter, stage_dir).to(device)
+        rows.append(stage_metrics(model, data, split, device))
+    result = {"split": split, **summarize(rows, sites, data.columns)}
+    write_json_atomic(run / f"eval-{split}.json", result)
+    return result

@@ -1,0 +1,190 @@
+"""Synthetic multi-site data in the public layouts, with a site shift to remember and to generalise over.
+
+Prostate (``<Site>/CaseNN.nii.gz`` + ``<Site>/CaseNN_segmentation.nii.gz``): a pelvis-like
+body with smooth texture, a bladder-like distractor and an irregular ellipsoidal gland
+(the label). Each site renders the same anatomy through its own *intensity transfer*
+(the gland's intensity relative to the surrounding tissue: brighter at some sites,
+darker at others), then a :class:`medcommon.synthetic.SiteStyle` (gamma, contrast,
+bias field, blur, noise). A segmenter fine-tuned on the last site therefore forgets
+earlier sites whose transfer differs, which is the effect SMG-Learning addresses.
+
+Fundus (``<Domain>/image/NAME.png`` + ``<Domain>/mask/NAME.png``): an RGB fundus
+disc with vessels and a bright optic disc (the label, mask 0/255); domains differ
+by colour transfer, gamma, blur and noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+from medcommon.errors import InputError
+from medcommon.fs import atomic_dir
+from medcommon.io import write_image
+from medcommon.synthetic import (
+    SiteStyle,
+    apply_site_style,
+    ellipse,
+    random_blob,
+    smooth_noise,
+    to_uint,
+)
+from smg_learning.config import FUNDUS_SITES, PROSTATE_SITES
+
+Task = Literal["prostate", "fundus"]
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """Size of a synthetic dataset."""
+
+    sites: int
+    cases: int
+    slices: int
+    size: int
+
+
+SYNTH_PRESETS = {
+    "tiny": SynthSpec(sites=3, cases=4, slices=4, size=24),
+    "small": SynthSpec(sites=6, cases=10, slices=8, size=40),
+    "full": SynthSpec(sites=6, cases=30, slices=20, size=128),
+}
+
+# Gland intensity minus surrounding-tissue intensity per site: the "intensity transfer".
+# Alternating polarity makes sequential fine-tuning forget (and held-out sites of
+# either polarity reward a model that remembers both).
+_GLAND_CONTRAST = (0.32, -0.30, 0.26, -0.24, 0.30, -0.28, 0.22, -0.2)
+
+
+def site_styles(n: int, task: Task, seed: int = 0) -> list[SiteStyle]:
+    """The acquisition style of each of ``n`` sites (fixed by ``seed``)."""
+    rng = np.random.default_rng(10_000 + seed)
+    out = []
+    for k in range(n):
+        out.append(
+            SiteStyle(
+                gamma=float(np.exp(rng.uniform(-0.35, 0.35))),
+                contrast=float(np.exp(rng.uniform(-0.25, 0.2))),
+                brightness=float(rng.uniform(-0.08, 0.08)),
+                bias_strength=float(rng.uniform(0.05, 0.35)) if task == "prostate" else 0.0,
+                blur_sigma=float([0.0, 0.6, 0.3, 0.9, 0.15, 0.45][k % 6]),
+                noise_sigma=float([0.02, 0.05, 0.03, 0.06, 0.015, 0.04][k % 6]),
+            )
+        )
+    return out
+
+
+def prostate_case(
+    rng: np.random.Generator, slices: int, size: int, gland_contrast: float, style: SiteStyle
+) -> tuple[np.ndarray, np.ndarray]:
+    """One ``(z, y, x)`` volume in [0, 1] and its 0/1 gland mask."""
+    shape = (slices, size, size)
+    body = ellipse(shape, (0.0, 0.05, 0.0), (3.0, 0.85, 0.95))
+    cz = rng.uniform(-0.2, 0.2)
+    center = (cz, rng.uniform(0.0, 0.3), rng.uniform(-0.15, 0.15))
+    radius = rng.uniform(0.3, 0.42)
+    coords_z = np.linspace(-1, 1, slices)
+    # gland: an irregular blob per slice, shrinking towards the ends of its z extent
+    gland = np.zeros(shape, dtype=bool)
+    half = rng.uniform(0.45, 0.7)
+    blob = random_blob((size, size), rng, center[1:], radius, irregularity=0.2)
+    for z, zc in enumerate(coords_z):
+        rel = abs(zc - center[0]) / half
+        if rel < 1.0:
+            steps = round((1 - np.sqrt(1 - rel**2)) * radius * size / 2)
+            # iterations=0 would mean "erode until nothing changes" in scipy
+            eroded = ndimage.binary_erosion(blob, iterations=steps) if steps > 0 else blob
+            gland[z] = eroded & body[z]
+    bladder = (
+        ellipse(shape, (center[0], center[1] - radius - 0.3, center[2]), (0.8, 0.22, 0.3)) & ~gland
+    )
+    tissue = 0.45 + 0.06 * smooth_noise(shape, rng, sigma=1.5)
+    img = np.where(body, tissue, 0.05)
+    # the distractor has the opposite polarity of the gland at every site
+    img = np.where(bladder, tissue - 1.2 * gland_contrast, img)
+    gland_tex = 0.04 * smooth_noise(shape, rng, sigma=1.0)
+    img = np.where(gland, tissue + gland_contrast + gland_tex, img)
+    img = np.stack([apply_site_style(s, style, rng) for s in img])
+    return img.astype(np.float32), gland.astype(np.uint8)
+
+
+def fundus_case(
+    rng: np.random.Generator, size: int, tint: np.ndarray, style: SiteStyle
+) -> tuple[np.ndarray, np.ndarray]:
+    """One ``(y, x, 3)`` RGB fundus image in [0, 1] and its 0/1 optic-disc mask."""
+    field_ = ellipse((size, size), (0, 0), (0.95, 0.95))
+    yy, xx = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij")
+    center = (rng.uniform(-0.2, 0.2), rng.uniform(-0.35, 0.35))
+    disc = random_blob((size, size), rng, center, rng.uniform(0.16, 0.24), irregularity=0.1)
+    vessels = np.zeros((size, size))
+    for _ in range(6):
+        ang = rng.uniform(0, 2 * np.pi)
+        dist = np.abs(np.sin(ang) * (xx - center[1]) - np.cos(ang) * (yy - center[0]))
+        vessels = np.maximum(vessels, np.exp(-((dist / 0.03) ** 2)))
+    base = 0.45 + 0.05 * smooth_noise((size, size), rng, sigma=2.0)
+    lum = np.where(field_, base - 0.25 * vessels, 0.0)
+    lum = np.where(disc, 0.85 + 0.05 * smooth_noise((size, size), rng, 1.0), lum)
+    lum = apply_site_style(lum, style, rng)
+    rgb = np.clip(lum[..., None] * tint[None, None, :], 0, 1) * field_[..., None]
+    return rgb.astype(np.float32), (disc & field_).astype(np.uint8)
+
+
+def generate(
+    out: str | Path,
+    task: Task = "prostate",
+    preset: str = "tiny",
+    seed: int = 0,
+    num_sites: int | None = None,
+    quiet: bool = True,
+) -> Path:
+    """Write a synthetic multi-site dataset to ``out`` (atomically; ``out`` must not hold files).
+
+    Returns:
+        ``out``.
+    """
+    if preset not in SYNTH_PRESETS:
+        raise InputError("--preset", f"unknown preset {preset!r}; choose from tiny, small, full")
+    if task not in ("prostate", "fundus"):
+        raise InputError("--task", f"unknown task {task!r}; choose from prostate, fundus")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(out, "already exists and is not an empty folder")
+    spec = SYNTH_PRESETS[preset]
+    names = PROSTATE_SITES if task == "prostate" else FUNDUS_SITES
+    n = num_sites or (spec.sites if task == "prostate" else min(spec.sites, 4))
+    if not 1 <= n <= len(names):
+        raise InputError("--sites", f"{task} synth writes 1 to {len(names)} sites, not {n}")
+    styles = site_styles(n, task, seed)
+    bar = tqdm(total=n * spec.cases, desc="synth", disable=quiet, leave=False)
+    with atomic_dir(out) as tmp:
+        for k, site in enumerate(names[:n]):
+            rng = np.random.default_rng([seed, k])
+            if task == "prostate":
+                for c in range(spec.cases):
+                    img, mask = prostate_case(
+                        rng, spec.slices, spec.size, _GLAND_CONTRAST[k % 8], styles[k]
+                    )
+                    spacing = (3.0, 0.6 * 256 / spec.size, 0.6 * 256 / spec.size)
+                    # scanner-like integer intensities, a different range per site
+                    scale = [1000, 255, 4095, 600, 2000, 1500][k % 6]
+                    write_image(
+                        tmp / site / f"Case{c:02d}.nii.gz",
+                        np.round(img * scale).astype(np.int16),
+                        spacing,
+                    )
+                    write_image(tmp / site / f"Case{c:02d}_segmentation.nii.gz", mask, spacing)
+                    bar.update(1)
+            else:
+                tint = np.array([1.0, 0.55, 0.3]) * np.exp(rng.uniform(-0.3, 0.3, 3))
+                for c in range(spec.cases):
+                    img, mask = fundus_case(rng, spec.size * 2, tint, styles[k])
+                    write_image(tmp / site / "image" / f"{site}_{c:03d}.png", to_uint(img))
+                    write_image(tmp / site / "mask" / f"{site}_{c:03d}.png", mask * 255)
+                    bar.update(1)
+    bar.close()
+    return out
