@@ -88,3 +88,30 @@ def test_report_combines_benchmark_folders(tmp_path, capsys):
     assert "| erm | 0.550 ± 0.071 |" in text
     assert "| ratio | 1.02 |" in text
     assert run_main(main, ["report", str(tmp_path)]) == 2
+
+
+def test_require_fresh_out(tmp_path):
+    from medcommon.cli import require_fresh_out
+
+    require_fresh_out(tmp_path / "new")  # absent: fine
+    (tmp_path / "empty").mkdir()
+    require_fresh_out(tmp_path / "empty")  # empty: fine
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "log.jsonl").write_text("{}\n")
+    with pytest.raises(
+        InputError, match=r"used: run folder already exists and is not empty \(pass --resume"
+    ):
+        require_fresh_out(tmp_path / "used")
+
+
+def test_read_json_names_the_file(tmp_path):
+    from medcommon.fs import read_json
+
+    with pytest.raises(InputError, match="split.json: split not found"):
+        read_json(tmp_path / "split.json", "split")
+    bad = tmp_path / "config.json"
+    bad.write_text("{oops")
+    with pytest.raises(InputError, match="config.json: invalid JSON"):
+        read_json(bad)
+    bad.write_text('{"a": 1}')
+    assert read_json(bad) == {"a": 1}

@@ -12,7 +12,7 @@ from safetensors.torch import load_model, save_model
 
 from medcommon.config import config_from_dict, config_to_dict
 from medcommon.errors import InputError
-from medcommon.fs import atomic_dir
+from medcommon.fs import atomic_dir, read_json
 
 M = TypeVar("M", bound=torch.nn.Module)
 
@@ -43,10 +43,7 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise InputError(directory, f"not a saved model folder (no {CONFIG_NAME})")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"invalid JSON ({exc})") from None
+    return read_json(path)
 
 
 def from_pretrained(

@@ -19,6 +19,7 @@ from medcommon.cli import (
     add_synth_args,
     add_train_args,
     make_parser,
+    require_fresh_out,
     run_main,
     subparsers,
 )
@@ -191,8 +192,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     opts = _data_options(args, cfg)
     out: Path = args.out
-    if out.exists() and any(out.iterdir()) and not args.resume:
-        raise InputError(out, "already holds files; pass --resume or choose a new --out")
+    if not args.resume:
+        require_fresh_out(out)
     if cfg.model.backbone_weights and not Path(cfg.model.backbone_weights).is_file():
         raise InputError(cfg.model.backbone_weights, "backbone weights file not found")
     train = load_split(args.data, "train", opts, quiet=args.quiet)

@@ -16,6 +16,7 @@ from medcommon.cli import (
     add_synth_args,
     add_train_args,
     make_parser,
+    require_fresh_out,
     run_main,
     subparsers,
 )
@@ -38,13 +39,6 @@ def _names(text: str | None, flag: str) -> tuple[str, ...]:
 def _check_preset(preset: str) -> None:
     if preset not in PRESETS:
         raise InputError("--preset", f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-
-
-def _fresh_out(out: Path, what: str = "run folder") -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(
-            out, f"{what} already exists and is not empty (use --resume or another --out)"
-        )
 
 
 def _print_matrix(metrics: dict) -> None:
@@ -105,7 +99,7 @@ def cmd_train(args) -> int:
         args.method = args.method or "smg"
         args.seed = 0 if args.seed is None else args.seed
         STRATEGIES.get(args.method)
-        _fresh_out(args.out)
+        require_fresh_out(args.out)
         cfg = resolve_config(
             SMGConfig, base=preset_config(args.preset), file=args.config, overrides=args.overrides
         )
@@ -165,7 +159,7 @@ def cmd_sample(args) -> int:
         raise InputError("--steps", "must be >= 1")
     if args.sampler not in ("ddim", "ddpm"):
         raise InputError("--sampler", f"unknown sampler {args.sampler!r}; choose ddim or ddpm")
-    _fresh_out(args.out, "output folder")
+    require_fresh_out(args.out, "output folder", "choose another --out")
     device = resolve_device(args.device)
     smd = from_pretrained(SiteModulatedDiffusion, smd_dir).to(device)
     k = smd.site_index(args.site)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from torch.utils.data import Dataset
 
 from medcommon.config import config_from_dict, config_to_dict
 from medcommon.errors import InputError
-from medcommon.fs import write_json_atomic
+from medcommon.fs import read_json, write_json_atomic
 from medcommon.models import from_pretrained, save_pretrained
 from medcommon.train import TrainConfig, Trainer, seed_everything
 from smg_learning import __version__
@@ -150,17 +149,14 @@ def load_run(run: str | Path) -> tuple[SMGConfig, list[str], list[str], dict[str
     for name in ("config.json", "split.json", "run.json"):
         if not (run / name).is_file():
             raise InputError(run, f"not a run folder (no {name})")
-    try:
-        raw = json.loads((run / "config.json").read_text(encoding="utf-8"))
-        split = json.loads((run / "split.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(run / "config.json", f"invalid JSON ({exc})") from None
+    raw = read_json(run / "config.json")
+    split = read_json(run / "split.json")
     cfg = config_from_dict(SMGConfig, raw)
     return cfg, list(cfg.sites), list(cfg.heldout), split
 
 
 def read_run_info(run: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run) / "run.json").read_text(encoding="utf-8"))
+    return read_json(Path(run) / "run.json", "run.json")
 
 
 def train_continual(

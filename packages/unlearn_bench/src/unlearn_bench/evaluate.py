@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from medcommon.errors import InputError
-from medcommon.fs import write_json_atomic
+from medcommon.fs import read_json, write_json_atomic
 from medcommon.metrics import mia_auc, rouge_l, substring_match
 from medcommon.train.accelerator import resolve_device
 from unlearn_bench.config import EvalConfig
@@ -257,7 +257,7 @@ def evaluate_run(
     data = check_dataset(data_dir, subsets)
     run_cfg = {}
     if (run / "config.json").is_file() and model_dir != run:
-        run_cfg = json.loads((run / "config.json").read_text(encoding="utf-8"))
+        run_cfg = read_json(run / "config.json")
     if vanilla is None and run_cfg.get("command") == "unlearn":
         vanilla = run_cfg.get("vanilla_model")
     vanilla_dir = check_llava_dir(vanilla) if vanilla is not None else None

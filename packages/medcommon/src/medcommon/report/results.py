@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from medcommon.errors import InputError
-from medcommon.fs import write_json_atomic, write_text_atomic
+from medcommon.fs import read_json, write_json_atomic, write_text_atomic
 
 REQUIRED_KEYS = ("package", "version", "preset", "seeds", "rows", "summary")
 
@@ -104,10 +103,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
         path = path / "results.json"
     if not path.is_file():
         raise InputError(path, "no results.json here")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"invalid JSON ({exc})") from None
+    data = read_json(path)
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise InputError(path, f"not a benchmark results file (missing {', '.join(missing)})")

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from medcommon.errors import InputError
-from medcommon.fs import atomic_dir
+from medcommon.fs import atomic_dir, read_json
 
 STATE_FILE = "trainer_state.json"
 
@@ -46,12 +46,7 @@ def save_checkpoint(
 def read_trainer_state(directory: Path) -> dict[str, Any] | None:
     """The ``trainer_state.json`` of a checkpoint folder, or None if there is no checkpoint."""
     path = directory / STATE_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"corrupt checkpoint state ({exc})") from None
+    return read_json(path) if path.is_file() else None
 
 
 def _load(path: Path) -> Any:
