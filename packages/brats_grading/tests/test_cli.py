@@ -85,6 +85,13 @@ def test_train_two_steps_every_method(tmp_path, capsys, data19, method):
     if method.startswith("cmg"):
         stages = {json.loads(line).get("stage") for line in (run_dir / "log.jsonl").open()}
         assert stages == {"primary", "guided"}
+        # reliability fusion: weights fitted on an inner split of the training fold only
+        fusion = metrics["fusion"]
+        assert fusion["n_inner"] + fusion["n_val"] == len(split["train"])
+        saved = json.loads((run_dir / "model" / "config.json").read_text())
+        assert saved["branch_weights"] == pytest.approx(
+            [fusion["weights"][m] for m in saved["modalities"]] if fusion["weights"] else []
+        )
 
 
 def test_train_evaluate_predict_resume(tmp_path, capsys, data20):

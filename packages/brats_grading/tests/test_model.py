@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from brats_grading.attention import DualAttention, SliceAttention, SpatialAttention
-from brats_grading.config import ModelConfig
+from brats_grading.config import MODALITIES, ModelConfig
 from brats_grading.mc3 import BasicBlock3d, MC3Backbone
 from brats_grading.model import GradingNet
+from brats_grading.train import reliability_weights
 from medcommon.testing import ModelConformance
 
 TINY = {"stem_channels": 4, "widths": (4, 8), "blocks": (1, 1), "attention_reduction": 2}
@@ -80,7 +81,7 @@ def test_dual_attention_returns_both_maps():
 
 
 def test_fusion_rule_primary_weighted():
-    net = GradingNet(ModelConfig(**TINY, primary_weight=0.4))
+    net = GradingNet(ModelConfig(**TINY, fusion="primary-weighted", primary_weight=0.4))
     w = net.fusion_weights(["t1", "t1ce", "t2", "flair"])
     assert w == pytest.approx({"t1ce": 0.4, "t1": 0.2, "t2": 0.2, "flair": 0.2})
     logits = {
@@ -89,6 +90,24 @@ def test_fusion_rule_primary_weighted():
     p = torch.softmax(net.fuse(logits), dim=1)[0, 1]
     expected = sum(w[n] * torch.sigmoid(torch.tensor(float(i))) for i, n in enumerate(logits))
     torch.testing.assert_close(p, expected)
+
+
+def test_fusion_rule_reliability_uses_fitted_weights_renormalised():
+    cfg = ModelConfig(**TINY, fusion="reliability", branch_weights=(0.0, 0.6, 0.1, 0.3))
+    net = GradingNet(cfg)
+    w = net.fusion_weights(["t1", "t1ce", "t2", "flair"])
+    assert w == pytest.approx({"t1": 0.0, "t1ce": 0.6, "t2": 0.1, "flair": 0.3})
+    assert net.fusion_weights(["t1ce", "flair"]) == pytest.approx({"t1ce": 2 / 3, "flair": 1 / 3})
+    # not fitted yet (or nothing above chance): the plain mean
+    unfitted = GradingNet(ModelConfig(**TINY, fusion="reliability"))
+    assert unfitted.fusion_weights(["t1", "t1ce"]) == pytest.approx({"t1": 0.5, "t1ce": 0.5})
+
+
+def test_reliability_weights_are_auc_excess_over_chance():
+    aucs = {"t1": 0.45, "t1ce": 0.9, "t2": 0.5, "flair": 0.7}
+    w = reliability_weights(aucs, MODALITIES)
+    assert w == pytest.approx((0.0, 0.4 / 0.6, 0.0, 0.2 / 0.6))
+    assert reliability_weights({"t1": float("nan"), "t1ce": 0.3}, MODALITIES) == ()
 
 
 class TestBranchesConformance(ModelConformance):

@@ -135,6 +135,7 @@ def run_benchmark(
         k = folds or base_cfg.folds
         arrays = load_cases(cases, base_cfg.shape, quiet=quiet)
     labels = [c.label for c in cases]
+    patients = [c.patient for c in cases]
     index = {c.name: i for i, c in enumerate(cases)}
     splits = [make_split(cases, k, f, base_cfg.split_seed) for f in range(k)]
     rows: list[dict[str, Any]] = []
@@ -148,8 +149,9 @@ def run_benchmark(
             for name in methods:
                 method, cfg = method_config(name, preset, overrides=[f"folds={k}", f"fold={f}"])
                 info = fit_method(
-                    method, cfg, arrays, labels, tr, seed=seed, device=device, quiet=quiet
-                )
+                    method, cfg, arrays, labels, tr, patients=patients, seed=seed,
+                    device=device, quiet=quiet,
+                )  # fmt: skip
                 probs = predict_proba(info.model, arrays[te])
                 branches = branch_diagnostics(info.model, arrays[te], [labels[i] for i in te])
                 rows.append({
@@ -158,6 +160,7 @@ def run_benchmark(
                     "train_seconds": info.train_seconds,
                     "volumes_per_second": info.volumes_per_second,
                     "branches": branches,
+                    "fusion": info.fusion,
                 })  # fmt: skip
                 throughput.setdefault(name, []).append(info.volumes_per_second)
                 if name == "cmg" and fig_model is None:
@@ -226,6 +229,31 @@ def _branch_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _fusion_table(rows: list[dict[str, Any]]) -> str:
+    """Mean validation-fitted fusion weight (and validation AUC) of each branch per method."""
+    acc: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for r in rows:
+        fusion = r.get("fusion") or {}
+        for b, a in (fusion.get("val_auc") or {}).items():
+            w = (fusion.get("weights") or {}).get(b, float("nan"))
+            acc.setdefault(r["method"], {}).setdefault(b, []).append((w, a))
+    if not acc:
+        return ""
+    names = ["t1", "t1ce", "t2", "flair"]
+    lines = ["| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for method, per in acc.items():
+        cells = []
+        for b in names:
+            vals = np.array(per.get(b, []), dtype=float)
+            cells.append(
+                "–"
+                if vals.size == 0
+                else f"{np.nanmean(vals[:, 0]):.2f} / {np.nanmean(vals[:, 1]):.3f}"
+            )
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _sections(results: dict[str, Any], k: int, seeds: Sequence[int]) -> list[tuple[str, str]]:
     extra = results["extra"]
     summary = {s["method"]: s for s in results["summary"]}
@@ -268,5 +296,10 @@ def _sections(results: dict[str, Any], k: int, seeds: Sequence[int]) -> list[tup
     diag = _branch_table(results["rows"])
     if diag:
         sections.append(("Branches of the multi-branch methods (test AUC / std of P(HGG))", diag))
+    fusion = _fusion_table(results["rows"])
+    if fusion:
+        sections.append(
+            ("Reliability fusion: mean weight / mean inner-validation AUC per branch", fusion)
+        )
     sections.append(("AUC per method", markdown_table(results, ["auc"])))
     return sections

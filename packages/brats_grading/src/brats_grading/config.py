@@ -21,7 +21,11 @@ class ModelConfig:
     """The grading network (see :class:`brats_grading.model.GradingNet`).
 
     ``inputs``: ``single`` = one branch on ``modality``; ``early`` = one branch on the
-    4-channel stack; ``branches`` = one branch per modality, fused by ``fusion``.
+    4-channel stack; ``branches`` = one branch per modality, fused by ``fusion``:
+    ``reliability`` weights the branch probabilities by ``branch_weights`` (one per
+    modality, fitted on an inner validation split by :func:`brats_grading.train.fit_method`;
+    uniform until fitted), ``primary-weighted`` gives ``primary_weight`` to the primary and
+    splits the rest evenly, ``mean`` is the plain average.
     Backbone: MC3 (Tran et al. 2018): a stem ``(3,7,7)`` stride ``(1,2,2)``, then
     ``len(widths)`` residual layers; the first ``full3d_layers`` use 3x3x3 convolutions,
     the rest 1x3x3 with stride ``(1,2,2)`` (never striding over slices).
@@ -38,8 +42,9 @@ class ModelConfig:
     attention_reduction: int = 8
     dropout: float = 0.2
     primary: str = "t1ce"
-    fusion: Literal["primary-weighted", "mean"] = "primary-weighted"
+    fusion: Literal["reliability", "primary-weighted", "mean"] = "reliability"
     primary_weight: float = 0.5
+    branch_weights: tuple[float, ...] = ()
     num_classes: int = 2
 
     def __post_init__(self) -> None:
@@ -52,6 +57,12 @@ class ModelConfig:
             raise InputError("model.full3d_layers", f"must be in 0..{len(self.widths)}")
         if not 0.0 <= self.primary_weight <= 1.0:
             raise InputError("model.primary_weight", "must be in [0, 1]")
+        if self.branch_weights and (
+            len(self.branch_weights) != len(self.modalities) or min(self.branch_weights) < 0
+        ):
+            raise InputError(
+                "model.branch_weights", f"need {len(self.modalities)} non-negative weights"
+            )
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,7 @@ class GradingConfig:
     fold: int = 0
     split_seed: int = 0
     imbalance: Literal["weighted-loss", "sampler", "none"] = "weighted-loss"
+    val_fraction: float = 1 / 3
     steps: int = 3000
     primary_steps: int = 3000
     batch_size: int = 4
@@ -97,6 +109,8 @@ class GradingConfig:
             raise InputError("folds", "need at least 2 folds")
         if not 0 <= self.fold < self.folds:
             raise InputError("fold", f"must be in 0..{self.folds - 1}, got {self.fold}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise InputError("val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         if self.steps < 0 or self.primary_steps < 0:
             raise InputError("steps", "must be >= 0")
 

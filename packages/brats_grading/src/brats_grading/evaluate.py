@@ -6,7 +6,6 @@ the two grades, so no threshold is tuned on test data.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from brats_grading.data import Case, case_files, discover, load_cases, patient_o
 from brats_grading.model import GradingNet
 from medcommon import metrics as M
 from medcommon.errors import InputError
-from medcommon.fs import write_json_atomic
+from medcommon.fs import read_json, write_json_atomic
 from medcommon.models import from_pretrained
 
 THRESHOLD = 0.5
@@ -61,8 +60,8 @@ def load_run(run: Path) -> tuple[GradingNet, dict[str, Any], dict[str, Any]]:
     if not (run / "model").is_dir():
         raise InputError(run, "not a finished run folder (no model/)")
     model = from_pretrained(GradingNet, run / "model").eval()
-    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
-    split = json.loads((run / "split.json").read_text(encoding="utf-8"))
+    config = read_json(run / "config.json")
+    split = read_json(run / "split.json")
     return model, config, split
 
 

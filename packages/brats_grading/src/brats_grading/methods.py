@@ -8,7 +8,7 @@ A stage is a set of trainable parameters, a step function for
 | ``single-<m>`` | one branch on modality m | CE |
 | ``early-fusion`` | one branch on the 4-channel stack | CE |
 | ``late-fusion`` | four branches, mean of probabilities | sum of per-branch CE (independent) |
-| ``cmg`` | four branches + dual attention, primary-weighted fusion | 1: primary CE; 2: guided secondaries |
+| ``cmg`` | four branches + dual attention, reliability-weighted fusion | 1: primary CE; 2: guided secondaries |
 | ``cmg-no-attention`` | as cmg, no dual attention | as cmg |
 | ``cmg-no-guidance`` | as cmg | as cmg with ``kd_weight = feature_weight = 0`` |
 """
@@ -149,16 +149,14 @@ _register(
 )
 _register(
     "cmg",
-    "cross-modality guidance + dual attention, two stages, primary-weighted fusion",
-    lambda c: replace(c, model={"inputs": "branches", "fusion": "primary-weighted"}),
+    "cross-modality guidance + dual attention, two stages, reliability-weighted fusion",
+    lambda c: replace(c, model={"inputs": "branches", "fusion": "reliability"}),
     _cmg_stages,
 )
 _register(
     "cmg-no-attention",
     "cmg without the dual attention",
-    lambda c: replace(
-        c, model={"inputs": "branches", "fusion": "primary-weighted", "attention": False}
-    ),
+    lambda c: replace(c, model={"inputs": "branches", "fusion": "reliability", "attention": False}),
     _cmg_stages,
 )
 _register(
@@ -166,7 +164,7 @@ _register(
     "cmg with the distillation and alignment weights set to 0",
     lambda c: replace(
         c,
-        model={"inputs": "branches", "fusion": "primary-weighted"},
+        model={"inputs": "branches", "fusion": "reliability"},
         guidance={"kd_weight": 0.0, "feature_weight": 0.0},
     ),
     _cmg_stages,

@@ -7,8 +7,9 @@ Input is always the full ``(B, 4, D, H, W)`` stack in the order t1, t1ce, t2, fl
 - ``early``: one branch on all four channels (early fusion);
 - ``branches``: one branch per modality; the fused probability is
   ``p = w_p p_primary + (1 - w_p) / |S| sum_s p_s`` (``fusion="primary-weighted"``,
-  ``w_p = primary_weight``) or the plain mean of the branch probabilities
-  (``fusion="mean"``, late fusion).
+  ``w_p = primary_weight``), ``p = sum_m w_m p_m`` with reliability weights fitted on
+  an inner validation split (``fusion="reliability"``, ``w = branch_weights``), or the
+  plain mean of the branch probabilities (``fusion="mean"``, late fusion).
 
 Each branch: MC3 backbone -> dual attention (optional) -> global average pool ->
 dropout -> linear. ``forward`` returns ``logits`` (for ``branches``: the log of the
@@ -98,7 +99,12 @@ class GradingNet(nn.Module):
         cfg = self.config
         if len(names) == 1:
             return {names[0]: 1.0}
-        if cfg.fusion == "mean" or cfg.primary not in names:
+        if cfg.fusion == "reliability" and cfg.branch_weights:
+            fitted = dict(zip(cfg.modalities, cfg.branch_weights, strict=True))
+            total = sum(fitted[n] for n in names)
+            if total > 0:
+                return {n: fitted[n] / total for n in names}
+        if cfg.fusion != "primary-weighted" or cfg.primary not in names:
             return {n: 1.0 / len(names) for n in names}
         rest = (1.0 - cfg.primary_weight) / (len(names) - 1)
         return {n: cfg.primary_weight if n == cfg.primary else rest for n in names}

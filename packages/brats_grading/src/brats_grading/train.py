@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from brats_grading.config import GradingConfig, preset_config
+from brats_grading.config import GradingConfig, preset_config, replace
 from brats_grading.data import (
     GradingDataset,
     class_weights,
@@ -28,9 +28,12 @@ from brats_grading.data import (
 from brats_grading.evaluate import grading_metrics, predict_proba
 from brats_grading.methods import METHODS, Method
 from brats_grading.model import GradingNet
+from medcommon import metrics as M
+from medcommon.cli import require_fresh_out
 from medcommon.config import config_from_dict, config_to_dict, resolve_config
+from medcommon.data import patient_split
 from medcommon.errors import InputError
-from medcommon.fs import write_json_atomic
+from medcommon.fs import read_json, write_json_atomic
 from medcommon.train import TrainConfig, Trainer, seed_everything
 
 RUN_KEYS = ("method", "seed", "preset")
@@ -44,6 +47,7 @@ class FitInfo:
     train_seconds: float = 0.0
     volumes: int = 0
     stages: list[dict[str, Any]] = field(default_factory=list)
+    fusion: dict[str, Any] = field(default_factory=dict)
 
     @property
     def volumes_per_second(self) -> float:
@@ -64,6 +68,25 @@ def method_config(
     return m, cfg
 
 
+def needs_reliability(cfg: GradingConfig) -> bool:
+    """True if the fused prediction waits for validation-fitted branch weights."""
+    m = cfg.model
+    return m.inputs == "branches" and m.fusion == "reliability" and not m.branch_weights
+
+
+def reliability_weights(val_aucs: dict[str, float], modalities: Sequence[str]) -> tuple:
+    """``w_m = max(AUC_val(m) - 1/2, 0)``: a branch's evidence above chance, nothing below.
+
+    Returns one weight per modality (normalised to sum 1), or ``()`` when no branch
+    beats chance (or the validation split holds one grade only): the fusion then
+    stays the uniform mean.
+    """
+    raw = [max(val_aucs.get(m, float("nan")) - 0.5, 0.0) for m in modalities]
+    raw = [0.0 if not np.isfinite(v) else v for v in raw]
+    total = sum(raw)
+    return tuple(v / total for v in raw) if total > 0 else ()
+
+
 def fit_method(
     method: Method,
     cfg: GradingConfig,
@@ -71,6 +94,7 @@ def fit_method(
     labels: Sequence[int],
     train_idx: Sequence[int],
     *,
+    patients: Sequence | None = None,
     seed: int = 0,
     run_dir: Path | None = None,
     device: str = "auto",
@@ -82,8 +106,73 @@ def fit_method(
     Class imbalance: ``cfg.imbalance="weighted-loss"`` weights the cross-entropy by
     inverse class frequency of the training fold; ``"sampler"`` draws batches with
     probability proportional to it instead.
+
+    Reliability fusion (``model.fusion="reliability"``, no ``branch_weights`` given):
+    the training fold is split by patient, stratified by grade (``medcommon.data.
+    patient_split``, seed ``seed``) into inner-train and validation
+    (``cfg.val_fraction``); the method is trained on inner-train, each branch's AUC is
+    measured on validation, the weights :func:`reliability_weights` are set in the model
+    config, and the method is trained again, with the same seed, on the whole training
+    fold. The test fold is never seen; ``patients`` (one id per case of ``arrays``)
+    keeps a patient's scans on one side.
     """
     train_idx = np.asarray(train_idx)
+    if not needs_reliability(cfg):
+        return _fit(method, cfg, arrays, labels, train_idx, seed, run_dir, device, quiet, resume)
+    y_all = np.asarray(labels)
+    groups = np.asarray(patients if patients is not None else np.arange(len(y_all)))
+    inner, val = patient_split(
+        groups[train_idx].tolist(),
+        [1.0 - cfg.val_fraction, cfg.val_fraction],
+        seed=seed,
+        labels=y_all[train_idx].tolist(),
+    )
+    inner_info = _fit(
+        method, cfg, arrays, labels, train_idx[inner], seed, None, device, quiet, False
+    )
+    val_idx = train_idx[val]
+    val_aucs = _branch_aucs(inner_info.model, arrays[val_idx], y_all[val_idx].tolist())
+    weights = reliability_weights(val_aucs, cfg.model.modalities)
+    cfg = replace(cfg, model={"branch_weights": weights})
+    info = _fit(method, cfg, arrays, labels, train_idx, seed, run_dir, device, quiet, resume)
+    info.train_seconds += inner_info.train_seconds
+    info.volumes += inner_info.volumes
+    info.stages = [
+        {**st, "stage": f"inner-{st['stage']}"} for st in inner_info.stages
+    ] + info.stages
+    info.fusion = {
+        "val_auc": val_aucs,
+        "weights": dict(zip(cfg.model.modalities, weights, strict=True)) if weights else {},
+        "n_inner": len(inner),
+        "n_val": len(val),
+    }
+    return info
+
+
+@torch.no_grad()
+def _branch_aucs(model: GradingNet, arrays: np.ndarray, y: list[int]) -> dict[str, float]:
+    model.eval()
+    device = next(model.parameters()).device
+    probs: dict[str, list[np.ndarray]] = {}
+    for i in range(0, len(arrays), 8):
+        x = torch.from_numpy(np.asarray(arrays[i : i + 8], dtype=np.float32)).to(device)
+        for name, z in model(x)["branch_logits"].items():
+            probs.setdefault(name, []).append(torch.softmax(z, dim=1)[:, 1].cpu().numpy())
+    return {n: M.auc(y, np.concatenate(p)) for n, p in probs.items()}
+
+
+def _fit(
+    method: Method,
+    cfg: GradingConfig,
+    arrays: np.ndarray,
+    labels: Sequence[int],
+    train_idx: np.ndarray,
+    seed: int,
+    run_dir: Path | None,
+    device: str,
+    quiet: bool,
+    resume: bool,
+) -> FitInfo:
     y = np.asarray(labels)[train_idx]
     train_set = GradingDataset(arrays[train_idx], y, flip=cfg.flip)
     weight = class_weights(y) if cfg.imbalance == "weighted-loss" else None
@@ -143,15 +232,11 @@ def fit_method(
 
 
 def _read_saved_config(run: Path) -> tuple[dict[str, Any], GradingConfig]:
-    import json
 
     path = run / "config.json"
     if not path.is_file():
         raise InputError(run, "not a run folder (no config.json)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"invalid JSON ({exc})") from None
+    data = read_json(path)
     facts = {k: data.pop(k, None) for k in RUN_KEYS}
     return facts, config_from_dict(GradingConfig, data)
 
@@ -188,8 +273,8 @@ def train_run(
                 out, f"run was started with --method {facts['method']} --seed {facts['seed']}"
             )
         cfg = saved
-    elif out.exists() and any(out.iterdir()):
-        raise InputError(out, "run folder exists and is not empty (use --resume or a new --out)")
+    else:
+        require_fresh_out(out)
     layout, cases = discover(data)
     split = make_split(cases, cfg.folds, cfg.fold, cfg.split_seed)
     arrays = load_cases(cases, cfg.shape, quiet=quiet)  # reads and checks every file
@@ -209,8 +294,8 @@ def train_run(
          "data": str(Path(data).resolve()), **split},
     )  # fmt: skip
     info = fit_method(
-        m, cfg, arrays, labels, train_idx, seed=seed, run_dir=out, device=device,
-        quiet=quiet, resume=resume,
+        m, cfg, arrays, labels, train_idx, patients=[c.patient for c in cases], seed=seed,
+        run_dir=out, device=device, quiet=quiet, resume=resume,
     )  # fmt: skip
     probs = predict_proba(info.model, arrays[test_idx])
     metrics = {
@@ -222,5 +307,7 @@ def train_run(
         "volumes_per_second": info.volumes_per_second,
         "stages": info.stages,
     }
+    if info.fusion:
+        metrics["fusion"] = info.fusion
     write_json_atomic(out / "metrics.json", metrics)
     return metrics
