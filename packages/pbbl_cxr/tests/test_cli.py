@@ -64,10 +64,15 @@ def test_train_and_evaluate_smoke(tmp_path: Path, gbp_tiny: Path, method: str):
     assert "auc_balanced" in metrics["valid"]
     if method == "pbbl":
         assert sorted(p.name for p in (run_dir / "checkpoint").iterdir()) == ["bias-r1", "debias"]
-        assert 0 <= metrics["pseudo_bias_accuracy"] <= 1
         lines = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
         assert any("pseudo_labels" in x for x in lines)
         assert (run_dir / "pseudo_bias.csv").read_text().startswith("path,label,bias,bias_hat\n")
+        with open(run_dir / "pseudo_bias.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        assert len(rows) == 96  # every train image
+        assert {r["bias_hat"] for r in rows} <= {"0", "1"}
+        want = np.mean([int(r["bias"]) == int(r["bias_hat"]) for r in rows])
+        assert metrics["pseudo_bias_accuracy"] == pytest.approx(want, rel=1e-6)  # float32 mean
     assert (
         run(["evaluate", "--run", run_dir, "--data", gbp_tiny, "--split", "test", "--quiet"]) == 0
     )

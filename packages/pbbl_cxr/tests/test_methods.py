@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from medcommon.train import seed_everything
 from pbbl_cxr.config import ModelConfig, run_preset
 from pbbl_cxr.data import DataOptions, load_split
 from pbbl_cxr.losses import GroupDROWeights, LossEMA, gce_loss
@@ -22,7 +23,8 @@ from pbbl_cxr.methods import (
     make_lff_step,
     run_method,
 )
-from pbbl_cxr.models import BiasedDebiasedPair, Classifier
+from pbbl_cxr.models import BiasedDebiasedPair, Classifier, build_model
+from pbbl_cxr.pseudo import bias_prior
 
 
 def _batch():
@@ -109,9 +111,38 @@ def test_every_method_runs_two_steps(name: str, tiny_splits):
     out = run_method(name, RunContext(cfg, train, valid, seed=0))
     assert isinstance(out.model, Classifier)
     assert out.train_seconds > 0
+
+    # training changed the weights: compare with the same seed's fresh initialisation
+    # (LfF keeps f_D, the second network built after seeding)
+    def fresh() -> Classifier:
+        seed_everything(0)
+        nets = [build_model(cfg.model) for _ in range(2 if name == "lff" else 1)]
+        return nets[-1]
+
+    init, again = fresh().state_dict(), fresh().state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in init.items())  # the init is reproducible
+    trained = out.model.state_dict()
+    assert trained.keys() == init.keys()
+    trainable = [k for k, p in out.model.named_parameters() if p.requires_grad]
+    assert trainable
+    assert any(not torch.equal(trained[k], init[k]) for k in trainable)
+
     if name == "pbbl":
-        assert 0.0 <= out.info["pseudo_bias_accuracy"] <= 1.0
+        b_hat = out.info["b_hat"]
+        assert b_hat.shape == train.labels.shape
+        assert set(b_hat.tolist()) <= {0, 1}
+        assert out.info["pseudo_bias_accuracy"] == pytest.approx(
+            (b_hat == train.bias).float().mean().item()
+        )
         prior = torch.tensor(out.info["prior"])
-        assert torch.allclose(prior.sum(1), torch.ones(2))
+        assert torch.allclose(prior, bias_prior(b_hat, train.labels, 2, 2))
+        # each row: p(y | b_hat = b) from the counts of the pseudo labels the run used
+        for b in (0, 1):
+            ys = train.labels[b_hat == b]
+            if len(ys):
+                want = torch.bincount(ys, minlength=2).float() / len(ys)
+            else:
+                want = torch.full((2,), 0.5)
+            assert torch.allclose(prior[b], want), (b, prior[b], want)
     if name != "gce":
         assert "auc_balanced" in out.valid_metrics
