@@ -10,6 +10,7 @@ from medcommon.metrics import dice
 from smg_learning.config import preset_config
 from smg_learning.data import SiteSlices, load_continual
 from smg_learning.evaluate import evaluate_site, stage_metrics, summarize
+from smg_learning.segmenter import Segmenter
 
 
 def test_summarize_matches_hand_computation() -> None:
@@ -63,7 +64,7 @@ def test_evaluate_site_is_per_case_volume_dice() -> None:
 
 
 def test_stage_metrics_columns(prostate_dir) -> None:
-    from smg_learning.segmenter import Segmenter, SegmenterConfig
+    from smg_learning.segmenter import SegmenterConfig
 
     data = load_continual(prostate_dir, preset_config("tiny"), ("RUNMC", "BMC"), ("I2CVB",))
     torch.manual_seed(0)
@@ -71,3 +72,34 @@ def test_stage_metrics_columns(prostate_dir) -> None:
     assert sorted(m) == sorted(f"{k}/{s}" for k in ("dice", "hd95") for s in data.columns)
     assert all(0 <= m[f"dice/{s}"] <= 1 for s in data.columns)
     assert all(np.isfinite(v) for v in m.values())
+
+    # An oracle that returns the ground-truth masks as logits scores perfectly everywhere.
+    parts = data.parts["test"]
+    images = torch.cat([parts[s].images for s in data.columns])
+    masks = torch.cat([parts[s].masks[:, 0] for s in data.columns])
+    assert masks.any()  # non-trivial foreground
+    m = stage_metrics(_LogitOracle(images, masks), data, "test")
+    assert sorted(m) == sorted(f"{k}/{s}" for k in ("dice", "hd95") for s in data.columns)
+    for s in data.columns:
+        assert m[f"dice/{s}"] == pytest.approx(1.0), s
+        assert m[f"hd95/{s}"] == pytest.approx(0.0), s
+
+
+class _LogitOracle(torch.nn.Module):
+    """Looks each input image up (exact match) and returns its true mask as 2-class logits."""
+
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor) -> None:
+        super().__init__()
+        self.images = images.flatten(1)
+        self.masks = masks.long()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        eq = (x.flatten(1)[:, None, :] == self.images[None]).all(-1)  # (B, N)
+        assert bool(eq.any(1).all()), "input image not in the oracle's table"
+        fg = self.masks[eq.float().argmax(1)].float()  # (B, H, W)
+        return torch.stack([1.0 - fg, fg], 1) * 10.0  # (B, 2, H, W) logits
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
+        return Segmenter.predict(self, x, batch)

@@ -74,6 +74,21 @@ def test_ddpm_sampler_and_site_lookup() -> None:
         torch.tensor([0]), sampler="ddpm", generator=torch.Generator().manual_seed(0)
     )
     assert images.shape == (1, 1, 16, 16)
+    sites = torch.tensor([0, 1])
+
+    def draw(sampler: str, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        return smd.sample(sites, steps=10, sampler=sampler, generator=g)
+
+    ddpm, ddpm_masks = draw("ddpm")
+    assert ddpm.shape == (2, 1, 16, 16) and ddpm_masks.shape == (2, 1, 16, 16)
+    assert ddpm.min() >= 0 and ddpm.max() <= 1  # documented: images in [0, 1]
+    assert ddpm_masks.dtype == torch.long and set(ddpm_masks.unique().tolist()) <= {0, 1}
+    again, again_masks = draw("ddpm")
+    assert torch.equal(ddpm, again) and torch.equal(ddpm_masks, again_masks)  # same seed
+    assert not torch.equal(ddpm, draw("ddpm", seed=1)[0])  # the seed matters
+    ddim, _ = draw("ddim")  # same initial noise, deterministic sampler
+    assert (ddpm - ddim).abs().mean() > 1e-3
     assert smd.site_index("B") == 1
     with pytest.raises(InputError, match="unknown site 'C'"):
         smd.site_index("C")

@@ -82,6 +82,23 @@ def test_retrain_uses_retain_only_and_same_init(tmp_path, tiny_data, tiny_run):
     m = json.loads((out / "metrics.json").read_text())
     assert m["command"] == "retrain" and m["n_train"] == 192  # 8 retain patients x 24 questions
     assert (out / "model" / "model.safetensors").is_file()
+    # same init for real: with lr = 0 (AdamW then leaves the weights untouched) finetune and
+    # retrain with the same seed save the same initial weights and the same tokenizer
+    from safetensors.torch import load_file
+
+    frozen = [*FAST, "--seed", "0", "--set", "lr=0"]
+    ft0, rt0 = tmp_path / "ft0", tmp_path / "rt0"
+    assert main(["finetune", "--data", str(tiny_data), "--out", str(ft0), *frozen]) == 0
+    assert main(["retrain", "--data", str(tiny_data), "--out", str(rt0), *frozen]) == 0
+    assert json.loads((rt0 / "metrics.json").read_text())["steps"] == 2  # it did train steps
+    wf = load_file(ft0 / "model" / "model.safetensors")
+    wr = load_file(rt0 / "model" / "model.safetensors")
+    assert wf.keys() == wr.keys() and all(torch.equal(wf[k], wr[k]) for k in wf)
+    tok = (ft0 / "model" / "tokenizer.json").read_bytes()
+    assert tok == (rt0 / "model" / "tokenizer.json").read_bytes()
+    # and lr = 0 really froze them: the trained vanilla (same seed 0, lr > 0) differs
+    wt = load_file(tiny_run / "model" / "model.safetensors")
+    assert any(not torch.equal(wt[k], wf[k]) for k in wf)
 
 
 @pytest.mark.parametrize("method", METHODS.names())
@@ -157,6 +174,16 @@ def test_evaluate_writes_all_metrics(tmp_path, tiny_data, tiny_run):
             for suffix in ("", "_image_text", "_text_only"):
                 assert k + suffix in res["subsets"][s]
     assert 0.0 <= res["ues"] <= 1.0  # vanilla taken from the run's config
+    # no --vanilla was given, so the UES above can only come from the run's config
+    un_cfg = json.loads((un / "config.json").read_text())
+    assert un_cfg["command"] == "unlearn"
+    assert un_cfg["vanilla_model"] == str((tiny_run / "model").resolve())
+    explicit = [a for a in args if a not in ("--reference", str(tiny_run))]
+    assert len(explicit) == len(args) - 2
+    assert main([*explicit, "--vanilla", str(tiny_run)]) == 0
+    res_explicit = json.loads((un / "eval-all.json").read_text())
+    assert res_explicit["ues"] == res["ues"]
+    assert res_explicit["subsets"] == res["subsets"]
     assert 0.0 <= res["mia_auc"] <= 1.0 and "mia_auc_mink" in res and "privleak" in res
     assert (
         tiny_run / "eval-all.json"

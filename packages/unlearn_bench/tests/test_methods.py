@@ -63,6 +63,49 @@ def test_method_loss_is_finite_and_trains(name, setup):
         assert abs(float(out[key].detach())) < 1e-4
 
 
+# the component that must fall with the total (GA: the forget NLL must rise instead)
+_COMPONENT = {"ga": ("forget_nll", +1), "idk": ("idk_nll", -1), "rmu": ("rmu_forget", -1)}
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_one_small_step_lowers_the_loss(name, setup):
+    import copy
+
+    model, enc, data = setup
+    # eval mode: no dropout, so the loss is a deterministic function of the weights
+    model = copy.deepcopy(model).eval()
+    cls = METHODS.get(name)
+    cfg = cls.preset_config("tiny")
+    ref = copy.deepcopy(model).eval().requires_grad_(False) if cls.needs_reference else None
+    method = cls(cfg, ref=ref, seed=0)
+    method.setup(model)
+    pad = enc.tokenizer.pad_token_id
+    forget = collate([enc.encode(it, method.forget_answer(it)) for it in data["forget"][:4]], pad)
+    retain = collate([enc.encode(it) for it in data["retain"][:4]], pad)
+    batch = {"forget": forget, "retain": retain} if cls.uses_retain else forget
+
+    def evaluate():
+        with torch.no_grad():
+            return {k: float(v) for k, v in method.loss(model, batch, None).items()}
+
+    out = method.loss(model, batch, None)
+    before = {k: float(v.detach()) for k, v in out.items()}
+    assert evaluate()["loss"] == pytest.approx(before["loss"], rel=1e-6)
+    out["loss"].backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    gnorm = torch.sqrt(sum((p.grad**2).sum() for p in params))
+    assert gnorm > 0
+    with torch.no_grad():  # one plain gradient step of (normalised) length 1e-3
+        for p in params:
+            p -= 1e-3 * p.grad / gnorm
+    after = evaluate()
+    # first order the loss falls by 1e-3 * |grad|; require a quarter of that (far above noise)
+    assert before["loss"] - after["loss"] > 0.25e-3 * float(gnorm)
+    if name in _COMPONENT:
+        key, sign = _COMPONENT[name]
+        assert sign * (after[key] - before[key]) > 0, (key, before[key], after[key])
+
+
 def test_idk_targets_idk_answers(setup):
     _, enc, data = setup
     item = data["forget"][0]
