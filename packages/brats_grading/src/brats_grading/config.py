@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
+from medcommon.config import PRESETS as PRESETS  # re-exported: the package's presets
+from medcommon.config import check_preset as check_preset
 from medcommon.errors import InputError
 
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
@@ -132,15 +134,6 @@ def _preset_model(preset: str) -> ModelConfig:
             stem_channels=8, widths=(8, 16, 16), blocks=(1, 1, 1), attention_reduction=4
         )
     return ModelConfig()
-
-
-PRESETS = ("tiny", "small", "full")
-
-
-def check_preset(preset: str) -> str:
-    if preset not in PRESETS:
-        raise InputError("--preset", f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    return preset
 
 
 def preset_config(preset: str) -> GradingConfig:

@@ -19,6 +19,17 @@ from medcommon.errors import InputError
 
 T = TypeVar("T")
 
+PRESETS = ("tiny", "small", "full")
+"""``tiny`` runs in seconds (tests), ``small`` in minutes on a 2-core CPU, ``full`` is paper scale."""
+
+
+def check_preset(preset: str) -> str:
+    """Return ``preset`` if it is one of :data:`PRESETS`; else an :class:`InputError` on ``--preset``."""
+    if preset not in PRESETS:
+        raise InputError("--preset", f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    return preset
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 

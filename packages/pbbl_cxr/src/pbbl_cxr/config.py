@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from medcommon.config import PRESETS as PRESETS  # re-exported: the package's presets
+from medcommon.config import check_preset as check_preset
 from medcommon.errors import InputError
 
-PRESETS = ("tiny", "small", "full")
 SELECT_METRICS = (
     "",
     "auc_balanced",
@@ -171,17 +172,11 @@ _SYNTH_PRESETS = {
 }
 
 
-def _check_preset(preset: str) -> str:
-    if preset not in PRESETS:
-        raise InputError("--preset", f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    return preset
-
-
 def run_preset(preset: str) -> RunConfig:
     """The :class:`RunConfig` of a preset."""
-    return _RUN_PRESETS[_check_preset(preset)]
+    return _RUN_PRESETS[check_preset(preset)]
 
 
 def synth_preset(preset: str, **changes) -> SynthConfig:
     """The :class:`SynthConfig` of a preset, with ``changes`` applied."""
-    return replace(_SYNTH_PRESETS[_check_preset(preset)], **changes)
+    return replace(_SYNTH_PRESETS[check_preset(preset)], **changes)

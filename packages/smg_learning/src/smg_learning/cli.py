@@ -20,10 +20,10 @@ from medcommon.cli import (
     run_main,
     subparsers,
 )
-from medcommon.config import resolve_config
+from medcommon.config import check_preset, resolve_config
 from medcommon.errors import InputError
 from smg_learning import __version__
-from smg_learning.config import PRESETS, SMGConfig, preset_config
+from smg_learning.config import SMGConfig, preset_config
 from smg_learning.strategies import STRATEGIES
 
 
@@ -34,11 +34,6 @@ def _names(text: str | None, flag: str) -> tuple[str, ...]:
     if not names:
         raise InputError(flag, "expected a comma-separated list of site names")
     return names
-
-
-def _check_preset(preset: str) -> None:
-    if preset not in PRESETS:
-        raise InputError("--preset", f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
 
 
 def _print_matrix(metrics: dict) -> None:
@@ -56,7 +51,7 @@ def _print_matrix(metrics: dict) -> None:
 def cmd_synth(args) -> int:
     from smg_learning.synth import generate
 
-    _check_preset(args.preset)
+    check_preset(args.preset)
     out = generate(
         args.out,
         task=args.task,
@@ -79,7 +74,7 @@ def cmd_train(args) -> int:
         write_run_header,
     )
 
-    _check_preset(args.preset)
+    check_preset(args.preset)
     device = resolve_device(args.device)
     sites, heldout = _names(args.sites, "--sites"), _names(args.heldout, "--heldout")
     if args.resume and (args.out / "config.json").is_file():
@@ -204,7 +199,7 @@ def cmd_benchmark(args) -> int:
     from smg_learning.benchmark import run_benchmark
     from smg_learning.train import resolve_device
 
-    _check_preset(args.preset)
+    check_preset(args.preset)
     methods = list(_names(args.methods, "--methods")) if args.methods else STRATEGIES.names()
     for m in methods:
         STRATEGIES.get(m)

@@ -14,9 +14,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
+from medcommon.config import PRESETS as PRESETS  # re-exported: the package's presets
+from medcommon.config import check_preset as check_preset
 from medcommon.errors import InputError
-
-PRESETS = ("tiny", "small", "full")
 
 #: The public six-site prostate MRI set, in the order used by the group's framework.
 PROSTATE_SITES = ("RUNMC", "BMC", "I2CVB", "UCL", "BIDMC", "HK")
@@ -148,7 +148,7 @@ def _replace(cfg: SMGConfig, pga: dict | None = None, smd: dict | None = None, *
 def preset_config(preset: str) -> SMGConfig:
     """The config of a named preset (``tiny``, ``small`` or ``full``)."""
     full = SMGConfig()
-    if preset == "full":
+    if check_preset(preset) == "full":
         return full
     if preset == "small":
         # CPU scale-down: 32 px slices, a 3-level U-Net, 150 steps a site; the SMD is a
@@ -181,32 +181,31 @@ def preset_config(preset: str) -> SMGConfig:
                 beta_schedule="squaredcos_cap_v2",
             ),
         )
-    if preset == "tiny":
-        return _replace(
-            full,
-            image_size=16,
-            channels=(4, 8),
-            num_res_units=0,
-            lr=2e-3,
-            steps_per_site=6,
+    # tiny: seconds, for tests
+    return _replace(
+        full,
+        image_size=16,
+        channels=(4, 8),
+        num_res_units=0,
+        lr=2e-3,
+        steps_per_site=6,
+        batch_size=4,
+        replay_batch=4,
+        replay_per_site=4,
+        ewc_batches=1,
+        log_every=2,
+        smd=dict(
+            prediction_type="sample",
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            norm_num_groups=4,
+            attention=False,
+            train_steps=4,
             batch_size=4,
-            replay_batch=4,
+            lr=2e-3,
+            ddim_steps=3,
             replay_per_site=4,
-            ewc_batches=1,
-            log_every=2,
-            smd=dict(
-                prediction_type="sample",
-                block_out_channels=(8, 16),
-                layers_per_block=1,
-                norm_num_groups=4,
-                attention=False,
-                train_steps=4,
-                batch_size=4,
-                lr=2e-3,
-                ddim_steps=3,
-                replay_per_site=4,
-                num_train_timesteps=100,
-                beta_schedule="squaredcos_cap_v2",
-            ),
-        )
-    raise InputError("--preset", f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+            num_train_timesteps=100,
+            beta_schedule="squaredcos_cap_v2",
+        ),
+    )

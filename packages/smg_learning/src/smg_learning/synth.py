@@ -23,6 +23,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from medcommon.config import check_preset
 from medcommon.errors import InputError
 from medcommon.fs import atomic_dir
 from medcommon.io import write_image
@@ -147,8 +148,7 @@ def generate(
     Returns:
         ``out``.
     """
-    if preset not in SYNTH_PRESETS:
-        raise InputError("--preset", f"unknown preset {preset!r}; choose from tiny, small, full")
+    check_preset(preset)
     if task not in ("prostate", "fundus"):
         raise InputError("--task", f"unknown task {task!r}; choose from prostate, fundus")
     out = Path(out)

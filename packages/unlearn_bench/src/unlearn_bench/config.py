@@ -13,9 +13,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from medcommon.config import PRESETS as PRESETS  # re-exported: the package's presets
+from medcommon.config import check_preset as check_preset
 from medcommon.errors import InputError
 
-PRESETS = ("tiny", "small", "full")
 Scenario = Literal["privacy", "incorrectness"]
 
 
@@ -101,11 +102,6 @@ def preset_eval(preset: str) -> EvalConfig:
     if preset == "small":
         return EvalConfig(max_new_tokens=16, batch_size=64, max_items=240)
     return EvalConfig()
-
-
-def check_preset(preset: str) -> None:
-    if preset not in PRESETS:
-        raise InputError("--preset", f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
 
 
 def check_forget_ratio(ratio: float, n_entities: int) -> None:
