@@ -31,24 +31,27 @@ def setup(tiny_data):
     return model, enc, data
 
 
-@pytest.mark.parametrize("name", METHODS.names())
-def test_method_loss_is_finite_and_trains(name, setup):
+def _method_and_batch(name, setup, mode):
+    """A fresh copy of the tiny model (in ``mode``), method ``name`` on it, and its batch."""
     import copy
 
     model, enc, data = setup
-    model = copy.deepcopy(model).train()
+    model = copy.deepcopy(model).train(mode == "train")
     cls = METHODS.get(name)
-    cfg = cls.preset_config("tiny")
     ref = copy.deepcopy(model).eval().requires_grad_(False) if cls.needs_reference else None
-    method = cls(cfg, ref=ref, seed=0)
+    method = cls(cls.preset_config("tiny"), ref=ref, seed=0)
     method.setup(model)
     pad = enc.tokenizer.pad_token_id
     forget = collate([enc.encode(it, method.forget_answer(it)) for it in data["forget"][:4]], pad)
-    batch = {
-        "forget": forget,
-        "retain": collate([enc.encode(it) for it in data["retain"][:4]], pad),
-    }
-    out = method.loss(model, batch if cls.uses_retain else forget, None)
+    retain = collate([enc.encode(it) for it in data["retain"][:4]], pad)
+    batch = {"forget": forget, "retain": retain} if cls.uses_retain else forget
+    return model, method, forget, batch
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_loss_is_finite_and_trains(name, setup):
+    model, method, forget, batch = _method_and_batch(name, setup, "train")
+    out = method.loss(model, batch, None)
     assert torch.isfinite(out["loss"])
     out["loss"].backward()
     grads = [p.grad for p in model.model.language_model.parameters() if p.grad is not None]
@@ -69,20 +72,8 @@ _COMPONENT = {"ga": ("forget_nll", +1), "idk": ("idk_nll", -1), "rmu": ("rmu_for
 
 @pytest.mark.parametrize("name", METHODS.names())
 def test_one_small_step_lowers_the_loss(name, setup):
-    import copy
-
-    model, enc, data = setup
     # eval mode: no dropout, so the loss is a deterministic function of the weights
-    model = copy.deepcopy(model).eval()
-    cls = METHODS.get(name)
-    cfg = cls.preset_config("tiny")
-    ref = copy.deepcopy(model).eval().requires_grad_(False) if cls.needs_reference else None
-    method = cls(cfg, ref=ref, seed=0)
-    method.setup(model)
-    pad = enc.tokenizer.pad_token_id
-    forget = collate([enc.encode(it, method.forget_answer(it)) for it in data["forget"][:4]], pad)
-    retain = collate([enc.encode(it) for it in data["retain"][:4]], pad)
-    batch = {"forget": forget, "retain": retain} if cls.uses_retain else forget
+    model, method, _, batch = _method_and_batch(name, setup, "eval")
 
     def evaluate():
         with torch.no_grad():

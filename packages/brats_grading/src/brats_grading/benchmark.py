@@ -209,24 +209,30 @@ def run_benchmark(
     return results
 
 
+_BRANCHES = ("t1", "t1ce", "t2", "flair")
+
+
+def _per_branch_table(acc: dict[str, dict[str, list[tuple[float, float]]]], fmt: str) -> str:
+    """A method x branch table; each cell formats the (nan-)means of its value pairs with ``fmt``."""
+    if not acc:
+        return ""
+    lines = ["| method | " + " | ".join(_BRANCHES) + " |", "|---|" + "---|" * len(_BRANCHES)]
+    for method, per in acc.items():
+        cells = []
+        for b in _BRANCHES:
+            vals = np.array(per.get(b, []), dtype=float)
+            cells.append("–" if vals.size == 0 else fmt.format(*np.nanmean(vals, axis=0)))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _branch_table(rows: list[dict[str, Any]]) -> str:
+    """Mean test AUC and spread of predictions (p_std) of each branch per method."""
     acc: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for r in rows:
         for b, v in (r.get("branches") or {}).items():
             acc.setdefault(r["method"], {}).setdefault(b, []).append((v["auc"], v["p_std"]))
-    if not acc:
-        return ""
-    names = ["t1", "t1ce", "t2", "flair"]
-    lines = ["| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for method, per in acc.items():
-        cells = []
-        for b in names:
-            vals = np.array(per.get(b, []), dtype=float)
-            cells.append(
-                "–" if vals.size == 0 else f"{np.nanmean(vals[:, 0]):.3f} / {vals[:, 1].mean():.2f}"
-            )
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return _per_branch_table(acc, "{:.3f} / {:.2f}")
 
 
 def _fusion_table(rows: list[dict[str, Any]]) -> str:
@@ -237,21 +243,7 @@ def _fusion_table(rows: list[dict[str, Any]]) -> str:
         for b, a in (fusion.get("val_auc") or {}).items():
             w = (fusion.get("weights") or {}).get(b, float("nan"))
             acc.setdefault(r["method"], {}).setdefault(b, []).append((w, a))
-    if not acc:
-        return ""
-    names = ["t1", "t1ce", "t2", "flair"]
-    lines = ["| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for method, per in acc.items():
-        cells = []
-        for b in names:
-            vals = np.array(per.get(b, []), dtype=float)
-            cells.append(
-                "–"
-                if vals.size == 0
-                else f"{np.nanmean(vals[:, 0]):.2f} / {np.nanmean(vals[:, 1]):.3f}"
-            )
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return _per_branch_table(acc, "{:.2f} / {:.3f}")
 
 
 def _sections(results: dict[str, Any], k: int, seeds: Sequence[int]) -> list[tuple[str, str]]:
