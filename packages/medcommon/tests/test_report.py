@@ -14,6 +14,7 @@ from medcommon.report import (
     make_results,
     markdown_table,
     plot_bars,
+    plot_differences,
     plot_heatmap,
     plot_image_grid,
     write_report,
@@ -87,12 +88,16 @@ def test_plots_are_png_files(tmp_path):
         ),
         plot_heatmap(np.eye(3), ["s1", "s2", "s3"], ["A", "B", "C"], tmp_path / "h.png", "dice"),
         plot_image_grid([[np.zeros((8, 8)), np.ones((8, 8))]], tmp_path / "g.png", ["row"]),
+        plot_differences(
+            {"a": [0.1, -0.02, 0.05], "b": [float("nan")], "c": [0.3]}, tmp_path / "d.png", "t", "x"
+        ),
     ]
     for p in paths:
         data = p.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
     assert sorted(x.name for x in tmp_path.iterdir()) == [
         "b.png",
+        "d.png",
         "g.png",
         "h.png",
     ]  # no temp files left

@@ -12,7 +12,13 @@ Rows may carry a ``"setting"`` (e.g. a bias ratio); summaries then group by
 ``(setting, method)``.
 """
 
-from medcommon.report.plots import plot_bars, plot_heatmap, plot_image_grid, plot_lines
+from medcommon.report.plots import (
+    plot_bars,
+    plot_differences,
+    plot_heatmap,
+    plot_image_grid,
+    plot_lines,
+)
 from medcommon.report.results import (
     combine_reports,
     load_results,
@@ -29,6 +35,7 @@ __all__ = [
     "make_results",
     "markdown_table",
     "plot_bars",
+    "plot_differences",
     "plot_heatmap",
     "plot_image_grid",
     "plot_lines",

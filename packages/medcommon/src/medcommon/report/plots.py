@@ -55,6 +55,38 @@ def plot_bars(
     return _save(fig, path)
 
 
+def plot_differences(
+    diffs: Mapping[str, Sequence[float]],
+    path: str | Path,
+    title: str,
+    xlabel: str,
+) -> Path:
+    """Paired differences, one row per comparison: every run as a dot, mean ± std as a bar.
+
+    A zero line marks "no difference", so a reader sees at a glance which comparisons are
+    consistently on one side; bar charts of the two means hide that.
+    """
+    plt = _pyplot()
+    names = list(diffs)
+    fig, ax = plt.subplots(figsize=(6.5, 0.55 * len(names) + 1.3))
+    ax.axvline(0.0, color="0.4", lw=1)
+    rng = np.random.default_rng(0)  # fixed vertical jitter: the figure is reproducible
+    for i, name in enumerate(names):
+        d = np.asarray(diffs[name], dtype=float)
+        d = d[np.isfinite(d)]
+        if d.size == 0:
+            continue
+        y = len(names) - 1 - i
+        ax.scatter(d, y + rng.uniform(-0.15, 0.15, d.size), s=14, alpha=0.6, color="C0")
+        std = d.std(ddof=1) if d.size > 1 else 0.0
+        ax.errorbar(d.mean(), y, xerr=std, fmt="D", color="C3", capsize=4, ms=6)
+    ax.set_yticks(range(len(names)), names[::-1])
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
 def plot_lines(
     xs: Sequence[float],
     ys: Mapping[str, Sequence[float]],
