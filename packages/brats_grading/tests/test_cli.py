@@ -179,7 +179,7 @@ def test_benchmark_tiny(tmp_path, capsys):
     assert len(res["rows"]) == len(METHODS.names()) * 2  # 2 folds x 1 seed
     assert "throughput_ratio_cmg_over_early_fusion" in res["extra"]
     assert (out / "report.md").is_file() and (out / "auc.png").is_file()
-    assert (out / "attention.png").is_file()
+    assert (out / "attention.png").is_file() and (out / "paired.png").is_file()
 
 
 # ---------------------------------------------------------------- bad inputs

@@ -20,3 +20,20 @@ def test_grading_metrics_match_sklearn():
     assert m["specificity"] == pytest.approx(recall_score(y, pred, pos_label=0))
     assert m["f1"] == pytest.approx(f1_score(y, pred))
     assert m["accuracy"] == pytest.approx(np.mean(pred == y))
+
+
+def test_paired_differences_table_by_seed_and_fold():
+    """cmg - early per (seed, fold): +0.1, -0.1, +0.3 -> mean +0.1, std 0.2, 2 of 3 higher."""
+    from brats_grading.benchmark import paired_differences
+
+    aucs = {("cmg", 0, 0): 0.9, ("cmg", 0, 1): 0.7, ("cmg", 1, 0): 0.8,
+            ("early-fusion", 0, 0): 0.8, ("early-fusion", 0, 1): 0.8, ("early-fusion", 1, 0): 0.5,
+            ("single-t1", 0, 0): 0.5}  # fmt: skip
+    rows = [
+        {"method": m, "seed": s, "fold": f, "metrics": {"auc": a}} for (m, s, f), a in aucs.items()
+    ]
+    table = paired_differences(rows, "cmg", ["early-fusion", "single-t1", "missing"])
+    lines = table.strip().splitlines()
+    assert lines[2] == "| early-fusion | +0.100 ± 0.200 | 2 / 3 |"
+    assert lines[3] == "| single-t1 | +0.400 ± nan | 1 / 1 |"
+    assert len(lines) == 4  # a method with no runs gets no row

@@ -35,6 +35,7 @@ from medcommon.report import (
     make_results,
     markdown_table,
     plot_bars,
+    plot_differences,
     plot_image_grid,
     write_report,
     write_results,
@@ -196,6 +197,14 @@ def run_benchmark(
         f"test AUC, {k}-fold x {len(seeds)} seeds",
         "AUC",
     )
+    diffs = paired_auc_differences(rows, "cmg", _comparisons(methods, rows))
+    if diffs:
+        plot_differences(
+            {f"cmg − {m}": d for m, d in diffs.items()},
+            out / "paired.png",
+            f"CMG minus each method, paired by (seed, fold): {len(seeds)} seeds x {k} folds",
+            "test AUC difference (right of 0: CMG higher)",
+        )
     if fig_model is not None and fig_model.config.attention:
         attention_figure(fig_model, fig_case, out / "attention.png", fig_model.config.primary)
     write_report(
@@ -246,6 +255,60 @@ def _fusion_table(rows: list[dict[str, Any]]) -> str:
     return _per_branch_table(acc, "{:.2f} / {:.3f}")
 
 
+def paired_auc_differences(
+    rows: list[dict[str, Any]], method: str, others: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """``AUC(method) - AUC(other)`` per (seed, fold) run both have, for each other method.
+
+    All methods of one (seed, fold) see the same split and the same seed, so the paired
+    difference removes the fold-to-fold spread that dominates the per-method std.
+    """
+    auc = {(r["method"], r["seed"], r["fold"]): r["metrics"]["auc"] for r in rows}
+    runs = sorted({(s, f) for m, s, f in auc if m == method})
+    out = {}
+    for other in others:
+        d = [auc[method, s, f] - auc[other, s, f] for s, f in runs if (other, s, f) in auc]
+        if d:
+            out[other] = np.array(d)
+    return out
+
+
+def paired_differences(rows: list[dict[str, Any]], method: str, others: Sequence[str]) -> str:
+    """Markdown table of :func:`paired_auc_differences`: mean ± std and how often positive."""
+    lines = []
+    for other, d in paired_auc_differences(rows, method, others).items():
+        std = d.std(ddof=1) if d.size > 1 else float("nan")
+        lines.append(f"| {other} | {d.mean():+.3f} ± {std:.3f} | {int((d > 0).sum())} / {d.size} |")
+    if not lines:
+        return ""
+    head = f"| paired by (seed, fold): {method} minus | AUC difference | runs where {method} is higher |"
+    return head + "\n|---|---|---|\n" + "\n".join(lines) + "\n"
+
+
+def _comparisons(methods: Sequence[str], rows: list[dict[str, Any]]) -> list[str]:
+    """What CMG is compared with: early fusion, the best single modality, late fusion, ablations."""
+    singles = [m for m in methods if m.startswith("single-")]
+    best = []
+    if singles:
+        mean = {
+            m: np.mean([r["metrics"]["auc"] for r in rows if r["method"] == m]) for m in singles
+        }
+        best = [max(mean, key=mean.get)]
+    wanted = ["early-fusion", *best, "late-fusion", "cmg-no-attention", "cmg-no-guidance"]
+    return [m for m in wanted if m in methods]
+
+
+def _per_seed_table(rows: list[dict[str, Any]], seeds: Sequence[int]) -> str:
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|" + "---|" * len(seeds)]  # fmt: skip
+    for m in methods:
+        cells = [np.mean([r["metrics"]["auc"] for r in rows if r["method"] == m and r["seed"] == s])
+                 for s in seeds]  # fmt: skip
+        lines.append(f"| {m} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _sections(results: dict[str, Any], k: int, seeds: Sequence[int]) -> list[tuple[str, str]]:
     extra = results["extra"]
     summary = {s["method"]: s for s in results["summary"]}
@@ -284,7 +347,14 @@ def _sections(results: dict[str, Any], k: int, seeds: Sequence[int]) -> list[tup
         if singles:
             best = max(singles, key=singles.get)
             verdict.append(f"best single modality {best} {singles[best]:.3f}")
-        sections.append(("Claim check", ", ".join(verdict) + "."))
+        body = ", ".join(verdict) + "."
+        paired = paired_differences(
+            results["rows"], "cmg", _comparisons(list(aucs), results["rows"])
+        )
+        if paired:
+            body += "\n\n" + paired
+        sections.append(("Claim check", body))
+        sections.append(("AUC per seed (mean over folds)", _per_seed_table(results["rows"], seeds)))
     diag = _branch_table(results["rows"])
     if diag:
         sections.append(("Branches of the multi-branch methods (test AUC / std of P(HGG))", diag))

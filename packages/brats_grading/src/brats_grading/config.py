@@ -159,7 +159,7 @@ def synth_preset(preset: str) -> SynthConfig:
     if preset == "tiny":
         return SynthConfig(hgg=6, lgg=4, shape=(12, 24, 24))
     if preset == "small":
-        return SynthConfig(hgg=63, lgg=21, shape=(20, 32, 32))
+        return SynthConfig(hgg=150, lgg=50, shape=(20, 32, 32))
     return SynthConfig(hgg=259, lgg=76, shape=(64, 120, 120))
 
 
