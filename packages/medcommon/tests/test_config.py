@@ -55,6 +55,13 @@ def test_yaml_then_set_overrides_with_types(tmp_path):
     assert config_from_dict(MethodConfig, config_to_dict(cfg)) == cfg
 
 
+@pytest.mark.parametrize(
+    "text", ["RUNMC,BMC", "[RUNMC, BMC]", "(RUNMC, BMC)", "['RUNMC', \"BMC\"]", " RUNMC , BMC "]
+)
+def test_sequence_overrides_accept_brackets_and_quotes(text):
+    assert resolve_config(MethodConfig, overrides=[f"sites={text}"]).sites == ("RUNMC", "BMC")
+
+
 def test_preset_base_is_overridden():
     base = MethodConfig(rounds=2)
     assert resolve_config(MethodConfig, base=base).rounds == 2

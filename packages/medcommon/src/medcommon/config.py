@@ -61,7 +61,13 @@ def _coerce(value: Any, tp: Any, field: str) -> Any:
     if origin in (tuple, list):
         items = value
         if isinstance(value, str):
-            items = [v.strip() for v in value.split(",") if v.strip()]
+            text = value.strip()
+            if text[:1] + text[-1:] in (
+                "[]",
+                "()",
+            ):  # YAML/Python-style brackets, as users type them
+                text = text[1:-1]
+            items = [v.strip().strip("'\"") for v in text.split(",") if v.strip()]
         if not isinstance(items, (list, tuple)):
             items = [items]
         item_type = args[0] if args else str
