@@ -124,3 +124,19 @@ class TestEarlyFusionConformance(ModelConformance):
 
     def make_input(self):
         return torch.randn(2, 4, 6, 16, 16)
+
+
+def test_early_fusion_on_a_subset_reads_only_those_channels():
+    """An early fusion of (t1ce, flair) has a 2-channel stem and ignores t1 and t2."""
+    torch.manual_seed(0)
+    net = GradingNet(ModelConfig(**TINY, inputs="early", modalities=("t1ce", "flair"))).eval()
+    assert net.branches["early"].backbone.stem[0].in_channels == 2
+    x = torch.randn(2, 4, 4, 16, 16)
+    noisy = x.clone()
+    noisy[:, [0, 2]] = torch.randn(2, 2, 4, 16, 16)  # t1, t2 replaced
+    swapped = x.clone()
+    swapped[:, [1, 3]] = x[:, [3, 1]]  # t1ce <-> flair: the channel order matters
+    with torch.no_grad():
+        ref = net(x)["logits"]
+        torch.testing.assert_close(net(noisy)["logits"], ref)
+        assert not torch.allclose(net(swapped)["logits"], ref)

@@ -4,7 +4,8 @@ Input is always the full ``(B, 4, D, H, W)`` stack in the order t1, t1ce, t2, fl
 ``ModelConfig.inputs`` picks how it is used:
 
 - ``single``: one branch on ``modality`` (``(B, 1, D, H, W)``);
-- ``early``: one branch on all four channels (early fusion);
+- ``early``: one branch on the stacked channels of ``modalities`` (early fusion; all four
+  by default);
 - ``branches``: one branch per modality; the fused probability is
   ``p = w_p p_primary + (1 - w_p) / |S| sum_s p_s`` (``fusion="primary-weighted"``,
   ``w_p = primary_weight``), ``p = sum_m w_m p_m`` with reliability weights fitted on
@@ -74,7 +75,7 @@ class GradingNet(nn.Module):
         for n in names:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(base + _BRANCH_OFFSET[n])
-                branches[n] = Branch(config, len(MODALITIES) if n == "early" else 1)
+                branches[n] = Branch(config, len(config.modalities) if n == "early" else 1)
         self.branches = nn.ModuleDict(branches)
 
     @property
@@ -85,9 +86,15 @@ class GradingNet(nn.Module):
         return [n for n in self.branches if n != self.config.primary]
 
     def branch_input(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        """The channels of ``x`` (``(B, 4, D, H, W)``) that branch ``name`` reads."""
+        """The channels of ``x`` (``(B, 4, D, H, W)``) that branch ``name`` reads.
+
+        The early-fusion branch reads the channels of ``config.modalities`` (all four
+        by default), in that order.
+        """
         if name == "early":
-            return x
+            if tuple(self.config.modalities) == MODALITIES:
+                return x
+            return x[:, [MODALITIES.index(m) for m in self.config.modalities]]
         i = MODALITIES.index(name)
         return x[:, i : i + 1]
 

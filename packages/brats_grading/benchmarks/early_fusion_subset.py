@@ -1,0 +1,68 @@
+"""Diagnostic: early fusion of (t1ce, flair) only, paired with a committed benchmark's runs.
+
+Usage (from the repository root; about 1 min on one core):
+
+    python packages/brats_grading/benchmarks/early_fusion_subset.py \
+        packages/brats_grading/benchmarks/small                       # seed-1234 data
+    python packages/brats_grading/benchmarks/early_fusion_subset.py \
+        packages/brats_grading/benchmarks/small-heldout-seed7 DATA    # DATA = synth --seed 7
+
+It trains `early-fusion` with `model.modalities = (t1ce, flair)` on the benchmark's
+splits and seeds and prints the paired AUC differences against the 4-channel early
+fusion, single-t1ce and cmg rows of that benchmark's `results.json`.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from brats_grading.config import replace, synth_preset
+from brats_grading.data import discover, load_cases, make_split
+from brats_grading.evaluate import grading_metrics, predict_proba
+from brats_grading.synth import write_synthetic
+from brats_grading.train import fit_method, method_config
+from medcommon.fs import read_json
+
+
+def main(bench: Path, data: Path | None) -> None:
+    results = read_json(bench / "results.json")
+    folds = results["extra"]["folds"]
+    with tempfile.TemporaryDirectory() as tmp:
+        if data is None:  # the benchmark's own synthetic set
+            data = write_synthetic(Path(tmp) / "d", synth_preset("small"), "2019", seed=1234)
+        _, cases = discover(data)
+        method, base = method_config("early-fusion", "small")
+        arrays = load_cases(cases, base.shape)
+    labels = [c.label for c in cases]
+    index = {c.name: i for i, c in enumerate(cases)}
+    auc = {}
+    for seed in results["seeds"]:
+        for fold in range(folds):
+            split = make_split(cases, folds, fold, base.split_seed)
+            train = [index[n] for n in split["train"]]
+            test = [index[n] for n in split["test"]]
+            _, cfg = method_config(
+                "early-fusion", "small", overrides=[f"folds={folds}", f"fold={fold}"]
+            )
+            cfg = replace(cfg, model={"modalities": ("t1ce", "flair")})
+            info = fit_method(
+                method, cfg, arrays, labels, train, patients=[c.patient for c in cases], seed=seed
+            )
+            probs = predict_proba(info.model, arrays[test])
+            auc[seed, fold] = grading_metrics([labels[i] for i in test], probs)["auc"]
+    ref = {(r["method"], r["seed"], r["fold"]): r["metrics"]["auc"] for r in results["rows"]}
+    runs = sorted(auc)
+    print(f"early fusion (t1ce, flair): mean AUC {np.mean([auc[k] for k in runs]):.3f}")
+    for other in ("early-fusion", "single-t1ce", "cmg"):
+        d = np.array([auc[k] - ref[(other, *k)] for k in runs])
+        print(
+            f"  minus {other}: {d.mean():+.3f} ± {d.std(ddof=1):.3f}, higher in {int((d > 0).sum())}/{d.size}"
+        )
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None)
