@@ -63,7 +63,10 @@ def _install(session: nox.Session, *names: str, extra: str = "") -> None:
     session.install(*specs)
 
 
-def _pytest(session: nox.Session, package: str, marker: str) -> None:
+def _pytest(
+    session: nox.Session, package: str, marker: str, success_codes: tuple[int, ...] = (0,)
+) -> None:
+    """pytest over one package's tests; ``success_codes`` may admit 5 (nothing selected)."""
     session.run(
         "pytest",
         str(ROOT / "packages" / package / "tests"),
@@ -73,6 +76,7 @@ def _pytest(session: nox.Session, package: str, marker: str) -> None:
         marker,
         *session.posargs,
         env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")},
+        success_codes=list(success_codes),
     )
 
 
@@ -89,16 +93,7 @@ def tests(session: nox.Session, package: str) -> None:
 def tests_slow(session: nox.Session, package: str) -> None:
     """The slow tests: each method's effect on small synthetic data (minutes)."""
     _install(session, package, extra="[test]")
-    session.run(
-        "pytest",
-        str(ROOT / "packages" / package / "tests"),
-        "--rootdir",
-        str(ROOT),
-        "-m",
-        "slow and not gpu",
-        *session.posargs,
-        success_codes=[0, 5],
-    )
+    _pytest(session, package, "slow and not gpu", success_codes=(0, 5))
 
 
 @nox.session(reuse_venv=True)
