@@ -197,7 +197,8 @@ def run_benchmark(
         f"test AUC, {k}-fold x {len(seeds)} seeds",
         "AUC",
     )
-    diffs = paired_auc_differences(rows, "cmg", _comparisons(methods, rows))
+    mean_auc = {m: v["auc"]["mean"] for m, v in summary.items()}
+    diffs = paired_auc_differences(rows, "cmg", _comparisons(mean_auc))
     if diffs:
         plot_differences(
             {f"cmg − {m}": d for m, d in diffs.items()},
@@ -285,17 +286,17 @@ def paired_differences(rows: list[dict[str, Any]], method: str, others: Sequence
     return head + "\n|---|---|---|\n" + "\n".join(lines) + "\n"
 
 
-def _comparisons(methods: Sequence[str], rows: list[dict[str, Any]]) -> list[str]:
+def _best_single(aucs: dict[str, float]) -> str | None:
+    """The ``single-<m>`` method with the highest mean AUC (None if none ran)."""
+    singles = [m for m in aucs if m.startswith("single-")]
+    return max(singles, key=aucs.get) if singles else None
+
+
+def _comparisons(aucs: dict[str, float]) -> list[str]:
     """What CMG is compared with: early fusion, the best single modality, late fusion, ablations."""
-    singles = [m for m in methods if m.startswith("single-")]
-    best = []
-    if singles:
-        mean = {
-            m: np.mean([r["metrics"]["auc"] for r in rows if r["method"] == m]) for m in singles
-        }
-        best = [max(mean, key=mean.get)]
-    wanted = ["early-fusion", *best, "late-fusion", "cmg-no-attention", "cmg-no-guidance"]
-    return [m for m in wanted if m in methods]
+    best = _best_single(aucs)
+    wanted = ["early-fusion", best, "late-fusion", "cmg-no-attention", "cmg-no-guidance"]
+    return [m for m in wanted if m in aucs]
 
 
 def _per_seed_table(rows: list[dict[str, Any]], seeds: Sequence[int]) -> str:
@@ -340,17 +341,14 @@ def _sections(results: dict[str, Any], k: int, seeds: Sequence[int]) -> list[tup
         )
     aucs = {m: s["metrics"]["auc"]["mean"] for m, s in summary.items()}
     if "cmg" in aucs:
-        singles = {m: v for m, v in aucs.items() if m.startswith("single-")}
         verdict = [f"CMG AUC {aucs['cmg']:.3f}"]
         if "early-fusion" in aucs:
             verdict.append(f"early fusion {aucs['early-fusion']:.3f}")
-        if singles:
-            best = max(singles, key=singles.get)
-            verdict.append(f"best single modality {best} {singles[best]:.3f}")
+        best = _best_single(aucs)
+        if best:
+            verdict.append(f"best single modality {best} {aucs[best]:.3f}")
         body = ", ".join(verdict) + "."
-        paired = paired_differences(
-            results["rows"], "cmg", _comparisons(list(aucs), results["rows"])
-        )
+        paired = paired_differences(results["rows"], "cmg", _comparisons(aucs))
         if paired:
             body += "\n\n" + paired
         sections.append(("Claim check", body))
