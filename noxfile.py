@@ -105,10 +105,11 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
-def ddp(session: nox.Session) -> None:
-    """The training loop under torchrun --nproc_per_node 2 (gloo on CPU) equals one process."""
-    _install(session, CORE, extra="[test]")
-    _pytest(session, CORE, "ddp")
+@nox.parametrize("package", list(PACKAGES), ids=list(PACKAGES))
+def ddp(session: nox.Session, package: str) -> None:
+    """Tests marked `ddp`: torchrun --nproc_per_node 2 (gloo on CPU) equals one process."""
+    _install(session, package, extra="[test]")
+    _pytest(session, package, "ddp")
 
 
 def _run_benchmarks(session: nox.Session, out: Path, preset: str, seeds: list[str]) -> list[Path]:

@@ -119,3 +119,50 @@ def pydicom_test_file(name: str):
     if not path.is_file():  # pragma: no cover - depends on the pydicom build
         pytest.skip(f"pydicom does not ship {name}")
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for torchrun's ``--master_port``)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_torchrun(script_and_args, nproc: int = 2, timeout: float = 600, env=None):
+    """Run ``python -m torch.distributed.run --nproc_per_node N script args...`` on CPU (gloo).
+
+    Returns the ``subprocess.CompletedProcess`` (stdout/stderr captured as text).
+    One OpenMP thread per process, so two processes fit two cores.
+    """
+    import os
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        *map(str, script_and_args),
+    ]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+def assert_same_safetensors(a, b, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """Every tensor in safetensors file ``a`` equals the one of the same name in ``b``."""
+    from safetensors.torch import load_file
+
+    ta, tb = load_file(str(a)), load_file(str(b))
+    assert set(ta) == set(tb), f"different tensor names: {sorted(set(ta) ^ set(tb))[:10]}"
+    for name in ta:
+        torch.testing.assert_close(
+            ta[name], tb[name], rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}"
+        )
