@@ -109,7 +109,7 @@ def lint(session: nox.Session) -> None:
 def ddp(session: nox.Session, package: str) -> None:
     """Tests marked `ddp`: torchrun --nproc_per_node 2 (gloo on CPU) equals one process."""
     _install(session, package, extra="[test]")
-    _pytest(session, package, "ddp")
+    _pytest(session, package, "ddp", success_codes=(0, 5))  # 5: a package without such methods
 
 
 def _run_benchmarks(session: nox.Session, out: Path, preset: str, seeds: list[str]) -> list[Path]:
