@@ -106,3 +106,49 @@ def test_registry_refuses_duplicates_and_lists_names():
     with pytest.raises(InputError, match="--method: unknown method 'lff'; choose from erm, pbbl"):
         reg.get("lff")
     assert reg.get("pbbl") == 2 and reg.names() == ["erm", "pbbl"]
+
+
+def test_replace_nested_reaches_nested_fields_three_ways():
+    import dataclasses
+
+    from medcommon.config import replace_nested
+
+    @dataclasses.dataclass(frozen=True)
+    class Inner:
+        width: int = 4
+        depth: int = 2
+
+    @dataclasses.dataclass(frozen=True)
+    class Outer:
+        lr: float = 0.1
+        inner: Inner = dataclasses.field(default_factory=Inner)
+
+    cfg = Outer()
+    assert replace_nested(cfg, lr=0.5) == Outer(lr=0.5)
+    assert replace_nested(cfg, inner={"width": 8}) == Outer(inner=Inner(width=8, depth=2))
+    assert replace_nested(cfg, **{"inner.depth": 3}) == Outer(inner=Inner(width=4, depth=3))
+    assert replace_nested(cfg, inner=Inner(width=1, depth=1)).inner == Inner(1, 1)
+    assert cfg == Outer(), "the original is unchanged"
+    with pytest.raises(TypeError, match="no field 'nope'"):
+        replace_nested(cfg, nope=1)
+    with pytest.raises(TypeError, match="no field 'size'"):
+        replace_nested(cfg, inner={"size": 1})
+
+
+def test_registry_describes_entries_from_description_or_docstring():
+    reg = Registry("method")
+
+    @reg.register("a")
+    class A:
+        """First line.
+
+        More text."""
+
+    @reg.register("b")
+    class B:
+        description = "said here"
+
+    reg.register("c")(object())
+    assert reg.describe("a") == "First line."
+    assert reg.describe("b") == "said here"
+    assert reg.help().startswith("a: First line.; b: said here; c")

@@ -202,3 +202,39 @@ def resolve_config(
             )
     data = _merge(data, sets)
     return config_from_dict(cls, data)
+
+
+def replace_nested(cfg: T, **changes: Any) -> T:
+    """``dataclasses.replace`` that reaches into nested dataclass fields.
+
+    A change to a nested dataclass field may be a mapping of its own changes
+    (``model={"width": 8}``) or a dotted keyword written through ``**``
+    (``**{"model.width": 8}``); a dataclass value replaces the field whole.
+
+    Example::
+
+        replace_nested(cfg, lr=1e-3, model={"width": 8}, **{"pga.alpha": 0.1})
+    """
+    grouped: dict[str, Any] = {}
+    for key, value in changes.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            grouped.setdefault(head, {})
+            if not isinstance(grouped[head], dict):
+                raise TypeError(f"{key}: {head} is given both whole and by field")
+            grouped[head][rest] = value
+        elif isinstance(value, Mapping) and isinstance(grouped.get(head), dict):
+            grouped[head].update(value)
+        else:
+            grouped[head] = dict(value) if isinstance(value, Mapping) else value
+    names = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(grouped) - names)
+    if unknown:
+        raise TypeError(f"{type(cfg).__name__} has no field {unknown[0]!r}")
+    resolved = {}
+    for key, value in grouped.items():
+        current = getattr(cfg, key)
+        if isinstance(value, dict) and dataclasses.is_dataclass(current):
+            value = replace_nested(current, **value)
+        resolved[key] = value
+    return dataclasses.replace(cfg, **resolved)

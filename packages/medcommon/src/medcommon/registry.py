@@ -46,6 +46,19 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}; choose from {', '.join(self.names())}",
             ) from None
 
+    def describe(self, name: str) -> str:
+        """One line about an entry: its ``description`` attribute, else its docstring's first line."""
+        obj = self.get(name)
+        text = getattr(obj, "description", None) or (getattr(obj, "__doc__", None) or "")
+        lines = [line.strip() for line in str(text).strip().splitlines()]
+        return lines[0] if lines else ""
+
+    def help(self) -> str:
+        """``name: description`` for every entry, for ``--help`` texts."""
+        return "; ".join(
+            f"{n}: {self.describe(n)}" if self.describe(n) else n for n in self.names()
+        )
+
     def names(self) -> list[str]:
         """Registered names in registration order."""
         return list(self._entries)
