@@ -9,7 +9,8 @@
 - :mod:`medcommon.report`: benchmark results, markdown tables and plots.
 - :mod:`medcommon.cli`: the shared command-line contract and error handling.
 - :mod:`medcommon.synthetic`: procedural shapes, textures and site shifts.
-- :mod:`medcommon.testing`: conformance checks for models.
+- :mod:`medcommon.run`: the run folder (one ``config.json`` schema, ``load_run``).
+- :mod:`medcommon.testing`: shared test suites (models, the CLI contract, method steps).
 """
 
 from medcommon.errors import InputError

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from medcommon.errors import InputError
@@ -24,6 +24,14 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+
+    @classmethod
+    def of(cls, names: Iterable[str], kind: str) -> Registry[str]:
+        """A registry whose entries are the names themselves (for plain lists of choices)."""
+        reg: Registry[str] = cls(kind)
+        for name in names:
+            reg.register(name)(name)
+        return reg
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator adding ``obj`` under ``name``; a second entry of that name is an error."""

@@ -1,25 +1,35 @@
-"""Shared conformance checks for models, adopted by subclassing in a package's tests.
+"""Shared test suites, adopted by subclassing in a package's tests.
 
-Example::
+- :class:`ModelConformance`: forward gives finite tensors, every trainable
+  parameter receives a finite gradient, seeded construction is deterministic,
+  ``save_pretrained``/``from_pretrained`` round-trips the outputs exactly::
 
-    class TestMyNet(ModelConformance):
-        def make_model(self):
-            return MyNet(MyNetConfig(width=4))
+      class TestMyNet(ModelConformance):
+          def make_model(self):
+              return MyNet(MyNetConfig(width=4))
 
-        def make_input(self):
-            return torch.randn(2, 1, 32, 32)
+          def make_input(self):
+              return torch.randn(2, 1, 32, 32)
 
-The base class checks: forward gives a finite tensor (or dict/tuple of them),
-every trainable parameter receives a finite gradient, the same seed gives the
-same output, and ``save_pretrained``/``from_pretrained`` round-trips the
-outputs exactly.
+- :class:`CLIContract`: the console-script contract (``--version``, bad input is
+  exit 2 with one line and nothing written, the run folder round-trips through
+  :mod:`medcommon.run`, resume equals an uninterrupted run), parametrised over
+  the package's method registry.
+- :class:`MethodStepContract`: every registered method's step lowers its loss on
+  a fixed batch and is deterministic under a seed.
+- Helpers: :func:`run_torchrun` / :func:`assert_same_safetensors` for the
+  two-process checks (``nox -s ddp``), :func:`pydicom_test_file`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from medcommon.models import from_pretrained, save_pretrained
@@ -101,6 +111,243 @@ class ModelConformance:
         cfg = self.model_config(model)
         if dataclasses.is_dataclass(cfg):
             assert self.model_config(loaded) == cfg, "config changed through save/load"
+
+
+@dataclasses.dataclass
+class MethodProbe:
+    """One method's training step on a fixed batch, for :class:`MethodStepContract`.
+
+    ``loss()`` evaluates the method's objective on the fixed batch without updating;
+    ``step()`` applies one update on it; ``state()`` returns the weights (name -> tensor).
+    """
+
+    loss: Callable[[], float]
+    step: Callable[[], object]
+    state: Callable[[], dict[str, torch.Tensor]]
+
+
+class MethodStepContract:
+    """Shared checks of every registered method's step, parametrised over the registry.
+
+    Adopt it in a few lines::
+
+        class TestMethodSteps(MethodStepContract):
+            methods = METHODS.names()
+
+            def make_probe(self, method, seed):
+                ...  # a tiny model, a fixed batch, the method's step function
+                return MethodProbe(loss=..., step=..., state=...)
+
+    Checks: a step lowers the method's own objective on its fixed batch (after
+    ``steps_to_lower`` steps, default 1), and two probes built with the same seed
+    end with identical weights. A method added to the registry is tested the day
+    it is added.
+    """
+
+    methods: Sequence[str] = ()
+    steps_to_lower: int | Mapping[str, int] = 1
+
+    def make_probe(self, method: str, seed: int) -> MethodProbe:
+        raise NotImplementedError
+
+    def pytest_generate_tests(self, metafunc) -> None:
+        if "method" in metafunc.fixturenames:
+            if not self.methods:
+                raise ValueError(f"{type(self).__name__}.methods is empty")
+            metafunc.parametrize("method", list(self.methods))
+
+    def _steps(self, method: str) -> int:
+        n = self.steps_to_lower
+        return int(n.get(method, 1)) if isinstance(n, Mapping) else int(n)
+
+    def test_step_lowers_the_loss(self, method: str) -> None:
+        probe = self.make_probe(method, 0)
+        before = float(probe.loss())
+        for _ in range(self._steps(method)):
+            probe.step()
+        after = float(probe.loss())
+        assert math.isfinite(after), f"{method}: loss is {after} after the step"
+        assert after < before, f"{method}: loss {before:.6g} -> {after:.6g} did not go down"
+
+    def test_step_is_deterministic_under_a_seed(self, method: str) -> None:
+        states = []
+        for _ in range(2):
+            probe = self.make_probe(method, 0)
+            probe.step()
+            states.append({k: v.detach().cpu().clone() for k, v in probe.state().items()})
+        assert states[0].keys() == states[1].keys()
+        for name in states[0]:
+            assert torch.equal(states[0][name], states[1][name]), (
+                f"{method}: {name} differs between two seeded runs"
+            )
+
+
+class CLIContract:
+    """Shared checks of a console script's contract (README "Shared contract").
+
+    A package adopts it by subclassing in its ``tests/test_cli.py``::
+
+        class TestContract(CLIContract):
+            main = staticmethod(pbbl_cxr.cli.main)
+            prog, version, package = "pbbl-cxr", __version__, "pbbl-cxr"
+            methods = METHODS.names()
+            config_class = RunConfig
+
+            def make_data(self, root):
+                ...  # write a tiny synthetic dataset under root; return its folder
+
+            def train_argv(self, data, out, method, steps):
+                return ["train", "--data", data, "--out", out, "--method", method,
+                        "--set", f"steps={steps}"]
+
+    Checks, parametrised over ``methods`` where it matters:
+
+    - ``--version`` prints ``prog version``;
+    - a missing data folder, an unknown method and a bad ``--set`` each exit 2 with
+      one ``error:`` line on stderr, no traceback, and no run folder;
+    - every method trains; its run folder reads back with :func:`medcommon.run.load_run`
+      (package, method, seed, config round-trips through ``config_class``), with
+      ``model/`` and ``metrics.json``;
+    - a run trained for ``short_steps`` and resumed to ``long_steps`` ends with
+      the same weights as one trained for ``long_steps`` straight (``resume_methods``);
+    - ``bad_input_cases`` (package-specific) each exit 2 with one line naming the culprit.
+    """
+
+    main: Callable[[Sequence[str] | None], int | None]
+    prog: str = ""
+    version: str = ""
+    package: str = ""
+    methods: Sequence[str] = ()
+    resume_methods: Sequence[str] | None = None  # default: every method
+    config_class: type | None = None
+    weights_file: str = "model/model.safetensors"
+    short_steps: int = 2
+    long_steps: int = 4
+
+    # -- hooks -------------------------------------------------------------------------
+    def make_data(self, root: Path) -> Path:
+        raise NotImplementedError
+
+    def train_argv(self, data: Path, out: Path, method: str, steps: int) -> list[str]:
+        raise NotImplementedError
+
+    def resume_argv(self, data: Path, out: Path, method: str, steps: int) -> list[str]:
+        """The argv continuing ``out`` to ``steps`` steps; by default train_argv + ``--resume``."""
+        return [*self.train_argv(data, out, method, steps), "--resume"]
+
+    def bad_input_cases(self, data: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
+        """``{case: (argv, text the error line must contain)}``; the argv's ``--out`` (if
+        any) must not exist afterwards."""
+        return {}
+
+    # -- plumbing ----------------------------------------------------------------------
+    def pytest_generate_tests(self, metafunc) -> None:
+        if "method" in metafunc.fixturenames:
+            names = list(self.methods)
+            if metafunc.function.__name__ == "test_resume_equals_an_uninterrupted_run":
+                names = list(self.methods if self.resume_methods is None else self.resume_methods)
+            if not names:
+                raise ValueError(f"{type(self).__name__}.methods is empty")
+            metafunc.parametrize("method", names)
+
+    @pytest.fixture(scope="class")
+    def contract_data(self, tmp_path_factory) -> Path:
+        return Path(self.make_data(tmp_path_factory.mktemp("contract-data")))
+
+    def run(self, argv: Sequence[object], capsys) -> tuple[int, str, str]:
+        """Run the console script in-process: (exit code, stdout, stderr)."""
+        from medcommon.cli.runner import run_main
+
+        capsys.readouterr()
+        code = run_main(type(self).main, [str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    def assert_one_line_error(self, code: int, err: str, contains: str = "") -> None:
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2, f"exit code {code}, stderr: {err[-2000:]}"
+        assert "Traceback" not in err, err[-2000:]
+        errors = [line for line in lines if line.startswith("error: ")]
+        assert len(errors) == 1, f"expected one error line, got: {lines}"
+        assert contains in errors[0], f"{contains!r} not in {errors[0]!r}"
+
+    # -- the checks --------------------------------------------------------------------
+    def test_version(self, capsys) -> None:
+        code, out, _ = self.run(["--version"], capsys)
+        assert code == 0
+        assert out.strip() == f"{self.prog} {self.version}"
+
+    def test_missing_data_is_exit_2_and_writes_nothing(self, tmp_path, capsys) -> None:
+        out = tmp_path / "run"
+        argv = self.train_argv(tmp_path / "no-such-data", out, self.methods[0], self.short_steps)
+        code, _, err = self.run(argv, capsys)
+        self.assert_one_line_error(code, err, "no-such-data")
+        assert not out.exists(), "a run folder was written for bad input"
+
+    def test_unknown_method_is_exit_2_and_writes_nothing(
+        self, contract_data, tmp_path, capsys
+    ) -> None:
+        out = tmp_path / "run"
+        argv = self.train_argv(contract_data, out, "no-such-method", self.short_steps)
+        code, _, err = self.run(argv, capsys)
+        self.assert_one_line_error(code, err, "no-such-method")
+        assert not out.exists()
+
+    def test_bad_override_is_exit_2_and_writes_nothing(
+        self, contract_data, tmp_path, capsys
+    ) -> None:
+        out = tmp_path / "run"
+        argv = [
+            *self.train_argv(contract_data, out, self.methods[0], self.short_steps),
+            "--set",
+            "no_such_field=1",
+        ]
+        code, _, err = self.run(argv, capsys)
+        self.assert_one_line_error(code, err, "no_such_field")
+        assert not out.exists()
+
+    def test_package_bad_inputs(self, contract_data, tmp_path, capsys) -> None:
+        for case, (argv, contains) in self.bad_input_cases(contract_data, tmp_path).items():
+            code, _, err = self.run(argv, capsys)
+            try:
+                self.assert_one_line_error(code, err, contains)
+            except AssertionError as exc:
+                raise AssertionError(f"case {case!r}: {exc}") from None
+            argv_s = [str(a) for a in argv]
+            if "--out" in argv_s:
+                out = Path(argv_s[argv_s.index("--out") + 1])
+                assert not out.exists() or not any(out.iterdir()), f"case {case!r} wrote {out}"
+
+    def test_run_folder_round_trips(self, method, contract_data, tmp_path, capsys) -> None:
+        from medcommon.config import config_to_dict
+        from medcommon.run import SCHEMA, load_run
+
+        out = tmp_path / "run"
+        code, _, err = self.run(
+            self.train_argv(contract_data, out, method, self.short_steps), capsys
+        )
+        assert code == 0, err[-3000:]
+        run = load_run(out, package=self.package, config_class=self.config_class)
+        assert run.schema == SCHEMA
+        assert (run.info.package, run.info.version) == (self.package, self.version)
+        assert run.info.method == method
+        assert run.info.seed is not None
+        if self.config_class is not None:
+            assert config_to_dict(run.config_as(self.config_class)) == run.config
+        assert (out / self.weights_file).is_file(), f"no {self.weights_file}"
+        assert run.metrics() is not None, "no metrics.json"
+
+    def test_resume_equals_an_uninterrupted_run(
+        self, method, contract_data, tmp_path, capsys
+    ) -> None:
+        a, b = tmp_path / "resumed", tmp_path / "straight"
+        code, _, err = self.run(self.train_argv(contract_data, a, method, self.short_steps), capsys)
+        assert code == 0, err[-3000:]
+        code, _, err = self.run(self.resume_argv(contract_data, a, method, self.long_steps), capsys)
+        assert code == 0, err[-3000:]
+        code, _, err = self.run(self.train_argv(contract_data, b, method, self.long_steps), capsys)
+        assert code == 0, err[-3000:]
+        assert_same_safetensors(a / self.weights_file, b / self.weights_file, rtol=0, atol=0)
 
 
 def pydicom_test_file(name: str):

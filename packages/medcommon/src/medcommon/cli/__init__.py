@@ -1,5 +1,6 @@
-"""The command-line contract shared by every console script (DESIGN.md section 3).
+"""The command-line contract shared by every console script (README "Shared contract").
 
+- :class:`App` is the scaffold: ``--version``, commands registered by decorator, dispatch.
 - :func:`make_parser` builds an ``ArgumentParser`` whose usage errors print one
   ``error:`` line and exit 2.
 - :func:`add_train_args`, :func:`add_synth_args`, :func:`add_benchmark_args`,
@@ -9,11 +10,16 @@
   traceback and exit code 1.
 """
 
+from medcommon.cli.app import App, Command
 from medcommon.cli.args import (
     add_benchmark_args,
     add_common_args,
     add_config_args,
     add_evaluate_args,
+    add_method_arg,
+    add_methods_arg,
+    add_predict_args,
+    add_preset_arg,
     add_synth_args,
     add_train_args,
     make_parser,
@@ -22,10 +28,16 @@ from medcommon.cli.args import (
 from medcommon.cli.runner import fail, require_fresh_out, run_main
 
 __all__ = [
+    "App",
+    "Command",
     "add_benchmark_args",
     "add_common_args",
     "add_config_args",
     "add_evaluate_args",
+    "add_method_arg",
+    "add_methods_arg",
+    "add_predict_args",
+    "add_preset_arg",
     "add_synth_args",
     "add_train_args",
     "fail",

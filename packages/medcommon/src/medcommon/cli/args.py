@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
+
+from medcommon.config import PRESETS, check_preset
+from medcommon.registry import Registry
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,12 +52,87 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_train_args(p: argparse.ArgumentParser, methods: list[str], default_method: str) -> None:
+def _method_names(methods: Registry | Sequence[str]) -> list[str]:
+    return methods.names() if isinstance(methods, Registry) else list(methods)
+
+
+def _method_help(methods: Registry | Sequence[str], what: str) -> str:
+    if isinstance(methods, Registry):
+        return f"{what}; {methods.help()}"
+    return f"{what}; one of {', '.join(methods)}"
+
+
+def _checked(check: Callable[[str], object]) -> type[argparse.Action]:
+    """An argparse action that validates each value with ``check`` (which raises InputError).
+
+    Unlike ``choices``, the error is the registry's own one line
+    (``error: --method: unknown method 'x'; choose from ...``), the same as in the library.
+    """
+
+    class _Checked(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            for value in values if isinstance(values, list) else [values]:
+                check(value)
+            setattr(namespace, self.dest, values)
+
+    return _Checked
+
+
+def add_method_arg(
+    p: argparse.ArgumentParser,
+    methods: Registry | Sequence[str],
+    default: str | None,
+    flag: str = "--method",
+) -> None:
+    """``--method NAME``: validated against, and documented from, the registry."""
+    names = _method_names(methods)
+    check = methods.get if isinstance(methods, Registry) else Registry.of(names, "method").get
+    p.add_argument(
+        flag,
+        default=default,
+        action=_checked(check),
+        metavar="{" + ",".join(names) + "}",
+        help=_method_help(methods, f"default {default}" if default else "the method"),
+    )
+
+
+def add_methods_arg(
+    p: argparse.ArgumentParser, methods: Registry | Sequence[str], flag: str = "--methods"
+) -> None:
+    """``--methods A B ...``: a subset of the registry (default: all of it)."""
+    names = _method_names(methods)
+    check = methods.get if isinstance(methods, Registry) else Registry.of(names, "method").get
+    p.add_argument(
+        flag,
+        nargs="+",
+        default=None,
+        action=_checked(check),
+        metavar="METHOD",
+        help=f"subset of: {' '.join(names)} (default: all)",
+    )
+
+
+def add_preset_arg(p: argparse.ArgumentParser, default: str = "tiny") -> None:
+    """``--preset``, one of :data:`medcommon.config.PRESETS`."""
+    p.add_argument(
+        "--preset",
+        default=default,
+        action=_checked(check_preset),
+        metavar="{" + ",".join(PRESETS) + "}",
+        help=f"{', '.join(PRESETS)} (default {default})",
+    )
+
+
+def add_train_args(
+    p: argparse.ArgumentParser,
+    methods: Registry | Sequence[str],
+    default_method: str | None,
+) -> None:
     """``--data --out --method --config --set --seed --device --resume --checkpoint-every --preset --quiet``."""
     p.add_argument("--data", type=Path, required=True, help="dataset folder")
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
-    p.add_argument("--method", default=default_method, help=f"one of: {', '.join(methods)}")
-    p.add_argument("--preset", default="tiny", help="tiny, small or full (default tiny)")
+    add_method_arg(p, methods, default_method)
+    add_preset_arg(p)
     add_config_args(p)
     add_common_args(p)
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint")
@@ -65,10 +144,21 @@ def add_train_args(p: argparse.ArgumentParser, methods: list[str], default_metho
     )
 
 
+def add_predict_args(p: argparse.ArgumentParser, inputs_help: str) -> None:
+    """``--run RUN PATH... [--out FILE] --device --quiet`` for inference on new inputs."""
+    p.add_argument("--run", type=Path, required=True, help="a run folder written by train")
+    p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help=inputs_help)
+    p.add_argument(
+        "--out", type=Path, default=None, help="write the predictions here (default: stdout)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def add_synth_args(p: argparse.ArgumentParser) -> None:
     """``OUT_DIR --preset --seed --quiet``."""
     p.add_argument("out", type=Path, help="folder to write the synthetic dataset to")
-    p.add_argument("--preset", default="tiny", help="tiny, small or full (default tiny)")
+    add_preset_arg(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -93,7 +183,7 @@ def add_benchmark_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", type=Path, required=True, help="folder for results.json, report.md, plots"
     )
-    p.add_argument("--preset", default="small", help="tiny, small or full (default small)")
+    add_preset_arg(p, "small")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
     p.add_argument(
         "--data", type=Path, default=None, help="a real dataset instead of synthetic data"

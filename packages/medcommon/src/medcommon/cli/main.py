@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medcommon import __version__
-from medcommon.cli.args import make_parser, subparsers
-from medcommon.cli.runner import run_main
+from medcommon.cli.app import App
 from medcommon.fs import write_text_atomic
 
 
@@ -39,25 +38,29 @@ def _report(dirs: Sequence[Path], out: Path | None) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser(
-        "medcommon", "Shared tools: inspect images, combine benchmark reports.", __version__
-    )
-    sub = subparsers(parser)
-    p = sub.add_parser("inspect", help="print what the loader sees in an image file")
+app = App("medcommon", "Shared tools: inspect images, combine benchmark reports.", __version__)
+
+
+def _inspect_args(p) -> None:
     p.add_argument("paths", type=Path, nargs="+")
     p.add_argument("--json", action="store_true", help="one JSON object per file")
-    p = sub.add_parser(
-        "report", help="combine benchmark folders (results.json) into one markdown report"
-    )
+
+
+def _report_args(p) -> None:
     p.add_argument("dirs", type=Path, nargs="+")
     p.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
-    args = parser.parse_args(argv)
-    if args.command == "inspect":
-        return _inspect(args.paths, args.json)
+
+
+@app.command("inspect", "print what the loader sees in an image file", args=_inspect_args)
+def cmd_inspect(args) -> int:
+    return _inspect(args.paths, args.json)
+
+
+@app.command(
+    "report", "combine benchmark folders (results.json) into one markdown report", args=_report_args
+)
+def cmd_report(args) -> int:
     return _report(args.dirs, args.out)
 
 
-def entry() -> None:
-    """Console-script entry point."""
-    raise SystemExit(run_main(main))
+main, entry, build_parser = app.main, app.entry, app.build_parser
