@@ -3,7 +3,7 @@
 ``read_image(path)`` returns an :class:`Image` whose ``array`` axis order and
 ``spacing`` order agree: volumes are ``(z, y, x)``, single images ``(y, x)``,
 DICOM multi-frame ``(frame, y, x)``; colour images add a trailing channel axis
-that has no spacing entry.
+that has no spacing entry. A spacing entry the file does not give is ``None``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,14 @@
 Order (PS3.4 grayscale pipeline): stored values -> Modality LUT (rescale slope and
 intercept, or a Modality LUT sequence) -> VOI LUT (a VOI LUT sequence if present,
 else the first window centre/width) -> MONOCHROME1 inverted so that larger means
-brighter. Multi-frame objects keep their frames as the first axis.
+brighter. PALETTE COLOR indices go through the palette to RGB. Multi-frame objects
+keep their frames as the first axis.
+
+Spacing that the header does not give is ``None`` ("unknown"), never a made-up
+1.0 or a meaningless 0: many real radiographs carry ``PixelSpacing`` ``0\\0`` or
+none at all. ``PixelSpacing`` (patient plane; for enhanced multi-frame objects the
+shared Pixel Measures macro) is preferred, then ``ImagerPixelSpacing`` (detector
+plane, not corrected for geometric magnification, PS3.3 C.8.11.4.1.1).
 """
 
 from __future__ import annotations
@@ -47,16 +54,69 @@ def _output_range(ds: Any, voi_applied: str) -> tuple[float, float]:
     return (min(lo, hi), max(lo, hi))
 
 
+def _positive(value: Any) -> float | None:
+    """``float(value)`` if it is a finite positive number, else ``None`` (unknown)."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if np.isfinite(out) and out > 0 else None
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    """A ``(row, column)`` spacing pair if both entries are positive, else ``None``."""
+    try:
+        dy, dx = (_positive(v) for v in value)
+    except (TypeError, ValueError):  # absent, a single value, or more than two
+        return None
+    return (dy, dx) if dy is not None and dx is not None else None
+
+
+def _shared_pixel_measures(ds: Any) -> Any:
+    """The shared Pixel Measures item of an enhanced multi-frame object, or ``None``."""
+    try:
+        return ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    except (AttributeError, IndexError, KeyError):
+        return None
+
+
+def _spacing(ds: Any, spatial_ndim: int) -> tuple[tuple[float | None, ...], str]:
+    """Spacing ``(dy, dx)`` or ``(dz, dy, dx)`` in mm (``None`` = unknown) and its source.
+
+    A zero, negative or malformed ``PixelSpacing`` counts as absent, so the search
+    falls through to ``ImagerPixelSpacing``; both entries are ``None`` if neither is
+    usable. ``dz`` comes from ``SpacingBetweenSlices``, else ``SliceThickness``.
+    """
+    measures = _shared_pixel_measures(ds)
+    candidates = [
+        ("PixelSpacing", ds.get("PixelSpacing")),
+        ("PixelMeasuresSequence", measures.get("PixelSpacing") if measures else None),
+        ("ImagerPixelSpacing", ds.get("ImagerPixelSpacing")),
+    ]
+    source, pair = next(((n, p) for n, v in candidates if (p := _pair(v))), ("none", None))
+    in_plane: tuple[float | None, ...] = pair or (None, None)
+    if spatial_ndim == 2:
+        return in_plane, source
+    dz = None
+    for item in (ds, measures):
+        for key in ("SpacingBetweenSlices", "SliceThickness"):
+            if dz is None and item is not None:
+                dz = _positive(item.get(key))
+    return (dz, *in_plane), source
+
+
 def read_dicom(path: str | Path) -> Image:
     """Read one DICOM file; see the module docstring for the pixel pipeline.
 
     Returns an :class:`Image` with ``array`` ``(y, x)``, ``(frame, y, x)`` or with a
-    trailing colour axis, float32 for grayscale, and ``spacing`` ``(dy, dx)`` or
-    ``(dz, dy, dx)`` in mm.
+    trailing colour axis ``(..., 3)`` (RGB, also for PALETTE COLOR), float32 for
+    grayscale, and ``spacing`` ``(dy, dx)`` or ``(dz, dy, dx)`` in mm where an entry
+    is ``None`` if the header gives no usable value (``meta["spacing_source"]`` names
+    the attribute used, or ``"none"``).
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
     path = Path(path)
     try:
@@ -109,19 +169,26 @@ def read_dicom(path: str | Path) -> Image:
             arr = (lo + hi) - arr
         meta["voi"] = voi
         arr = arr.astype(np.float32)
+    elif photometric == "PALETTE COLOR":
+        # The stored values are palette indices, not intensities: map them through
+        # the red/green/blue lookup tables (PS3.3 C.7.6.3.1.5); uint8 or uint16 as
+        # the palette's bit depth says.
+        try:
+            arr = np.asarray(apply_color_lut(raw, ds))
+        except (ValueError, AttributeError, KeyError, IndexError) as exc:
+            raise InputError(
+                path, f"PALETTE COLOR image with an unusable palette ({exc})"
+            ) from None
+        meta["channels_last"] = True
     else:
         # pydicom >= 3 returns YBR colour data converted to RGB already.
         arr = np.asarray(raw)
         meta["channels_last"] = True
 
-    pixel_spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing") or [1.0, 1.0]
-    dy, dx = float(pixel_spacing[0]), float(pixel_spacing[1])
     spatial_ndim = arr.ndim - (1 if meta.get("channels_last") else 0)
-    if spatial_ndim == 3:
-        dz = float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
-        spacing: tuple[float, ...] = (dz, dy, dx)
-    elif spatial_ndim == 2:
-        spacing = (dy, dx)
-    else:
-        raise InputError(path, f"unexpected pixel array shape {arr.shape}")
+    if spatial_ndim not in (2, 3):
+        raise InputError(
+            path, f"unexpected pixel array shape {arr.shape} for {photometric} pixel data"
+        )
+    spacing, meta["spacing_source"] = _spacing(ds, spatial_ndim)
     return Image(array=arr, spacing=spacing, meta=meta)

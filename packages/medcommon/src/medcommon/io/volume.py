@@ -156,7 +156,11 @@ def read_volume(path: str | Path) -> Image:
 def write_volume(
     path: str | Path, array: np.ndarray, spacing: tuple[float, ...] | None = None
 ) -> None:
-    """Write a ``(z, y, x)`` (or ``(y, x)``) array with ``spacing`` in the same order."""
+    """Write a ``(z, y, x)`` (or ``(y, x)``) array with ``spacing`` in the same order.
+
+    Volume formats have no "unknown" spacing: ``None`` entries (as a DICOM without
+    pixel spacing gives) are written as 1.0, the formats' own default.
+    """
     import SimpleITK as sitk
 
     arr = np.asarray(array)
@@ -170,6 +174,6 @@ def write_volume(
     if spacing is not None:
         if len(spacing) != arr.ndim:
             raise InputError(path, f"spacing {spacing} does not match array of {arr.ndim} dims")
-        img.SetSpacing([float(s) for s in reversed(spacing)])
+        img.SetSpacing([1.0 if s is None else float(s) for s in reversed(spacing)])
     with atomic_path(path) as tmp:
         sitk.WriteImage(img, str(tmp), True)
