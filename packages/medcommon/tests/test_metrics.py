@@ -180,3 +180,14 @@ def test_nan_scores_are_rejected():
         auc([0, 1], [0.1, float("nan")])
     with pytest.raises(InputError, match="binary"):
         auc([0, 2], [0.1, 0.2])
+
+
+def test_hd95_with_an_unknown_spacing_entry_is_in_voxels():
+    from medcommon.metrics import hd95
+
+    a = np.zeros((16, 16), bool)
+    b = np.zeros((16, 16), bool)
+    a[4:8, 4:8] = True
+    b[4:8, 7:11] = True
+    assert hd95(a, b, spacing=(None, None)) == hd95(a, b)
+    assert hd95(a, b, spacing=(2.0, 2.0)) == 2 * hd95(a, b)

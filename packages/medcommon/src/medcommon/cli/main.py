@@ -23,6 +23,10 @@ def _inspect(paths: Sequence[Path], as_json: bool) -> int:
             print(path)
             for key, value in info.items():
                 if key != "path" and value not in ("", None):
+                    if isinstance(value, (list, tuple)):  # unknown spacing entries are None
+                        value = (
+                            "(" + ", ".join("unknown" if v is None else str(v) for v in value) + ")"
+                        )
                     print(f"  {key:28s} {value}")
     return 0
 

@@ -44,6 +44,8 @@ def hd95(
     Args:
         pred, target: binary masks ``(y, x)`` or ``(z, y, x)``.
         spacing: voxel size per axis in mm (same order); distances are in mm when given.
+            An unknown entry (None, as the DICOM reader gives for ``PixelSpacing 0\\0``)
+            makes the whole distance fall back to voxel units.
 
     Returns:
         The distance; ``0.0`` if both masks are empty and ``inf`` if exactly one is.
@@ -71,6 +73,6 @@ def hd95(
             tt,
             include_background=True,
             percentile=95,
-            spacing=list(spacing) if spacing else None,
+            spacing=list(spacing) if spacing and None not in spacing else None,
         )
     return float(value.item())
