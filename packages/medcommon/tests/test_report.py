@@ -101,3 +101,63 @@ def test_plots_are_png_files(tmp_path):
         "g.png",
         "h.png",
     ]  # no temp files left
+
+
+def _claim_rows():
+    rows = []
+    for seed, (m, b) in enumerate([(0.90, 0.70), (0.80, 0.72), (0.85, 0.74)]):
+        rows.append({"method": "new", "seed": seed, "setting": "s1", "metrics": {"auc": m}})
+        rows.append({"method": "old", "seed": seed, "setting": "s1", "metrics": {"auc": b}})
+    return rows
+
+
+def test_claims_are_checked_and_kept_when_they_fail():
+    from medcommon.report import Claim, make_results
+
+    claims = [
+        Claim("new beats old", "new", "old", "auc", setting="s1", margin=0.1),  # 0.85 - 0.72
+        Claim("new beats old by a lot", "new", "old", "auc", setting="s1", margin=0.2),
+        Claim("no harm", "new", "old", "auc", setting="s1", test="within", margin=0.02),
+        Claim("lower is better", "old", "new", "auc", setting="s1", test="less", margin=0.1),
+        Claim("missing method", "ghost", "old", "auc", setting="s1"),
+    ]
+    res = make_results("pkg", "1", "tiny", [0, 1, 2], _claim_rows(), claims=claims)
+    got = {c["claim"]: c for c in res["claims"]}
+    assert len(res["claims"]) == 5, "a failing claim must not be dropped"
+    assert got["new beats old"]["value"] == pytest.approx(0.85)
+    assert got["new beats old"]["baseline_value"] == pytest.approx(0.72)
+    assert [got[k]["holds"] for k in got] == [True, False, False, True, False]
+    assert got["missing method"]["value"] is None and "ghost" in got["missing method"]["note"]
+    assert set(got["no harm"]) >= {
+        "claim",
+        "method",
+        "baseline",
+        "metric",
+        "value",
+        "baseline_value",
+        "holds",
+    }
+
+
+def test_report_and_combined_report_lead_with_claims_and_figures(tmp_path):
+    from medcommon.report import Claim, combine_reports, make_results, write_report, write_results
+
+    folder = tmp_path / "bench" / "pkg"
+    folder.mkdir(parents=True)
+    (folder / "headline.png").write_bytes(b"png")
+    claims = [
+        Claim("new beats old", "new", "old", "auc", setting="s1"),
+        Claim("tie", "new", "old", "auc", setting="s1", test="within", margin=0.01),
+    ]
+    res = make_results(
+        "pkg", "1", "tiny", [0, 1, 2], _claim_rows(), claims=claims, figures=["headline.png"]
+    )
+    write_results(folder, res)
+    text = write_report(folder, res, "Pkg").read_text()
+    assert text.index("## Claims") < text.index("| setting | method |")
+    assert "![headline.png](headline.png)" in text
+    combined = combine_reports([folder], relative_to=tmp_path / "bench")
+    assert combined.index("## Headline: 1 of 2 claims hold") < combined.index("## pkg 1")
+    assert "| pkg | new beats old (s1) | auc | new 0.850 | old 0.720 | **yes** |" in combined
+    assert "| pkg | tie (s1) | auc | new 0.850 | old 0.720 | no |" in combined
+    assert "(pkg/headline.png)" in combined

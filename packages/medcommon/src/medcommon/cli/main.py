@@ -34,7 +34,7 @@ def _inspect(paths: Sequence[Path], as_json: bool) -> int:
 def _report(dirs: Sequence[Path], out: Path | None) -> int:
     from medcommon.report import combine_reports
 
-    text = combine_reports(dirs)
+    text = combine_reports(dirs, relative_to=out.parent if out is not None else None)
     if out is not None:
         write_text_atomic(out, text)
     else:

@@ -5,6 +5,9 @@
     {"package", "version", "preset", "seeds",
      "rows": [{"method", "seed", "metrics": {...}, "train_seconds", ...}],
      "summary": [{"method", "metrics": {name: {"mean", "std", "n"}}}],
+     "claims": [{"claim", "method", "baseline", "metric", "value",
+                 "baseline_value", "holds", "setting", "test"}],
+     "figures": ["headline.png", ...],   # optional: the first is read first
      "extra": {...}}                      # optional: timing ratios, notes
 
 ``std`` is the sample standard deviation over seeds (ddof=1), 0.0 for one seed.
@@ -12,6 +15,7 @@ Rows may carry a ``"setting"`` (e.g. a bias ratio); summaries then group by
 ``(setting, method)``.
 """
 
+from medcommon.report.claims import Claim, check_claims, claims_table
 from medcommon.report.plots import (
     plot_bars,
     plot_differences,
@@ -30,6 +34,9 @@ from medcommon.report.results import (
 )
 
 __all__ = [
+    "Claim",
+    "check_claims",
+    "claims_table",
     "combine_reports",
     "load_results",
     "make_results",

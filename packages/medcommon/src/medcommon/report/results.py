@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 
 from medcommon.errors import InputError
 from medcommon.fs import read_json, write_json_atomic, write_text_atomic
+from medcommon.report.claims import Claim, check_claims, claims_table
 
 REQUIRED_KEYS = ("package", "version", "preset", "seeds", "rows", "summary")
 
@@ -61,8 +63,15 @@ def make_results(
     seeds: Sequence[int],
     rows: Sequence[dict[str, Any]],
     extra: dict[str, Any] | None = None,
+    claims: Iterable[Claim] | None = None,
+    figures: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Assemble a ``results.json`` object (summary computed from ``rows``)."""
+    """Assemble a ``results.json`` object (summary computed from ``rows``).
+
+    ``claims`` (written in code before the run) are checked against the summary;
+    every one is kept, holding or not. ``figures`` are plot file names inside the
+    benchmark folder, the one a newcomer should read first leading.
+    """
     for i, row in enumerate(rows):
         if "method" not in row or "metrics" not in row:
             raise ValueError(f"rows[{i}] needs 'method' and 'metrics'")
@@ -74,6 +83,9 @@ def make_results(
         "rows": list(rows),
         "summary": summarise(rows),
     }
+    results["claims"] = check_claims(claims or (), results["summary"])
+    if figures:
+        results["figures"] = list(figures)
     if extra:
         results["extra"] = extra
     return results
@@ -162,8 +174,18 @@ def write_report(
         f"# {title}\n",
         f"`{results['package']}` {results['version']}, preset `{results['preset']}`, seeds {seeds}. "
         f"Values are mean ± sample std over {spread_over}.\n",
-        markdown_table(results, metrics),
     ]
+    if results.get("claims"):
+        parts += [
+            "## Claims (thresholds fixed in code before the run)\n",
+            claims_table(results["claims"]),
+        ]
+    figures = results.get("figures") or []
+    if figures:
+        parts.append(f"![{figures[0]}]({figures[0]})\n")
+    if results.get("claims"):
+        parts.append("## Results\n")
+    parts.append(markdown_table(results, metrics))
     for heading, body in sections:
         parts.append(f"## {heading}\n\n{body.rstrip()}\n")
     path = Path(directory) / "report.md"
@@ -171,14 +193,60 @@ def write_report(
     return path
 
 
-def combine_reports(paths: Sequence[str | Path]) -> str:
-    """One markdown document from several benchmark folders' ``results.json`` (and plots)."""
+def combine_reports(paths: Sequence[str | Path], relative_to: str | Path | None = None) -> str:
+    """One markdown document from several benchmark folders' ``results.json`` and plots.
+
+    It opens with the headline table (every package's claims: does each hold?),
+    then one figure per package (its first ``figures`` entry), then each package's
+    summary table with its remaining figures and a link to its own report.
+    Image links are relative to ``relative_to`` (the combined report's folder).
+    """
     if not paths:
         raise InputError("DIR", "give at least one benchmark folder")
+    loaded = [(Path(p), load_results(p)) for p in paths]
+    base = Path(relative_to).resolve() if relative_to is not None else None
+
+    def link(folder: Path, name: str) -> str:
+        target = (folder / name).resolve()
+        if base is None:
+            return str(folder / name)
+        try:
+            return os.path.relpath(target, base)
+        except ValueError:  # another drive (Windows)
+            return str(target)
+
     parts = ["# Combined benchmark report\n"]
-    for p in paths:
-        res = load_results(p)
+    claims = [(res["package"], c) for _, res in loaded for c in res.get("claims") or []]
+    if claims:
+        n_hold = sum(bool(c["holds"]) for _, c in claims)
+        parts.append(f"## Headline: {n_hold} of {len(claims)} claims hold\n")
+        parts.append(
+            "| package | claim | metric | method value | baseline value | holds |\n"
+            "|---|---|---|---|---|---|"
+        )
+        for package, c in claims:
+            value = "–" if c["value"] is None else f"{c['value']:.3f}"
+            base_v = "–" if c["baseline_value"] is None else f"{c['baseline_value']:.3f}"
+            where = f" ({c['setting']})" if c.get("setting") else ""
+            parts.append(
+                f"| {package} | {c['claim']}{where} | {c['metric']} | {c['method']} {value} | "
+                f"{c['baseline']} {base_v} | {'**yes**' if c['holds'] else 'no'} |"
+            )
+        parts.append("")
+    firsts = [(folder, res) for folder, res in loaded if res.get("figures")]
+    if firsts:
+        parts.append("## One picture per package\n")
+        for folder, res in firsts:
+            name = res["figures"][0]
+            parts.append(
+                f"**{res['package']}**\n\n![{res['package']}: {name}]({link(folder, name)})\n"
+            )
+    for folder, res in loaded:
         parts.append(f"## {res['package']} {res['version']} (preset `{res['preset']}`)\n")
+        if (folder / "report.md").is_file():
+            parts.append(
+                f"Full report: [{link(folder, 'report.md')}]({link(folder, 'report.md')})\n"
+            )
         parts.append(markdown_table(res))
         extra = res.get("extra") or {}
         ratios = {k: v for k, v in extra.items() if _is_number(v)}
@@ -186,4 +254,6 @@ def combine_reports(paths: Sequence[str | Path]) -> str:
             parts.append("| measured in the same run | value |\n|---|---|")
             parts += [f"| {k} | {v:.3g} |" for k, v in ratios.items()]
             parts.append("")
+        for name in (res.get("figures") or [])[1:]:
+            parts.append(f"![{name}]({link(folder, name)})\n")
     return "\n".join(parts) + "\n"
