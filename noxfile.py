@@ -96,6 +96,39 @@ def tests_slow(session: nox.Session, package: str) -> None:
     _pytest(session, package, "slow and not gpu", success_codes=(0, 5))
 
 
+# A GPU run must really use a GPU: the CPU wheel would only skip every `gpu` test.
+_CPU_TORCH = "torch==2.13.0"  # TORCH's default above
+_CUDA_TORCH_EXAMPLE = "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+_CUDA_CHECK = """
+import sys, torch
+if not torch.cuda.is_available():
+    sys.exit(
+        f"error: tests_gpu: CUDA is not available in this session (torch {torch.__version__}, "
+        f"built for CUDA {torch.version.cuda}); a GPU runner without a working GPU must not pass"
+    )
+print(f"CUDA {torch.version.cuda}, torch {torch.__version__}, {torch.cuda.get_device_name(0)}")
+"""
+
+
+@nox.session(default=False)
+@nox.parametrize("package", list(PACKAGES), ids=list(PACKAGES))
+def tests_gpu(session: nox.Session, package: str) -> None:
+    """Tests marked `gpu` (bf16/fp16 training steps, peak memory) with a CUDA build of torch.
+
+    Fails, never skips, where CUDA is missing: MEDAI_TORCH must name a CUDA build, and
+    ``torch.cuda.is_available()`` is checked in the session before pytest runs.
+    """
+    requested = os.environ.get("MEDAI_TORCH", "").strip()
+    if not requested or shlex.split(requested) == [_CPU_TORCH] or "/whl/cpu" in requested:
+        session.error(
+            f"tests_gpu needs MEDAI_TORCH set to a CUDA build of torch (got {requested or 'nothing'!r}), "
+            f'e.g. MEDAI_TORCH="{_CUDA_TORCH_EXAMPLE}"'
+        )
+    _install(session, package, extra="[test]")
+    session.run("python", "-c", _CUDA_CHECK)
+    _pytest(session, package, "gpu")
+
+
 @nox.session(reuse_venv=True)
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check over the whole tree."""

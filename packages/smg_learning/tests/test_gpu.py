@@ -1,0 +1,139 @@
+"""GPU: SMG-Learning's two trainings at the tiny preset, bf16 and fp16: the PGA step of the
+segmenter with replay, and the site-modulated diffusion model's denoising step.
+
+Marked ``gpu``: run by ``nox -s tests_gpu``, skipped by the root conftest where CUDA is
+absent. ``MEDAI_GPU_TEST_ON_CPU=1`` rehearses the same bodies on the CPU (bf16 only, no
+memory figure); the mark is then dropped so that the conftest does not skip them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from medcommon.train import TrainConfig, Trainer, seed_everything
+from smg_learning.config import preset_config
+from smg_learning.data import SiteSlices, SliceDataset
+from smg_learning.segmenter import Segmenter, SegmenterConfig
+from smg_learning.smd import SiteModulatedDiffusion
+from smg_learning.strategies import STRATEGIES, ReplayMemory, make_step
+from smg_learning.train import smd_model_config
+
+ON_CPU = os.environ.get("MEDAI_GPU_TEST_ON_CPU") == "1"
+DEVICE = "cpu" if ON_CPU else "cuda"
+pytestmark = [] if ON_CPU else [pytest.mark.gpu]
+PRECISIONS = [
+    "bf16",
+    pytest.param("fp16", marks=pytest.mark.skipif(ON_CPU, reason="fp16 autocast needs CUDA")),
+]
+AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# fp16: the gradient scaler skips the steps whose scaled gradients overflow while it
+# finds its scale (from 2**16, halving), so it gets more steps for the weights to move.
+STEPS = {"bf16": 3, "fp16": 6}
+# Generous: the tiny U-Nets need a few MiB; cuDNN and cuBLAS workspaces come on top.
+PEAK_BOUND = 2 * 2**30
+
+
+def _fit_steps(model, optimizer, dataset, step_fn, config: TrainConfig, tmp_path, tag: str, **kw):
+    """Run ``config.max_steps`` steps on DEVICE; check autocast, finite losses, moved weights.
+
+    Returns ``{"losses", "peak_bytes"}``; ``peak_bytes`` is ``torch.cuda.max_memory_allocated()``
+    over the last optimizer step (None on the CPU) and is also written to ``tmp_path``.
+    """
+    if DEVICE == "cuda" and config.mixed_precision == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16 support")
+    last = config.max_steps - 1
+    losses: list[float] = []
+    autocast: list[tuple[bool, torch.dtype]] = []
+
+    def step(m, batch, ctx):
+        if DEVICE == "cuda" and ctx.step == last and ctx.micro_step == 0:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        autocast.append((torch.is_autocast_enabled(DEVICE), torch.get_autocast_dtype(DEVICE)))
+        out = step_fn(m, batch, ctx)
+        losses.append(float((out["loss"] if isinstance(out, dict) else out).detach()))
+        return out
+
+    before = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    Trainer(model, optimizer, dataset, step, config=config, device=DEVICE, quiet=True, **kw).fit()
+    peak = None
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+
+    assert autocast and all(
+        on and dt == AUTOCAST_DTYPE[config.mixed_precision] for on, dt in autocast
+    )
+    assert len(losses) == config.max_steps * config.grad_accum_steps
+    assert all(torch.isfinite(torch.tensor(losses))), losses
+    after = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    assert all(torch.isfinite(p).all() for p in after.values())
+    assert any(not torch.equal(before[n], after[n]) for n in before), "no weight changed"
+    record = {"test": tag, "device": DEVICE, "precision": config.mixed_precision}
+    record.update(steps=config.max_steps, losses=losses, peak_bytes=peak)
+    (tmp_path / "gpu_memory.json").write_text(json.dumps(record, indent=2) + "\n")
+    if peak is not None:
+        print(f"{tag} {config.mixed_precision}: peak {peak / 2**20:.1f} MiB over one step")
+        assert 0 < peak < PEAK_BOUND
+    return {"losses": losses, "peak_bytes": peak}
+
+
+def _slices(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Discs of random centre and radius: images (n, 1, S, S) in [0, 1], masks (n, 1, S, S) {0, 1}."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    centre = (torch.rand(n, 2, generator=g) - 0.5) * 0.6
+    radius = 0.25 + 0.3 * torch.rand(n, generator=g)
+    dist = (yy - centre[:, :1, None]) ** 2 + (xx - centre[:, 1:, None]) ** 2
+    masks = (dist < radius[:, None, None] ** 2).long()[:, None]
+    images = (0.2 + 0.6 * masks + 0.05 * torch.randn(masks.shape, generator=g)).clamp(0, 1)
+    return images.float(), masks
+
+
+def _site(name: str, n: int, size: int, seed: int) -> SiteSlices:
+    images, masks = _slices(n, size, seed)
+    return SiteSlices(name, [name], images, masks, np.zeros(n, dtype=int))
+
+
+def _config(precision: str, batch_size: int) -> TrainConfig:
+    return TrainConfig(
+        max_steps=STEPS[precision], batch_size=batch_size, mixed_precision=precision, log_every=0
+    )
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_pga_step_with_replay(precision, tmp_path):
+    """Site 2 of an ``smg`` run: PGA over current, replayed and shifted domains (virtual steps)."""
+    cfg = preset_config("tiny")
+    size = cfg.image_size
+    replay_images, replay_masks = _slices(cfg.replay_per_site, size, seed=1)
+    memory = ReplayMemory(replay_images, replay_masks, torch.zeros(cfg.replay_per_site).long())
+    step = make_step(STRATEGIES.get("smg"), cfg, seed=0, stage=1, memory=memory)
+    seed_everything(0)
+    model = Segmenter(SegmenterConfig(1, tuple(cfg.channels), cfg.num_res_units))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    dataset = SliceDataset([_site("B", 8, size, seed=2)], [1])
+    config = _config(precision, cfg.batch_size)
+    _fit_steps(model, optimizer, dataset, step, config, tmp_path, "smg/pga")
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_smd_denoising_step(precision, tmp_path):
+    """The site-modulated diffusion model's training loss, as ``train_smd_stage`` runs it."""
+    cfg = preset_config("tiny")
+    seed_everything(0)
+    smd = SiteModulatedDiffusion(smd_model_config(cfg, 1, ["A", "B"]))
+    size = smd.config.image_size
+    dataset = SliceDataset([_site("A", 8, size, seed=3), _site("B", 8, size, seed=4)], [0, 1])
+    optimizer = torch.optim.Adam(smd.parameters(), lr=cfg.smd.lr)
+
+    def step(m, b, ctx):
+        return m.training_loss(b["image"], b["mask"], b["site"])
+
+    config = _config(precision, cfg.smd.batch_size)
+    _fit_steps(smd, optimizer, dataset, step, config, tmp_path, "smg/smd")
