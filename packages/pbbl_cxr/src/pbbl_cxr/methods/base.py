@@ -19,6 +19,7 @@ from medcommon.registry import Registry
 from medcommon.train import seed_everything
 from pbbl_cxr.config import RunConfig
 from pbbl_cxr.data import XrayDataset
+from pbbl_cxr.distributed import is_main_process
 from pbbl_cxr.models import Classifier, build_model
 from pbbl_cxr.train import StageResult, fit_stage
 
@@ -126,8 +127,8 @@ def n_bias(ctx: RunContext) -> int:
 
 
 def log_record(ctx: RunContext, record: dict[str, Any]) -> None:
-    """Append one record to ``RUN/log.jsonl`` (next to the Trainer's lines)."""
-    if ctx.run_dir is None:
+    """Append one record to ``RUN/log.jsonl`` (next to the Trainer's lines; main process only)."""
+    if ctx.run_dir is None or not is_main_process():
         return
     with open(ctx.run_dir / "log.jsonl", "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record) + "\n")
