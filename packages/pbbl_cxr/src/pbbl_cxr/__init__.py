@@ -9,8 +9,9 @@ Table of contents:
 - :mod:`.models`     small CNN, MONAI DenseNet-121, optional frozen backbone + MLP head
 - :mod:`.losses`     GCE, bias-balanced softmax, LfF weights, Group DRO weights
 - :mod:`.pseudo`     Youden / argmax pseudo bias labels and the prior p(y | b_hat)
-- :mod:`.methods`    the registry: erm, gce, lff, groupdro, bbs-oracle, pbbl
+- :mod:`.methods`    the registry, one module per method: erm, gce, lff, groupdro, bbs-oracle, pbbl
 - :mod:`.train`      one training stage on :class:`medcommon.train.Trainer`, best-model keeping
+- :mod:`.distributed` torchrun runs like one process: global-batch BatchNorm, state sync
 - :mod:`.evaluate`   AUC overall / aligned / conflicting / balanced, AP, group accuracies
 - :mod:`.benchmark`  all methods x GbP/SbP x bias ratios x seeds
 - :mod:`.cli`        the ``pbbl-cxr`` console script

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pbbl_cxr.distributed import all_gather_cat, all_reduce_sum, world_size
+
 
 def gce_loss(logits: torch.Tensor, target: torch.Tensor, q: float = 0.7) -> torch.Tensor:
     """Per-sample GCE ``CE(z, y) * q * p_y^q`` (``p_y`` detached); logits ``(B, C)`` -> ``(B,)``.
@@ -40,7 +42,9 @@ class LossEMA:
     """Per-sample exponential moving average of losses (LfF, alpha = 0.7).
 
     ``update(loss, index)`` sets ``ema[i] = alpha * ema[i] + (1 - alpha) * loss_i`` and
-    returns the updated values.
+    returns the updated values. Under DDP each process holds a piece of the global
+    batch; the pieces' losses and indices are gathered so that every process updates
+    the whole batch's entries, and its table stays the one a single process would have.
     """
 
     def __init__(self, n: int, alpha: float = 0.7) -> None:
@@ -48,6 +52,12 @@ class LossEMA:
         self.values = torch.zeros(n)
 
     def update(self, loss: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        if world_size() > 1:
+            self._update(all_gather_cat(loss.detach().float()), all_gather_cat(index))
+            return self.values[index.cpu()].to(loss.device)
+        return self._update(loss, index)
+
+    def _update(self, loss: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         idx = index.cpu()
         new = self.alpha * self.values[idx] + (1 - self.alpha) * loss.detach().float().cpu()
         self.values[idx] = new
@@ -77,7 +87,10 @@ def lff_weights(loss_b: torch.Tensor, loss_d: torch.Tensor) -> torch.Tensor:
 class GroupDROWeights:
     """Group weights of online Group DRO: ``q_g <- q_g * exp(eta * L_g)``, then normalised.
 
-    The step's loss is ``sum_g q_g * L_g`` over the groups present in the batch.
+    The step's loss is ``sum_g q_g * L_g`` over the groups present in the batch. Under
+    DDP, ``L_g`` is the group mean over the *global* batch: per-group sums and counts are
+    summed over the processes (the sums differentiably), so ``q`` and the gradient are
+    those of one process.
     """
 
     def __init__(self, n_groups: int, eta: float = 0.01) -> None:
@@ -88,6 +101,9 @@ class GroupDROWeights:
         n = self.q.numel()
         counts = torch.bincount(group, minlength=n).float()
         sums = torch.zeros(n, device=per_sample.device).index_add(0, group, per_sample)
+        if world_size() > 1:
+            counts = all_reduce_sum(counts)
+            sums = all_reduce_sum(sums, grad=True)
         present = counts > 0
         group_loss = torch.where(present, sums / counts.clamp_min(1), torch.zeros_like(sums))
         q = self.q.to(per_sample.device)
