@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
+import time
 from pathlib import Path
 
 import nox
@@ -145,23 +147,36 @@ def ddp(session: nox.Session, package: str) -> None:
     _pytest(session, package, "ddp", success_codes=(0, 5))  # 5: a package without such methods
 
 
-def _run_benchmarks(session: nox.Session, out: Path, preset: str, seeds: list[str]) -> list[Path]:
-    done = []
+def _run_benchmarks(
+    session: nox.Session, out: Path, preset: str, seeds: list[str] | None
+) -> tuple[list[Path], dict[str, float]]:
+    """Each method package's ``benchmark`` into ``out/<package>``; returns folders and wall seconds."""
+    done, seconds = [], {}
     for name in METHOD_PACKAGES:
         target = out / name
+        if target.exists():  # a benchmark refuses to mix with an earlier run's files
+            shutil.rmtree(target)
+        start = time.monotonic()
         session.run(
             _console_script(name),
             "benchmark",
             "--preset",
             preset,
-            "--seeds",
-            *seeds,
+            *(["--seeds", *seeds] if seeds else []),
             "--out",
             str(target),
             "--quiet",
         )
+        seconds[name] = round(time.monotonic() - start, 1)
         done.append(target)
-    return done
+    return done, seconds
+
+
+def _timing_table(seconds: dict[str, float]) -> str:
+    lines = ["## Wall time of this run\n", "| package | seconds |", "|---|---|"]
+    lines += [f"| {name} | {secs:.0f} |" for name, secs in seconds.items()]
+    lines.append(f"| **all** | **{sum(seconds.values()):.0f}** |")
+    return "\n".join(lines) + "\n"
 
 
 @nox.session(default=False)
@@ -176,14 +191,19 @@ def bench(session: nox.Session) -> None:
         "--out",
         str(out / CORE),
     )
-    dirs = [out / CORE, *_run_benchmarks(session, out, "small", ["0", "1", "2"])]
-    session.run("medcommon", "report", *map(str, dirs), "--out", str(out / "report.md"))
+    dirs, seconds = _run_benchmarks(session, out, "small", ["0", "1", "2"])
+    session.run(
+        "medcommon", "report", str(out / CORE), *map(str, dirs), "--out", str(out / "report.md")
+    )
+    with open(out / "report.md", "a", encoding="utf-8") as f:
+        f.write("\n" + _timing_table(seconds))
     session.log(f"combined report: {out / 'report.md'}")
 
 
 @nox.session(default=False)
 def demo(session: nox.Session) -> None:
-    """Every method package's benchmark at preset `tiny`, one seed; prints the combined report."""
+    """Each method package's benchmark at preset `demo` (its central claim, minutes on a laptop
+    CPU), then the combined report: the headline table of claims first, one figure per package."""
     _install(session, *PACKAGES)
     out = ROOT / "demo-results"
     out.mkdir(exist_ok=True)
@@ -192,6 +212,8 @@ def demo(session: nox.Session) -> None:
             "no method package has a benchmark yet: nothing to demo beyond medcommon's tests"
         )
         return
-    dirs = _run_benchmarks(session, out, "tiny", ["0"])
+    dirs, seconds = _run_benchmarks(session, out, "demo", None)
     session.run("medcommon", "report", *map(str, dirs), "--out", str(out / "report.md"))
+    with open(out / "report.md", "a", encoding="utf-8") as f:
+        f.write("\n" + _timing_table(seconds))
     print((out / "report.md").read_text(encoding="utf-8"))

@@ -19,8 +19,10 @@ from medcommon.errors import InputError
 
 T = TypeVar("T")
 
-PRESETS = ("tiny", "small", "full")
-"""``tiny`` runs in seconds (tests), ``small`` in minutes on a 2-core CPU, ``full`` is paper scale."""
+PRESETS = ("tiny", "demo", "small", "full")
+"""``tiny`` runs in seconds (tests); ``demo`` shows the paper's central claim in a few minutes
+(all four packages within 10 minutes on a 2-core CPU); ``small`` is the full benchmark with all
+baselines and seeds within 15 minutes on a 2-core CPU; ``full`` is paper scale (GPU, real data)."""
 
 
 def check_preset(preset: str) -> str:
