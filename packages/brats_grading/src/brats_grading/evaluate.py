@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from brats_grading import PACKAGE
 from brats_grading.config import RunConfig
 from brats_grading.data import Case, case_files, discover, load_cases, patient_of
 from brats_grading.model import GradingNet
@@ -29,7 +30,6 @@ from medcommon.models import from_pretrained
 from medcommon.run import Run, load_run
 
 THRESHOLD = 0.5
-PACKAGE = "brats-grading"
 
 
 @torch.no_grad()

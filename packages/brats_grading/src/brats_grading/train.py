@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from brats_grading import __version__
+from brats_grading import PACKAGE, __version__
 from brats_grading.config import RunConfig, run_preset
 from brats_grading.data import (
     GradingDataset,
@@ -38,8 +38,6 @@ from medcommon.errors import InputError
 from medcommon.fs import write_json_atomic
 from medcommon.run import load_run, make_run_info, write_metrics, write_run_config
 from medcommon.train import TrainConfig, Trainer, seed_everything
-
-PACKAGE = "brats-grading"
 
 
 @dataclass
