@@ -35,21 +35,9 @@ def run(argv, capsys):
     return code, out, err
 
 
-def _corrupt(data: Path, tmp: Path, name: str, change) -> tuple[Path, str]:
-    """A copy of ``data`` with ``change(case_folder)`` applied to its first HGG case."""
-    dst = tmp / f"data-{name}"
-    shutil.copytree(data, dst)
-    case = sorted((dst / "HGG").iterdir())[0]
-    change(case)
-    return dst, case.name
-
-
-def _scale(path: Path, value: float | None) -> None:
+def _set_voxels(path: Path, index, value: float) -> None:
     arr = read_image(path).array.astype(np.float32)
-    if value is None:
-        arr[0, 0, 0] = np.nan
-    else:
-        arr[:] = value
+    arr[index] = value
     write_image(path, arr)
 
 
@@ -74,26 +62,25 @@ class TestContract(CLIContract):
         def train(d, name, *extra):
             return ["train", "--data", d, "--out", tmp / f"run-{name}", *FAST, *extra]
 
+        case = sorted((data / "HGG").iterdir())[0].name
+        file = {m: f"{case}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")}
+        corruptions = {  # name: (change to the first HGG case folder, text of the error line)
+            "missing modality": (lambda c: (c / file["flair"]).unlink(),
+                                 f"{file['flair']}: case {case}: modality flair missing"),
+            "shapes differ": (lambda c: write_image(c / file["t2"], np.ones((5, 6, 7), np.int16)),
+                              f"{file['t2']}: case {case}: t2 has shape (5, 6, 7)"),
+            "NaN": (lambda c: _set_voxels(c / file["t1ce"], (0, 0, 0), np.nan),
+                    f"{file['t1ce']}: case {case}: t1ce contains NaN"),
+            "all zero": (lambda c: _set_voxels(c / file["t1ce"], slice(None), 0.0),
+                         f"{file['t1ce']}: case {case}: t1ce is all zero"),
+            "unreadable": (lambda c: (c / file["t1"]).write_bytes(b"not a nifti file" * 40),
+                           file["t1"]),
+        }  # fmt: skip
         cases = {}
-        d, c = _corrupt(data, tmp, "missing", lambda f: (f / f"{f.name}_flair.nii.gz").unlink())
-        cases["missing modality"] = (
-            train(d, "missing"),
-            f"{c}_flair.nii.gz: case {c}: modality flair missing",
-        )
-        d, c = _corrupt(
-            data, tmp, "shape",
-            lambda f: write_image(f / f"{f.name}_t2.nii.gz", np.ones((5, 6, 7), np.int16)),
-        )  # fmt: skip
-        cases["shapes differ"] = (train(d, "shape"), f"{c}_t2.nii.gz: case {c}: t2 has shape")
-        d, c = _corrupt(data, tmp, "nan", lambda f: _scale(f / f"{f.name}_t1ce.nii.gz", None))
-        cases["NaN"] = (train(d, "nan"), f"{c}_t1ce.nii.gz: case {c}: t1ce contains NaN")
-        d, c = _corrupt(data, tmp, "zero", lambda f: _scale(f / f"{f.name}_t1ce.nii.gz", 0.0))
-        cases["all zero"] = (train(d, "zero"), f"{c}_t1ce.nii.gz: case {c}: t1ce is all zero")
-        d, c = _corrupt(
-            data, tmp, "unreadable",
-            lambda f: (f / f"{f.name}_t1.nii.gz").write_bytes(b"not a nifti file" * 40),
-        )  # fmt: skip
-        cases["unreadable"] = (train(d, "unreadable"), f"{c}_t1.nii.gz")
+        for i, (name, (change, needle)) in enumerate(corruptions.items()):
+            shutil.copytree(data, tmp / f"data{i}")
+            change(tmp / f"data{i}" / "HGG" / case)
+            cases[name] = (train(tmp / f"data{i}", i), needle)
         d20 = write_synthetic(tmp / "d20", synth_preset("tiny"), "2020", seed=7, quiet=True)
         (d20 / "name_mapping.csv").unlink()
         cases["2020 without mapping"] = (train(d20, "2020"), "name_mapping.csv: not found")
