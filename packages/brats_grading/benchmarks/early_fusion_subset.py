@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from brats_grading.config import replace, synth_preset
+from brats_grading.config import synth_preset
 from brats_grading.data import discover, load_cases, make_split
 from brats_grading.evaluate import grading_metrics, predict_proba
 from brats_grading.synth import write_synthetic
 from brats_grading.train import fit_method, method_config
+from medcommon.config import replace_nested
 from medcommon.fs import read_json
 
 
@@ -48,7 +49,7 @@ def main(bench: Path, data: Path | None) -> None:
             _, cfg = method_config(
                 "early-fusion", "small", overrides=[f"folds={folds}", f"fold={fold}"]
             )
-            cfg = replace(cfg, model={"modalities": ("t1ce", "flair")})
+            cfg = replace_nested(cfg, model={"modalities": ("t1ce", "flair")})
             info = fit_method(
                 method, cfg, arrays, labels, train, patients=[c.patient for c in cases], seed=seed
             )

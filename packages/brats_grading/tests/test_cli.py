@@ -1,7 +1,8 @@
-"""Two-step smoke runs of every command, and the bad-input contract (exit 2, one line)."""
+"""The console script: the shared contracts (medcommon.testing), then what is BraTS-specific."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
@@ -9,12 +10,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from brats_grading import __version__
 from brats_grading.cli import main
+from brats_grading.config import RunConfig, synth_preset
+from brats_grading.data import class_weights
 from brats_grading.methods import METHODS
+from brats_grading.model import GradingNet
+from brats_grading.synth import write_synthetic
+from brats_grading.train import method_config, stage_optimizer
 from medcommon.cli import run_main
+from medcommon.config import config_to_dict
 from medcommon.io import read_image, write_image
+from medcommon.run import SCHEMA, load_run
+from medcommon.testing import CLIContract, MethodProbe, MethodStepContract
 
 FAST = ["--set", "steps=2", "--set", "primary_steps=2", "--set", "batch_size=2", "--quiet"]
 
@@ -25,9 +35,136 @@ def run(argv, capsys):
     return code, out, err
 
 
-def test_version(capsys):
-    code, out, _ = run(["--version"], capsys)
-    assert code == 0 and __version__ in out
+def _set_voxels(path: Path, index, value: float) -> None:
+    arr = read_image(path).array.astype(np.float32)
+    arr[index] = value
+    write_image(path, arr)
+
+
+class TestContract(CLIContract):
+    main = staticmethod(main)
+    prog, version, package = "brats-grading", __version__, "brats-grading"
+    methods = METHODS.names()
+    config_class = RunConfig
+    # the cosine period is fixed at long_steps so that --resume --set steps=4 extends
+    # a 2-step run into the 4-step one (the primary stage stays at 2 steps)
+    short_steps, long_steps = 2, 4
+
+    def make_data(self, root):
+        return write_synthetic(root / "d", synth_preset("tiny"), "2019", seed=7, quiet=True)
+
+    def train_argv(self, data, out, method, steps):
+        return ["train", "--data", data, "--out", out, "--method", method, "--quiet",
+                "--set", f"steps={steps}", "--set", "primary_steps=2", "--set", "batch_size=2",
+                "--set", f"schedule_steps={self.long_steps}"]  # fmt: skip
+
+    def bad_input_cases(self, data, tmp):
+        def train(d, name, *extra):
+            return ["train", "--data", d, "--out", tmp / f"run-{name}", *FAST, *extra]
+
+        case = sorted((data / "HGG").iterdir())[0].name
+        file = {m: f"{case}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")}
+        corruptions = {  # name: (change to the first HGG case folder, text of the error line)
+            "missing modality": (lambda c: (c / file["flair"]).unlink(),
+                                 f"{file['flair']}: case {case}: modality flair missing"),
+            "shapes differ": (lambda c: write_image(c / file["t2"], np.ones((5, 6, 7), np.int16)),
+                              f"{file['t2']}: case {case}: t2 has shape (5, 6, 7)"),
+            "NaN": (lambda c: _set_voxels(c / file["t1ce"], (0, 0, 0), np.nan),
+                    f"{file['t1ce']}: case {case}: t1ce contains NaN"),
+            "all zero": (lambda c: _set_voxels(c / file["t1ce"], slice(None), 0.0),
+                         f"{file['t1ce']}: case {case}: t1ce is all zero"),
+            "unreadable": (lambda c: (c / file["t1"]).write_bytes(b"not a nifti file" * 40),
+                           file["t1"]),
+        }  # fmt: skip
+        cases = {}
+        for i, (name, (change, needle)) in enumerate(corruptions.items()):
+            shutil.copytree(data, tmp / f"data{i}")
+            change(tmp / f"data{i}" / "HGG" / case)
+            cases[name] = (train(tmp / f"data{i}", i), needle)
+        d20 = write_synthetic(tmp / "d20", synth_preset("tiny"), "2020", seed=7, quiet=True)
+        (d20 / "name_mapping.csv").unlink()
+        cases["2020 without mapping"] = (train(d20, "2020"), "name_mapping.csv: not found")
+        (tmp / "empty").mkdir()
+        cases["empty folder"] = (train(tmp / "empty", "empty"), "empty folder")
+        cases["fold out of range"] = (
+            train(data, "fold", "--folds", "3", "--fold", "5"),
+            "error: fold: must be in 0..2",
+        )
+        cases["more folds than LGG cases"] = (
+            train(data, "folds", "--folds", "5"),
+            "--folds: 5 folds but only 4 cases of the rarer grade",
+        )
+        cases["predict without a run"] = (
+            ["predict", "--run", tmp / "no-run", data, "--out", tmp / "p.csv"],
+            "run folder not found",
+        )
+        return cases
+
+
+class TestMethodSteps(MethodStepContract):
+    """One optimizer step of each method's (last) training stage on a fixed tiny batch.
+
+    cmg's step is its stage-2 guided step: the primary branch is first trained as in
+    stage 1 (``teacher_steps`` steps on the batch) and then guides as a frozen teacher.
+    """
+
+    methods = METHODS.names()
+    teacher_steps = 5
+
+    def make_probe(self, method, seed):
+        m, cfg = method_config(method, "tiny")
+        torch.manual_seed(seed)
+        net = GradingNet(cfg.model)
+        gen = torch.Generator().manual_seed(1)
+        y = torch.tensor([1, 0, 1, 1])
+        x = torch.randn(4, 4, *cfg.shape, generator=gen) + y.view(-1, 1, 1, 1, 1) * 0.5
+        batch = {"x": x, "y": y}
+        stages = m.stages(cfg, net, class_weights(y.tolist()))
+
+        def update(stage, opt) -> None:
+            net.train()
+            opt.zero_grad()
+            stage.step_fn(net, batch, None)["loss"].backward()
+            opt.step()
+
+        for stage in stages[:-1]:  # cmg: stage 1 trains the teacher
+            opt = stage_optimizer(cfg, net, stage)
+            for _ in range(self.teacher_steps):
+                update(stage, opt)
+        last = stages[-1]
+        opt = stage_optimizer(cfg, net, last)
+
+        def loss() -> float:
+            with torch.random.fork_rng(), torch.no_grad():
+                torch.manual_seed(1234)  # the same dropout masks before and after the step
+                net.train()
+                return float(last.step_fn(net, batch, None)["loss"])
+
+        return MethodProbe(loss=loss, step=lambda: update(last, opt), state=net.state_dict)
+
+
+def test_guided_step_keeps_the_teacher_fixed_and_uses_guidance():
+    """The frozen teacher's weights and BN statistics survive the guided step (a teacher
+    left in train mode would update them), and switching the guidance off changes it."""
+    steps = TestMethodSteps()
+    before = {k: v.clone() for k, v in steps.make_probe("cmg", 0).state().items()}
+    probe = steps.make_probe("cmg", 0)
+    probe.step()
+    after = probe.state()
+    teacher = [k for k in before if k.startswith("branches.t1ce.")]
+    assert any("running_mean" in k for k in teacher)
+    for k in teacher:
+        assert torch.equal(before[k], after[k]), f"teacher {k} changed"
+    student = [k for k in before if k.startswith("branches.flair.") and "weight" in k]
+    assert any(not torch.equal(before[k], after[k]) for k in student)
+    unguided = steps.make_probe("cmg-no-guidance", 0)
+    unguided.step()
+    plain = unguided.state()
+    assert all(torch.equal(before[k], plain[k]) for k in teacher)  # same stage 1
+    assert any(not torch.equal(after[k], plain[k]) for k in student)
+
+
+# ---------------------------------------------------------------- BraTS-specific
 
 
 @pytest.mark.parametrize("layout", ["2019", "2020"])
@@ -45,127 +182,96 @@ def test_synth_writes_the_layout(tmp_path, capsys, layout):
         assert (case / f"{case.name}_{mod}.nii.gz").is_file()
 
 
-def test_synth_grade_shows_in_t1ce(data19):
-    """HGG rims enhance: the mean T1ce intensity on the seg rim/core is higher for HGG."""
-    from brats_grading.data import discover
-
-    _, cases = discover(data19)
-    contrast = {0: [], 1: []}
-    for c in cases:
-        t1ce = read_image(c.files["t1ce"]).array.astype(float)
-        seg = read_image(c.files["t1ce"].with_name(f"{c.name}_seg.nii.gz")).array
-        brain = t1ce[t1ce > 0].mean()
-        ring = np.zeros_like(seg, bool)
-        from scipy import ndimage
-
-        ring = ndimage.binary_dilation(seg == 1) & (seg != 1)
-        contrast[c.label].append(t1ce[ring].mean() / brain)
-    assert np.mean(contrast[1]) > np.mean(contrast[0]) + 0.15
-
-
-@pytest.mark.parametrize("method", METHODS.names())
-def test_train_two_steps_every_method(tmp_path, capsys, data19, method):
-    code, _out, err = run(
-        ["train", "--data", data19, "--out", tmp_path / "run", "--method", method, *FAST], capsys
-    )
+@pytest.mark.parametrize("layout", ["2018", "2019", "2020"])
+def test_every_layout_trains_one_fold_and_evaluates(tmp_path, capsys, data_root, layout):
+    data, run_dir = data_root / layout, tmp_path / "run"
+    argv = ["train", "--data", data, "--out", run_dir, "--folds", "2", "--fold", "1", *FAST]
+    code, _, err = run(argv, capsys)
     assert code == 0, err
-    run_dir = tmp_path / "run"
-    for name in (
-        "config.json",
-        "split.json",
-        "log.jsonl",
-        "metrics.json",
-        "model/model.safetensors",
-    ):
-        assert (run_dir / name).is_file(), name
-    assert (run_dir / "checkpoint").is_dir()
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert set(metrics["test"]) == {"accuracy", "auc", "sensitivity", "specificity", "f1"}
+    saved = load_run(run_dir, package="brats-grading", config_class=RunConfig)
+    assert saved.info.extra == {"layout": "2020" if layout == "2020" else "2019"}
+    assert (saved.info.method, saved.config["fold"], saved.config["folds"]) == ("cmg", 1, 2)
     split = json.loads((run_dir / "split.json").read_text())
-    assert not set(split["train"]) & set(split["test"])
-    if method.startswith("cmg"):
-        stages = {json.loads(line).get("stage") for line in (run_dir / "log.jsonl").open()}
-        assert stages == {"primary", "guided"}
-        # reliability fusion: weights fitted on an inner split of the training fold only
-        fusion = metrics["fusion"]
-        assert fusion["n_inner"] + fusion["n_val"] == len(split["train"])
-        saved = json.loads((run_dir / "model" / "config.json").read_text())
-        assert saved["branch_weights"] == pytest.approx(
-            [fusion["weights"][m] for m in saved["modalities"]] if fusion["weights"] else []
-        )
-
-
-def test_train_evaluate_predict_resume(tmp_path, capsys, data20):
-    run_dir = tmp_path / "run"
-    argv = [
-        "train",
-        "--data",
-        data20,
-        "--out",
-        run_dir,
-        "--method",
-        "cmg",
-        "--folds",
-        "2",
-        "--fold",
-        "1",
-        *FAST,
-    ]
-    code, out, err = run(argv, capsys)
-    assert code == 0, err
-    assert json.loads((run_dir / "split.json").read_text())["fold"] == 1
-    code, out, err = run(
-        ["evaluate", "--run", run_dir, "--data", data20, "--split", "test"], capsys
+    assert split["fold"] == 1 and not set(split["train"]) & set(split["test"])
+    stages = {json.loads(line).get("stage") for line in (run_dir / "log.jsonl").open()}
+    assert stages == {"primary", "guided"}
+    # reliability fusion: weights fitted on an inner split of the training fold only
+    metrics = saved.metrics()
+    fusion = metrics["fusion"]
+    assert fusion["n_inner"] + fusion["n_val"] == len(split["train"])
+    model_cfg = json.loads((run_dir / "model" / "config.json").read_text())
+    assert model_cfg["branch_weights"] == pytest.approx(
+        [fusion["weights"][m] for m in model_cfg["modalities"]] if fusion["weights"] else []
     )
+    code, _, err = run(["evaluate", "--run", run_dir, "--data", data], capsys)
     assert code == 0, err
     ev = json.loads((run_dir / "eval-test.json").read_text())
-    train_m = json.loads((run_dir / "metrics.json").read_text())["test"]
-    assert math.isfinite(ev["auc"])
     for key in ("accuracy", "auc", "sensitivity", "specificity", "f1"):
         assert math.isfinite(ev[key]), key
-        assert ev[key] == pytest.approx(train_m[key], rel=1e-6, abs=1e-9), key
-    cases = sorted(p for p in data20.iterdir() if p.is_dir())[:2]
-    code, out, err = run(["predict", "--run", run_dir, *cases], capsys)
+        assert ev[key] == pytest.approx(metrics["test"][key], rel=1e-6, abs=1e-9), key
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_root) -> Path:
+    """A 2-step cmg run on the 2019 folder, evaluated on all of it."""
+    data, out = data_root / "2019", tmp_path_factory.mktemp("trained") / "run"
+    assert run_main(main, ["train", "--data", str(data), "--out", str(out), *FAST]) == 0
+    assert (
+        run_main(main, ["evaluate", "--run", str(out), "--data", str(data), "--split", "all"]) == 0
+    )
+    return out
+
+
+def test_predict_prints_and_writes_csv(trained, data_root, tmp_path, capsys):
+    cases = sorted((data_root / "2019" / "LGG").iterdir())[:2]
+    code, out, err = run(["predict", "--run", trained, *cases], capsys)
     assert code == 0, err
-    lines = out.strip().splitlines()
-    assert len(lines) == 2 and lines[0].startswith(cases[0].name)
-    p = float(lines[0].split("p_hgg=")[1].split()[0])
-    assert 0.0 <= p <= 1.0
-    # a finished run resumes to the same weights
-    before = (run_dir / "model" / "model.safetensors").read_bytes()
-    code, _, err = run([*argv, "--resume"], capsys)
+    # an independent path to the same numbers: evaluate --split all read the layout
+    expected = json.loads((trained / "eval-all.json").read_text())["cases"]
+    lines = [line.split("\t") for line in out.strip().splitlines()]
+    assert [row[0] for row in lines] == [c.name for c in cases]
+    for name, p, grade in lines:
+        assert float(p.removeprefix("p_hgg=")) == pytest.approx(expected[name], abs=1e-4)
+        assert grade == ("HGG" if expected[name] >= 0.5 else "LGG")
+    csv_path = tmp_path / "out" / "pred.csv"
+    code, _, err = run(["predict", "--run", trained, *cases, "--out", csv_path], capsys)
     assert code == 0, err
-    assert (run_dir / "model" / "model.safetensors").read_bytes() == before
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [r["case"] for r in rows] == [c.name for c in cases]
+    for r in rows:
+        assert float(r["p_hgg"]) == pytest.approx(expected[r["case"]], abs=1e-6)
+        assert r["grade"] == ("HGG" if float(r["p_hgg"]) >= 0.5 else "LGG")
+    assert sorted(p.name for p in csv_path.parent.iterdir()) == ["pred.csv"]  # no temp left
 
 
-def test_resume_after_interruption_matches_uninterrupted(tmp_path, capsys, data19, monkeypatch):
-    import brats_grading.methods as methods
-
-    base = ["--data", data19, "--method", "cmg", "--quiet", "--set", "batch_size=2",
-            "--set", "steps=4", "--set", "primary_steps=4", "--checkpoint-every", "2"]  # fmt: skip
-    full = tmp_path / "full"
-    assert run(["train", *base, "--out", full], capsys)[0] == 0
-
-    real, calls = methods.guidance_loss, {"n": 0}
-
-    def crash_on_third_guided_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("simulated kill")
-        return real(*args, **kwargs)
-
-    part = tmp_path / "part"
-    monkeypatch.setattr(methods, "guidance_loss", crash_on_third_guided_step)
-    assert run(["train", *base, "--out", part], capsys)[0] == 1  # internal error mid-stage 2
-    monkeypatch.setattr(methods, "guidance_loss", real)
-    assert not (part / "model").exists()
-    assert run(["train", *base, "--out", part, "--resume"], capsys)[0] == 0
-    from safetensors.torch import load_file
-
-    a = load_file(full / "model" / "model.safetensors")
-    b = load_file(part / "model" / "model.safetensors")
-    for k in a:
-        assert np.allclose(a[k].numpy(), b[k].numpy(), atol=1e-6), k
+def test_a_run_in_the_old_flat_layout_still_evaluates_predicts_and_resumes(
+    trained, data_root, tmp_path, capsys
+):
+    """Before medcommon.run, config.json was the config with method/seed/preset mixed in."""
+    old = tmp_path / "old"
+    shutil.copytree(trained, old)
+    new = json.loads((trained / "config.json").read_text())
+    flat = {"method": "cmg", "seed": 0, "preset": "tiny", **new["config"]}
+    del flat["schedule_steps"]  # a field the old layout did not have
+    (old / "config.json").write_text(json.dumps(flat))
+    (old / "eval-all.json").unlink()
+    legacy = load_run(old, package="brats-grading", config_class=RunConfig)
+    assert legacy.schema == "legacy-brats-grading"
+    assert (legacy.info.method, legacy.info.seed, legacy.info.preset) == ("cmg", 0, "tiny")
+    assert config_to_dict(legacy.config_as(RunConfig)) == new["config"]
+    data = data_root / "2019"
+    code, _, err = run(["evaluate", "--run", old, "--data", data, "--split", "all"], capsys)
+    assert code == 0, err
+    a = json.loads((old / "eval-all.json").read_text())["cases"]
+    assert a == json.loads((trained / "eval-all.json").read_text())["cases"]
+    case = sorted((data / "HGG").iterdir())[0]
+    code, out, err = run(["predict", "--run", old, case], capsys)
+    assert code == 0 and out.startswith(case.name), err
+    code, _, err = run(["train", "--data", data, "--out", old, "--resume", *FAST], capsys)
+    assert code == 0, err
+    assert load_run(old, package="brats-grading").schema == SCHEMA  # rewritten in the schema
+    code, _, err = run(["train", "--data", data, "--out", old, "--resume", "--seed", "3"], capsys)
+    assert code == 2 and "run was started with --method cmg --seed 0" in err
 
 
 def test_benchmark_tiny(tmp_path, capsys):
@@ -180,89 +286,3 @@ def test_benchmark_tiny(tmp_path, capsys):
     assert "throughput_ratio_cmg_over_early_fusion" in res["extra"]
     assert (out / "report.md").is_file() and (out / "auc.png").is_file()
     assert (out / "attention.png").is_file() and (out / "paired.png").is_file()
-
-
-# ---------------------------------------------------------------- bad inputs
-
-
-def _copy(data: Path, tmp_path: Path) -> Path:
-    dst = tmp_path / "data"
-    shutil.copytree(data, dst)
-    return dst
-
-
-def _first_case(data: Path) -> Path:
-    return sorted((data / "HGG").iterdir())[0]
-
-
-def _expect_error(capsys, tmp_path, data, *needles):
-    out = tmp_path / "run"
-    code, _, err = run(["train", "--data", data, "--out", out, "--quiet", *FAST], capsys)
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    assert not out.exists(), "bad input must leave nothing behind"
-    return lines[0]
-
-
-def test_missing_modality(tmp_path, capsys, data19):
-    data = _copy(data19, tmp_path)
-    case = _first_case(data)
-    (case / f"{case.name}_flair.nii.gz").unlink()
-    line = _expect_error(capsys, tmp_path, data, case.name, f"{case.name}_flair.nii.gz")
-    assert "missing" in line
-
-
-def test_modalities_of_different_shapes(tmp_path, capsys, data19):
-    data = _copy(data19, tmp_path)
-    case = _first_case(data)
-    write_image(case / f"{case.name}_t2.nii.gz", np.ones((5, 6, 7), np.int16))
-    _expect_error(capsys, tmp_path, data, case.name, f"{case.name}_t2.nii.gz", "shape")
-
-
-@pytest.mark.parametrize("kind", ["nan", "zero"])
-def test_nan_or_all_zero_volume(tmp_path, capsys, data19, kind):
-    data = _copy(data19, tmp_path)
-    case = _first_case(data)
-    path = case / f"{case.name}_t1ce.nii.gz"
-    arr = read_image(path).array.astype(np.float32)
-    if kind == "nan":
-        arr[0, 0, 0] = np.nan
-    else:
-        arr[:] = 0
-    write_image(path, arr)
-    line = _expect_error(capsys, tmp_path, data, case.name, f"{case.name}_t1ce.nii.gz")
-    assert ("NaN" in line) if kind == "nan" else ("all zero" in line)
-
-
-def test_unreadable_file(tmp_path, capsys, data19):
-    data = _copy(data19, tmp_path)
-    case = _first_case(data)
-    (case / f"{case.name}_t1.nii.gz").write_bytes(b"this is not a nifti file at all" * 20)
-    _expect_error(capsys, tmp_path, data, f"{case.name}_t1.nii.gz")
-
-
-def test_2020_without_name_mapping(tmp_path, capsys, data20):
-    data = _copy(data20, tmp_path)
-    (data / "name_mapping.csv").unlink()
-    _expect_error(capsys, tmp_path, data, "name_mapping.csv")
-
-
-def test_empty_folder(tmp_path, capsys):
-    (tmp_path / "empty").mkdir()
-    _expect_error(capsys, tmp_path, tmp_path / "empty", "empty folder")
-
-
-def test_unknown_method_and_bad_fold(tmp_path, capsys, data19):
-    code, _, err = run(
-        ["train", "--data", data19, "--out", tmp_path / "r", "--method", "nope"], capsys
-    )
-    assert code == 2 and "unknown method 'nope'" in err
-    code, _, err = run(
-        ["train", "--data", data19, "--out", tmp_path / "r", "--folds", "3", "--fold", "5"], capsys
-    )
-    assert code == 2 and err.startswith("error: fold:")
-    assert not (tmp_path / "r").exists()

@@ -70,3 +70,18 @@ def test_shared_latent_makes_the_cues_redundant():
     y, cue = _cues(300, seed=1)
     r_default = np.corrcoef(cue["t1ce"][y == 1], cue["flair"][y == 1])[0, 1]
     assert r_shared > r_default + 0.2, (r_shared, r_default)
+
+
+def test_written_folder_shows_the_grade_in_t1ce(data19):
+    """On the files as written: HGG rims enhance, so T1ce around the core is brighter for HGG."""
+    from brats_grading.data import discover
+    from medcommon.io import read_image
+
+    _, cases = discover(data19)
+    contrast = {0: [], 1: []}
+    for c in cases:
+        t1ce = read_image(c.files["t1ce"]).array.astype(float)
+        seg = read_image(c.files["t1ce"].with_name(f"{c.name}_seg.nii.gz")).array
+        ring = ndimage.binary_dilation(seg == 1) & (seg != 1)
+        contrast[c.label].append(t1ce[ring].mean() / t1ce[t1ce > 0].mean())
+    assert np.mean(contrast[1]) > np.mean(contrast[0]) + 0.15

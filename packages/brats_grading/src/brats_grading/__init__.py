@@ -11,3 +11,4 @@ dual attention for MRI brain tumor grading" (arXiv 2401.09029).
 """
 
 __version__ = "0.1.0"
+PACKAGE = "brats-grading"  # the name run folders record (medcommon.run)

@@ -7,12 +7,12 @@ value below that it does not state is our choice, listed in the README under
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
 from medcommon.config import PRESETS as PRESETS  # re-exported: the package's presets
 from medcommon.config import check_preset as check_preset
+from medcommon.config import replace_nested
 from medcommon.errors import InputError
 
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
@@ -84,8 +84,14 @@ class GuidanceConfig:
 
 
 @dataclass(frozen=True)
-class GradingConfig:
-    """Everything a training run needs; saved resolved to ``RUN/config.json``."""
+class RunConfig:
+    """Everything a ``train`` run needs; saved resolved in ``RUN/config.json`` (``"config"``).
+
+    ``schedule_steps`` is the period of every stage's cosine learning-rate decay;
+    0 (default) means that stage's own number of steps, so the rate reaches 0 at
+    its end. Fixing it lets ``train --resume --set steps=N`` extend a finished run
+    into exactly the run one would have trained straight to N steps.
+    """
 
     shape: tuple[int, int, int] = (128, 128, 128)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -103,6 +109,7 @@ class GradingConfig:
     flip: bool = True
     log_every: int = 10
     checkpoint_every: int = 500
+    schedule_steps: int = 0
 
     def __post_init__(self) -> None:
         if len(self.shape) != 3 or min(self.shape) < 4:
@@ -115,6 +122,8 @@ class GradingConfig:
             raise InputError("val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         if self.steps < 0 or self.primary_steps < 0:
             raise InputError("steps", "must be >= 0")
+        if self.schedule_steps < 0:
+            raise InputError("schedule_steps", "must be >= 0 (0: each stage's own steps)")
 
 
 @dataclass(frozen=True)
@@ -136,21 +145,21 @@ def _preset_model(preset: str) -> ModelConfig:
     return ModelConfig()
 
 
-def preset_config(preset: str) -> GradingConfig:
+def run_preset(preset: str) -> RunConfig:
     """The training config of a preset (before the method adjusts it)."""
     check_preset(preset)
     model = _preset_model(preset)
     if preset == "tiny":
-        return GradingConfig(
+        return RunConfig(
             shape=(8, 16, 16), model=model, folds=2, steps=4, primary_steps=4, batch_size=4,
             lr=3e-3, log_every=2, checkpoint_every=0,
         )  # fmt: skip
     if preset == "small":
-        return GradingConfig(
+        return RunConfig(
             shape=(16, 24, 24), model=model, folds=3, steps=80, primary_steps=80, batch_size=8,
             lr=3e-3, log_every=20, checkpoint_every=0,
         )  # fmt: skip
-    return GradingConfig()
+    return RunConfig()
 
 
 def synth_preset(preset: str) -> SynthConfig:
@@ -163,9 +172,7 @@ def synth_preset(preset: str) -> SynthConfig:
     return SynthConfig(hgg=259, lgg=76, shape=(64, 120, 120))
 
 
-def replace(cfg, **changes):
-    """``dataclasses.replace`` that also accepts ``model=dict(...)`` and ``guidance=dict(...)``."""
-    for key in ("model", "guidance"):
-        if isinstance(changes.get(key), dict):
-            changes[key] = dataclasses.replace(getattr(cfg, key), **changes[key])
-    return dataclasses.replace(cfg, **changes)
+# Old public names, kept for one release.
+GradingConfig = RunConfig  # old name, kept for one release
+preset_config = run_preset  # old name, kept for one release
+replace = replace_nested  # old name, kept for one release

@@ -1,24 +1,33 @@
 """Evaluation and prediction: grade probabilities, metrics, ``evaluate`` and ``predict``.
 
+Run folders are read with :func:`medcommon.run.load_run`, so runs written in the
+package's earlier flat ``config.json`` layout still evaluate.
+
 The decision threshold is 0.5 on P(HGG): the class-weighted loss already balances
 the two grades, so no threshold is tuned on test data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from brats_grading import PACKAGE
+from brats_grading.config import RunConfig
 from brats_grading.data import Case, case_files, discover, load_cases, patient_of
 from brats_grading.model import GradingNet
 from medcommon import metrics as M
 from medcommon.errors import InputError
-from medcommon.fs import read_json, write_json_atomic
+from medcommon.fs import read_json, write_json_atomic, write_text_atomic
 from medcommon.models import from_pretrained
+from medcommon.run import Run, load_run
 
 THRESHOLD = 0.5
 
@@ -49,41 +58,48 @@ def grading_metrics(y: Sequence[int], p_hgg: Sequence[float]) -> dict[str, float
     }
 
 
-def load_run(run: Path) -> tuple[GradingNet, dict[str, Any], dict[str, Any]]:
-    """The trained model, the saved config dict and the split of a run folder."""
-    run = Path(run)
-    if not run.is_dir():
-        raise InputError(run, "run folder not found")
-    for name in ("config.json", "split.json"):
-        if not (run / name).is_file():
-            raise InputError(run, f"not a finished run folder (no {name})")
-    if not (run / "model").is_dir():
-        raise InputError(run, "not a finished run folder (no model/)")
-    model = from_pretrained(GradingNet, run / "model").eval()
-    config = read_json(run / "config.json")
-    split = read_json(run / "split.json")
-    return model, config, split
+@dataclass(frozen=True)
+class TrainedRun:
+    """A finished run folder: its model (eval mode), run record, config and split."""
+
+    model: GradingNet
+    run: Run
+    config: RunConfig
+    split: dict[str, Any]
 
 
-def evaluate_run(run: Path, data: Path, split_name: str = "test", quiet: bool = True) -> dict:
+def load_trained(run: Path, device: str = "cpu") -> TrainedRun:
+    """Read a finished run folder (current or earlier schema) and its model onto ``device``."""
+    loaded = load_run(run, package=PACKAGE, config_class=RunConfig)
+    for path in (loaded.path / "split.json", loaded.model_dir):
+        if not path.exists():
+            raise InputError(loaded.path, f"not a finished run folder (no {path.name})")
+    model = from_pretrained(GradingNet, loaded.model_dir).to(device).eval()
+    split = read_json(loaded.path / "split.json", "split.json")
+    return TrainedRun(model, loaded, loaded.config_as(RunConfig), split)
+
+
+def evaluate_run(
+    run: Path, data: Path, split_name: str = "test", quiet: bool = True, device: str = "cpu"
+) -> dict:
     """Metrics of a run's model on the named split of ``data``; writes ``RUN/eval-<split>.json``."""
-    model, config, split = load_run(run)
+    trained = load_trained(run, device)
     if split_name not in ("train", "test", "all"):
         raise InputError("--split", f"unknown split {split_name!r}; use train, test or all")
     _, cases = discover(data)
     by_name = {c.name: c for c in cases}
-    names = [c.name for c in cases] if split_name == "all" else split[split_name]
+    names = [c.name for c in cases] if split_name == "all" else trained.split[split_name]
     missing = [n for n in names if n not in by_name]
     if missing:
         raise InputError(
             data, f"case {missing[0]} of the run's {split_name} split is not in this folder"
         )
     chosen = [by_name[n] for n in names]
-    arrays = load_cases(chosen, config["shape"], quiet=quiet)
-    probs = predict_proba(model, arrays)
+    arrays = load_cases(chosen, trained.config.shape, quiet=quiet)
+    probs = predict_proba(trained.model, arrays)
     result = {
         "split": split_name,
-        "method": config.get("method"),
+        "method": trained.run.info.method,
         "n": len(chosen),
         "metrics": grading_metrics([c.label for c in chosen], probs),
         "cases": {c.name: float(p) for c, p in zip(chosen, probs)},
@@ -93,15 +109,41 @@ def evaluate_run(run: Path, data: Path, split_name: str = "test", quiet: bool = 
     return result
 
 
-def predict_cases(run: Path, case_dirs: Sequence[Path], quiet: bool = True) -> dict[str, float]:
+def predict_cases(
+    run: Path, case_dirs: Sequence[Path], quiet: bool = True, device: str = "cpu"
+) -> dict[str, float]:
     """P(HGG) of each case folder (``<case>/<case>_{t1,t1ce,t2,flair}.nii.gz``)."""
-    model, config, _ = load_run(run)
+    trained = load_trained(run, device)
     cases = []
     for folder in case_dirs:
         folder = Path(folder)
         if not folder.is_dir():
             raise InputError(folder, "case folder not found")
         cases.append(Case(folder.name, patient_of(folder.name, "2019"), None, case_files(folder)))
-    arrays = load_cases(cases, config["shape"], quiet=quiet)
-    probs = predict_proba(model, arrays)
+    arrays = load_cases(cases, trained.config.shape, quiet=quiet)
+    probs = predict_proba(trained.model, arrays)
     return {c.name: float(p) for c, p in zip(cases, probs)}
+
+
+def grade(p_hgg: float) -> str:
+    """``HGG`` at or above :data:`THRESHOLD`, else ``LGG``."""
+    return "HGG" if p_hgg >= THRESHOLD else "LGG"
+
+
+def predictions_csv(probs: Mapping[str, float]) -> str:
+    """The CSV text ``case,p_hgg,grade`` (one row per case, in the given order)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["case", "p_hgg", "grade"])
+    for name, p in probs.items():
+        writer.writerow([name, f"{p:.6f}", grade(p)])
+    return buf.getvalue()
+
+
+def write_predictions(out: Path, probs: Mapping[str, float]) -> Path:
+    """Write :func:`predictions_csv` to ``out`` atomically (never a half-written file)."""
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(out, "is a folder; --out needs a file name (e.g. predictions.csv)")
+    write_text_atomic(out, predictions_csv(probs))
+    return out

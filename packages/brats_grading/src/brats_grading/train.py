@@ -2,8 +2,9 @@
 
 :func:`fit_method` trains on in-memory arrays (used by the CLI and the benchmark);
 :func:`train_run` is the ``train`` command: it validates every input first (data,
-config, method, run folder), then writes ``RUN/config.json``, ``RUN/split.json``,
-``RUN/log.jsonl``, ``RUN/checkpoint/<stage>/``, ``RUN/model/`` and ``RUN/metrics.json``.
+config, method, run folder), then writes ``RUN/config.json`` (:mod:`medcommon.run`),
+``RUN/split.json``, ``RUN/log.jsonl``, ``RUN/checkpoint/<stage>/``, ``RUN/model/``
+and ``RUN/metrics.json``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from brats_grading.config import GradingConfig, preset_config, replace
+from brats_grading import PACKAGE, __version__
+from brats_grading.config import RunConfig, run_preset
 from brats_grading.data import (
     GradingDataset,
     class_weights,
@@ -26,17 +28,16 @@ from brats_grading.data import (
     make_split,
 )
 from brats_grading.evaluate import grading_metrics, predict_proba
-from brats_grading.methods import METHODS, Method
+from brats_grading.methods import METHODS, Method, Stage
 from brats_grading.model import GradingNet
 from medcommon import metrics as M
 from medcommon.cli import require_fresh_out
-from medcommon.config import config_from_dict, config_to_dict, resolve_config
+from medcommon.config import replace_nested, resolve_config
 from medcommon.data import patient_split
 from medcommon.errors import InputError
-from medcommon.fs import read_json, write_json_atomic
+from medcommon.fs import write_json_atomic
+from medcommon.run import load_run, make_run_info, write_metrics, write_run_config
 from medcommon.train import TrainConfig, Trainer, seed_everything
-
-RUN_KEYS = ("method", "seed", "preset")
 
 
 @dataclass
@@ -59,16 +60,16 @@ def method_config(
     preset: str,
     file: str | Path | None = None,
     overrides: Sequence[str] = (),
-) -> tuple[Method, GradingConfig]:
+) -> tuple[Method, RunConfig]:
     """Preset defaults -> the method's model fields -> YAML file -> ``--set`` overrides."""
     m = METHODS.get(method)
     cfg = resolve_config(
-        GradingConfig, base=m.adjust(preset_config(preset)), file=file, overrides=overrides
+        RunConfig, base=m.adjust(run_preset(preset)), file=file, overrides=overrides
     )
     return m, cfg
 
 
-def needs_reliability(cfg: GradingConfig) -> bool:
+def needs_reliability(cfg: RunConfig) -> bool:
     """True if the fused prediction waits for validation-fitted branch weights."""
     m = cfg.model
     return m.inputs == "branches" and m.fusion == "reliability" and not m.branch_weights
@@ -89,7 +90,7 @@ def reliability_weights(val_aucs: dict[str, float], modalities: Sequence[str]) -
 
 def fit_method(
     method: Method,
-    cfg: GradingConfig,
+    cfg: RunConfig,
     arrays: np.ndarray,
     labels: Sequence[int],
     train_idx: Sequence[int],
@@ -133,7 +134,7 @@ def fit_method(
     val_idx = train_idx[val]
     val_aucs = _branch_aucs(inner_info.model, arrays[val_idx], y_all[val_idx].tolist())
     weights = reliability_weights(val_aucs, cfg.model.modalities)
-    cfg = replace(cfg, model={"branch_weights": weights})
+    cfg = replace_nested(cfg, model={"branch_weights": weights})
     info = _fit(method, cfg, arrays, labels, train_idx, seed, run_dir, device, quiet, resume)
     info.train_seconds += inner_info.train_seconds
     info.volumes += inner_info.volumes
@@ -161,9 +162,22 @@ def _branch_aucs(model: GradingNet, arrays: np.ndarray, y: list[int]) -> dict[st
     return {n: M.auc(y, np.concatenate(p)) for n, p in probs.items()}
 
 
+def stage_optimizer(cfg: RunConfig, model: GradingNet, stage: Stage) -> torch.optim.Optimizer:
+    """Make only ``stage.params`` trainable and return their AdamW (``cfg.lr``, ``cfg.weight_decay``).
+
+    The other parameters get ``requires_grad=False``, so a frozen teacher receives
+    no gradient and is not in the optimizer (no weight decay moves it either).
+    """
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in stage.params:
+        p.requires_grad_(True)
+    return torch.optim.AdamW(stage.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def _fit(
     method: Method,
-    cfg: GradingConfig,
+    cfg: RunConfig,
     arrays: np.ndarray,
     labels: Sequence[int],
     train_idx: np.ndarray,
@@ -186,12 +200,9 @@ def _fit(
     stages = method.stages(cfg, model, weight)
     multi = len(stages) > 1
     for stage in stages:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in stage.params:
-            p.requires_grad_(True)
-        optimizer = torch.optim.AdamW(stage.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(stage.steps, 1))
+        optimizer = stage_optimizer(cfg, model, stage)
+        period = cfg.schedule_steps or stage.steps
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(period, 1))
         tcfg = TrainConfig(
             max_steps=stage.steps,
             batch_size=min(cfg.batch_size, len(train_set)),
@@ -231,16 +242,6 @@ def _fit(
     return info
 
 
-def _read_saved_config(run: Path) -> tuple[dict[str, Any], GradingConfig]:
-
-    path = run / "config.json"
-    if not path.is_file():
-        raise InputError(run, "not a run folder (no config.json)")
-    data = read_json(path)
-    facts = {k: data.pop(k, None) for k in RUN_KEYS}
-    return facts, config_from_dict(GradingConfig, data)
-
-
 def train_run(
     data: Path,
     out: Path,
@@ -249,31 +250,43 @@ def train_run(
     *,
     config_file: Path | None = None,
     overrides: Sequence[str] = (),
+    folds: int | None = None,
+    fold: int | None = None,
     seed: int = 0,
     device: str = "auto",
     quiet: bool = False,
     resume: bool = False,
     checkpoint_every: int | None = None,
 ) -> dict[str, Any]:
-    """The ``train`` command (see the module docstring); returns the metrics written."""
+    """The ``train`` command (see the module docstring); returns the metrics written.
+
+    ``folds``/``fold``/``checkpoint_every`` are ``--set`` overrides of those fields.
+    With ``resume`` the saved config of ``out`` is the base (the preset and the
+    method's adjustment are not applied again) and this call's ``config_file`` and
+    ``overrides`` apply on top, so ``--set steps=N`` extends a finished run.
+    """
     from medcommon.train.accelerator import resolve_device
 
     resolve_device(device)
     overrides = list(overrides)
-    if checkpoint_every is not None:
-        overrides.append(f"checkpoint_every={checkpoint_every}")
-    m, cfg = method_config(method, preset, config_file, overrides)
+    for key, value in (("folds", folds), ("fold", fold), ("checkpoint_every", checkpoint_every)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    m = METHODS.get(method)
     out = Path(out)
     if resume:
-        if not (out / "config.json").is_file():
-            raise InputError(out, "nothing to resume (no config.json)")
-        facts, saved = _read_saved_config(out)
-        if facts["method"] != method or facts["seed"] != seed:
+        saved = load_run(out, package=PACKAGE, config_class=RunConfig)
+        if saved.info.method != method or saved.info.seed != seed:
             raise InputError(
-                out, f"run was started with --method {facts['method']} --seed {facts['seed']}"
+                out,
+                f"run was started with --method {saved.info.method} --seed {saved.info.seed}",
             )
-        cfg = saved
+        cfg = resolve_config(
+            RunConfig, base=saved.config_as(RunConfig), file=config_file, overrides=overrides
+        )
+        preset = saved.info.preset or preset
     else:
+        _, cfg = method_config(method, preset, config_file, overrides)
         require_fresh_out(out)
     layout, cases = discover(data)
     split = make_split(cases, cfg.folds, cfg.fold, cfg.split_seed)
@@ -283,31 +296,30 @@ def train_run(
     train_idx = [index[n] for n in split["train"]]
     test_idx = [index[n] for n in split["test"]]
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(
-        out / "config.json",
-        {"method": method, "seed": seed, "preset": preset, **config_to_dict(cfg)},
+    info = make_run_info(
+        PACKAGE, __version__, method=method, seed=seed, preset=preset, data=data, layout=layout
     )
+    write_run_config(out, info, cfg)
     write_json_atomic(
         out / "split.json",
         {"layout": layout, "folds": cfg.folds, "fold": cfg.fold, "split_seed": cfg.split_seed,
          "data": str(Path(data).resolve()), **split},
     )  # fmt: skip
-    info = fit_method(
+    fit = fit_method(
         m, cfg, arrays, labels, train_idx, patients=[c.patient for c in cases], seed=seed,
         run_dir=out, device=device, quiet=quiet, resume=resume,
     )  # fmt: skip
-    probs = predict_proba(info.model, arrays[test_idx])
+    probs = predict_proba(fit.model, arrays[test_idx])
     metrics = {
         "method": method,
         "fold": cfg.fold,
         "folds": cfg.folds,
         "test": grading_metrics([labels[i] for i in test_idx], probs),
-        "train_seconds": info.train_seconds,
-        "volumes_per_second": info.volumes_per_second,
-        "stages": info.stages,
+        "train_seconds": fit.train_seconds,
+        "volumes_per_second": fit.volumes_per_second,
+        "stages": fit.stages,
     }
-    if info.fusion:
-        metrics["fusion"] = info.fusion
-    write_json_atomic(out / "metrics.json", metrics)
+    if fit.fusion:
+        metrics["fusion"] = fit.fusion
+    write_metrics(out, metrics)
     return metrics
