@@ -176,7 +176,7 @@ def test_inspect_prints_unknown_spacing_as_null(capsys, tmp_path):
     info = json.loads(capsys.readouterr().out)
     assert info["spacing"] == [None, None] and info["spacing_source"] == "none"
     assert run_main(main, ["inspect", str(path)]) == 0
-    assert "[None, None]" in capsys.readouterr().out
+    assert "(unknown, unknown)" in capsys.readouterr().out
 
 
 def test_unknown_spacing_is_written_to_a_volume_as_unit_spacing(tmp_path):
