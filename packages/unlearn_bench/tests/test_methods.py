@@ -22,6 +22,15 @@ def test_registry_holds_the_seven_methods():
         METHODS.get("foo")
 
 
+def test_every_method_has_its_own_one_line_description():
+    texts = {name: METHODS.describe(name) for name in METHODS.names()}
+    for name, text in texts.items():
+        assert text and "\n" not in text, name
+        assert METHODS.get(name).__dict__.get("description") == text, f"{name} inherits it"
+    assert len(set(texts.values())) == len(texts)  # no two methods share one
+    assert f"npo: {texts['npo']}" in METHODS.help()
+
+
 @pytest.fixture(scope="module")
 def setup(tiny_data):
     seed_everything(0)

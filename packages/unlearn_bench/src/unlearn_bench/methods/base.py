@@ -57,12 +57,14 @@ class Method:
         needs_reference: a frozen copy of the vanilla model is passed as ``ref``.
         uses_retain: batches are ``{"forget": ..., "retain": ...}`` instead of forget only.
         preset_overrides: per-preset changes on top of :data:`PRESET_OVERRIDES`.
+        description: one line for ``METHODS.describe(name)`` and the CLI help.
     """
 
     config_class: ClassVar[type] = UnlearnConfig
     needs_reference: ClassVar[bool] = False
     uses_retain: ClassVar[bool] = False
     preset_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
+    description: ClassVar[str] = ""
 
     def __init__(self, cfg: Any, ref: torch.nn.Module | None = None, seed: int = 0) -> None:
         self.cfg = cfg

@@ -10,6 +10,8 @@ from unlearn_bench.methods.base import METHODS, Method, UnlearnConfig, forward
 class GradientAscent(Method):
     """``L = -NLL(forget)``."""
 
+    description = "gradient ascent on the forget answers (Thudi et al. 2022)"
+
     config_class = UnlearnConfig
 
     def loss(self, model, batch, ctx):

@@ -18,6 +18,8 @@ class GradDiffConfig(UnlearnConfig):
 class GradDiff(Method):
     """``L = -gamma NLL(forget) + alpha NLL(retain)``."""
 
+    description = "ascend on forget, descend on retain (Liu et al. 2022)"
+
     config_class = GradDiffConfig
     uses_retain = True
 

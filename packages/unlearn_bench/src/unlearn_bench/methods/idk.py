@@ -18,6 +18,8 @@ class IDKConfig(UnlearnConfig):
 class IDK(Method):
     """``L = NLL(forget question -> IDK answer) + alpha NLL(retain)``."""
 
+    description = "train forget questions toward I-don't-know answers, keep retain (IDK tuning)"
+
     config_class = IDKConfig
     uses_retain = True
 

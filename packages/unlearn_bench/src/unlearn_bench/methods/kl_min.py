@@ -18,6 +18,8 @@ class KLMinConfig(UnlearnConfig):
 class KLMin(Method):
     """``L = -gamma NLL(forget) + alpha KL(p_ref || p_theta)[retain]``."""
 
+    description = "ascend on forget, keep KL to the vanilla model small on retain"
+
     config_class = KLMinConfig
     uses_retain = True
     needs_reference = True

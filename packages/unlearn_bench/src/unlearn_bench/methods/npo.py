@@ -18,6 +18,8 @@ class NPOConfig(UnlearnConfig):
 class NPO(Method):
     """``L = (2/beta) mean -log sigmoid(-beta log(p_theta/p_ref)) [forget] + alpha NLL(retain)``."""
 
+    description = "negative preference optimisation against the vanilla model (Zhang et al. 2024)"
+
     config_class = NPOConfig
     uses_retain = True
     needs_reference = True

@@ -28,6 +28,8 @@ class RMUConfig(UnlearnConfig):
 class RMU(Method):
     """``L = mean ||h(forget) - c u||^2 + alpha mean ||h(retain) - h_ref(retain)||^2``."""
 
+    description = "steer a middle layer's forget activations to a random vector (Li et al. 2024)"
+
     config_class = RMUConfig
     uses_retain = True
     needs_reference = True

@@ -19,6 +19,8 @@ class SimNPOConfig(UnlearnConfig):
 class SimNPO(Method):
     """``L = (2/beta) mean -log sigmoid(-beta log p_theta(y|x)/|y| - delta) [forget] + alpha NLL(retain)``."""
 
+    description = "reference-free, length-normalised NPO (Fan et al. 2024)"
+
     config_class = SimNPOConfig
     uses_retain = True
 
