@@ -15,5 +15,5 @@ class GradientAscent(Method):
     config_class = UnlearnConfig
 
     def loss(self, model, batch, ctx):
-        forget_nll = nll(forward(model, batch).logits, batch["labels"])
+        forget_nll = nll(forward(model, batch).logits, batch["labels"], ddp=True)
         return {"loss": -forget_nll, "forget_nll": forget_nll}

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 
 from unlearn_bench.losses import rmu_loss
-from unlearn_bench.methods.base import METHODS, Method, UnlearnConfig, forward
+from unlearn_bench.methods.base import METHODS, Method, UnlearnConfig, forward_all
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,8 @@ class RMU(Method):
 
     def loss(self, model, batch, ctx):
         f, r = batch["forget"], batch["retain"]
-        h_f = self._hidden(forward(model, f, hidden=True))
-        h_r = self._hidden(forward(model, r, hidden=True))
+        out_f, out_r = forward_all(model, f, r, hidden=True)
+        h_f, h_r = self._hidden(out_f), self._hidden(out_r)
         h_r_ref = self._hidden(self.ref_forward(r, hidden=True))
         total, forget, retain = rmu_loss(
             h_f,
@@ -62,5 +62,6 @@ class RMU(Method):
             h_r_ref,
             r["attention_mask"],
             self.cfg.alpha,
+            ddp=True,
         )
         return {"loss": total, "rmu_forget": forget, "rmu_retain": retain}
