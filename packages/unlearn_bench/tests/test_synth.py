@@ -118,3 +118,12 @@ def test_user_image_folder(tmp_path):
             SynthConfig(n_entities=20, n_general=4, image_size=32),
             images=src,
         )
+
+
+def test_old_config_names_are_aliases_of_the_new():
+    from unlearn_bench import config
+
+    assert config.DataConfig is SynthConfig and config.preset_data is config.synth_preset
+    assert config.preset_finetune is config.finetune_preset
+    assert config.preset_eval is config.eval_preset
+    assert config.synth_preset("tiny") == SynthConfig(n_entities=10, n_general=2, image_size=32)
