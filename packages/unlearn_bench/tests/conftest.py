@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unlearn_bench.config import DataConfig
+from unlearn_bench.config import SynthConfig
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -13,7 +13,7 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
-TINY = DataConfig(n_entities=10, n_general=2, image_size=32, forget_ratio=0.2)
+TINY = SynthConfig(n_entities=10, n_general=2, image_size=32, forget_ratio=0.2)
 
 
 @pytest.fixture(scope="session")

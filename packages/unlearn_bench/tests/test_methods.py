@@ -10,7 +10,7 @@ from medcommon.train import seed_everything
 from unlearn_bench.config import TinyModelConfig
 from unlearn_bench.data import Encoder, check_dataset, collate, corpus_texts, idk_answer
 from unlearn_bench.losses import nll
-from unlearn_bench.methods import METHODS, forward
+from unlearn_bench.methods import METHODS, Forwards, forward
 from unlearn_bench.model import build_tiny
 
 PAPER_FIVE = {"ga", "grad_diff", "kl_min", "npo", "idk"}
@@ -20,6 +20,15 @@ def test_registry_holds_the_seven_methods():
     assert set(METHODS.names()) == PAPER_FIVE | {"simnpo", "rmu"}
     with pytest.raises(InputError, match="unknown method 'foo'; choose from ga"):
         METHODS.get("foo")
+
+
+def test_every_method_has_its_own_one_line_description():
+    texts = {name: METHODS.describe(name) for name in METHODS.names()}
+    for name, text in texts.items():
+        assert text and "\n" not in text, name
+        assert METHODS.get(name).__dict__.get("description") == text, f"{name} inherits it"
+    assert len(set(texts.values())) == len(texts)  # no two methods share one
+    assert f"npo: {texts['npo']}" in METHODS.help()
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +73,22 @@ def test_method_loss_is_finite_and_trains(name, setup):
     if name in ("npo", "kl_min"):  # the model equals its reference: log-ratio and KL are 0
         key = "log_ratio" if name == "npo" else "retain_kl"
         assert abs(float(out[key].detach())) < 1e-4
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_forwards_wrapper_gives_the_same_loss_and_gradient(name, setup):
+    """The unlearn command trains ``Forwards(llava)`` (one call per step, for DDP): same numbers."""
+    model, method, _, batch = _method_and_batch(name, setup, "train")
+    plain = method.loss(model, batch, None)["loss"]
+    plain.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    wrapped = method.loss(Forwards(model), batch, None)["loss"]
+    wrapped.backward()
+    assert torch.equal(plain, wrapped)
+    again = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads.keys() == again.keys()
+    assert all(torch.equal(grads[n], again[n]) for n in grads)
 
 
 # the component that must fall with the total (GA: the forget NLL must rise instead)

@@ -1,7 +1,8 @@
-"""The tiny Llava: save_pretrained round trip, KV-cache generation, checkpoint validation."""
+"""The tiny Llava: medcommon's model conformance checks, save/load round trip, KV-cache generation, checkpoint validation."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -9,9 +10,10 @@ import torch
 from transformers import LlavaForConditionalGeneration
 
 from medcommon.errors import InputError
+from medcommon.testing import ModelConformance
 from medcommon.train import seed_everything
 from unlearn_bench.config import TinyModelConfig
-from unlearn_bench.data import Encoder, check_dataset, collate, corpus_texts
+from unlearn_bench.data import Encoder, check_dataset, collate, corpus_texts, format_prompt
 from unlearn_bench.evaluate import generate_answers
 from unlearn_bench.model import build_tiny, load_llava, save_llava
 
@@ -33,20 +35,107 @@ def test_is_a_real_llava_with_image_token(built):
     assert sum(p.numel() for p in model.parameters()) < 500_000
 
 
-def test_save_pretrained_round_trip(built, tiny_data, tmp_path):
+def _corpus() -> list[str]:
+    """A fixed corpus for the tokenizer of the conformance model (no dataset needed)."""
+    data = {
+        "train": [
+            {"question": f"What is the diagnosis of patient {i}?", "answer": f"Condition {i % 3}."}
+            for i in range(6)
+        ]
+    }
+    return corpus_texts(data)
+
+
+@functools.lru_cache(maxsize=1)
+def _processor():
+    """The processor :func:`build_tiny` makes for :func:`_corpus` (deterministic, built once)."""
+    return build_tiny(TinyModelConfig(), _corpus())[1]
+
+
+def _architecture(config) -> dict:
+    """A Hugging Face config as a dict without the fields loading fills in (path, dtype, ...)."""
+    bookkeeping = {"_name_or_path", "dtype", "torch_dtype", "architectures", "transformers_version"}
+
+    def strip(d):
+        return {
+            k: strip(v) if isinstance(v, dict) else v for k, v in d.items() if k not in bookkeeping
+        }
+
+    return strip(config.to_dict())
+
+
+class TestTinyLlavaConformance(ModelConformance):
+    """medcommon's model checks on the tiny Llava; save/load is the package's own (HF folders)."""
+
+    def make_model(self):
+        return build_tiny(TinyModelConfig(), _corpus())[0]
+
+    def make_input(self):
+        """Two prompts with one 32x32 image each, right-padded: ``input_ids`` (2, T), pixels (2, 3, 32, 32)."""
+        from PIL import Image
+
+        gen = torch.Generator().manual_seed(1)
+        images = [
+            Image.fromarray(
+                torch.randint(0, 256, (32, 32, 3), generator=gen, dtype=torch.uint8).numpy()
+            )
+            for _ in range(2)
+        ]
+        texts = [
+            format_prompt("What is the diagnosis of patient 1?", True) + " Condition 1.",
+            format_prompt("Diagnosis?", True) + " Condition 2.",
+        ]
+        enc = _processor()(text=texts, images=images, return_tensors="pt", padding=True)
+        assert enc["attention_mask"].min() == 0  # the padding path is exercised
+        return dict(enc)
+
+    def forward(self, model, inputs):
+        return model(**inputs, use_cache=False)
+
+    def model_config(self, model):
+        return model.config
+
+    def test_every_parameter_gets_a_gradient(self):
+        """Every parameter but CLIP's ``post_layernorm``: LLaVA reads the vision encoder's
+        last hidden state, and only CLIP's pooled output (unused) passes that norm."""
+        model = self._build().train()
+        torch.manual_seed(self.seed)
+        out = self.forward(model, self.make_input())
+        out.logits.square().mean().backward()  # the image features reach it via the image tokens
+        missing = {n for n, p in model.named_parameters() if p.grad is None}
+        assert missing == {
+            "model.vision_tower.post_layernorm.weight",
+            "model.vision_tower.post_layernorm.bias",
+        }
+        for n, p in model.named_parameters():
+            assert p.grad is None or torch.isfinite(p.grad).all(), n
+
+    def test_save_load_round_trip(self, tmp_path):
+        """:func:`save_llava` / :func:`load_llava` replace medcommon's ``save_pretrained`` (HF folder)."""
+        model = self._build().eval()
+        save_llava(model, _processor(), tmp_path / "m")
+        assert (tmp_path / "m" / "model.safetensors").is_file()
+        assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "llava"
+        loaded, processor = load_llava(tmp_path / "m")
+        inputs = self.make_input()
+        text = format_prompt("What is the diagnosis of patient 1?", True)
+        ids = _processor().tokenizer(text)["input_ids"]
+        assert processor.tokenizer(text)["input_ids"] == ids
+        with torch.no_grad():
+            a, b = self.forward(model, inputs), self.forward(loaded.eval(), inputs)
+        assert torch.equal(a.logits, b.logits), "outputs differ after save/load"
+        assert _architecture(loaded.config) == _architecture(model.config), "config changed"
+
+
+def test_reloaded_processor_encodes_like_the_original(built, tiny_data, tmp_path):
     model, processor, data = built
     save_llava(model, processor, tmp_path / "m")
-    assert (tmp_path / "m" / "model.safetensors").is_file()
-    assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "llava"
-    loaded, proc2 = load_llava(tmp_path / "m")
+    _, proc2 = load_llava(tmp_path / "m")
     items = data["forget"][:6]
     b1 = collate([Encoder(processor, tiny_data).encode(it) for it in items], 0)
     b2 = collate([Encoder(proc2, tiny_data).encode(it) for it in items], 0)
     assert torch.equal(b1["input_ids"], b2["input_ids"])
     assert b1["pixel_values"] is not None and torch.allclose(b1["pixel_values"], b2["pixel_values"])
-    with torch.no_grad():
-        kw = {k: b1[k] for k in ("input_ids", "attention_mask", "pixel_values")}
-        assert torch.allclose(model(**kw).logits, loaded.eval()(**kw).logits, atol=1e-6)
 
 
 def test_image_tokens_are_expanded_to_the_patch_count(built, tiny_data):

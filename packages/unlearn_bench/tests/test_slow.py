@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from unlearn_bench.config import DataConfig, EvalConfig, FinetuneConfig, replace
+from unlearn_bench.config import EvalConfig, FinetuneConfig, SynthConfig
 from unlearn_bench.data import check_dataset
 from unlearn_bench.evaluate import evaluate_model
 from unlearn_bench.methods import METHODS
@@ -20,7 +22,7 @@ def test_vanilla_memorises_and_npo_forgets(tmp_path):
     generate(
         data_dir,
         "privacy",
-        DataConfig(n_entities=10, n_general=2, image_size=32, forget_ratio=0.2),
+        SynthConfig(n_entities=10, n_general=2, image_size=32, forget_ratio=0.2),
         seed=0,
     )
     data = check_dataset(data_dir)
@@ -36,7 +38,9 @@ def test_vanilla_memorises_and_npo_forgets(tmp_path):
     # NPO (beta 0.4, the top of the notes' range) with a strong retain term (alpha 20) and a
     # small step: the paper-default alpha = 1 loses more retain knowledge on this tiny model.
     npo = METHODS.get("npo")
-    cfg = replace(npo.preset_config("small"), lr=2e-4, epochs=12.0, alpha=20.0, beta=0.4)
+    cfg = dataclasses.replace(
+        npo.preset_config("small"), lr=2e-4, epochs=12.0, alpha=20.0, beta=0.4
+    )
     unlearn(
         tmp_path / "vanilla",
         data_dir,

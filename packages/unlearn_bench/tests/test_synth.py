@@ -8,10 +8,10 @@ import json
 import pytest
 
 from medcommon.errors import InputError
-from unlearn_bench.config import DataConfig
+from unlearn_bench.config import SynthConfig
 from unlearn_bench.synth import LETTERS, SPLITS, WRONG_FIELDS, generate
 
-CFG = DataConfig(n_entities=10, n_general=2, image_size=32, forget_ratio=0.2)
+CFG = SynthConfig(n_entities=10, n_general=2, image_size=32, forget_ratio=0.2)
 
 
 def _digest(folder):
@@ -93,7 +93,7 @@ def test_forget_ratio_out_of_range(tmp_path, ratio):
         generate(
             tmp_path / "d",
             "privacy",
-            DataConfig(n_entities=10, n_general=2, forget_ratio=ratio),
+            SynthConfig(n_entities=10, n_general=2, forget_ratio=ratio),
             seed=0,
         )
     assert not (tmp_path / "d").exists()
@@ -115,6 +115,15 @@ def test_user_image_folder(tmp_path):
         generate(
             tmp_path / "e",
             "privacy",
-            DataConfig(n_entities=20, n_general=4, image_size=32),
+            SynthConfig(n_entities=20, n_general=4, image_size=32),
             images=src,
         )
+
+
+def test_old_config_names_are_aliases_of_the_new():
+    from unlearn_bench import config
+
+    assert config.DataConfig is SynthConfig and config.preset_data is config.synth_preset
+    assert config.preset_finetune is config.finetune_preset
+    assert config.preset_eval is config.eval_preset
+    assert config.synth_preset("tiny") == SynthConfig(n_entities=10, n_general=2, image_size=32)

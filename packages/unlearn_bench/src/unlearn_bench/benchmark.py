@@ -8,6 +8,7 @@ one). Writes ``results.json``, ``report.md`` and ``*.png`` (medcommon.report).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -22,10 +23,9 @@ from unlearn_bench import __version__
 from unlearn_bench.config import (
     check_forget_ratio,
     check_preset,
-    preset_data,
-    preset_eval,
-    preset_finetune,
-    replace,
+    eval_preset,
+    finetune_preset,
+    synth_preset,
 )
 from unlearn_bench.data import check_dataset
 from unlearn_bench.evaluate import evaluate_run, flatten
@@ -84,7 +84,7 @@ def run_benchmark(
     methods = list(methods) if methods else list(PAPER_ORDER)
     for m in methods:
         METHODS.get(m)
-    dcfg = replace(preset_data(preset), forget_ratio=forget_ratio)
+    dcfg = dataclasses.replace(synth_preset(preset), forget_ratio=forget_ratio)
     check_forget_ratio(forget_ratio, dcfg.n_entities)
     if data is not None:
         check_dataset(data)
@@ -92,7 +92,7 @@ def run_benchmark(
         scenarios = [json.loads(meta.read_text())["scenario"] if meta.is_file() else "custom"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    fcfg, ecfg = preset_finetune(preset), preset_eval(preset)
+    fcfg, ecfg = finetune_preset(preset), eval_preset(preset)
     rows: list[dict[str, Any]] = []
     t_start = time.perf_counter()
     for scenario in scenarios:

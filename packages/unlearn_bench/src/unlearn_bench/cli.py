@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,14 +20,13 @@ from medcommon.cli import (
 from medcommon.config import resolve_config
 from unlearn_bench import __version__
 from unlearn_bench.config import (
-    DataConfig,
     EvalConfig,
     FinetuneConfig,
+    SynthConfig,
     check_preset,
-    preset_data,
-    preset_eval,
-    preset_finetune,
-    replace,
+    eval_preset,
+    finetune_preset,
+    synth_preset,
 )
 
 
@@ -106,10 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "generate":
         from unlearn_bench.synth import generate
 
-        base = preset_data(args.preset)
+        base = synth_preset(args.preset)
         if args.forget_ratio is not None:
-            base = replace(base, forget_ratio=args.forget_ratio)
-        cfg = resolve_config(DataConfig, base=base, file=args.config, overrides=args.overrides)
+            base = dataclasses.replace(base, forget_ratio=args.forget_ratio)
+        cfg = resolve_config(SynthConfig, base=base, file=args.config, overrides=args.overrides)
         meta = generate(args.out, args.scenario, cfg, seed=args.seed, images=args.images)
         if not args.quiet:
             print(f"wrote {args.out}: {meta['counts']}")
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         cfg = resolve_config(
             FinetuneConfig,
-            base=preset_finetune(args.preset),
+            base=finetune_preset(args.preset),
             file=args.config,
             overrides=args.overrides,
         )
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from unlearn_bench.evaluate import evaluate_run, flatten
 
         cfg = resolve_config(
-            EvalConfig, base=preset_eval(args.preset), file=args.config, overrides=args.overrides
+            EvalConfig, base=eval_preset(args.preset), file=args.config, overrides=args.overrides
         )
         res = evaluate_run(
             args.run,

@@ -9,7 +9,6 @@ that the tiny model memorises its training set in seconds to a minute.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,7 +20,7 @@ Scenario = Literal["privacy", "incorrectness"]
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class SynthConfig:
     """What :func:`unlearn_bench.synth.generate` writes."""
 
     n_entities: int = 500  # patients (privacy) or conditions (incorrectness) seen in training
@@ -73,7 +72,7 @@ class EvalConfig:
     max_items: int = 0  # per subset; 0 = all (a deterministic subsample otherwise)
 
 
-def preset_finetune(preset: str) -> FinetuneConfig:
+def finetune_preset(preset: str) -> FinetuneConfig:
     """Fine-tuning config of a preset (``full`` = the paper's values)."""
     check_preset(preset)
     if preset == "tiny":
@@ -84,17 +83,17 @@ def preset_finetune(preset: str) -> FinetuneConfig:
     return FinetuneConfig()
 
 
-def preset_data(preset: str) -> DataConfig:
+def synth_preset(preset: str) -> SynthConfig:
     """Dataset size of a preset."""
     check_preset(preset)
     if preset == "tiny":
-        return DataConfig(n_entities=10, n_general=2, image_size=32)
+        return SynthConfig(n_entities=10, n_general=2, image_size=32)
     if preset == "small":
-        return DataConfig(n_entities=30, n_general=4, image_size=32)
-    return DataConfig()
+        return SynthConfig(n_entities=30, n_general=4, image_size=32)
+    return SynthConfig()
 
 
-def preset_eval(preset: str) -> EvalConfig:
+def eval_preset(preset: str) -> EvalConfig:
     """Evaluation config of a preset."""
     check_preset(preset)
     if preset == "tiny":
@@ -116,6 +115,8 @@ def check_forget_ratio(ratio: float, n_entities: int) -> None:
         )
 
 
-def replace(cfg, **changes):
-    """``dataclasses.replace`` (re-exported for brevity)."""
-    return dataclasses.replace(cfg, **changes)
+# Old names, kept for one release (the package's own code uses the new ones).
+DataConfig = SynthConfig  # old name, kept for one release
+preset_data = synth_preset  # old name, kept for one release
+preset_finetune = finetune_preset  # old name, kept for one release
+preset_eval = eval_preset  # old name, kept for one release

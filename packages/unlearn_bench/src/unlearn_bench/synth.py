@@ -33,7 +33,7 @@ from medcommon.config import config_to_dict
 from medcommon.errors import InputError
 from medcommon.fs import atomic_dir
 from unlearn_bench import __version__
-from unlearn_bench.config import DataConfig, check_forget_ratio
+from unlearn_bench.config import SynthConfig, check_forget_ratio
 from unlearn_bench.images import (
     FINDINGS,
     MODALITIES,
@@ -263,7 +263,7 @@ def make_items(
 def generate(
     out: str | Path,
     scenario: str,
-    cfg: DataConfig,
+    cfg: SynthConfig,
     seed: int = 0,
     images: str | Path | None = None,
 ) -> dict[str, Any]:

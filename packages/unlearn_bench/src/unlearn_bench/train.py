@@ -37,8 +37,14 @@ from unlearn_bench.data import (
     paired_collate,
 )
 from unlearn_bench.losses import nll
-from unlearn_bench.methods import METHODS, forward
+from unlearn_bench.methods import METHODS, Forwards, forward
 from unlearn_bench.model import build_tiny, check_llava_dir, load_llava, save_llava
+
+# Under DDP some parameters get no gradient on some processes: the vision tower on a
+# process whose share of the batch is text-only, CLIP's post_layernorm always (LLaVA
+# reads the encoder's last hidden state), the layers above RMU's steered layer.
+# find_unused_parameters lets DDP reduce zeros for them instead of failing.
+_DDP_UNUSED = True
 
 
 def _steps(epochs: float, n: int, batch_size: int) -> int:
@@ -46,15 +52,17 @@ def _steps(epochs: float, n: int, batch_size: int) -> int:
 
 
 def _finetune_step(model, batch, ctx):
-    return {"loss": nll(forward(model, batch).logits, batch["labels"])}
+    return {"loss": nll(forward(model, batch).logits, batch["labels"], ddp=True)}
 
 
-def _finish(trainer: Trainer, processor: Any, out: Path, metrics: dict[str, Any]) -> None:
-    """Write ``RUN/model`` and ``RUN/metrics.json`` (main process only under DDP)."""
+def _finish(
+    trainer: Trainer, model: Any, processor: Any, out: Path, metrics: dict[str, Any]
+) -> None:
+    """Write ``RUN/model`` (the trained Llava) and ``RUN/metrics.json`` (main process only under DDP)."""
     # medcommon-candidate: a Trainer hook (e.g. ``save_fn(model, dir)``) so the loop can write
     # a Hugging Face folder itself; model_config=None + this function is the workaround.
     if trainer.accelerator.is_main_process:
-        save_llava(trainer.unwrapped_model(), processor, out / "model")
+        save_llava(model, processor, out / "model")
         write_json_atomic(out / "metrics.json", metrics)
     trainer.accelerator.wait_for_everyone()
 
@@ -120,6 +128,7 @@ def finetune(
             batch_size=batch_size,
             max_grad_norm=cfg.max_grad_norm,
             log_every=cfg.log_every,
+            find_unused_parameters=_DDP_UNUSED,
             checkpoint_every=cfg.checkpoint_every,
         ),
         run_dir=out,
@@ -136,7 +145,7 @@ def finetune(
         "train_seconds": result.train_seconds,
         "n_train": len(encoded),
     }
-    _finish(trainer, processor, out, metrics)
+    _finish(trainer, model, processor, out, metrics)
     return metrics
 
 
@@ -187,7 +196,7 @@ def unlearn(
         },
     )
     trainer = Trainer(
-        model,
+        Forwards(model),  # forget and retain in one call per step: what DDP accepts
         torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0),
         dataset,
         method.loss,
@@ -196,6 +205,7 @@ def unlearn(
             batch_size=batch_size,
             max_grad_norm=cfg.max_grad_norm,
             log_every=cfg.log_every,
+            find_unused_parameters=_DDP_UNUSED,
         ),
         run_dir=out,
         seed=seed,
@@ -204,7 +214,9 @@ def unlearn(
         device=device,
         quiet=quiet,
     )
-    if ref is not None:  # under DDP each process holds its reference on its own device
+    if ref is not None:
+        # Never inside DDP: every process holds the same frozen copy (loaded from the same
+        # folder, before any step) on its own device and runs it on its share of the batch.
         method.ref = ref.to(trainer.accelerator.device)
     result = trainer.fit(resume=resume)
     metrics = {
@@ -214,5 +226,5 @@ def unlearn(
         "train_seconds": result.train_seconds,
         "n_forget": len(forget),
     }
-    _finish(trainer, processor, out, metrics)
+    _finish(trainer, model, processor, out, metrics)
     return metrics

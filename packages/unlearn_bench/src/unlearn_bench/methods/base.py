@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from medcommon.registry import Registry
 from unlearn_bench.config import check_preset
@@ -40,6 +41,22 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
 
 def forward(model: torch.nn.Module, batch: dict[str, Any], hidden: bool = False):
     """Run the Llava on a collated batch (see :func:`unlearn_bench.data.collate`)."""
+    return forward_all(model, batch, hidden=hidden)[0]
+
+
+def forward_all(model: torch.nn.Module, *batches: dict[str, Any], hidden: bool = False) -> tuple:
+    """The Llava's outputs on several batches (forget and retain), in one call of ``model``.
+
+    ``model`` is a Llava, or a :class:`Forwards` (as the unlearn command trains it),
+    possibly inside DDP.
+    """
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    if isinstance(inner, Forwards):
+        return model(*batches, hidden=hidden)
+    return tuple(_llava_forward(model, b, hidden) for b in batches)
+
+
+def _llava_forward(model: torch.nn.Module, batch: dict[str, Any], hidden: bool):
     return model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
@@ -47,6 +64,25 @@ def forward(model: torch.nn.Module, batch: dict[str, Any], hidden: bool = False)
         output_hidden_states=hidden,
         use_cache=False,
     )
+
+
+class Forwards(torch.nn.Module):
+    """The trained Llava, run on several batches in one ``forward`` call.
+
+    Why: DDP (which needs ``find_unused_parameters`` here, since a text-only share of a
+    batch leaves the vision tower unused) finds the unused parameters from the outputs of
+    the last forward call before a backward. With two calls (forget, then retain), a
+    parameter that only the first one used is marked unused, then gets its gradient
+    too: "marked as ready twice". One call per step avoids it; each batch is still its
+    own Llava call, so the numbers are those of separate calls.
+    """
+
+    def __init__(self, llava: torch.nn.Module) -> None:
+        super().__init__()
+        self.llava = llava
+
+    def forward(self, *batches: dict[str, Any], hidden: bool = False) -> tuple:
+        return tuple(_llava_forward(self.llava, b, hidden) for b in batches)
 
 
 class Method:
@@ -57,12 +93,14 @@ class Method:
         needs_reference: a frozen copy of the vanilla model is passed as ``ref``.
         uses_retain: batches are ``{"forget": ..., "retain": ...}`` instead of forget only.
         preset_overrides: per-preset changes on top of :data:`PRESET_OVERRIDES`.
+        description: one line for ``METHODS.describe(name)`` and the CLI help.
     """
 
     config_class: ClassVar[type] = UnlearnConfig
     needs_reference: ClassVar[bool] = False
     uses_retain: ClassVar[bool] = False
     preset_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
+    description: ClassVar[str] = ""
 
     def __init__(self, cfg: Any, ref: torch.nn.Module | None = None, seed: int = 0) -> None:
         self.cfg = cfg
@@ -84,7 +122,12 @@ class Method:
         """Called once before training (e.g. to draw RMU's random direction)."""
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any], ctx: Any) -> dict[str, Any]:
-        """``{"loss": scalar, **logs}`` for one micro-batch."""
+        """``{"loss": scalar, **logs}`` for one micro-batch (this process's share of it under DDP).
+
+        Run the model once per call (:func:`forward_all` for forget + retain), and take
+        means over tokens with ``ddp=True`` (:func:`unlearn_bench.losses.token_mean`):
+        then 2 processes give the weights of 1 at the same global batch.
+        """
         raise NotImplementedError
 
     @torch.no_grad()

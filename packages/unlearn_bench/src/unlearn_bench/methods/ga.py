@@ -10,8 +10,10 @@ from unlearn_bench.methods.base import METHODS, Method, UnlearnConfig, forward
 class GradientAscent(Method):
     """``L = -NLL(forget)``."""
 
+    description = "gradient ascent on the forget answers (Thudi et al. 2022)"
+
     config_class = UnlearnConfig
 
     def loss(self, model, batch, ctx):
-        forget_nll = nll(forward(model, batch).logits, batch["labels"])
+        forget_nll = nll(forward(model, batch).logits, batch["labels"], ddp=True)
         return {"loss": -forget_nll, "forget_nll": forget_nll}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from unlearn_bench.losses import nll
-from unlearn_bench.methods.base import METHODS, Method, UnlearnConfig, forward
+from unlearn_bench.methods.base import METHODS, Method, UnlearnConfig, forward_all
 
 
 @dataclass(frozen=True)
@@ -18,12 +18,15 @@ class GradDiffConfig(UnlearnConfig):
 class GradDiff(Method):
     """``L = -gamma NLL(forget) + alpha NLL(retain)``."""
 
+    description = "ascend on forget, descend on retain (Liu et al. 2022)"
+
     config_class = GradDiffConfig
     uses_retain = True
 
     def loss(self, model, batch, ctx):
         f, r = batch["forget"], batch["retain"]
-        forget_nll = nll(forward(model, f).logits, f["labels"])
-        retain_nll = nll(forward(model, r).logits, r["labels"])
+        out_f, out_r = forward_all(model, f, r)
+        forget_nll = nll(out_f.logits, f["labels"], ddp=True)
+        retain_nll = nll(out_r.logits, r["labels"], ddp=True)
         loss = -self.cfg.gamma * forget_nll + self.cfg.alpha * retain_nll
         return {"loss": loss, "forget_nll": forget_nll, "retain_nll": retain_nll}

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from unlearn_bench.data import idk_answer
 from unlearn_bench.losses import nll
-from unlearn_bench.methods.base import METHODS, Method, UnlearnConfig, forward
+from unlearn_bench.methods.base import METHODS, Method, UnlearnConfig, forward_all
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,8 @@ class IDKConfig(UnlearnConfig):
 class IDK(Method):
     """``L = NLL(forget question -> IDK answer) + alpha NLL(retain)``."""
 
+    description = "train forget questions toward I-don't-know answers, keep retain (IDK tuning)"
+
     config_class = IDKConfig
     uses_retain = True
 
@@ -26,8 +28,9 @@ class IDK(Method):
 
     def loss(self, model, batch, ctx):
         f, r = batch["forget"], batch["retain"]
-        idk_nll = nll(forward(model, f).logits, f["labels"])
-        retain_nll = nll(forward(model, r).logits, r["labels"])
+        out_f, out_r = forward_all(model, f, r)
+        idk_nll = nll(out_f.logits, f["labels"], ddp=True)
+        retain_nll = nll(out_r.logits, r["labels"], ddp=True)
         return {
             "loss": idk_nll + self.cfg.alpha * retain_nll,
             "idk_nll": idk_nll,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from unlearn_bench.losses import kl_ref_theta, nll
-from unlearn_bench.methods.base import METHODS, Method, UnlearnConfig, forward
+from unlearn_bench.methods.base import METHODS, Method, UnlearnConfig, forward_all
 
 
 @dataclass(frozen=True)
@@ -18,13 +18,16 @@ class KLMinConfig(UnlearnConfig):
 class KLMin(Method):
     """``L = -gamma NLL(forget) + alpha KL(p_ref || p_theta)[retain]``."""
 
+    description = "ascend on forget, keep KL to the vanilla model small on retain"
+
     config_class = KLMinConfig
     uses_retain = True
     needs_reference = True
 
     def loss(self, model, batch, ctx):
         f, r = batch["forget"], batch["retain"]
-        forget_nll = nll(forward(model, f).logits, f["labels"])
-        kl = kl_ref_theta(self.ref_forward(r).logits, forward(model, r).logits, r["labels"])
+        out_f, out_r = forward_all(model, f, r)
+        forget_nll = nll(out_f.logits, f["labels"], ddp=True)
+        kl = kl_ref_theta(self.ref_forward(r).logits, out_r.logits, r["labels"], ddp=True)
         loss = -self.cfg.gamma * forget_nll + self.cfg.alpha * kl
         return {"loss": loss, "forget_nll": forget_nll, "retain_kl": kl}

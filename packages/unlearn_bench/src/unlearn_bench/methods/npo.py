@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from unlearn_bench.losses import nll, npo_loss, sequence_logprob
-from unlearn_bench.methods.base import METHODS, Method, UnlearnConfig, forward
+from unlearn_bench.methods.base import METHODS, Method, UnlearnConfig, forward_all
 
 
 @dataclass(frozen=True)
@@ -18,17 +18,21 @@ class NPOConfig(UnlearnConfig):
 class NPO(Method):
     """``L = (2/beta) mean -log sigmoid(-beta log(p_theta/p_ref)) [forget] + alpha NLL(retain)``."""
 
+    description = "negative preference optimisation against the vanilla model (Zhang et al. 2024)"
+
     config_class = NPOConfig
     uses_retain = True
     needs_reference = True
 
     def loss(self, model, batch, ctx):
         f, r = batch["forget"], batch["retain"]
-        lp, _ = sequence_logprob(forward(model, f).logits, f["labels"])
+        # one model call for both batches (DDP); no retain forward when alpha = 0
+        outs = forward_all(model, f, r) if self.cfg.alpha else forward_all(model, f)
+        lp, _ = sequence_logprob(outs[0].logits, f["labels"])
         lp_ref, _ = sequence_logprob(self.ref_forward(f).logits, f["labels"])
         forget = npo_loss(lp, lp_ref, self.cfg.beta)
         retain_nll = (
-            nll(forward(model, r).logits, r["labels"]) if self.cfg.alpha else lp.new_zeros(())
+            nll(outs[1].logits, r["labels"], ddp=True) if self.cfg.alpha else lp.new_zeros(())
         )
         loss = forget + self.cfg.alpha * retain_nll
         return {

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 
 from unlearn_bench.losses import rmu_loss
-from unlearn_bench.methods.base import METHODS, Method, UnlearnConfig, forward
+from unlearn_bench.methods.base import METHODS, Method, UnlearnConfig, forward_all
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class RMUConfig(UnlearnConfig):
 @METHODS.register("rmu")
 class RMU(Method):
     """``L = mean ||h(forget) - c u||^2 + alpha mean ||h(retain) - h_ref(retain)||^2``."""
+
+    description = "steer a middle layer's forget activations to a random vector (Li et al. 2024)"
 
     config_class = RMUConfig
     uses_retain = True
@@ -49,8 +51,8 @@ class RMU(Method):
 
     def loss(self, model, batch, ctx):
         f, r = batch["forget"], batch["retain"]
-        h_f = self._hidden(forward(model, f, hidden=True))
-        h_r = self._hidden(forward(model, r, hidden=True))
+        out_f, out_r = forward_all(model, f, r, hidden=True)
+        h_f, h_r = self._hidden(out_f), self._hidden(out_r)
         h_r_ref = self._hidden(self.ref_forward(r, hidden=True))
         total, forget, retain = rmu_loss(
             h_f,
@@ -60,5 +62,6 @@ class RMU(Method):
             h_r_ref,
             r["attention_mask"],
             self.cfg.alpha,
+            ddp=True,
         )
         return {"loss": total, "rmu_forget": forget, "rmu_retain": retain}
