@@ -26,6 +26,8 @@ import torch
 from safetensors.torch import load_file
 
 from medcommon.cli import run_main
+from medcommon.models import save_pretrained
+from medcommon.run import make_run_info, write_run_config
 from medcommon.testing import CLIContract, MethodProbe, MethodStepContract, pydicom_data_file
 from medcommon.train import seed_everything
 from pbbl_cxr import __version__
@@ -111,62 +113,45 @@ class TestContract(CLIContract):
             json.dumps({"schema": 1, "run": {"package": "brats-grading", "version": "0"},
                         "config": {}})
         )  # fmt: skip
+        fresh = tmp / "fresh-run"  # an untrained run folder, enough for predict's checks
+        cfg = run_preset("tiny")
+        write_run_config(fresh, make_run_info("pbbl-cxr", __version__, method="erm"), cfg)
+        save_pretrained(build_model(cfg.model), fresh / "model", cfg.model)
+        scan = tmp / "scan.png"
+        scan.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
         good = data / "images" / "test_00000.png"
         bench = ["benchmark", "--out", tmp / "bench", "--preset", "tiny", "--seeds", "0"]
         return {
-            "missing image": (
-                train(missing),
-                f"{missing / 'train.csv'}:6: image not found: "
-                f"{missing / 'images' / 'train_00004.png'}",
-            ),
+            "missing image": (train(missing), f"{missing / 'train.csv'}:6: image not found: "
+                                              f"{missing / 'images' / 'train_00004.png'}"),
             "truncated image": (train(truncated), f"{truncated / 'valid.csv'}:4: {img}: "),
-            "label outside the label set": (
-                train(label7),
-                f"{label7 / 'train.csv'}:4: label '7' is outside the label set {{0, 1}}",
-            ),
-            "missing column": (
-                train(data, "--label-column", "pneumonia"),
-                f"{data / 'train.csv'}: missing column 'pneumonia'; "
-                "columns are path, pneumothorax, gender",
-            ),
-            "empty split": (
-                train(empty),
-                f"{empty / 'valid.csv'}: the valid split is empty (no rows)",
-            ),
-            "unknown select metric": (
-                train(data, "--set", "select_metric=f2"),
-                "--set select_metric: unknown metric 'f2'",
-            ),
-            "gce_q out of range": (
-                train(data, "--set", "gce_q=2"),
-                "--set gce_q: must be in (0, 1], got 2.0",
-            ),
-            "oracle without bias column": (
-                train(no_bias, "--method", "groupdro"),
-                "--method: groupdro needs a bias column in the train manifest",
-            ),
-            "evaluate: not a run folder": (
-                ["evaluate", "--run", not_a_run, "--data", data],
-                f"{not_a_run}: not a run folder (no config.json)",
-            ),
-            "evaluate: another package's run": (
-                ["evaluate", "--run", other, "--data", data],
-                f"{other}: a run of brats-grading, not of pbbl-cxr",
-            ),
-            "benchmark: a missing image in test.csv": (
-                [*bench, "--data", broken, "--methods", "erm", *FAST],
-                f"{broken / 'test.csv'}:2: image not found: {broken / 'images' / 'nothing.png'}",
-            ),
+            "label outside the label set": (train(label7), f"{label7 / 'train.csv'}:4: label '7' "
+                                                           "is outside the label set {0, 1}"),
+            "missing column": (train(data, "--label-column", "pneumonia"),
+                               f"{data / 'train.csv'}: missing column 'pneumonia'; "
+                               "columns are path, pneumothorax, gender"),
+            "empty split": (train(empty), f"{empty / 'valid.csv'}: the valid split is empty"),
+            "unknown select metric": (train(data, "--set", "select_metric=f2"),
+                                      "--set select_metric: unknown metric 'f2'"),
+            "gce_q out of range": (train(data, "--set", "gce_q=2"),
+                                   "--set gce_q: must be in (0, 1], got 2.0"),
+            "oracle without bias column": (train(no_bias, "--method", "groupdro"),
+                                           "--method: groupdro needs a bias column"),
+            "evaluate: not a run folder": (["evaluate", "--run", not_a_run, "--data", data],
+                                           f"{not_a_run}: not a run folder (no config.json)"),
+            "evaluate: another package's run": (["evaluate", "--run", other, "--data", data],
+                                                f"{other}: a run of brats-grading, not of pbbl-cxr"),
+            "benchmark: a missing test image": ([*bench, "--data", broken, "--methods", "erm"],
+                                                f"{broken / 'test.csv'}:2: image not found: "
+                                                f"{broken / 'images' / 'nothing.png'}"),
             "benchmark: unknown method": ([*bench, "--methods", "erm", "magic"], "'magic'"),
-            "predict: another package's run": (
-                ["predict", "--run", other, good, "--out", tmp / "p.csv"],
-                f"{other}: a run of brats-grading",
-            ),
-            "predict: not a run folder": (
-                ["predict", "--run", not_a_run, good],
-                f"{not_a_run}: not a run folder",
-            ),
-        }
+            "predict: unreadable image": (["predict", "--run", fresh, good, scan, "--out",
+                                           tmp / "p.csv"], f"error: {scan}: "),
+            "predict: missing file": (["predict", "--run", fresh, tmp / "nope.dcm"],
+                                      f"{tmp / 'nope.dcm'}: file or folder not found"),
+            "predict: another package's run": (["predict", "--run", other, good],
+                                               f"{other}: a run of brats-grading"),
+        }  # fmt: skip
 
 
 class TestMethodSteps(MethodStepContract):
@@ -344,19 +329,6 @@ def test_predict_on_png_folders_matches_evaluate(pbbl_run: Path, gbp_tiny: Path,
     got = {Path(r["path"]).name: float(r["p_y1"]) for r in rows}
     for path, p in zip(test.paths, want.tolist()):
         assert got[Path(path).name] == pytest.approx(p, abs=5e-7)  # 6 decimals in the CSV
-
-
-def test_predict_unreadable_file_writes_nothing(pbbl_run: Path, gbp_tiny: Path, tmp_path, capsys):
-    bad = tmp_path / "scan.png"
-    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    out = tmp_path / "pred.csv"
-    good = gbp_tiny / "images" / "test_00000.png"
-    assert run(["predict", "--run", pbbl_run, good, bad, "--out", out, "--quiet"]) == 2
-    err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
-    assert len(err) == 1 and err[0].startswith(f"error: {bad}: ")
-    assert not out.exists()
-    assert run(["predict", "--run", pbbl_run, tmp_path / "nope.dcm"]) == 2
-    assert f"error: {tmp_path / 'nope.dcm'}: file or folder not found" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- synth, splits, benchmark
