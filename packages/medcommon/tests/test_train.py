@@ -291,3 +291,83 @@ def test_train_seconds_exclude_evaluation(tmp_path):
     ).fit()
     assert result.eval_seconds >= 5 * 0.2  # 4 periodic evaluations + the final one
     assert result.train_seconds < 0.5
+
+
+# -- BatchNorm over the global batch (medcommon.train.distributed) ----------------------
+
+
+def _bn_net() -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 6 * 6, 2),
+        torch.nn.BatchNorm1d(2),
+    )
+
+
+def _bn_kinds(model: torch.nn.Module) -> list[type]:
+    return [
+        type(m) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    ]
+
+
+def test_global_batchnorm_alone_is_plain_batchnorm_and_restores():
+    import copy
+
+    from medcommon.train.distributed import (
+        GlobalBatchNorm,
+        restore_batchnorm,
+        use_global_batchnorm,
+    )
+
+    torch.manual_seed(0)
+    ref = _bn_net().train()
+    net = use_global_batchnorm(copy.deepcopy(ref))
+    assert _bn_kinds(net) == [GlobalBatchNorm, GlobalBatchNorm]
+    assert list(net.state_dict()) == list(ref.state_dict())
+    x = torch.rand(5, 1, 8, 8)
+    out, out_ref = net(x), ref(x)  # one process: BatchNorm's own batch statistics
+    torch.testing.assert_close(out, out_ref, rtol=0, atol=0)
+    out.square().sum().backward()
+    out_ref.square().sum().backward()
+    for (name, p), q in zip(net.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0, msg=name)
+    restore_batchnorm(net)
+    assert _bn_kinds(net) == [torch.nn.BatchNorm2d, torch.nn.BatchNorm1d]
+    for (name, a), b in zip(net.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(a, b), name  # running statistics were updated identically
+    net.eval(), ref.eval()
+    torch.testing.assert_close(net(x), ref(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("processes", "switch"), [(1, True), (2, True), (2, False)])
+def test_trainer_uses_global_batchnorm_only_with_several_processes(monkeypatch, processes, switch):
+    """The Trainer swaps BatchNorm for GlobalBatchNorm while fit runs with >1 process
+    (and ``global_batchnorm``), and swaps back afterwards, also when fit fails."""
+    from medcommon.train.distributed import GlobalBatchNorm
+
+    model = _bn_net()
+    data = TensorDataset(torch.rand(8, 1, 8, 8), torch.zeros(8, dtype=torch.long))
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        data,
+        lambda m, b, ctx: m(b[0]).sum(),
+        config=TrainConfig(max_steps=1, batch_size=4, global_batchnorm=switch),
+        quiet=True,
+    )
+    seen: list[list[type]] = []
+
+    def fake_fit(resume):
+        seen.append(_bn_kinds(model))
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(trainer, "_fit", fake_fit)
+    monkeypatch.setattr(type(trainer.accelerator), "num_processes", property(lambda s: processes))
+    with pytest.raises(RuntimeError, match="stop"):
+        trainer.fit()
+    want = GlobalBatchNorm if processes > 1 and switch else None
+    assert all((k is want) if want else k is not GlobalBatchNorm for k in seen[0])
+    assert _bn_kinds(model) == [torch.nn.BatchNorm2d, torch.nn.BatchNorm1d]

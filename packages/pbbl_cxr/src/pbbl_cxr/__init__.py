@@ -11,10 +11,13 @@ Table of contents:
 - :mod:`.pseudo`     Youden / argmax pseudo bias labels and the prior p(y | b_hat)
 - :mod:`.methods`    the registry, one module per method: erm, gce, lff, groupdro, bbs-oracle, pbbl
 - :mod:`.train`      one training stage on :class:`medcommon.train.Trainer`, best-model keeping
-- :mod:`.distributed` torchrun runs like one process: global-batch BatchNorm, state sync
+- :mod:`.distributed` torchrun runs like one process: LfF / Group DRO state sync
 - :mod:`.evaluate`   AUC overall / aligned / conflicting / balanced, AP, group accuracies
+- :mod:`.run`        a ``train`` run folder (written and read through :mod:`medcommon.run`)
+- :mod:`.predict`    p(y=1) of new DICOM/PNG/JPEG files with a trained run
 - :mod:`.benchmark`  all methods x GbP/SbP x bias ratios x seeds
 - :mod:`.cli`        the ``pbbl-cxr`` console script
 """
 
 __version__ = "0.1.0"
+PACKAGE = "pbbl-cxr"  # the name run folders are stamped with (medcommon.run)

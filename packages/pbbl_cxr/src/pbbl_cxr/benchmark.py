@@ -13,6 +13,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,11 @@ REPORT_METRICS = (
 )
 
 
+def _sized(opts: DataOptions, cfg: RunConfig) -> DataOptions:
+    """``opts`` at the model's image size and number of classes."""
+    return replace(opts, image_size=cfg.model.image_size, num_classes=cfg.model.num_classes)
+
+
 def _run_setting(
     data_dir: Path,
     setting: str,
@@ -50,10 +56,7 @@ def _run_setting(
     quiet: bool,
     opts: DataOptions | None = None,
 ) -> list[dict[str, Any]]:
-    opts = opts or DataOptions()
-    opts = DataOptions(
-        **{**vars(opts), "image_size": cfg.model.image_size, "num_classes": cfg.model.num_classes}
-    )
+    opts = _sized(opts or DataOptions(), cfg)
     train, valid, test = (load_split(data_dir, s, opts) for s in ("train", "valid", "test"))
     rows = []
     for name in methods:
@@ -149,6 +152,10 @@ def run_benchmark(
     methods = list(methods or METHODS.names())
     for m in methods:
         METHODS.get(m)
+    if data is not None:  # every bad row is reported before any run
+        check_opts = _sized(opts or DataOptions(), cfg)
+        for split in ("train", "valid", "test"):
+            load_split(data, split, check_opts, quiet=quiet)
     t_start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     if data is not None:

@@ -200,20 +200,36 @@ def to_unit_gray(arr: np.ndarray) -> np.ndarray:
     return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
 
 
-def load_image(record: Record, size: int) -> torch.Tensor:
-    """Read, convert to gray [0, 1] and resize one image to ``(1, size, size)``."""
+def preprocess_image(path: str | Path, size: int) -> torch.Tensor:
+    """Read one image file (DICOM, PNG, JPEG) as the model sees it: ``(1, size, size)`` float32.
+
+    :func:`medcommon.io.read_image` (DICOM: rescale, VOI window, MONOCHROME1 inverted),
+    then :func:`to_unit_gray`, then an antialiased bilinear resize. Training, evaluation
+    and ``predict`` all go through here.
+
+    Raises:
+        InputError: the file is missing, unreadable or not a 2-D image (names the file).
+    """
     try:
-        pixels = to_unit_gray(read_image(record.path).array)
-    except InputError as exc:
-        raise InputError(record.where, f"{exc.where}: {exc.problem}") from None
+        pixels = to_unit_gray(read_image(path).array)
+    except InputError:
+        raise
     except ValueError as exc:
-        raise InputError(record.where, f"{record.path}: {exc}") from None
+        raise InputError(path, str(exc)) from None
     t = torch.from_numpy(pixels)[None, None]
     if t.shape[-2:] != (size, size):
         t = torch.nn.functional.interpolate(
             t, size=(size, size), mode="bilinear", antialias=True, align_corners=False
         )
     return t[0]
+
+
+def load_image(record: Record, size: int) -> torch.Tensor:
+    """:func:`preprocess_image` of a manifest row; errors name the row, then the file."""
+    try:
+        return preprocess_image(record.path, size)
+    except InputError as exc:
+        raise InputError(record.where, f"{exc.where}: {exc.problem}") from None
 
 
 class XrayDataset(Dataset):

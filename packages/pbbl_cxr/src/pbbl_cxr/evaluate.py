@@ -17,6 +17,7 @@ from medcommon import metrics as M
 from medcommon.errors import InputError
 from medcommon.fs import write_json_atomic
 from medcommon.models import from_pretrained
+from medcommon.run import load_run
 from pbbl_cxr.data import DataOptions, XrayDataset, load_split
 from pbbl_cxr.models import Classifier
 
@@ -69,11 +70,15 @@ def evaluate_model(
 
 
 def load_run_model(run_dir: str | Path) -> Classifier:
-    """The model a ``train`` run kept (``RUN/model/``)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "model").is_dir():
-        raise InputError(run_dir, "not a finished run folder (no model/)")
-    return from_pretrained(Classifier, run_dir / "model")
+    """The model a ``train`` run kept (``RUN/model/``); runs of the earlier flat
+    ``config.json`` schema load too (:func:`medcommon.run.load_run`)."""
+    from pbbl_cxr import PACKAGE
+    from pbbl_cxr.config import RunConfig
+
+    run = load_run(run_dir, package=PACKAGE, config_class=RunConfig)
+    if not run.model_dir.is_dir():
+        raise InputError(run.path, "not a finished run folder (no model/)")
+    return from_pretrained(Classifier, run.model_dir)
 
 
 def evaluate_run(

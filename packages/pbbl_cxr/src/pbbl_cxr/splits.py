@@ -152,3 +152,39 @@ def write_splits(out_dir: Path, splits: dict[str, list[Candidate]], kind: str) -
         write_text_atomic(path, text)
         written.append(path)
     return written
+
+
+def build_splits(
+    out_dir: str | Path,
+    nih_csv: str | Path,
+    kind: str = "gbp",
+    *,
+    bias_ratio: float = 0.9,
+    sizes: tuple[int, int, int] = (1800, 600, 1000),
+    finding: str | None = None,
+    bias_value: str = "M",
+    mimic_chexpert: str | Path | None = None,
+    mimic_metadata: str | Path | None = None,
+    nih_prefix: str = "images/",
+    mimic_prefix: str = "MIMIC/",
+    seed: int = 0,
+) -> list[Path]:
+    """Candidates from the metadata, biased patient-disjoint splits, manifests written.
+
+    ``sizes`` = (train, valid, test), each at least 4. ``finding`` defaults to
+    Pneumothorax (gbp) / Pneumonia (sbp). Returns the written manifest paths.
+    """
+    for flag, n in zip(("--n-train", "--n-valid", "--n-test"), sizes):
+        if n < 4:
+            raise InputError(flag, "must be at least 4")
+    nih_csv = Path(nih_csv)
+    if kind == "gbp":
+        cands = nih_candidates(nih_csv, finding or "Pneumothorax", "gender", bias_value, nih_prefix)
+    else:
+        if mimic_chexpert is None or mimic_metadata is None:
+            raise InputError("--mimic-chexpert", "sbp needs --mimic-chexpert and --mimic-metadata")
+        finding = finding or "Pneumonia"
+        cands = nih_candidates(nih_csv, finding, "source", prefix=nih_prefix)
+        cands += mimic_candidates(Path(mimic_chexpert), Path(mimic_metadata), finding, mimic_prefix)
+    splits = sample_biased_splits(cands, sizes, bias_ratio, seed)
+    return write_splits(Path(out_dir), splits, kind)

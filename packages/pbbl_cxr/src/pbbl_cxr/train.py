@@ -21,7 +21,6 @@ import torch
 from medcommon.train import FitResult, TrainConfig, Trainer
 from pbbl_cxr.config import RunConfig
 from pbbl_cxr.data import XrayDataset
-from pbbl_cxr.distributed import launched_world_size, restore_batchnorm, use_global_batchnorm
 from pbbl_cxr.evaluate import evaluate_model
 
 
@@ -103,12 +102,9 @@ def fit_stage(
 
     ``kept`` picks the network that is evaluated and kept (LfF: the debiased one).
     With ``select=False`` the final weights are kept and the valid split is scored once.
-    Under torchrun the BatchNorm layers use the global batch's statistics while the stage
-    trains (:mod:`pbbl_cxr.distributed`), so N processes train like one.
+    Under torchrun the Trainer gives the BatchNorm layers the global batch's statistics
+    while the stage trains (:mod:`medcommon.train.distributed`), so N processes train like one.
     """
-    distributed = launched_world_size() > 1
-    if distributed:
-        use_global_batchnorm(model)
     keeper = BestKeeper(cfg.select_metric if select else "")
 
     def eval_fn(m: torch.nn.Module) -> dict[str, float]:
@@ -140,8 +136,6 @@ def fit_stage(
         quiet=quiet,
     )
     result = trainer.fit(resume=resume)
-    if distributed:
-        restore_batchnorm(trainer.unwrapped_model())
     net = kept(trainer.unwrapped_model())
     valid_metrics = result.final_metrics
     best_step = steps

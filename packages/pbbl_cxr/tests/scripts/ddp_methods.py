@@ -15,6 +15,7 @@ statistics (plain DDP).
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -46,11 +47,13 @@ def main() -> None:
     opts = DataOptions(image_size=cfg.model.image_size)
     train = load_split(args.data, "train", opts, quiet=True)
     valid = load_split(args.data, "valid", opts, quiet=True)
-    launched_world_size = pbbl_cxr.train.launched_world_size
+    train_config = pbbl_cxr.train.TrainConfig
     for name in args.methods:
-        # fit_stage keeps plain BatchNorm when it believes it runs alone
+        # the Trainer keeps plain (per-process) BatchNorm with global_batchnorm=False
         local_bn = name in args.local_batchnorm
-        pbbl_cxr.train.launched_world_size = (lambda: 1) if local_bn else launched_world_size
+        pbbl_cxr.train.TrainConfig = (
+            functools.partial(train_config, global_batchnorm=False) if local_bn else train_config
+        )
         run_dir = args.out / name
         out = run_method(name, RunContext(cfg, train, valid, run_dir=run_dir, seed=0))
         if is_main_process():

@@ -27,3 +27,7 @@ class TrainConfig:
     select_mode: Literal["max", "min"] = "max"
     drop_last: bool = True
     find_unused_parameters: bool = False
+    # With more than one process, BatchNorm layers normalise with the global batch's
+    # statistics while training (medcommon.train.distributed.GlobalBatchNorm), so N
+    # processes train like one; False keeps plain per-process BatchNorm (DDP's default).
+    global_batchnorm: bool = True

@@ -33,6 +33,7 @@ from medcommon.models import save_pretrained
 from medcommon.train.accelerator import make_accelerator
 from medcommon.train.checkpoint import load_checkpoint, read_trainer_state, save_checkpoint
 from medcommon.train.config import TrainConfig
+from medcommon.train.distributed import has_batchnorm, restore_batchnorm, use_global_batchnorm
 from medcommon.train.sampling import EpochBatchSampler
 from medcommon.train.seeding import rng_state, set_rng_state
 
@@ -278,7 +279,26 @@ class Trainer:
 
     # ------------------------------------------------------------------- fit
     def fit(self, resume: bool = False) -> FitResult:
-        """Train to ``config.max_steps``; with ``resume``, continue from the last checkpoint."""
+        """Train to ``config.max_steps``; with ``resume``, continue from the last checkpoint.
+
+        With more than one process (and ``config.global_batchnorm``), the model's BatchNorm
+        layers use the global batch's statistics while it trains, and are plain BatchNorm
+        again when ``fit`` returns (same ``state_dict`` keys; :mod:`.distributed`).
+        """
+        global_bn = (
+            self.config.global_batchnorm
+            and self.accelerator.num_processes > 1
+            and has_batchnorm(self._unwrapped)
+        )
+        if global_bn:
+            use_global_batchnorm(self._unwrapped)
+        try:
+            return self._fit(resume)
+        finally:
+            if global_bn:
+                restore_batchnorm(self._unwrapped)
+
+    def _fit(self, resume: bool) -> FitResult:
         cfg = self.config
         start, best = self._resume() if resume else (0, {})
         resumed_from = start if resume and start > 0 else None
