@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from smg_learning.config import run_preset
+from smg_learning.continual import train_continual
 from smg_learning.data import load_continual
 from smg_learning.synth import generate
-from smg_learning.continual import train_continual
 
 
 @pytest.mark.slow
