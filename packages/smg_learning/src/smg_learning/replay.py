@@ -9,9 +9,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import Dataset
 
 from medcommon.errors import InputError
@@ -19,6 +21,7 @@ from medcommon.models import from_pretrained
 from medcommon.train import TrainConfig, Trainer
 from smg_learning.config import RunConfig
 from smg_learning.data import ContinualData
+from smg_learning.distributed import unwrap
 from smg_learning.smd import SiteModulatedDiffusion, SMDModelConfig
 
 
@@ -104,6 +107,17 @@ class _TensorSet(Dataset):
         return {"image": self.images[i], "mask": self.masks[i], "site": self.sites[i]}
 
 
+def _smd_step(model: nn.Module, batch: dict[str, torch.Tensor], ctx: Any) -> torch.Tensor:
+    """The DDPM loss of one micro-batch, the forward pass through the (DDP-wrapped) ``model``.
+
+    Going through the wrapper's forward lets DDP average the gradients; the noise is
+    drawn for the global batch (:meth:`SiteModulatedDiffusion.training_inputs`).
+    """
+    share = (ctx.accelerator.process_index, ctx.accelerator.num_processes)
+    xt, t, target = unwrap(model).training_inputs(batch["image"], batch["mask"], share)
+    return F.mse_loss(model(xt, t, batch["site"]), target)
+
+
 def load_smd_stage(source: Path, site: str, sites: list[str]) -> SiteModulatedDiffusion:
     """The SMD model that a finished run saved after learning ``site`` (``--smd-from``)."""
     d = source / "smd_stages" / site
@@ -152,7 +166,7 @@ def train_smd_stage(
         smd,
         opt,
         dataset,
-        lambda m, b, ctx: m.training_loss(b["image"], b["mask"], b["site"]),
+        _smd_step,
         config=tcfg,
         run_dir=out,
         seed=seed * 100 + 50 + t,

@@ -1,7 +1,8 @@
 """Train strategies on the tiny synthetic prostate data; run alone or under torchrun.
 
 For each ``--methods`` entry (``NAME`` or ``NAME@exact`` for second-order PGA) rank 0
-writes the final segmenter to ``OUT/<entry>/model.safetensors``; the ddp tests compare
+writes the final segmenter to ``OUT/<entry>/model.safetensors`` (and the SMD of the SMD
+replay strategies to ``smd.safetensors``); the ddp tests compare
 one process with two (``medcommon.testing.run_torchrun``) at the same global batch.
 
 Left out of the file: the bias of a convolution followed by an instance norm without
@@ -61,6 +62,9 @@ def main() -> None:
             save_file(
                 effective_weights(metrics["_model"]), str(args.out / entry / "model.safetensors")
             )
+            if metrics["_smd"] is not None:
+                weights = {k: v.contiguous() for k, v in metrics["_smd"].state_dict().items()}
+                save_file(weights, str(args.out / entry / "smd.safetensors"))
 
 
 if __name__ == "__main__":
