@@ -24,6 +24,7 @@ from smg_learning.segmenter import SegLoss, Segmenter, SegmenterConfig
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
 ENTRIES = [
     "finetune",
+    "joint",
     "ewc",
     "lwf",
     "replay-real",
