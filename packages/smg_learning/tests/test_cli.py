@@ -324,7 +324,7 @@ def test_fundus_train_two_steps(tmp_path, fundus_dir) -> None:
 
 
 def test_resume_after_a_kill_inside_a_stage(tmp_path, prostate_dir, monkeypatch) -> None:
-    import smg_learning.train as train_mod
+    import smg_learning.continual as train_mod
 
     base = [
         "--data",

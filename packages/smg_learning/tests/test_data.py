@@ -10,7 +10,7 @@ import torch
 
 from medcommon.errors import InputError
 from medcommon.io import read_image
-from smg_learning.config import preset_config
+from smg_learning.config import run_preset
 from smg_learning.data import discover, load_continual, split_site
 
 
@@ -23,7 +23,7 @@ def test_discover_prostate_layout(prostate_dir) -> None:
 
 
 def test_prostate_slices_are_minmax_normalised_and_resized(prostate_dir) -> None:
-    cfg = preset_config("tiny")
+    cfg = run_preset("tiny")
     data = load_continual(prostate_dir, cfg, ("RUNMC", "BMC"), ("I2CVB",))
     assert data.columns == ["RUNMC", "BMC", "I2CVB"]
     part = data.parts["train"]["RUNMC"]
@@ -54,7 +54,7 @@ def test_prostate_slices_are_minmax_normalised_and_resized(prostate_dir) -> None
 
 
 def test_adjacent_slices_as_channels(prostate_dir) -> None:
-    cfg = dataclasses.replace(preset_config("tiny"), adjacent_slices=3)
+    cfg = dataclasses.replace(run_preset("tiny"), adjacent_slices=3)
     data = load_continual(prostate_dir, cfg, ("RUNMC",))
     part = data.parts["train"]["RUNMC"]
     assert data.channels == 3
@@ -65,7 +65,7 @@ def test_adjacent_slices_as_channels(prostate_dir) -> None:
 
 
 def test_fundus_layout(fundus_dir) -> None:
-    cfg = preset_config("tiny")
+    cfg = run_preset("tiny")
     data = load_continual(fundus_dir, cfg, ("Domain1", "Domain2"), ("Domain3",))
     assert data.task == "fundus" and data.channels == 3
     part = data.parts["test"]["Domain3"]
@@ -84,7 +84,7 @@ def test_split_is_patient_level_and_deterministic(prostate_dir) -> None:
 
 
 def test_saved_split_is_reused(prostate_dir) -> None:
-    cfg = preset_config("tiny")
+    cfg = run_preset("tiny")
     split = {
         s: {"train": ["Case00", "Case01", "Case02"], "test": ["Case03"]} for s in ("RUNMC", "BMC")
     }
@@ -103,7 +103,7 @@ def test_saved_split_is_reused(prostate_dir) -> None:
 )
 def test_bad_site_lists(prostate_dir, sites, heldout, where, text) -> None:
     with pytest.raises(InputError) as exc:
-        load_continual(prostate_dir, preset_config("tiny"), sites, heldout)
+        load_continual(prostate_dir, run_preset("tiny"), sites, heldout)
     assert exc.value.where == where and text in exc.value.problem
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medcommon.metrics import dice
-from smg_learning.config import preset_config
+from smg_learning.config import run_preset
 from smg_learning.data import SiteSlices, load_continual
 from smg_learning.evaluate import evaluate_site, stage_metrics, summarize
 from smg_learning.segmenter import Segmenter
@@ -66,7 +66,7 @@ def test_evaluate_site_is_per_case_volume_dice() -> None:
 def test_stage_metrics_columns(prostate_dir) -> None:
     from smg_learning.segmenter import SegmenterConfig
 
-    data = load_continual(prostate_dir, preset_config("tiny"), ("RUNMC", "BMC"), ("I2CVB",))
+    data = load_continual(prostate_dir, run_preset("tiny"), ("RUNMC", "BMC"), ("I2CVB",))
     torch.manual_seed(0)
     m = stage_metrics(Segmenter(SegmenterConfig(1, (4, 8), 0)), data, "test")
     assert sorted(m) == sorted(f"{k}/{s}" for k in ("dice", "hd95") for s in data.columns)

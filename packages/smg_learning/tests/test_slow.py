@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from smg_learning.config import preset_config
+from smg_learning.config import run_preset
+from smg_learning.continual import train_continual
 from smg_learning.data import load_continual
 from smg_learning.synth import generate
-from smg_learning.train import train_continual
 
 
 @pytest.mark.slow
@@ -16,7 +16,7 @@ def test_smg_beats_finetune_in_memorizability_and_generalizability(tmp_path) -> 
     import dataclasses
 
     data_dir = generate(tmp_path / "data", "prostate", "small", seed=0, num_sites=3)
-    cfg = dataclasses.replace(preset_config("small"), steps_per_site=120)
+    cfg = dataclasses.replace(run_preset("small"), steps_per_site=120)
     data = load_continual(data_dir, cfg, ("RUNMC", "BMC"), ("I2CVB",))
     ft = train_continual(data, cfg, "finetune", None, seed=0)
     smg = train_continual(data, cfg, "smg", None, seed=0, train_last_smd=False)

@@ -28,12 +28,13 @@ from medcommon.report import (
     write_results,
 )
 from smg_learning import __version__
-from smg_learning.config import preset_config
+from smg_learning.config import run_preset
+from smg_learning.continual import train_continual
 from smg_learning.costs import site_classifier_accuracy, time_pga, time_samplers
 from smg_learning.data import load_continual
+from smg_learning.replay import resize_pairs
 from smg_learning.strategies import STRATEGIES
 from smg_learning.synth import generate
-from smg_learning.train import resize_pairs, train_continual
 
 METRICS = ["memorizability", "generalizability", "bwt", "hd95", "train_seconds"]
 
@@ -66,7 +67,7 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Run the comparison and write the results, report and plots to ``out``."""
     out = Path(out)
-    cfg = preset_config(preset)
+    cfg = run_preset(preset)
     methods = list(methods or STRATEGIES.names())
     if out.exists() and (out / "results.json").exists():
         raise InputError(out, "already holds a results.json; choose another --out")

@@ -1,6 +1,6 @@
 """The ``smg-learning`` console script: a thin layer over the library.
 
-Commands: ``synth``, ``train``, ``evaluate``, ``sample``, ``benchmark`` (DESIGN.md section 3).
+Commands: ``synth``, ``train``, ``evaluate``, ``sample``, ``benchmark`` (see the README).
 Every input is validated before anything is written; bad input is one
 ``error: <where>: <problem>`` line and exit code 2.
 """
@@ -23,7 +23,7 @@ from medcommon.cli import (
 from medcommon.config import check_preset, resolve_config
 from medcommon.errors import InputError
 from smg_learning import __version__
-from smg_learning.config import SMGConfig, preset_config
+from smg_learning.config import RunConfig, run_preset
 from smg_learning.strategies import STRATEGIES
 
 
@@ -65,14 +65,10 @@ def cmd_synth(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from medcommon.train.accelerator import resolve_device
+    from smg_learning.continual import train_continual
     from smg_learning.data import load_continual
-    from smg_learning.train import (
-        load_run,
-        read_run_info,
-        resolve_device,
-        train_continual,
-        write_run_header,
-    )
+    from smg_learning.run_io import load_run, read_run_info, write_run_header
 
     check_preset(args.preset)
     device = resolve_device(args.device)
@@ -96,7 +92,7 @@ def cmd_train(args) -> int:
         STRATEGIES.get(args.method)
         require_fresh_out(args.out)
         cfg = resolve_config(
-            SMGConfig, base=preset_config(args.preset), file=args.config, overrides=args.overrides
+            RunConfig, base=run_preset(args.preset), file=args.config, overrides=args.overrides
         )
         data = load_continual(args.data, cfg, sites, heldout)
         if args.smd_from is not None and not (args.smd_from / "smd_stages").is_dir():
@@ -123,8 +119,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from medcommon.train.accelerator import resolve_device
     from smg_learning.evaluate import evaluate_run
-    from smg_learning.train import resolve_device
 
     result = evaluate_run(args.run, args.data, args.split, resolve_device(args.device))
     if not args.quiet:
@@ -140,8 +136,10 @@ def cmd_sample(args) -> int:
     from medcommon.fs import atomic_dir, write_json_atomic
     from medcommon.io import write_image
     from medcommon.models import from_pretrained
+    from medcommon.train.accelerator import resolve_device
+    from smg_learning.replay import resize_pairs
+    from smg_learning.run_io import load_run
     from smg_learning.smd import SiteModulatedDiffusion
-    from smg_learning.train import load_run, resize_pairs, resolve_device
 
     smd_dir = args.run / "smd"
     if not (smd_dir / "model.safetensors").is_file():
@@ -196,8 +194,8 @@ def cmd_sample(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
+    from medcommon.train.accelerator import resolve_device
     from smg_learning.benchmark import run_benchmark
-    from smg_learning.train import resolve_device
 
     check_preset(args.preset)
     methods = list(_names(args.methods, "--methods")) if args.methods else STRATEGIES.names()

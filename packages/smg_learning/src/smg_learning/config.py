@@ -1,6 +1,6 @@
 """Configuration: frozen dataclasses with the paper's (or its predecessors') defaults.
 
-``SMGConfig`` is everything ``smg-learning train`` uses; nested ``pga`` and ``smd``
+``RunConfig`` is everything ``smg-learning train`` uses; nested ``pga`` and ``smd``
 sections hold the Parallel Gradient Alignment and Site-Modulated Diffusion
 settings. Presets: ``tiny`` (unit tests, seconds), ``small`` (the CPU benchmark,
 minutes), ``full`` (the paper-scale setting for a GPU and the public data).
@@ -10,12 +10,12 @@ nested fields, e.g. ``--set pga.inner_lr=0.02``).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
 from medcommon.config import PRESETS as PRESETS  # re-exported: the package's presets
 from medcommon.config import check_preset as check_preset
+from medcommon.config import replace_nested
 from medcommon.errors import InputError
 
 #: The public six-site prostate MRI set, in the order used by the group's framework.
@@ -26,7 +26,7 @@ FUNDUS_SITES = ("Domain1", "Domain2", "Domain3", "Domain4")
 
 @dataclass(frozen=True)
 class PGAConfig:
-    """Parallel Gradient Alignment as first-order dual meta-objectives (DESIGN.md section 5).
+    """Parallel Gradient Alignment as first-order dual meta-objectives (see the README).
 
     Objective (see README): ``L_cur(θ) + beta_mem·L_rep(θ − α∇L_cur) +
     beta_gen·[L_mtr(θ) + L_mte(θ − α∇L_mtr)]`` with ``α = inner_lr``.
@@ -63,7 +63,7 @@ class SMDConfig:
 
 
 @dataclass(frozen=True)
-class SMGConfig:
+class RunConfig:
     """One continual run: data, segmenter, strategy settings, PGA and SMD."""
 
     # data
@@ -136,25 +136,16 @@ class SMGConfig:
                 raise InputError(f"--set {name}", f"must be {need}")
 
 
-def _replace(cfg: SMGConfig, pga: dict | None = None, smd: dict | None = None, **kw) -> SMGConfig:
-    return dataclasses.replace(
-        cfg,
-        pga=dataclasses.replace(cfg.pga, **(pga or {})),
-        smd=dataclasses.replace(cfg.smd, **(smd or {})),
-        **kw,
-    )
-
-
-def preset_config(preset: str) -> SMGConfig:
+def run_preset(preset: str) -> RunConfig:
     """The config of a named preset (``tiny``, ``small`` or ``full``)."""
-    full = SMGConfig()
+    full = RunConfig()
     if check_preset(preset) == "full":
         return full
     if preset == "small":
         # CPU scale-down: 32 px slices, a 3-level U-Net, 150 steps a site; the SMD is a
         # (16, 32) diffusion U-Net at 16 px predicting x0 ("sample"), 400 steps a site,
         # DDIM-20 replay upsampled to 32 px.
-        return _replace(
+        return replace_nested(
             full,
             image_size=32,
             channels=(8, 16, 32),
@@ -182,7 +173,7 @@ def preset_config(preset: str) -> SMGConfig:
             ),
         )
     # tiny: seconds, for tests
-    return _replace(
+    return replace_nested(
         full,
         image_size=16,
         channels=(4, 8),
@@ -209,3 +200,7 @@ def preset_config(preset: str) -> SMGConfig:
             beta_schedule="squaredcos_cap_v2",
         ),
     )
+
+
+SMGConfig = RunConfig  # old name, kept for one release
+preset_config = run_preset  # old name, kept for one release

@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from medcommon.metrics import dice
-from smg_learning.config import SMGConfig
+from smg_learning.config import RunConfig
 from smg_learning.data import ContinualData
 from smg_learning.pga import pga_objective, shift_domain, split_domains
+from smg_learning.replay import real_memory, resize_pairs
 from smg_learning.segmenter import SegLoss, Segmenter, SegmenterConfig
 from smg_learning.smd import SiteModulatedDiffusion
-from smg_learning.train import real_memory, resize_pairs
 
 
 def _timed(fn, repeats: int) -> float:
@@ -36,7 +36,7 @@ def _timed(fn, repeats: int) -> float:
 
 
 def time_pga(
-    data: ContinualData, cfg: SMGConfig, seed: int = 0, repeats: int = 10
+    data: ContinualData, cfg: RunConfig, seed: int = 0, repeats: int = 10
 ) -> dict[str, float]:
     """Seconds per step (forward + backward) of plain, first-order PGA and exact PGA on one batch.
 
@@ -102,7 +102,7 @@ def time_pga(
     }
 
 
-def _train_on(images, masks, cfg: SMGConfig, channels: int, steps: int, seed: int) -> Segmenter:
+def _train_on(images, masks, cfg: RunConfig, channels: int, steps: int, seed: int) -> Segmenter:
     torch.manual_seed(seed)
     model = Segmenter(SegmenterConfig(channels, tuple(cfg.channels), cfg.num_res_units))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -125,7 +125,7 @@ def _real_train(data: ContinualData, sites: list[str]) -> tuple[torch.Tensor, to
 def time_samplers(
     smd: SiteModulatedDiffusion,
     data: ContinualData,
-    cfg: SMGConfig,
+    cfg: RunConfig,
     *,
     judge: Segmenter | None = None,
     ddim_steps: int = 50,
@@ -195,7 +195,7 @@ class SiteClassifier(nn.Module):
 def site_classifier_accuracy(
     smd: SiteModulatedDiffusion,
     data: ContinualData,
-    cfg: SMGConfig,
+    cfg: RunConfig,
     *,
     per_site: int = 32,
     steps: int = 300,

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from medcommon.data import patient_split
 from medcommon.errors import InputError
 from medcommon.io import read_image
-from smg_learning.config import FUNDUS_SITES, PROSTATE_SITES, SMGConfig
+from smg_learning.config import FUNDUS_SITES, PROSTATE_SITES, RunConfig
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -198,7 +198,7 @@ def discover(root: str | Path, task: str = "auto") -> MultiSiteData:
     return MultiSiteData(root, detected, sites)
 
 
-def labels_for(cfg: SMGConfig, task: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def labels_for(cfg: RunConfig, task: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The declared mask labels and foreground labels (config, else the task default)."""
     labels, fg = DEFAULT_LABELS[task]
     labels = cfg.mask_labels or labels
@@ -223,7 +223,7 @@ def _resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
-def load_case(case: Case, task: str, cfg: SMGConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def load_case(case: Case, task: str, cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Read one case: images (Z, C, S, S) float32 in [0, 1], masks (Z, 1, S, S) int64 in {0, 1}."""
     img = read_image(case.image)
     msk = read_image(case.mask)
@@ -268,7 +268,7 @@ def load_case(case: Case, task: str, cfg: SMGConfig) -> tuple[torch.Tensor, torc
     return images.clamp(0, 1).float(), masks.round().long()
 
 
-def load_slices(cases: list[Case], task: str, cfg: SMGConfig, site: str) -> SiteSlices:
+def load_slices(cases: list[Case], task: str, cfg: RunConfig, site: str) -> SiteSlices:
     """Load and stack the slices of ``cases`` (all of one site)."""
     ims, mks, idx = [], [], []
     for k, c in enumerate(cases):
@@ -315,7 +315,7 @@ class ContinualData:
 
 def load_continual(
     root: str | Path,
-    cfg: SMGConfig,
+    cfg: RunConfig,
     sites: tuple[str, ...] | list[str] = (),
     heldout: tuple[str, ...] | list[str] = (),
     split: dict[str, dict[str, list[str]]] | None = None,

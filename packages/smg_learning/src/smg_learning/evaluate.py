@@ -19,7 +19,8 @@ from medcommon.errors import InputError
 from medcommon.fs import write_json_atomic
 from medcommon.metrics import continual_summary, dice, hd95
 from medcommon.models import from_pretrained
-from smg_learning.data import ContinualData, SiteSlices
+from smg_learning.data import ContinualData, SiteSlices, load_continual
+from smg_learning.run_io import load_run
 from smg_learning.segmenter import Segmenter
 
 
@@ -89,14 +90,10 @@ def evaluate_run(
 
     Writes ``RUN/eval-<split>.json`` and returns its content.
     """
-    from smg_learning.train import load_run
-
     run = Path(run)
     cfg, sites, heldout, saved_split = load_run(run)
     if split not in ("train", "test"):
         raise InputError("--split", f"unknown split {split!r}; choose train or test")
-    from smg_learning.data import load_continual
-
     data = load_continual(data_dir, cfg, sites, heldout, split=saved_split)
     rows = []
     for site in sites:

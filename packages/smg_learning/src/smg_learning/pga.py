@@ -73,6 +73,25 @@ def _cat(batches: Sequence[Batch]) -> Batch:
     return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 
 
+def _mean_loss(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Batch],
+    sizes: Sequence[int] | None,
+    params: dict[str, torch.Tensor] | None,
+) -> torch.Tensor:
+    """The loss over several domains' samples together.
+
+    Without ``sizes``, of the concatenated batch; with them, the mean of the
+    per-domain losses weighted by ``sizes`` (equal for a mean of per-sample terms
+    when ``sizes`` are the batch lengths; under DDP they are global sample counts).
+    """
+    if sizes is None:
+        return _loss(model, loss_fn, _cat(batches), params)
+    terms = [n * _loss(model, loss_fn, b, params) for n, b in zip(sizes, batches)]
+    return sum(terms) / sum(sizes)
+
+
 def pga_objective(
     model: nn.Module,
     loss_fn: LossFn,
@@ -84,6 +103,8 @@ def pga_objective(
     beta_mem: float = 1.0,
     beta_gen: float = 1.0,
     order: Literal["first", "exact"] = "first",
+    sizes: Sequence[int] | None = None,
+    reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The PGA objective for one step; call ``.backward()`` on ``out["loss"]``.
 
@@ -100,20 +121,33 @@ def pga_objective(
         inner_lr: α, the virtual step size.
         beta_mem, beta_gen: weights of the orientational and arbitrary objectives.
         order: ``"first"`` (no second derivatives) or ``"exact"``.
+        sizes: for DDP: each domain's global sample count, weighting the domains in
+            the meta-train and meta-test losses (default: the batch lengths; losses
+            over several domains are then taken on their concatenation).
+        reduce: for DDP: averages a list of gradients over the processes
+            (:func:`smg_learning.distributed.mean_over_processes`), applied to the
+            virtual-step gradients so that every process steps to the same ``θ'``.
+            Each process's ``loss`` is then its share: its gradient, averaged over
+            processes, is the gradient of the objective on the global batch.
 
     Returns:
         ``loss`` (its value is the objective; its gradient is PGA's), and the parts
         ``l_cur``, ``l_mem`` (replay at θ'), ``l_mtr``, ``l_gen`` (meta-test at θ''), detached.
     """
     exact = order == "exact"
+    sync = reduce or (lambda grads: grads)
+
+    def size(i: int) -> int:
+        return len(domains[i][0]) if sizes is None else sizes[i]
+
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     l_cur = _loss(model, loss_fn, domains[0], None)
     logs: dict[str, torch.Tensor] = {"l_cur": l_cur.detach()}
     if exact:
         total = l_cur
-        g_cur = _grads(l_cur, params, create_graph=True)
+        g_cur = sync(_grads(l_cur, params, create_graph=True))
     else:
-        g_cur = _grads(l_cur, params, create_graph=False)
+        g_cur = sync(_grads(l_cur, params, create_graph=False))
         # gradient contributions evaluated at θ, added through a linear surrogate below
         at_theta = [g.clone() for g in g_cur]
         value = l_cur.detach()
@@ -137,16 +171,27 @@ def pga_objective(
         others = [i for i in train_idx if i != 0]
         parts: list[tuple[int, torch.Tensor, list[torch.Tensor]]] = []
         if 0 in train_idx:
-            parts.append((len(domains[0][0]), l_cur, g_cur))
+            parts.append((size(0), l_cur, g_cur))
         if others:
-            batch = _cat([domains[i] for i in others])
-            l_rest = _loss(model, loss_fn, batch, None)
-            parts.append((len(batch[0]), l_rest, _grads(l_rest, params, create_graph=exact)))
+            l_rest = _mean_loss(
+                model,
+                loss_fn,
+                [domains[i] for i in others],
+                None if sizes is None else [sizes[i] for i in others],
+                None,
+            )
+            g_rest = sync(_grads(l_rest, params, create_graph=exact))
+            parts.append((sum(size(i) for i in others), l_rest, g_rest))
         n_mtr = sum(n for n, _, _ in parts)
         l_mtr = sum(n * lv for n, lv, _ in parts) / n_mtr
         g_mtr = [sum(n * gs[k] for n, _, gs in parts) / n_mtr for k in range(len(g_cur))]
-        test_batch = _cat([domains[i] for i in test_idx])
-        l_gen = _loss(model, loss_fn, test_batch, virtual_step(params, g_mtr, inner_lr))
+        l_gen = _mean_loss(
+            model,
+            loss_fn,
+            [domains[i] for i in test_idx],
+            None if sizes is None else [sizes[i] for i in test_idx],
+            virtual_step(params, g_mtr, inner_lr),
+        )
         add(beta_gen * l_gen)
         logs.update(l_mtr=l_mtr.detach(), l_gen=l_gen.detach())
         if exact:
@@ -173,12 +218,18 @@ def split_domains(n: int, meta_test: int, generator: torch.Generator) -> list[in
 
 
 def shift_domain(
-    x: torch.Tensor, generator: torch.Generator, strength: float = 1.0
+    x: torch.Tensor,
+    generator: torch.Generator,
+    strength: float = 1.0,
+    share: tuple[int, int] = (0, 1),
 ) -> torch.Tensor:
     """A shifted copy of a batch ``(B, C, H, W)`` in [0, 1]: one random style for the batch.
 
     Gamma (intensity transfer), contrast, brightness and Gaussian noise, in the
     spirit of the site shifts of :class:`medcommon.synthetic.SiteStyle`.
+    ``share = (rank, world)``: ``x`` is process ``rank``'s contiguous share of a
+    global batch of ``world * B`` (DDP); the noise is drawn for the global batch
+    and this share's rows kept, so the processes together shift it as one process would.
     """
 
     def u(lo: float, hi: float) -> float:
@@ -190,5 +241,8 @@ def shift_domain(
     noise = u(0.0, 0.05) * strength
     out = x.clamp(0, 1) ** gamma
     out = (out - 0.5) * contrast + 0.5 + bright
-    out = out + noise * torch.randn(x.shape, generator=generator).to(x.device)
+    rank, world = share
+    b = x.shape[0]
+    eps = torch.randn((b * world, *x.shape[1:]), generator=generator)[rank * b : (rank + 1) * b]
+    out = out + noise * eps.to(x.device)
     return out.clamp(0, 1)

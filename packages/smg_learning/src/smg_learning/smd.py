@@ -93,16 +93,33 @@ class SiteModulatedDiffusion(nn.Module):
             prediction_type=self.config.prediction_type,
         )
 
+    def training_inputs(
+        self, images: torch.Tensor, masks: torch.Tensor, share: tuple[int, int] = (0, 1)
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Noisy inputs ``x_t``, timesteps ``t`` (B,) and regression targets of a DDPM batch.
+
+        Images (B, C, S, S) in [0, 1], masks (B, 1, S, S) in {0, 1}. ``share = (rank,
+        world)``: the batch is process ``rank``'s contiguous share of a global batch of
+        ``world * B`` (DDP); noise and timesteps are drawn for the global batch and this
+        share's rows kept, so the processes together draw what one process would.
+        """
+        x0 = torch.cat([images * 2 - 1, masks.float() * 2 - 1], dim=1)
+        sched = self.train_scheduler()
+        rank, world = share
+        b = x0.shape[0]
+        rows = slice(rank * b, (rank + 1) * b)
+        noise = torch.randn((b * world, *x0.shape[1:]), dtype=x0.dtype, device=x0.device)[rows]
+        t = torch.randint(0, sched.config.num_train_timesteps, (b * world,), device=x0.device)
+        t = t[rows]
+        xt = sched.add_noise(x0, noise, t)
+        target = x0 if self.config.prediction_type == "sample" else noise
+        return xt, t, target
+
     def training_loss(
         self, images: torch.Tensor, masks: torch.Tensor, sites: torch.Tensor
     ) -> torch.Tensor:
         """DDPM loss on a batch: images (B, C, S, S) in [0, 1], masks (B, 1, S, S) {0, 1}."""
-        x0 = torch.cat([images * 2 - 1, masks.float() * 2 - 1], dim=1)
-        sched = self.train_scheduler()
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
-        xt = sched.add_noise(x0, noise, t)
-        target = x0 if self.config.prediction_type == "sample" else noise
+        xt, t, target = self.training_inputs(images, masks)
         return nn.functional.mse_loss(self(xt, t, sites), target)
 
     @torch.no_grad()

@@ -1,0 +1,148 @@
+"""The continual loop: one :class:`medcommon.train.Trainer` stage per site.
+
+For each site ``t`` in the training order the strategy (:mod:`smg_learning.strategies`)
+builds its replay memory of sites ``< t`` (``start_stage``); the segmenter trains on
+the strategy's stage sites with the strategy's step (stage ``site-<name>``, model saved
+to ``RUN/stages/<name>/``) and every Dice-matrix column is evaluated; then the
+strategy updates its state (``end_stage``: EWC Fisher, LwF teacher, the SMD's stage
+``smd-site-<name>`` saved to ``RUN/smd_stages/<name>/``).
+
+Run folder (header files: :mod:`smg_learning.run_io`): ``log.jsonl``,
+``checkpoint/<stage>/``, ``stages/``, ``model/`` (last segmenter), ``smd/`` (last SMD,
+for ``smg-learning sample``), ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medcommon.fs import write_json_atomic
+from medcommon.models import save_pretrained
+from medcommon.train import TrainConfig, Trainer, seed_everything
+from medcommon.train.loop import StepFn
+from smg_learning.config import RunConfig
+from smg_learning.data import ContinualData, SliceDataset
+from smg_learning.distributed import world_size
+from smg_learning.evaluate import stage_metrics, summarize
+from smg_learning.segmenter import Segmenter, SegmenterConfig
+from smg_learning.strategies import STRATEGIES, RunContext, Strategy
+
+
+def make_step(strategy: Strategy, cfg: RunConfig, *, stage: int) -> StepFn:
+    """The Trainer step of ``strategy`` in ``stage`` (one seam for tests to wrap)."""
+    return strategy.step
+
+
+def train_continual(
+    data: ContinualData,
+    cfg: RunConfig,
+    method: str,
+    out: str | Path | None,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    quiet: bool = True,
+    resume: bool = False,
+    checkpoint_every: int | None = None,
+    smd_from: str | Path | None = None,
+    train_last_smd: bool = True,
+) -> dict[str, Any]:
+    """Train ``method`` over ``data.sites`` in order; returns (and writes) ``metrics.json``.
+
+    The returned dict also holds ``_model`` (the final segmenter) and ``_smd`` (the
+    final SMD model, or None), which are not written to ``metrics.json``.
+
+    Args:
+        data: loaded slices (:func:`smg_learning.data.load_continual`).
+        out: the run folder (header files are written by
+            :func:`smg_learning.run_io.write_run_header`); None trains in memory.
+        smd_from: a finished run on the same data and sites whose per-stage SMD
+            models (``smd_stages/``) are reused instead of training new ones.
+        train_last_smd: also teach the SMD the last site (needed by ``sample`` for
+            that site; the segmenter never replays it).
+    """
+    strategy_cls = STRATEGIES.get(method)
+    out = Path(out) if out is not None else None
+    sites = data.sites
+    seed_everything(seed)
+    model = Segmenter(
+        SegmenterConfig(
+            in_channels=data.channels, channels=tuple(cfg.channels), num_res_units=cfg.num_res_units
+        )
+    )
+    every = cfg.checkpoint_every if checkpoint_every is None else checkpoint_every
+    run = RunContext(
+        data=data,
+        cfg=cfg,
+        seed=seed,
+        device=device,
+        out=out,
+        quiet=quiet,
+        resume=resume,
+        checkpoint_every=every,
+        smd_from=None if smd_from is None else Path(smd_from),
+        train_last_smd=train_last_smd,
+    )
+    strategy = strategy_cls(run)  # after the segmenter: an SMD's init draws from the same RNG
+    rows: list[dict[str, float]] = []
+    seg_seconds = 0.0
+    for t, site in enumerate(sites):
+        strategy.start_stage(t)
+        stage_sites = strategy.stage_sites(t)
+        train_set = SliceDataset(
+            [data.parts["train"][s] for s in stage_sites], [sites.index(s) for s in stage_sites]
+        )
+        tcfg = TrainConfig(
+            max_steps=cfg.steps_per_site,
+            batch_size=min(cfg.batch_size, len(train_set)),
+            log_every=cfg.log_every,
+            checkpoint_every=every,
+        )
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        trainer = Trainer(
+            model,
+            opt,
+            train_set,
+            make_step(strategy, cfg, stage=t),
+            config=tcfg,
+            run_dir=out,
+            seed=seed * 100 + t,
+            eval_fn=lambda m: stage_metrics(m, data, "test", next(m.parameters()).device),
+            model_config=model.config,
+            model_dir=f"stages/{site}",
+            stage=f"site-{site}",
+            device=device,
+            quiet=quiet,
+        )
+        res = trainer.fit(resume=resume)
+        model = trainer.unwrapped_model()
+        seg_seconds += res.train_seconds
+        rows.append(res.final_metrics or stage_metrics(model, data, "test", device))
+        strategy.end_stage(t, model)
+    metrics = summarize(rows, sites, data.columns)
+    smd_seconds, sample_seconds = run.seconds["smd"], run.seconds["sample"]
+    metrics.update(
+        method=method,
+        seed=seed,
+        train_seconds=seg_seconds + smd_seconds + sample_seconds,
+        segmenter_seconds=seg_seconds,
+        smd_seconds=smd_seconds,
+        replay_sample_seconds=sample_seconds,
+    )
+    smd = strategy.smd
+    if out is not None and _is_main():
+        save_pretrained(model, out / "model", model.config)
+        if smd is not None:
+            save_pretrained(smd, out / "smd", smd.config)
+        write_json_atomic(out / "metrics.json", metrics)
+    metrics["_model"] = model
+    metrics["_smd"] = smd
+    return metrics
+
+
+def _is_main() -> bool:
+    """The process that writes run files (rank 0 under torchrun)."""
+    return world_size() == 1 or torch.distributed.get_rank() == 0

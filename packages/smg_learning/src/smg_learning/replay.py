@@ -1,0 +1,180 @@
+"""Replay of earlier sites: stored real slices, or samples of the Site-Modulated Diffusion.
+
+The SMD itself learns site by site (:func:`train_smd_stage`): site ``t``'s real slices
+plus its own replay of sites ``< t``, saved to ``RUN/smd_stages/<site>/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from medcommon.errors import InputError
+from medcommon.models import from_pretrained
+from medcommon.train import TrainConfig, Trainer
+from smg_learning.config import RunConfig
+from smg_learning.data import ContinualData
+from smg_learning.distributed import unwrap
+from smg_learning.smd import SiteModulatedDiffusion, SMDModelConfig
+
+
+@dataclass
+class ReplayMemory:
+    """Replay slices of previous sites: images (M, C, S, S), masks (M, 1, S, S), sites (M,)."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    sites: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        idx = torch.randint(0, len(self), (n,), generator=generator)
+        return self.images[idx], self.masks[idx], self.sites[idx]
+
+
+def real_memory(data: ContinualData, sites: list[str], per_site: int, seed: int) -> ReplayMemory:
+    """``per_site`` stored real training slices of each site (a fixed random subset)."""
+    g = torch.Generator().manual_seed(seed)
+    ims, mks, ids = [], [], []
+    for s in sites:
+        part = data.parts["train"][s]
+        idx = torch.randperm(len(part), generator=g)[:per_site]
+        ims.append(part.images[idx])
+        mks.append(part.masks[idx])
+        ids.append(torch.full((len(idx),), data.sites.index(s), dtype=torch.long))
+    return ReplayMemory(torch.cat(ims), torch.cat(mks), torch.cat(ids))
+
+
+def smd_model_config(cfg: RunConfig, channels: int, sites: list[str]) -> SMDModelConfig:
+    """The SMD architecture of a run (``cfg.smd``) for ``channels`` image channels."""
+    s = cfg.smd
+    return SMDModelConfig(
+        image_channels=channels,
+        image_size=s.image_size or cfg.image_size,
+        block_out_channels=tuple(s.block_out_channels),
+        layers_per_block=s.layers_per_block,
+        norm_num_groups=s.norm_num_groups,
+        attention=s.attention,
+        num_prompts=s.num_prompts,
+        num_train_timesteps=s.num_train_timesteps,
+        beta_schedule=s.beta_schedule,
+        prediction_type=s.prediction_type,
+        site_names=tuple(sites),
+    )
+
+
+def smd_memory(
+    smd: SiteModulatedDiffusion, n_sites: int, cfg: RunConfig, seed: int, steps: int | None = None
+) -> ReplayMemory:
+    """``cfg.smd.replay_per_site`` DDIM samples for each of the first ``n_sites`` prompts."""
+    g = torch.Generator().manual_seed(seed * 7919 + n_sites)
+    sites = torch.arange(n_sites).repeat_interleave(cfg.smd.replay_per_site)
+    images, masks = smd.sample(
+        sites, steps=steps or cfg.smd.ddim_steps, generator=g, mask_threshold=cfg.smd.mask_threshold
+    )
+    return ReplayMemory(images, masks, sites)
+
+
+def resize_pairs(
+    images: torch.Tensor, masks: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (bilinear, antialiased) and 0/1 masks (area > 0.5) resized to ``size``."""
+    if images.shape[-1] == size:
+        return images, masks
+    kw = {"size": (size, size), "mode": "bilinear", "align_corners": False, "antialias": True}
+    im = F.interpolate(images, **kw).clamp(0, 1)
+    mk = (F.interpolate(masks.float(), **kw) > 0.5).long()
+    return im, mk
+
+
+class _TensorSet(Dataset):
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor, sites: torch.Tensor) -> None:
+        self.images, self.masks, self.sites = images, masks, sites
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"image": self.images[i], "mask": self.masks[i], "site": self.sites[i]}
+
+
+def _smd_step(model: nn.Module, batch: dict[str, torch.Tensor], ctx: Any) -> torch.Tensor:
+    """The DDPM loss of one micro-batch, the forward pass through the (DDP-wrapped) ``model``.
+
+    Going through the wrapper's forward lets DDP average the gradients; the noise is
+    drawn for the global batch (:meth:`SiteModulatedDiffusion.training_inputs`).
+    """
+    share = (ctx.accelerator.process_index, ctx.accelerator.num_processes)
+    xt, t, target = unwrap(model).training_inputs(batch["image"], batch["mask"], share)
+    return F.mse_loss(model(xt, t, batch["site"]), target)
+
+
+def load_smd_stage(source: Path, site: str, sites: list[str]) -> SiteModulatedDiffusion:
+    """The SMD model that a finished run saved after learning ``site`` (``--smd-from``)."""
+    d = source / "smd_stages" / site
+    if not (d / "model.safetensors").is_file():
+        raise InputError(d, "no SMD stage model to reuse")
+    smd = from_pretrained(SiteModulatedDiffusion, d)
+    if list(smd.config.site_names) != list(sites):
+        raise InputError(d, f"SMD was trained on sites {list(smd.config.site_names)}, not {sites}")
+    return smd
+
+
+def train_smd_stage(
+    smd: SiteModulatedDiffusion,
+    data: ContinualData,
+    t: int,
+    memory: ReplayMemory | None,
+    cfg: RunConfig,
+    out: Path | None,
+    *,
+    seed: int,
+    device: str,
+    quiet: bool,
+    resume: bool,
+    checkpoint_every: int = 0,
+) -> SiteModulatedDiffusion:
+    """Continue training the SMD on site ``t``'s real slices plus its replay of sites ``< t``."""
+    site = data.sites[t]
+    part = data.parts["train"][site]
+    im, mk = resize_pairs(part.images, part.masks, smd.config.image_size)
+    images, masks = [im], [mk]
+    ids = [torch.full((len(part),), t, dtype=torch.long)]
+    if memory is not None:
+        images.append(memory.images)
+        masks.append(memory.masks)
+        ids.append(memory.sites)
+    dataset = _TensorSet(torch.cat(images), torch.cat(masks), torch.cat(ids))
+    smd.config = dataclasses.replace(smd.config, site_names=tuple(data.sites[: t + 1]))
+    tcfg = TrainConfig(
+        max_steps=cfg.smd.train_steps,
+        batch_size=min(cfg.smd.batch_size, len(dataset)),
+        log_every=cfg.log_every,
+        checkpoint_every=checkpoint_every,
+    )
+    opt = torch.optim.Adam(smd.parameters(), lr=cfg.smd.lr)
+    trainer = Trainer(
+        smd,
+        opt,
+        dataset,
+        _smd_step,
+        config=tcfg,
+        run_dir=out,
+        seed=seed * 100 + 50 + t,
+        model_config=smd.config,
+        model_dir=f"smd_stages/{site}",
+        stage=f"smd-site-{site}",
+        device=device,
+        quiet=quiet,
+    )
+    trainer.fit(resume=resume)
+    return trainer.unwrapped_model()

@@ -1,0 +1,141 @@
+"""The strategy interface: per-run state and three hooks that the continual loop calls.
+
+For each site ``t`` the loop (:func:`smg_learning.continual.train_continual`) calls
+:meth:`Strategy.start_stage` (build the replay memory of sites ``< t``), trains the
+segmenter on :meth:`Strategy.stage_sites` with :meth:`Strategy.step` as the
+:class:`medcommon.train.Trainer` step, then calls :meth:`Strategy.end_stage` (EWC
+Fisher, LwF teacher, the SMD's stage). The base class is sequential fine-tuning; a
+strategy overrides only what it changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from medcommon.errors import InputError
+from medcommon.registry import Registry
+from smg_learning.config import RunConfig
+from smg_learning.data import ContinualData
+from smg_learning.replay import ReplayMemory
+from smg_learning.segmenter import SegLoss
+from smg_learning.smd import SiteModulatedDiffusion
+
+
+@dataclass
+class RunContext:
+    """What every hook of one run may need; ``seconds`` collects the SMD's timings."""
+
+    data: ContinualData
+    cfg: RunConfig
+    seed: int = 0
+    device: str = "cpu"
+    out: Path | None = None
+    quiet: bool = True
+    resume: bool = False
+    checkpoint_every: int = 0
+    smd_from: Path | None = None
+    train_last_smd: bool = True
+    seconds: dict[str, float] = field(default_factory=lambda: {"smd": 0.0, "sample": 0.0})
+
+
+def step_generator(seed: int, stage: int, step: int) -> torch.Generator:
+    """The replay/shift RNG of one step: a pure function of (seed, stage, step), so resume is exact.
+
+    Every process of a DDP run draws the same numbers, so the replay batch is the same
+    on all of them.
+    """
+    return torch.Generator().manual_seed(seed * 1_000_003 + stage * 10_007 + step)
+
+
+def share_rows(n: int, ctx: Any) -> slice:
+    """This process's rows of an ``n``-row batch drawn identically on every process.
+
+    The same contiguous split as the Trainer's split of the global batch, so that the
+    processes' mean losses average to the single-process loss.
+    """
+    world, rank = ctx.accelerator.num_processes, ctx.accelerator.process_index
+    if n % world:
+        raise InputError("replay_batch", f"{n} is not divisible by the {world} processes")
+    per = n // world
+    return slice(rank * per, (rank + 1) * per)
+
+
+class Strategy:
+    """Sequential fine-tuning: each stage trains on its site with Dice + CE, no protection."""
+
+    #: the name in ``STRATEGIES`` (``--method``) and the one-line ``--help`` text
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: where replay comes from (informational: the hooks implement it)
+    replay: ClassVar[Literal["none", "real", "smd"]] = "none"
+    #: each stage trains on every site seen so far
+    cumulative: ClassVar[bool] = False
+    #: the SMD model of SMD-replay strategies (saved to ``RUN/smd``)
+    smd: SiteModulatedDiffusion | None = None
+
+    def __init__(self, run: RunContext) -> None:
+        self.run = run
+        self.cfg = run.cfg
+        self.loss_fn = SegLoss(run.cfg.dice_weight)
+        self.stage = 0
+        self.memory: ReplayMemory | None = None
+
+    # ----------------------------------------------------------------- hooks
+    def stage_sites(self, t: int) -> list[str]:
+        """The sites whose training slices stage ``t`` trains on."""
+        sites = self.run.data.sites
+        return sites[: t + 1] if self.cumulative else [sites[t]]
+
+    def start_stage(self, t: int) -> None:
+        """Before stage ``t``: the replay memory of sites ``< t``."""
+        self.stage = t
+        self.memory = self.replay_memory(t)
+
+    def replay_memory(self, t: int) -> ReplayMemory | None:
+        return None
+
+    def step(self, model: nn.Module, batch: dict[str, torch.Tensor], ctx: Any) -> dict[str, Any]:
+        """One micro-batch: Dice + CE on the site batch plus this process's replay rows."""
+        x, y = batch["image"], batch["mask"]
+        replay = self.sample_replay(step_generator(self.run.seed, self.stage, ctx.step), x.device)
+        if replay is not None:
+            rows = share_rows(len(replay[0]), ctx)
+            x, y = torch.cat([x, replay[0][rows]]), torch.cat([y, replay[1][rows]])
+        logits = model(x)
+        loss = self.loss_fn(logits, y)
+        logs: dict[str, Any] = {"seg": loss.detach()}
+        logs["loss"] = self.regularise(model, x, logits, loss, logs)
+        return logs
+
+    def regularise(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        loss: torch.Tensor,
+        logs: dict[str, Any],
+    ) -> torch.Tensor:
+        """The step's loss from the segmentation loss (EWC and LwF add their terms)."""
+        return loss
+
+    def end_stage(self, t: int, model: nn.Module) -> None:
+        """After stage ``t`` with the trained segmenter ``model`` (unwrapped)."""
+
+    # --------------------------------------------------------------- helpers
+    def sample_replay(
+        self, gen: torch.Generator, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``cfg.replay_batch`` replay slices (images, masks on ``device``; sites on the CPU)."""
+        if self.memory is None or not len(self.memory):
+            return None
+        rx, ry, rs = self.memory.sample(self.cfg.replay_batch, gen)
+        return rx.to(device), ry.to(device), rs
+
+
+#: ``--method`` name -> strategy class; a run instantiates one with its :class:`RunContext`
+STRATEGIES: Registry[type[Strategy]] = Registry("method")

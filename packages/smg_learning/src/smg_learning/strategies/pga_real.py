@@ -1,0 +1,71 @@
+"""``pga-real``: Parallel Gradient Alignment with stored real replay.
+
+:class:`PGAStep` is the PGA step shared with ``smg``. Under DDP each process holds a
+contiguous share of the site batch (and of its shifted copies) and the whole replay
+batch (drawn identically everywhere). PGA's virtual-step gradients come from
+``torch.autograd.grad`` on the unwrapped model, which DDP does not synchronise, so
+they are averaged over processes explicitly (:mod:`smg_learning.distributed`), and
+so is the final gradient; the domain losses are weighted by their global sample
+counts. Two processes then take the single-process step at the same global batch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import nn
+
+from smg_learning.distributed import mean_over_processes, synced_loss, unwrap
+from smg_learning.pga import pga_objective, shift_domain, split_domains
+from smg_learning.strategies.base import STRATEGIES, step_generator
+from smg_learning.strategies.replay_real import RealReplay
+
+
+class PGAStep:
+    """Mixin: the step minimises the PGA objective over the current, replayed and shifted domains."""
+
+    def step(self, model: nn.Module, batch: dict[str, torch.Tensor], ctx: Any) -> dict[str, Any]:
+        cfg = self.cfg
+        net = unwrap(model)
+        rank, world = ctx.accelerator.process_index, ctx.accelerator.num_processes
+        x, y = batch["image"], batch["mask"]
+        gen = step_generator(self.run.seed, self.stage, ctx.step)
+        replay = self.sample_replay(gen, x.device)
+        domains = [(x, y)]
+        sizes = [len(x) * world]  # global samples of each domain: the processes' shares
+        if replay is not None:
+            for s in torch.unique(replay[2]).tolist():
+                keep = (replay[2] == s).to(x.device)
+                domains.append((replay[0][keep], replay[1][keep]))
+                sizes.append(int(keep.sum()))  # the whole replay is on every process
+        for _ in range(cfg.pga.shifted_copies):
+            domains.append((shift_domain(x, gen, cfg.pga.shift_strength, share=(rank, world)), y))
+            sizes.append(len(x) * world)
+        exact = cfg.pga.order == "exact"
+        out = pga_objective(
+            net,
+            self.loss_fn,
+            domains,
+            meta_test=split_domains(len(domains), cfg.pga.meta_test_domains, gen),
+            replay=None if replay is None else replay[:2],
+            inner_lr=cfg.pga.inner_lr,
+            beta_mem=cfg.pga.beta_mem,
+            beta_gen=cfg.pga.beta_gen,
+            order=cfg.pga.order,
+            sizes=None if world == 1 else sizes,
+            reduce=None
+            if world == 1
+            else functools.partial(mean_over_processes, differentiable=exact),
+        )
+        if world > 1:
+            # the forward passes went through the unwrapped model: DDP will not average
+            out["loss"] = synced_loss(out["loss"], [p for p in net.parameters() if p.requires_grad])
+        return out
+
+
+@STRATEGIES.register("pga-real")
+class PGAReal(PGAStep, RealReplay):
+    name = "pga-real"
+    description = "PGA with real replay"
