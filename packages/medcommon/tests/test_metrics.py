@@ -112,6 +112,51 @@ def test_youden_threshold_matches_sklearn_roc_curve(scores):
     np.testing.assert_array_equal(s > ours, s >= best)
 
 
+def _roc_curve_youden_predictions(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    fpr, tpr, thr = skm.roc_curve(y, s)
+    return s >= thr[np.argmax(tpr - fpr)]  # first maximum: the highest threshold
+
+
+def test_youden_threshold_matches_roc_curve_with_tied_scores():
+    rng = np.random.default_rng(1)
+    for n in (3, 10, 40, 300):
+        for _ in range(60):
+            y = rng.integers(0, 2, n)
+            y[:2] = (0, 1)
+            s = np.round(rng.normal(size=n) + y, 1)  # many tied scores
+            ours = youden_threshold(y, s)
+            np.testing.assert_array_equal(s > ours, _roc_curve_youden_predictions(y, s))
+
+
+def test_youden_threshold_ties_in_j_by_hand():
+    # Points (score >= 4): TPR 1/2, FPR 0 and (score >= 2): TPR 1, FPR 1/2 both give J = 1/2;
+    # roc_curve's argmax keeps the higher threshold, so only the score 4 is positive.
+    assert youden_threshold([0, 1, 0, 1], [1.0, 2.0, 3.0, 4.0]) == 3.5
+    # A reversed scorer: J <= 0 everywhere; roc_curve's first point (nothing positive) wins.
+    y, s = np.array([1, 0]), np.array([0.0, 1.0])
+    assert not (s > youden_threshold(y, s)).any()
+    assert not _roc_curve_youden_predictions(y, s).any()
+    # Adjacent floats: the midpoint rounds onto the upper score; the split must stay exact.
+    lo = 0.3
+    hi = np.nextafter(lo, 1.0)
+    s = np.array([lo, hi])
+    np.testing.assert_array_equal(s > youden_threshold([0, 1], s), [False, True])
+
+
+def test_youden_threshold_100k_scores_in_seconds():
+    import time
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 100_000)
+    s = (rng.normal(size=100_000) + y).astype(np.float32)  # float32 probs: many ties
+    start = time.perf_counter()
+    ours = youden_threshold(y, s)
+    seconds = time.perf_counter() - start
+    np.testing.assert_array_equal(s > ours, _roc_curve_youden_predictions(y, s))
+    # The N x unique-scores version took 19.5 s and ~7 GB at 60k scores.
+    assert seconds < 2.0, f"youden_threshold took {seconds:.2f} s at 100k scores"
+
+
 def test_bias_aucs_hand_computed():
     y = np.array([1, 1, 0, 0, 1, 1, 0, 0])
     b = np.array([1, 1, 0, 0, 0, 0, 1, 1])  # first four aligned, last four conflicting

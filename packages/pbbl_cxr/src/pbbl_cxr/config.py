@@ -46,6 +46,13 @@ class ModelConfig:
     mlp_hidden: tuple[int, ...] = (512, 512)
     freeze_backbone: bool = False
     backbone_weights: str | None = None
+    # How gray [0, 1] images are fed to the backbone (pbbl_cxr.models.normalize_input):
+    # "none", "imagenet" (torchvision's mean/std, needs in_channels=3) or "xrv"
+    # (torchxrayvision's [-1024, 1024]). See WEIGHT_PRESETS.
+    input_norm: Literal["none", "imagenet", "xrv"] = "none"
+    # Backbone BatchNorm while training: "auto" = eval if frozen else train; "train" keeps
+    # batch statistics even when frozen (the authors' code); "eval" uses the stored ones.
+    backbone_bn: Literal["auto", "train", "eval"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,9 @@ class RunConfig:
     log_every: int = 10
     checkpoint_every: int = 0
     max_grad_norm: float | None = None
+    # Train-time augmentation (pbbl_cxr.data.augment_batch), as in the authors' code:
+    # "crop-flip" = random resized crop + horizontal flip (GbP), "flip" = flip only (SbP).
+    augment: Literal["none", "crop-flip", "flip"] = "none"
 
     def check(self) -> RunConfig:
         """Raise :class:`InputError` for values that cannot work."""
@@ -94,6 +104,11 @@ class RunConfig:
             raise InputError("--set lff_ema", f"must be in [0, 1), got {self.lff_ema}")
         if self.lr <= 0:
             raise InputError("--set lr", "must be positive")
+        if self.model.input_norm == "imagenet" and self.model.in_channels != 3:
+            raise InputError(
+                "--set model.input_norm",
+                "imagenet normalisation needs model.in_channels=3 (ImageNet weights are RGB)",
+            )
         if self.select_metric not in SELECT_METRICS:
             raise InputError(
                 "--set select_metric",
@@ -169,6 +184,61 @@ _SYNTH_PRESETS = {
     "tiny": SynthConfig(n_train=96, n_valid=32, n_test=32, image_size=24),
     "small": SynthConfig(n_train=2000, n_valid=400, n_test=800, image_size=32),
     "full": SynthConfig(n_train=1800, n_valid=600, n_test=1000, image_size=224),
+}
+
+
+# Backbone weight families: the ModelConfig fields their weights need (add
+# ``backbone_weights=<local file>``). Also shipped as ``configs/<name>.yaml``.
+WEIGHT_PRESETS: dict[str, dict[str, object]] = {
+    # torchvision.models.densenet121(weights="IMAGENET1K_V1"): RGB, ImageNet mean/std.
+    "torchvision-imagenet": {
+        "arch": "densenet121",
+        "in_channels": 3,
+        "image_size": 224,
+        "input_norm": "imagenet",
+    },
+    # torchxrayvision.models.DenseNet(weights="densenet121-res224-all"): 1 channel, [-1024, 1024].
+    "torchxrayvision": {
+        "arch": "densenet121",
+        "in_channels": 1,
+        "image_size": 224,
+        "input_norm": "xrv",
+    },
+}
+
+# The authors' settings (LLYXC/PBBL main.py, data/util.py, module/util.py): frozen
+# torchxrayvision DenseNet-121 with BatchNorm in train mode, MLP head 1024-512-512-2,
+# 1000 GCE steps per stage-1 round, final weights kept. GbP: 2 rounds, 1000 stage-2
+# steps, random resized crop + flip; SbP: 1 round, 1360 (= 34 x 40) steps, flip.
+# Also shipped as ``configs/gbp-paper.yaml`` / ``configs/sbp-paper.yaml`` (on ``--preset full``).
+_PAPER_MODEL = ModelConfig(
+    arch="densenet121",
+    image_size=224,
+    head="mlp",
+    mlp_hidden=(512, 512),
+    freeze_backbone=True,
+    input_norm="xrv",
+    backbone_bn="train",
+)
+PAPER_PRESETS: dict[str, RunConfig] = {
+    "gbp": replace(
+        _RUN_PRESETS["full"],
+        model=_PAPER_MODEL,
+        steps=1000,
+        bias_steps=1000,
+        rounds=2,
+        augment="crop-flip",
+        select_metric="",
+    ),
+    "sbp": replace(
+        _RUN_PRESETS["full"],
+        model=_PAPER_MODEL,
+        steps=1360,
+        bias_steps=1000,
+        rounds=1,
+        augment="flip",
+        select_metric="",
+    ),
 }
 
 

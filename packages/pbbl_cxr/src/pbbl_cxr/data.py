@@ -10,12 +10,19 @@ an unnamed pandas index column) are absorbed by :func:`medcommon.data.read_csv_r
 
 Paths: ``--path-map OLD=NEW`` rewrites a path prefix first (for the authors' absolute
 paths); a relative path then resolves against ``--image-root`` if given, else against
-the manifest's folder; an absolute path that does not exist is looked up by file name
-under ``--image-root``.
+the manifest's folder; a path that does not exist is looked up by file name anywhere
+under ``--image-root`` (NIH's nested ``images_0NN/images/`` folders), also with another
+image suffix (the SbP CSVs' ``.jpg`` names for NIH's ``.png`` files).
+
+Train-time augmentation (:func:`augment_batch`) is the authors': random resized crop +
+horizontal flip (GbP) or flip only (SbP), drawn per image from ``(seed, step, index)``.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,19 +122,84 @@ def detect_columns(
     )
 
 
-def resolve_image_path(raw: str, manifest_dir: Path, opts: DataOptions) -> Path:
-    """Apply ``--path-map``, then resolve against ``--image-root`` or the manifest folder."""
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
+
+
+class ImageIndex:
+    """Every image file under a root, by file name and by stem; built once per root.
+
+    NIH ChestX-ray14 unpacks to ``images_001/images/*.png`` ... ``images_012/images/*.png``;
+    the published SbP CSVs name NIH images ``<stem>.jpg`` (the authors converted them) and
+    GbP ones ``./dataset/GbP/<stem>.png``. Looking a name up here finds the file wherever
+    it lies under ``--image-root``, and with another image suffix if only that exists.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.by_name: dict[str, list[Path]] = {}
+        self.by_stem: dict[str, list[Path]] = {}
+        stack = [root]
+        while stack:  # os.scandir: one stat-free pass, ~1 s for NIH's 112,120 files
+            with os.scandir(stack.pop()) as entries:
+                for e in entries:
+                    if e.is_dir(follow_symlinks=True):
+                        stack.append(Path(e.path))
+                    elif Path(e.name).suffix.lower() in IMAGE_SUFFIXES:
+                        path = Path(e.path)
+                        self.by_name.setdefault(e.name, []).append(path)
+                        self.by_stem.setdefault(path.stem, []).append(path)
+
+    def find(self, name: str, where: str) -> Path | None:
+        """The one file called ``name`` (else the one with its stem and an image suffix).
+
+        A name that occurs in two folders is an :class:`InputError` on ``where``: the
+        match would be a guess.
+        """
+        hits = self.by_name.get(name, [])
+        if not hits:  # another suffix: prefer .png, then .jpg, .jpeg, .dcm
+            same_stem = self.by_stem.get(Path(name).stem, [])
+            rank = {p: IMAGE_SUFFIXES.index(p.suffix.lower()) for p in same_stem}
+            hits = [p for p in same_stem if rank[p] == min(rank.values())]
+        if len(hits) > 1:
+            raise InputError(
+                where,
+                f"{name} occurs {len(hits)} times under {self.root} ({hits[0]}, {hits[1]}); "
+                "point --image-root at one copy or use --path-map",
+            )
+        return hits[0] if hits else None
+
+
+@functools.lru_cache(maxsize=4)
+def image_index(root: str) -> ImageIndex:
+    """The :class:`ImageIndex` of ``root``, built on the first miss of a manifest and
+    shared by its rows (:func:`read_manifest` clears it)."""
+    return ImageIndex(Path(root))
+
+
+def resolve_image_path(
+    raw: str, manifest_dir: Path, opts: DataOptions, where: str = "manifest"
+) -> Path:
+    """Apply ``--path-map``, then resolve against ``--image-root`` or the manifest folder.
+
+    If the result does not exist and ``--image-root`` is given, the file is looked up
+    by name anywhere under the root (:class:`ImageIndex`: nested NIH folders; ``.jpg``
+    names of the published SbP CSVs matched to ``.png`` files and the other way round).
+    """
     mapped = False
     for old, new in opts.path_map:
         if raw.startswith(old):
             raw, mapped = new + raw[len(old) :], True
             break
     p = Path(raw)
+    foreign = p.is_absolute() and not mapped  # e.g. the authors' machine
     if not p.is_absolute():
-        return (opts.image_root or manifest_dir) / p
-    if opts.image_root is not None and not mapped and not p.exists():
-        return opts.image_root / p.name
-    return p
+        p = (opts.image_root or manifest_dir) / p
+    if opts.image_root is None or p.is_file():
+        return p
+    found = image_index(str(opts.image_root.resolve())).find(p.name, where)
+    if found is not None:
+        return found
+    return opts.image_root / p.name if foreign else p  # reported as "image not found"
 
 
 def _int_field(value: str, where: str, name: str, allowed: int) -> int:
@@ -145,6 +217,7 @@ def _int_field(value: str, where: str, name: str, allowed: int) -> int:
 
 def read_manifest(path: Path, opts: DataOptions) -> list[Record]:
     """Parse one manifest into :class:`Record` s (images are not opened here)."""
+    image_index.cache_clear()  # a fresh look at --image-root per manifest (files may change)
     columns, rows = read_csv_rows(path)
     path_col, label_col, bias_col = detect_columns(
         columns, path, opts.label_column, opts.bias_column
@@ -159,7 +232,9 @@ def read_manifest(path: Path, opts: DataOptions) -> list[Record]:
         bias = -1
         if bias_col is not None and row[bias_col] != "":
             bias = _int_field(row[bias_col], where, "bias", max(2, opts.num_classes))
-        records.append(Record(resolve_image_path(raw, path.parent, opts), label, bias, where))
+        records.append(
+            Record(resolve_image_path(raw, path.parent, opts, where), label, bias, where)
+        )
     return records
 
 
@@ -290,3 +365,78 @@ def load_split(
         torch.tensor([r.bias for r in records]),
         [str(r.path) for r in records],
     )
+
+
+# ------------------------------------------------------------------ augmentation
+AUGMENTATIONS = ("none", "crop-flip", "flip")
+
+
+def _sample_generator(seed: int, step: int, index: int) -> torch.Generator:
+    # One stream per (run seed, step, sample): the same draws on any number of processes
+    # and after --resume, without touching the global RNG.
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_000_033 + index) % 2**63)
+
+
+def random_resized_crop_box(
+    height: int,
+    width: int,
+    gen: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """``(top, left, h, w)`` of a crop, as ``torchvision.transforms.RandomResizedCrop.get_params``.
+
+    Area a uniform share ``scale`` of the image, aspect ratio log-uniform in ``ratio``;
+    10 tries, then the central crop with the ratio clamped to ``ratio``.
+    """
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        u = torch.rand(2, generator=gen).tolist()
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[0])
+        aspect = math.exp(log_lo + (log_hi - log_lo) * u[1])
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=gen))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=gen))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        h, w = height, round(height * ratio[1])
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def augment_batch(
+    images: torch.Tensor, index: torch.Tensor, mode: str, seed: int, step: int
+) -> torch.Tensor:
+    """Augment a training batch ``(B, C, S, S)`` -> ``(B, C, S, S)`` (a new tensor).
+
+    ``crop-flip`` (the authors' GbP transform): a random resized crop (scale 0.08-1,
+    ratio 3/4-4/3) resized back to ``S`` (bilinear, antialiased), then a horizontal flip
+    with probability 1/2; ``flip`` (SbP): the flip only; ``none``: unchanged. The authors
+    crop the full-resolution file; here the crop is of the decoded ``S x S`` image.
+    """
+    if mode == "none":
+        return images
+    if mode not in AUGMENTATIONS:
+        raise InputError("--set augment", f"unknown augmentation {mode!r}")
+    out = images.clone()
+    size = images.shape[-2:]
+    for k, i in enumerate(index.tolist()):
+        gen = _sample_generator(seed, step, int(i))
+        img = images[k]
+        if mode == "crop-flip":
+            top, left, h, w = random_resized_crop_box(size[0], size[1], gen)
+            crop = img[None, :, top : top + h, left : left + w].float()
+            img = torch.nn.functional.interpolate(
+                crop, size=size, mode="bilinear", antialias=True, align_corners=False
+            )[0].to(images.dtype)
+        if float(torch.rand(1, generator=gen)) < 0.5:
+            img = img.flip(-1)
+        out[k] = img
+    return out

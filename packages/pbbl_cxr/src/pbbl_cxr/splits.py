@@ -5,7 +5,8 @@ are first assigned to train / valid / test pools with
 :func:`medcommon.data.patient_split`, then each split is sampled from its own pool:
 train at the requested bias ratio, valid and test group-balanced.
 
-- ``gbp``: NIH ``Data_Entry_2017.csv``; label = the finding (default ``Pneumothorax``),
+- ``gbp``: NIH ``Data_Entry_2017.csv`` (or ``Data_Entry_2017_v2020.csv[.gz]``, whose
+  ``Patient Sex`` column is read as ``Patient Gender``); label = the finding (default ``Pneumothorax``),
   negatives = ``No Finding``; bias = ``Patient Gender == --bias-value`` (default ``M``).
   Writes ``train.csv``, ``valid.csv``, ``test.csv`` with ``path,pneumothorax,gender``.
 - ``sbp``: NIH (source 0) + MIMIC-CXR-JPG (source 1, ``mimic-cxr-2.0.0-chexpert.csv`` and
@@ -19,6 +20,9 @@ to be resolved at training time with ``--image-root``.
 
 from __future__ import annotations
 
+import gzip
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +50,27 @@ def _need(columns: list[str], required: list[str], path: Path) -> None:
         raise InputError(path, f"missing column {missing[0]!r}; columns are {', '.join(columns)}")
 
 
+def read_metadata(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """:func:`medcommon.data.read_csv_rows`, also of a gzipped CSV (``*.csv.gz``, as
+    ``Data_Entry_2017_v2020.csv.gz`` ships in the torchxrayvision wheel); errors name ``path``."""
+    if path.suffix.lower() != ".gz":
+        return read_csv_rows(path)
+    if not path.is_file():
+        raise InputError(path, "metadata file not found")
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp) / path.stem
+        try:
+            with gzip.open(path, "rb") as src, plain.open("wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except (OSError, EOFError) as exc:
+            raise InputError(path, f"not a readable gzip file ({exc})") from None
+        try:
+            return read_csv_rows(plain)
+        except InputError as exc:
+            line = str(exc.where)[len(str(plain)) :]  # keep ":<line>"
+            raise InputError(f"{path}{line}", exc.problem) from None
+
+
 def nih_candidates(
     csv_path: Path, finding: str, bias: str, bias_value: str = "M", prefix: str = "images/"
 ) -> list[Candidate]:
@@ -53,7 +78,13 @@ def nih_candidates(
 
     ``bias="gender"``: bias = 1 where ``Patient Gender == bias_value``; ``bias="source"``: 0.
     """
-    columns, rows = read_csv_rows(csv_path)
+    columns, rows = read_metadata(csv_path)
+    # NIH's 2020 re-release renamed "Patient Gender" to "Patient Sex".
+    sex = "Patient Sex" if "Patient Sex" in columns and "Patient Gender" not in columns else None
+    if sex is not None:
+        for row in rows:
+            row["Patient Gender"] = row[sex]
+        columns = [*columns, "Patient Gender"]
     _need(columns, ["Image Index", "Finding Labels", "Patient ID", "Patient Gender"], csv_path)
     out = []
     for row in rows:

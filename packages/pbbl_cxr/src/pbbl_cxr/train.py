@@ -4,7 +4,9 @@ Every method is a sequence of stages; a stage is a model, a step function and a
 number of steps. Checkpoint selection: every ``eval_every`` steps the model is
 scored on the valid split and the weights with the best ``select_metric`` (default
 ``auc_balanced`` on the group-balanced valid split) are kept in memory and in the
-checkpoint, so ``--resume`` keeps them too.
+checkpoint, so ``--resume`` keeps them too. With ``cfg.augment`` the step function
+sees augmented training images (:func:`augmenting`); pseudo-labelling and evaluation
+see the plain ones.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 
 from medcommon.train import FitResult, TrainConfig, Trainer
 from pbbl_cxr.config import RunConfig
-from pbbl_cxr.data import XrayDataset
+from pbbl_cxr.data import XrayDataset, augment_batch
 from pbbl_cxr.evaluate import evaluate_model
 
 
@@ -74,6 +76,20 @@ class StageResult:
     best_step: int | None = None
 
 
+def augmenting(step_fn: Callable, mode: str, seed: int) -> Callable:
+    """``step_fn`` on batches augmented by :func:`pbbl_cxr.data.augment_batch` (``cfg.augment``).
+
+    Draws depend on (seed, step, sample index) only, so ``--resume`` and several
+    processes see the same augmented images as one uninterrupted process.
+    """
+
+    def step(model: torch.nn.Module, batch: dict[str, torch.Tensor], ctx: Any) -> Any:
+        images = augment_batch(batch["image"], batch["index"], mode, seed, ctx.step)
+        return step_fn(model, {**batch, "image": images}, ctx)
+
+    return step
+
+
 def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     """Adam (0.9, 0.999) over the trainable parameters, as in the authors' code."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -106,6 +122,8 @@ def fit_stage(
     while the stage trains (:mod:`medcommon.train.distributed`), so N processes train like one.
     """
     keeper = BestKeeper(cfg.select_metric if select else "")
+    if cfg.augment != "none":
+        step_fn = augmenting(step_fn, cfg.augment, seed)
 
     def eval_fn(m: torch.nn.Module) -> dict[str, float]:
         net = kept(m)

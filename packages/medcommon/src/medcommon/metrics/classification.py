@@ -122,20 +122,40 @@ def ap(y_true: ArrayLike, y_score: ArrayLike) -> float:
 def youden_threshold(y_true: ArrayLike, y_score: ArrayLike) -> float:
     """The score threshold maximising Youden's J = TPR - FPR (predict positive if score > thr).
 
-    Candidate thresholds are midpoints between consecutive distinct scores, plus
-    one below the minimum; ties in J resolve to the lowest threshold.
+    The sweep is scikit-learn's ``roc_curve``: one operating point per distinct score
+    (positive = score >= that score) plus "nothing positive"; the first maximum of
+    ``tpr - fpr`` in order of decreasing threshold wins, so ties in J resolve to the
+    highest threshold, as ``thr[argmax(tpr - fpr)]`` does. Equal scores always fall on
+    the same side. The returned value is the midpoint between the chosen score and the
+    next lower distinct score (``min - 1`` below the minimum, ``max + 1`` for "nothing
+    positive"), so ``score > thr`` reproduces ``score >= roc_curve threshold`` exactly.
+
+    O(N log N) time and O(N) memory: one sort, then cumulative counts per distinct
+    score (Fawcett 2006, "An introduction to ROC analysis", Algorithm 1).
     """
     t = _check_binary(_as_1d("y_true", y_true))
     s = _as_1d("y_score", y_score).astype(np.float64)
+    if t.shape != s.shape:
+        raise InputError("y_score", f"length {s.size} differs from y_true length {t.size}")
     n_pos, n_neg = int(t.sum()), int((1 - t).sum())
     if n_pos == 0 or n_neg == 0:
         raise InputError("y_true", "Youden threshold needs both classes present")
-    uniq = np.unique(s)
-    candidates = np.r_[uniq[0] - 1.0, (uniq[:-1] + uniq[1:]) / 2.0]
-    pred = s[None, :] > candidates[:, None]
-    tpr = (pred & (t == 1)).sum(1) / n_pos
-    fpr = (pred & (t == 0)).sum(1) / n_neg
-    return float(candidates[int(np.argmax(tpr - fpr))])
+    uniq, inverse = np.unique(s, return_inverse=True)  # ascending distinct scores
+    # Operating point k (k = 0..U-1): positive iff score >= uniq[k]; counts are suffix sums.
+    tps = np.cumsum(np.bincount(inverse, weights=t, minlength=uniq.size)[::-1])[::-1]
+    fps = np.cumsum(np.bincount(inverse, weights=1 - t, minlength=uniq.size)[::-1])[::-1]
+    # Decreasing threshold order as roc_curve: "nothing positive" (J = 0) first.
+    j = np.r_[0.0, (tps / n_pos - fps / n_neg)[::-1]]
+    best = int(np.argmax(j))  # first maximum = highest threshold among ties
+    if best == 0:
+        return float(uniq[-1] + 1.0)
+    k = uniq.size - best  # index into uniq of the lowest positive score
+    if k == 0:
+        return float(uniq[0] - 1.0)
+    lo, hi = uniq[k - 1], uniq[k]
+    mid = (lo + hi) / 2.0
+    # Adjacent floats: the midpoint may round onto hi; lo itself separates them exactly.
+    return float(mid if lo <= mid < hi else lo)
 
 
 def bias_aucs(y_true: ArrayLike, y_score: ArrayLike, bias: ArrayLike) -> dict[str, float]:
