@@ -65,6 +65,18 @@ def _install(session: nox.Session, *names: str, extra: str = "") -> None:
     session.install(*specs)
 
 
+# Wheels that some tests read data files from, installed without their dependencies
+# (torchxrayvision's would replace the pinned torch): pbbl-cxr's build-splits test reads
+# the real NIH Data_Entry_2017 CSV shipped inside torchxrayvision's wheel.
+TEST_DATA_WHEELS = {"pbbl_cxr": ["torchxrayvision>=1.2"]}
+
+
+def _install_test_data(session: nox.Session, package: str) -> None:
+    wheels = TEST_DATA_WHEELS.get(package, [])
+    if wheels:
+        session.install("--no-deps", *wheels)
+
+
 def _pytest(
     session: nox.Session, package: str, marker: str, success_codes: tuple[int, ...] = (0,)
 ) -> None:
@@ -87,6 +99,7 @@ def _pytest(
 def tests(session: nox.Session, package: str) -> None:
     """Unit tests of one package in its own virtualenv (only it and medcommon installed)."""
     _install(session, package, extra="[test]")
+    _install_test_data(session, package)
     _pytest(session, package, "not slow and not gpu")
 
 
