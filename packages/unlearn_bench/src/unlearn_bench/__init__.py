@@ -9,7 +9,9 @@ Table of contents:
 - :mod:`.methods`: one file per unlearning method, a registry (``METHODS``).
 - :mod:`.train`: ``finetune``, ``retrain`` and ``unlearn`` on ``medcommon.train.Trainer``.
 - :mod:`.evaluate` / :mod:`.ues`: per-subset metrics, membership inference, UES.
+- :mod:`.predict`: answers of a Llava folder to new questions (the ``predict`` command).
 - :mod:`.benchmark`, :mod:`.cli`.
 """
 
 __version__ = "0.1.0"
+PACKAGE = "unlearn-bench"  # the name in run folders and results.json

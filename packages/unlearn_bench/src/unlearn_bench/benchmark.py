@@ -19,7 +19,7 @@ import numpy as np
 
 from medcommon.errors import InputError
 from medcommon.report import make_results, plot_bars, write_report, write_results
-from unlearn_bench import __version__
+from unlearn_bench import PACKAGE, __version__
 from unlearn_bench.config import (
     check_forget_ratio,
     check_preset,
@@ -165,7 +165,7 @@ def run_benchmark(
                     {**base, "method": m, "metrics": metrics, "train_seconds": um["train_seconds"]}
                 )
     extra = _extra(rows, methods, time.perf_counter() - t_start)
-    results = make_results("unlearn-bench", __version__, preset, list(seeds), rows, extra)
+    results = make_results(PACKAGE, __version__, preset, list(seeds), rows, extra)
     write_results(out, results)
     _plots(out, results, scenarios)
     write_report(

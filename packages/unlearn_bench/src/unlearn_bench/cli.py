@@ -1,53 +1,41 @@
-"""``unlearn-bench``: generate / finetune / unlearn / retrain / evaluate / benchmark."""
+"""The ``unlearn-bench`` console script: generate, finetune, retrain, unlearn, evaluate,
+predict, benchmark.
+
+A table of commands on :class:`medcommon.cli.App`; each ``cmd_*`` resolves its config
+and makes one call into the library. ``unlearn --method`` and ``benchmark --methods``
+are validated against, and documented from, :data:`unlearn_bench.methods.METHODS`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from collections.abc import Sequence
 from pathlib import Path
 
 from medcommon.cli import (
+    App,
     add_benchmark_args,
     add_common_args,
     add_config_args,
     add_evaluate_args,
+    add_method_arg,
+    add_methods_arg,
+    add_preset_arg,
     add_synth_args,
-    make_parser,
-    run_main,
-    subparsers,
 )
-from medcommon.config import resolve_config
 from unlearn_bench import __version__
-from unlearn_bench.config import (
-    EvalConfig,
-    FinetuneConfig,
-    SynthConfig,
-    check_preset,
-    eval_preset,
-    finetune_preset,
-    synth_preset,
+from unlearn_bench.methods import METHODS
+
+app = App(
+    "unlearn-bench",
+    "Unlearning benchmark for biomedical multimodal LLMs (MLLMU-Med style).",
+    __version__,
 )
 
-
-def _run_args(p: argparse.ArgumentParser, model_help: str, model_required: bool = False) -> None:
-    p.add_argument("--data", type=Path, required=True, help="dataset folder written by generate")
-    p.add_argument("--out", type=Path, required=True, help="run folder to write")
-    p.add_argument("--model", type=Path, required=model_required, default=None, help=model_help)
-    p.add_argument("--preset", default="tiny", help="tiny, small or full (default tiny)")
-    add_config_args(p)
-    add_common_args(p)
-    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint")
+MODEL_HELP = "the vanilla model: RUN or RUN/model of finetune, or any Llava folder"
+BASE_HELP = "a Hugging Face Llava folder to start from (default: a fresh tiny Llava)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = make_parser(
-        "unlearn-bench",
-        "Unlearning benchmark for biomedical multimodal LLMs (MLLMU-Med style).",
-        __version__,
-    )
-    sub = subparsers(parser)
-    p = sub.add_parser("generate", help="write a synthetic dataset (privacy or incorrectness)")
+def _generate_args(p: argparse.ArgumentParser) -> None:
     add_synth_args(p)
     p.add_argument(
         "--scenario", default="privacy", help="privacy or incorrectness (default privacy)"
@@ -66,18 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_args(p)
 
-    base_help = "a Hugging Face Llava folder to start from (default: a fresh tiny Llava)"
-    p = sub.add_parser("finetune", help="train the vanilla model on forget + retain")
-    _run_args(p, base_help)
-    p = sub.add_parser(
-        "retrain", help="train on retain only from the same initialisation (gold standard)"
-    )
-    _run_args(p, base_help)
-    p = sub.add_parser("unlearn", help="apply an unlearning method to a vanilla model")
-    _run_args(p, "the vanilla model: RUN or RUN/model of finetune, or any Llava folder", True)
-    p.add_argument("--method", default="npo", help="ga, grad_diff, kl_min, npo, idk, simnpo or rmu")
 
-    p = sub.add_parser("evaluate", help="per-subset metrics, MIA, PrivLeak and UES of a run")
+def _run_args(p: argparse.ArgumentParser, model_help: str, model_required: bool) -> None:
+    """``--data --out --model --preset --config --set --seed --device --quiet --resume``."""
+    p.add_argument("--data", type=Path, required=True, help="dataset folder written by generate")
+    p.add_argument("--out", type=Path, required=True, help="run folder to write")
+    p.add_argument("--model", type=Path, required=model_required, default=None, help=model_help)
+    add_preset_arg(p)
+    add_config_args(p)
+    add_common_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint")
+
+
+def _unlearn_args(p: argparse.ArgumentParser) -> None:
+    _run_args(p, MODEL_HELP, True)
+    add_method_arg(p, METHODS, "npo")
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
     # UES needs all four subsets, so the default split is "all".
     add_evaluate_args(p, "all", "all (default) or one of forget, retain, test, general")
     p.add_argument(
@@ -87,126 +81,154 @@ def build_parser() -> argparse.ArgumentParser:
         help="vanilla run for UES (default: from the run's config)",
     )
     p.add_argument("--reference", type=Path, default=None, help="retrained (gold) run for PrivLeak")
-    p.add_argument("--preset", default="tiny", help="tiny, small or full (evaluation settings)")
+    add_preset_arg(p)
     add_config_args(p)
 
-    p = sub.add_parser("benchmark", help="vanilla, every method and retrain on both scenarios")
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", "--run", dest="model", type=Path, required=True,
+        help="RUN or RUN/model of finetune / retrain / unlearn, or any Llava folder",
+    )  # fmt: skip
+    p.add_argument("questions", nargs="*", metavar="QUESTION", help="questions to answer")
+    p.add_argument("--image", type=Path, default=None, help="PNG to ask every QUESTION about")
+    p.add_argument(
+        "--questions", dest="questions_file", type=Path, default=None, metavar="FILE.jsonl",
+        help='JSON Lines of {"question": ..., "image": path?} (paths relative to the file)',
+    )  # fmt: skip
+    p.add_argument(
+        "--max-new-tokens", type=int, default=50, help="answer length limit (default 50)"
+    )
+    p.add_argument("--out", type=Path, default=None, help="write JSON Lines here (default: stdout)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.epilog = "Without --out: one answer per line, in the order of the questions."
+
+
+def _benchmark_args(p: argparse.ArgumentParser) -> None:
     add_benchmark_args(p)
     p.add_argument(
         "--scenarios", nargs="+", default=["privacy", "incorrectness"], help="scenarios to run"
     )
     p.add_argument("--forget-ratio", type=float, default=0.10, help="forget ratio (default 0.10)")
-    p.add_argument("--methods", nargs="+", default=None, help="subset of methods (default: all)")
-    return parser
+    add_methods_arg(p, METHODS)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    check_preset(args.preset)
-    if args.command == "generate":
-        from unlearn_bench.synth import generate
+@app.command(
+    "generate", "write a synthetic dataset (privacy or incorrectness)", args=_generate_args
+)
+def cmd_generate(args) -> int:
+    from unlearn_bench.config import resolve_synth
+    from unlearn_bench.synth import generate
 
-        base = synth_preset(args.preset)
-        if args.forget_ratio is not None:
-            base = dataclasses.replace(base, forget_ratio=args.forget_ratio)
-        cfg = resolve_config(SynthConfig, base=base, file=args.config, overrides=args.overrides)
-        meta = generate(args.out, args.scenario, cfg, seed=args.seed, images=args.images)
-        if not args.quiet:
-            print(f"wrote {args.out}: {meta['counts']}")
-        return 0
-    if args.command in ("finetune", "retrain"):
-        from unlearn_bench.train import finetune
-
-        cfg = resolve_config(
-            FinetuneConfig,
-            base=finetune_preset(args.preset),
-            file=args.config,
-            overrides=args.overrides,
-        )
-        m = finetune(
-            args.data,
-            args.out,
-            cfg,
-            seed=args.seed,
-            model_path=args.model,
-            retain_only=args.command == "retrain",
-            device=args.device,
-            quiet=args.quiet,
-            resume=args.resume,
-        )
-        if not args.quiet:
-            print(
-                f"{args.command}: {m['steps']} steps in {m['train_seconds']:.1f}s -> {args.out / 'model'}"
-            )
-        return 0
-    if args.command == "unlearn":
-        from unlearn_bench.methods import METHODS
-        from unlearn_bench.train import unlearn
-
-        cls = METHODS.get(args.method)
-        cfg = resolve_config(
-            cls.config_class,
-            base=cls.preset_config(args.preset),
-            file=args.config,
-            overrides=args.overrides,
-        )
-        m = unlearn(
-            args.model,
-            args.data,
-            args.out,
-            args.method,
-            cfg,
-            seed=args.seed,
-            device=args.device,
-            quiet=args.quiet,
-            resume=args.resume,
-        )
-        if not args.quiet:
-            print(
-                f"unlearn {args.method}: {m['steps']} steps in {m['train_seconds']:.2f}s -> {args.out / 'model'}"
-            )
-        return 0
-    if args.command == "evaluate":
-        from unlearn_bench.evaluate import evaluate_run, flatten
-
-        cfg = resolve_config(
-            EvalConfig, base=eval_preset(args.preset), file=args.config, overrides=args.overrides
-        )
-        res = evaluate_run(
-            args.run,
-            args.data,
-            cfg,
-            split=args.split,
-            vanilla=args.vanilla,
-            reference=args.reference,
-            device=args.device,
-            quiet=args.quiet,
-        )
-        if not args.quiet:
-            for k, v in flatten(res).items():
-                if not k.endswith(("_image_text", "_text_only")):
-                    print(f"{k:28s} {v:.4f}")
-        return 0
-    from unlearn_bench.benchmark import run_benchmark
-
-    run_benchmark(
-        args.out,
-        preset=args.preset,
-        seeds=args.seeds,
-        scenarios=args.scenarios,
-        forget_ratio=args.forget_ratio,
-        methods=args.methods,
-        data=args.data,
-        device=args.device,
-        quiet=args.quiet,
-    )
+    cfg = resolve_synth(args.preset, args.forget_ratio, args.config, args.overrides)
+    meta = generate(args.out, args.scenario, cfg, seed=args.seed, images=args.images)
+    if not args.quiet:
+        print(f"wrote {args.out}: {meta['counts']}")
     return 0
 
 
-def entry() -> None:
-    """Console-script entry point."""
-    raise SystemExit(run_main(main))
+def _train(args, retain_only: bool) -> int:
+    from unlearn_bench.config import resolve_finetune
+    from unlearn_bench.train import finetune
 
+    cfg = resolve_finetune(args.preset, args.config, args.overrides)
+    m = finetune(
+        args.data, args.out, cfg, seed=args.seed, model_path=args.model, retain_only=retain_only,
+        device=args.device, quiet=args.quiet, resume=args.resume,
+    )  # fmt: skip
+    if not args.quiet:
+        print(
+            f"{m['command']}: {m['steps']} steps in {m['train_seconds']:.1f}s -> {args.out / 'model'}"
+        )
+    return 0
+
+
+@app.command(
+    "finetune",
+    "train the vanilla model on forget + retain",
+    args=lambda p: _run_args(p, BASE_HELP, False),
+)
+def cmd_finetune(args) -> int:
+    return _train(args, retain_only=False)
+
+
+@app.command(
+    "retrain",
+    "train on retain only from the same initialisation (gold standard)",
+    args=lambda p: _run_args(p, BASE_HELP, False),
+)
+def cmd_retrain(args) -> int:
+    return _train(args, retain_only=True)
+
+
+@app.command("unlearn", "apply an unlearning method to a vanilla model", args=_unlearn_args)
+def cmd_unlearn(args) -> int:
+    from unlearn_bench.methods import method_config
+    from unlearn_bench.train import unlearn
+
+    cfg = method_config(args.method, args.preset, args.config, args.overrides)
+    m = unlearn(
+        args.model, args.data, args.out, args.method, cfg, seed=args.seed, device=args.device,
+        quiet=args.quiet, resume=args.resume,
+    )  # fmt: skip
+    if not args.quiet:
+        print(
+            f"unlearn {args.method}: {m['steps']} steps in {m['train_seconds']:.2f}s -> {args.out / 'model'}"
+        )
+    return 0
+
+
+@app.command("evaluate", "per-subset metrics, MIA, PrivLeak and UES of a run", args=_evaluate_args)
+def cmd_evaluate(args) -> int:
+    from unlearn_bench.config import resolve_eval
+    from unlearn_bench.evaluate import evaluate_run, summary_lines
+
+    cfg = resolve_eval(args.preset, args.config, args.overrides)
+    res = evaluate_run(
+        args.run, args.data, cfg, split=args.split, vanilla=args.vanilla, reference=args.reference,
+        device=args.device, quiet=args.quiet,
+    )  # fmt: skip
+    if not args.quiet:
+        print("\n".join(summary_lines(res)))
+    return 0
+
+
+@app.command(
+    "predict", "greedy answers of a model to new questions (optionally about an image)",
+    args=_predict_args,
+)  # fmt: skip
+def cmd_predict(args) -> int:
+    from unlearn_bench.predict import run_predict
+
+    _, answers = run_predict(
+        args.model, args.questions, image=args.image, questions_file=args.questions_file,
+        out=args.out, max_new_tokens=args.max_new_tokens, device=args.device, quiet=args.quiet,
+    )  # fmt: skip
+    if args.out is not None:
+        if not args.quiet:
+            print(f"wrote {args.out} ({len(answers)} answers)")
+    else:
+        for answer in answers:
+            print(" ".join(answer.split()))  # one line per answer, whatever it holds
+    return 0
+
+
+@app.command(
+    "benchmark", "vanilla, every method and retrain on both scenarios", args=_benchmark_args
+)
+def cmd_benchmark(args) -> int:
+    from unlearn_bench.benchmark import run_benchmark
+
+    run_benchmark(
+        args.out, preset=args.preset, seeds=args.seeds, scenarios=args.scenarios,
+        forget_ratio=args.forget_ratio, methods=args.methods, data=args.data,
+        device=args.device, quiet=args.quiet,
+    )  # fmt: skip
+    return 0
+
+
+main, entry, build_parser = app.main, app.entry, app.build_parser
 
 if __name__ == "__main__":  # `python -m unlearn_bench.cli` (e.g. under `accelerate launch`)
     entry()

@@ -9,11 +9,15 @@ that the tiny model memorises its training set in seconds to a minute.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from medcommon.config import PRESETS as PRESETS  # re-exported: the package's presets
 from medcommon.config import check_preset as check_preset
+from medcommon.config import resolve_config
 from medcommon.errors import InputError
 
 Scenario = Literal["privacy", "incorrectness"]
@@ -101,6 +105,35 @@ def eval_preset(preset: str) -> EvalConfig:
     if preset == "small":
         return EvalConfig(max_new_tokens=16, batch_size=64, max_items=240)
     return EvalConfig()
+
+
+def resolve_synth(
+    preset: str,
+    forget_ratio: float | None = None,
+    file: str | Path | None = None,
+    overrides: Iterable[str] = (),
+) -> SynthConfig:
+    """The ``generate`` config: preset <- ``--forget-ratio`` <- ``--config`` <- ``--set``."""
+    base = synth_preset(preset)
+    if forget_ratio is not None:
+        base = dataclasses.replace(base, forget_ratio=forget_ratio)
+    return resolve_config(SynthConfig, base=base, file=file, overrides=overrides)
+
+
+def resolve_finetune(
+    preset: str, file: str | Path | None = None, overrides: Iterable[str] = ()
+) -> FinetuneConfig:
+    """The ``finetune`` / ``retrain`` config: preset <- ``--config`` <- ``--set``."""
+    return resolve_config(
+        FinetuneConfig, base=finetune_preset(preset), file=file, overrides=overrides
+    )
+
+
+def resolve_eval(
+    preset: str, file: str | Path | None = None, overrides: Iterable[str] = ()
+) -> EvalConfig:
+    """The ``evaluate`` config: preset <- ``--config`` <- ``--set``."""
+    return resolve_config(EvalConfig, base=eval_preset(preset), file=file, overrides=overrides)
 
 
 def check_forget_ratio(ratio: float, n_entities: int) -> None:

@@ -25,9 +25,11 @@ import torch
 from tqdm.auto import tqdm
 
 from medcommon.errors import InputError
-from medcommon.fs import read_json, write_json_atomic
+from medcommon.fs import write_json_atomic
 from medcommon.metrics import mia_auc, rouge_l, substring_match
+from medcommon.run import load_run
 from medcommon.train.accelerator import resolve_device
+from unlearn_bench import PACKAGE
 from unlearn_bench.config import EvalConfig
 from unlearn_bench.data import Encoder, check_dataset, collate
 from unlearn_bench.losses import token_logprobs
@@ -255,11 +257,13 @@ def evaluate_run(
     model_dir = check_llava_dir(run / "model" if (run / "model").is_dir() else run)
     run = model_dir.parent if model_dir.name == "model" else run
     data = check_dataset(data_dir, subsets)
-    run_cfg = {}
-    if (run / "config.json").is_file() and model_dir != run:
-        run_cfg = read_json(run / "config.json")
-    if vanilla is None and run_cfg.get("command") == "unlearn":
-        vanilla = run_cfg.get("vanilla_model")
+    # A run folder (this or the earlier layout) says what it is; a bare Llava folder does not.
+    command = None
+    if model_dir != run and (run / "config.json").is_file():
+        info = load_run(run, package=PACKAGE).info
+        command = info.command
+        if vanilla is None and command == "unlearn":
+            vanilla = info.extra.get("vanilla_model")
     vanilla_dir = check_llava_dir(vanilla) if vanilla is not None else None
     reference_dir = check_llava_dir(reference) if reference is not None else None
     device = resolve_device(device)
@@ -271,7 +275,7 @@ def evaluate_run(
         if vanilla_dir is not None:
             van = _metrics_of(vanilla_dir, data_dir, data, cfg, device, quiet)
             result["ues"] = ues_score(result["subsets"], van["subsets"])
-        elif run_cfg.get("command") == "finetune":
+        elif command == "finetune":
             result["ues"] = ues_score(result["subsets"], result["subsets"])  # 0 by definition
         if reference_dir is not None:
             ref = _metrics_of(reference_dir, data_dir, data, cfg, device, quiet)
@@ -299,3 +303,12 @@ def flatten(result: dict[str, Any]) -> dict[str, float]:
         if isinstance(result.get(k), (int, float)):
             flat[k] = float(result[k])
     return flat
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """``name value`` lines of the overall metrics (the per-modality ones are in the JSON)."""
+    return [
+        f"{k:28s} {v:.4f}"
+        for k, v in flatten(result).items()
+        if not k.endswith(("_image_text", "_text_only"))
+    ]

@@ -9,6 +9,10 @@
 
 Each writes ``RUN/config.json``, ``RUN/log.jsonl``, ``RUN/checkpoint/``,
 ``RUN/model/`` (a Hugging Face Llava folder with its processor) and ``RUN/metrics.json``.
+``config.json`` is :mod:`medcommon.run`'s schema: ``run.command`` is the pipeline step,
+``run.method`` the unlearning method (``finetune`` / ``retrain`` for those two), and
+``run.extra`` holds ``init`` (finetune, retrain: ``tiny`` or the Llava folder started
+from) or ``vanilla_model`` (unlearn: the folder the method started from).
 """
 
 from __future__ import annotations
@@ -21,11 +25,11 @@ from typing import Any
 
 import torch
 
-from medcommon.config import config_to_dict
-from medcommon.fs import write_json_atomic
+from medcommon.errors import InputError
+from medcommon.run import RunInfo, load_run, make_run_info, write_metrics, write_run_config
 from medcommon.train import TrainConfig, Trainer, seed_everything
 from medcommon.train.accelerator import resolve_device
-from unlearn_bench import __version__
+from unlearn_bench import PACKAGE, __version__
 from unlearn_bench.config import FinetuneConfig
 from unlearn_bench.data import (
     EncodedSet,
@@ -55,6 +59,27 @@ def _finetune_step(model, batch, ctx):
     return {"loss": nll(forward(model, batch).logits, batch["labels"], ddp=True)}
 
 
+def _check_resumable(out: Path, command: str, method: str, seed: int) -> None:
+    """``--resume`` continues the same run: same command, method and seed (read with load_run)."""
+    if not (out / "config.json").is_file():
+        return  # nothing written yet: --resume starts from step 0
+    saved = load_run(out, package=PACKAGE).info
+    # runs of the earlier layout have no method for finetune / retrain: it is the command
+    if (saved.command, saved.method or saved.command, saved.seed) != (command, method, seed):
+        raise InputError(
+            out,
+            f"cannot resume a {saved.command} run of method {saved.method} with seed "
+            f"{saved.seed} as {command} {method} with seed {seed}",
+        )
+
+
+def _start(trainer: Trainer, out: Path, info: RunInfo, cfg: Any) -> None:
+    """Write ``RUN/config.json`` (main process only under DDP) before the first step."""
+    if trainer.accelerator.is_main_process:
+        write_run_config(out, info, cfg)
+    trainer.accelerator.wait_for_everyone()
+
+
 def _finish(
     trainer: Trainer, model: Any, processor: Any, out: Path, metrics: dict[str, Any]
 ) -> None:
@@ -63,15 +88,8 @@ def _finish(
     # a Hugging Face folder itself; model_config=None + this function is the workaround.
     if trainer.accelerator.is_main_process:
         save_llava(model, processor, out / "model")
-        write_json_atomic(out / "metrics.json", metrics)
+        write_metrics(out, metrics)
     trainer.accelerator.wait_for_everyone()
-
-
-def _write_run_config(out: Path, payload: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(
-        out / "config.json", {"package": "unlearn-bench", "version": __version__, **payload}
-    )
 
 
 def finetune(
@@ -88,9 +106,12 @@ def finetune(
 ) -> dict[str, Any]:
     """Train the vanilla model (or, with ``retain_only``, the retrained gold model)."""
     data_dir, out = Path(data_dir), Path(out)
+    command = "retrain" if retain_only else "finetune"
     data = check_dataset(data_dir)
     model_dir = check_llava_dir(model_path) if model_path is not None else None
     device = resolve_device(device)
+    if resume:
+        _check_resumable(out, command, command, seed)
     seed_everything(seed)
     if model_dir is not None:
         model, processor = load_llava(model_dir)
@@ -101,16 +122,14 @@ def finetune(
     encoded = [enc.encode(it) for it in items]
     batch_size = min(cfg.batch_size, len(encoded))
     steps = _steps(cfg.epochs, len(encoded), batch_size)
-    command = "retrain" if retain_only else "finetune"
-    _write_run_config(
-        out,
-        {
-            "command": command,
-            "data": str(data_dir.resolve()),
-            "seed": seed,
-            "init": str(model_dir.resolve()) if model_dir else "tiny",
-            "config": config_to_dict(cfg),
-        },
+    info = make_run_info(
+        PACKAGE,
+        __version__,
+        command,
+        method=command,
+        seed=seed,
+        data=data_dir,
+        init=str(model_dir.resolve()) if model_dir else "tiny",
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = None
@@ -138,6 +157,7 @@ def finetune(
         device=device,
         quiet=quiet,
     )
+    _start(trainer, out, info, cfg)
     result = trainer.fit(resume=resume)
     metrics = {
         "command": command,
@@ -167,6 +187,8 @@ def unlearn(
     data = check_dataset(data_dir, ("forget", "retain"))
     model_dir = check_llava_dir(model_path)
     device = resolve_device(device)
+    if resume:
+        _check_resumable(out, "unlearn", method_name, seed)
     seed_everything(seed)
     model, processor = load_llava(model_dir)
     ref = None
@@ -184,16 +206,14 @@ def unlearn(
         dataset, collate_fn = EncodedSet(forget), partial(collate, pad_id=pad)
     batch_size = min(cfg.batch_size, len(forget))
     steps = _steps(cfg.epochs, len(forget), batch_size)
-    _write_run_config(
-        out,
-        {
-            "command": "unlearn",
-            "method": method_name,
-            "data": str(data_dir.resolve()),
-            "seed": seed,
-            "vanilla_model": str(model_dir.resolve()),
-            "config": config_to_dict(cfg),
-        },
+    info = make_run_info(
+        PACKAGE,
+        __version__,
+        "unlearn",
+        method=method_name,
+        seed=seed,
+        data=data_dir,
+        vanilla_model=str(model_dir.resolve()),
     )
     trainer = Trainer(
         Forwards(model),  # forget and retain in one call per step: what DDP accepts
@@ -218,6 +238,7 @@ def unlearn(
         # Never inside DDP: every process holds the same frozen copy (loaded from the same
         # folder, before any step) on its own device and runs it on its share of the batch.
         method.ref = ref.to(trainer.accelerator.device)
+    _start(trainer, out, info, cfg)
     result = trainer.fit(resume=resume)
     metrics = {
         "command": "unlearn",
