@@ -412,8 +412,11 @@ def test_benchmark_smoke(tmp_path: Path):
     fast = ["--set", "steps=2", "--set", "bias_steps=2", "--quiet"]
     assert run([*args, "--ratios", "0.9", *fast]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert [r["method"] for r in results["rows"]] == METHODS.names()
+    assert [r["method"] for r in results["rows"]] == [*METHODS.names(), "pbbl-oracle-select"]
     assert results["rows"][0]["setting"] == "gbp-0.9"
+    keys = {"claim", "method", "baseline", "metric", "value", "baseline_value", "holds", "setting"}
+    assert len(results["claims"]) == 5  # the declared claims of one shortcut setting
+    assert all(keys | {"test"} <= set(c) for c in results["claims"])
     assert results["extra"]["stage2_step_over_erm_step"] > 0
     assert results["extra"]["pbbl_pipeline_over_erm"] > 0
     assert (out / "report.md").read_text().startswith("# pbbl-cxr benchmark")

@@ -27,6 +27,7 @@ from medcommon.config import resolve_config
 from medcommon.errors import InputError
 from medcommon.train.accelerator import resolve_device
 from pbbl_cxr import __version__
+from pbbl_cxr.claims import PBBL_ORACLE_SELECT
 from pbbl_cxr.config import RunConfig, SynthConfig, run_preset, synth_preset
 from pbbl_cxr.data import DataOptions, parse_path_map
 from pbbl_cxr.methods import METHODS
@@ -207,9 +208,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _benchmark_args(p: argparse.ArgumentParser) -> None:
     add_benchmark_args(p)
-    add_methods_arg(p, METHODS)
-    p.add_argument("--kinds", nargs="+", choices=["gbp", "sbp"], default=["gbp", "sbp"])
-    p.add_argument("--ratios", nargs="+", type=_ratio, default=[0.9, 0.95, 0.99])
+    add_methods_arg(p, [*METHODS.names(), PBBL_ORACLE_SELECT])
+    p.add_argument(
+        "--kinds", nargs="+", choices=["gbp", "sbp"], default=None, help="grid (default: preset's)"
+    )
+    p.add_argument("--ratios", nargs="+", type=_ratio, default=None, help="grid bias ratios")
+    p.add_argument("--workers", type=int, default=1, help="processes for the (setting, seed) jobs")
     add_config_args(p)
     _add_data_args(p)
 
@@ -227,6 +231,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         methods=args.methods,
         kinds=args.kinds,
         ratios=args.ratios,
+        workers=args.workers,
         device=resolve_device(args.device),
         quiet=args.quiet,
         cfg=cfg,

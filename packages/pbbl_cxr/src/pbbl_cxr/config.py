@@ -1,4 +1,4 @@
-"""Frozen dataclass configs with the authors' defaults, and the ``tiny``/``small``/``full`` presets.
+"""Frozen dataclass configs with the authors' defaults, and the ``tiny``/``demo``/``small``/``full`` presets.
 
 Paper / authors' code defaults (LLYXC/PBBL): Adam (0.9, 0.999), lr 1e-4, weight decay
 5e-4, batch 256, GCE q = 0.7, 1000 steps per stage, a frozen DenseNet-121 with an MLP
@@ -159,6 +159,18 @@ _RUN_PRESETS = {
         eval_every=3,
         log_every=2,
     ),
+    # demo: small's model and optimiser, 0.6x the steps; ~2 min for ERM / PBBL / oracle on
+    # gbp-0.95 and no-shortcut x 3 seeds on a 2-core CPU (`nox -s demo`).
+    "demo": RunConfig(
+        model=ModelConfig(width=8, image_size=32),
+        steps=120,
+        bias_steps=60,
+        batch_size=64,
+        lr=2e-3,
+        weight_decay=0.0,
+        eval_every=40,
+        log_every=20,
+    ),
     "small": RunConfig(
         model=ModelConfig(width=8, image_size=32),
         steps=200,
@@ -182,6 +194,7 @@ _RUN_PRESETS = {
 
 _SYNTH_PRESETS = {
     "tiny": SynthConfig(n_train=96, n_valid=32, n_test=32, image_size=24),
+    "demo": SynthConfig(n_train=2000, n_valid=400, n_test=800, image_size=32),
     "small": SynthConfig(n_train=2000, n_valid=400, n_test=800, image_size=32),
     "full": SynthConfig(n_train=1800, n_valid=600, n_test=1000, image_size=224),
 }
