@@ -1,4 +1,5 @@
-"""The console script: a 2-step smoke run of every command, resume, and bad inputs."""
+"""The console script: the shared contract over every strategy, each strategy's step, and
+the smg-specific commands (synth layouts, evaluate, sample, predict, benchmark, old runs)."""
 
 from __future__ import annotations
 
@@ -12,23 +13,151 @@ import torch
 from medcommon.cli import run_main
 from medcommon.io import read_image, write_image
 from medcommon.models import from_pretrained
+from medcommon.run import load_run
+from medcommon.testing import CLIContract, MethodProbe, MethodStepContract
 from smg_learning import __version__
 from smg_learning.cli import main
-from smg_learning.segmenter import Segmenter
+from smg_learning.config import RunConfig, run_preset
+from smg_learning.data import ContinualData, SiteSlices
+from smg_learning.replay import ReplayMemory
+from smg_learning.segmenter import Segmenter, SegmenterConfig
 from smg_learning.smd import SiteModulatedDiffusion
+from smg_learning.strategies import STRATEGIES, RunContext
+from smg_learning.synth import generate
 
 TWO_STEPS = ["--set", "steps_per_site=2", "--set", "smd.train_steps=2", "--quiet"]
 
 
-def run(argv: list[str]) -> int:
+def run(argv: list) -> int:
     return run_main(main, [str(a) for a in argv])
 
 
-def test_version(capsys) -> None:
-    assert run(["--version"]) == 0
-    assert capsys.readouterr().out.strip() == f"smg-learning {__version__}"
+def weights(folder) -> dict[str, torch.Tensor]:
+    cls = SiteModulatedDiffusion if folder.name == "smd" else Segmenter
+    return from_pretrained(cls, folder).state_dict()
 
 
+# -------------------------------------------------------------------- the shared contract
+def _mask_path(data):
+    return data / "BMC" / "Case01_segmentation.nii.gz"
+
+
+def _write_mask(data, array):
+    write_image(_mask_path(data), array, (3.0, 1.0, 1.0))
+
+
+# case: (how to spoil a copy of the data, extra argv, text of the error line)
+BAD_DATA = {
+    "no segmentation": (lambda d: _mask_path(d).unlink(), [],
+                        "BMC/Case01.nii.gz: image without its segmentation"),
+    "shape mismatch": (lambda d: _write_mask(d, np.zeros((4, 10, 10), np.uint8)), [],
+                       "mask shape (4, 10, 10) differs from image shape (4, 24, 24)"),
+    "bad labels": (lambda d: _write_mask(d, np.full((4, 24, 24), 2, np.uint8)), [],
+                   "mask has labels [2] not among the declared [0, 1]"),
+    "unknown site": (None, ["--sites", "RUNMC,UCL"], "error: --sites: unknown site 'UCL'"),
+    "empty site": (lambda d: (d / "UCL").mkdir(), ["--sites", "RUNMC,UCL"],
+                   "UCL: site has no cases"),
+    "overlap": (None, ["--sites", "RUNMC,BMC", "--heldout", "BMC"],
+                "error: --heldout: site 'BMC' is also in --sites"),
+    "nested field": (None, ["--set", "pga.nope=1"], "pga.nope: unknown config field"),
+    "bad preset": (None, ["--preset", "huge"], "--preset"),
+}  # fmt: skip
+
+
+class TestContract(CLIContract):
+    """Two sites and a held-out one; resuming raises the segmenter's steps per site, so
+    the first stage continues and the later ones, trained from its old result, redo."""
+
+    main = staticmethod(main)
+    prog, version, package = "smg-learning", __version__, "smg-learning"
+    methods = STRATEGIES.names()
+    config_class = RunConfig
+    short_steps, long_steps = 2, 4
+
+    def make_data(self, root):
+        return generate(root / "prostate", "prostate", "tiny", seed=0)
+
+    def train_argv(self, data, out, method, steps):
+        return [
+            "train",
+            *("--data", data, "--out", out, "--method", method),
+            *("--sites", "RUNMC,BMC", "--heldout", "I2CVB"),
+            *("--set", f"steps_per_site={steps}", "--set", "smd.train_steps=2", "--quiet"),
+        ]
+
+    def bad_input_cases(self, data, tmp):
+        cases = {}
+        for i, (name, (spoil, extra, expected)) in enumerate(BAD_DATA.items()):
+            d = data
+            if spoil is not None:
+                d = tmp / f"data{i}"
+                shutil.copytree(data, d)
+                spoil(d)
+            argv = ["train", "--data", d, "--out", tmp / f"run{i}", *extra, *TWO_STEPS]
+            cases[name] = (argv, expected)
+        cases["unknown benchmark method"] = (
+            ["benchmark", "--out", tmp / "bench", "--methods", "finetune,magic"],
+            "unknown method 'magic'",
+        )
+        return cases
+
+
+# ------------------------------------------------------------------- each strategy's step
+def _site(name: str, n: int, seed: int, size: int = 16) -> SiteSlices:
+    """Discs of random centre and radius: images (n, 1, S, S), masks (n, 1, S, S)."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    centre = (torch.rand(n, 2, generator=g) - 0.5) * 0.6
+    radius = 0.25 + 0.3 * torch.rand(n, generator=g)
+    dist = (yy - centre[:, :1, None]) ** 2 + (xx - centre[:, 1:, None]) ** 2
+    masks = (dist < radius[:, None, None] ** 2).long()[:, None]
+    images = (0.2 + 0.6 * masks + 0.05 * torch.randn(masks.shape, generator=g)).clamp(0, 1)
+    return SiteSlices(name, [name], images.float(), masks, np.zeros(n, dtype=int))
+
+
+class _Ctx:
+    """The parts of medcommon's StepContext a strategy's step reads (one process, step 0)."""
+
+    class accelerator:  # mimics StepContext.accelerator
+        process_index, num_processes = 0, 1
+
+    step = 0
+
+
+class TestStrategySteps(MethodStepContract):
+    """Stage 1 of a two-site run: the current site's fixed batch, plus a fixed replay
+    memory of site 0 where the strategy replays; EWC and LwF have finished site 0."""
+
+    methods = STRATEGIES.names()
+    steps_to_lower = 2
+
+    def make_probe(self, method, seed):
+        cfg = run_preset("tiny")
+        a, b = _site("A", 8, seed=1), _site("B", 8, seed=2)
+        data = ContinualData("prostate", ["A", "B"], [], {}, {"train": {"A": a, "B": b}}, 1)
+        torch.manual_seed(seed)
+        model = Segmenter(SegmenterConfig(1, tuple(cfg.channels), cfg.num_res_units))
+        strategy = STRATEGIES.get(method)(RunContext(data, cfg, seed=seed))
+        if strategy.replay == "none":
+            strategy.end_stage(0, model)  # EWC's Fisher, LwF's teacher
+        else:
+            strategy.memory = ReplayMemory(a.images, a.masks, torch.zeros(len(a)).long())
+        strategy.stage = 1
+        batch = {"image": b.images[:4], "mask": b.masks[:4]}
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+        def loss() -> float:  # the same replay draw and shifted copies as the step's
+            return float(strategy.step(model, batch, _Ctx)["loss"].detach())
+
+        def step() -> None:
+            opt.zero_grad()
+            strategy.step(model, batch, _Ctx)["loss"].backward()
+            opt.step()
+
+        return MethodProbe(loss=loss, step=step, state=model.state_dict)
+
+
+# ------------------------------------------------------------------------ smg-specific
 def test_synth_writes_both_layouts(tmp_path) -> None:
     assert run(["synth", tmp_path / "p", "--preset", "tiny", "--seed", "1", "--quiet"]) == 0
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["BMC", "I2CVB", "RUNMC"]
@@ -39,308 +168,88 @@ def test_synth_writes_both_layouts(tmp_path) -> None:
     assert img.ndim == 3 and img.shape[:2] == msk.shape and set(np.unique(msk)) == {0, 255}
 
 
-def test_train_evaluate_sample_smoke(tmp_path, prostate_dir, capsys) -> None:
+def test_train_evaluate_sample(prostate_dir, tmp_path, capsys) -> None:
     out = tmp_path / "run"
-    code = run(
-        [
-            "train",
-            "--data",
-            prostate_dir,
-            "--out",
-            out,
-            "--method",
-            "smg",
-            "--sites",
-            "RUNMC,BMC",
-            "--heldout",
-            "I2CVB",
-            *TWO_STEPS,
-        ]
-    )
-    assert code == 0, capsys.readouterr().err
-    for name in (
-        "config.json",
-        "run.json",
-        "split.json",
-        "log.jsonl",
-        "metrics.json",
-        "model/model.safetensors",
-        "smd/model.safetensors",
-        "stages/BMC/config.json",
-        "checkpoint/site-RUNMC",
-        "checkpoint/smd-site-BMC",
-    ):
+    argv = ["train", "--data", prostate_dir, "--out", out, "--method", "smg"]
+    assert run([*argv, "--sites", "RUNMC,BMC", "--heldout", "I2CVB", *TWO_STEPS]) == 0
+    for name in ("split.json", "log.jsonl", "smd/model.safetensors", "stages/BMC/config.json",
+                 "checkpoint/site-RUNMC", "checkpoint/smd-site-BMC"):  # fmt: skip
         assert (out / name).exists(), name
-    cfg = json.loads((out / "config.json").read_text())
-    assert cfg["sites"] == ["RUNMC", "BMC"] and cfg["heldout"] == ["I2CVB"]
-    split = json.loads((out / "split.json").read_text())
-    assert set(split) == {"RUNMC", "BMC", "I2CVB"}
+    assert not (out / "run.json").exists()
+    info = load_run(out).info
+    assert info.extra == {"task": "prostate", "channels": 1, "sites": ["RUNMC", "BMC"],
+                          "heldout": ["I2CVB"]}  # fmt: skip
+    assert set(json.loads((out / "split.json").read_text())) == {"RUNMC", "BMC", "I2CVB"}
     metrics = json.loads((out / "metrics.json").read_text())
-    assert np.asarray(metrics["dice_matrix"]).shape == (2, 3)
     assert metrics["columns"] == ["RUNMC", "BMC", "I2CVB"]
-    stages = [json.loads(x).get("stage") for x in (out / "log.jsonl").read_text().splitlines()]
-    assert {"site-RUNMC", "site-BMC", "smd-site-RUNMC", "smd-site-BMC"} <= set(stages)
-    from_pretrained(Segmenter, out / "model")
+    assert np.asarray(metrics["dice_matrix"]).shape == (2, 3)
+    stages = {json.loads(x).get("stage") for x in (out / "log.jsonl").read_text().splitlines()}
+    assert {"site-RUNMC", "site-BMC", "smd-site-RUNMC", "smd-site-BMC"} <= stages
 
-    assert (
-        run(["evaluate", "--run", out, "--data", prostate_dir, "--split", "test", "--quiet"]) == 0
-    )
-    ev = json.loads((out / "eval-test.json").read_text())
-    # evaluate recomputes exactly what training recorded
+    assert run(["evaluate", "--run", out, "--data", prostate_dir, "--quiet"]) == 0
+    ev = json.loads((out / "eval-test.json").read_text())  # recomputes what training recorded
     np.testing.assert_allclose(ev["dice_matrix"], metrics["dice_matrix"], atol=1e-9)
     for key in ("memorizability", "generalizability", "bwt", "hd95"):
         assert ev[key] == pytest.approx(metrics[key])
 
+    samples = tmp_path / "samples"
+    argv = ["sample", "--run", out, "--site", "BMC", "--n", "3", "--steps", "2"]
+    assert run([*argv, "--out", samples]) == 0
+    imgs = sorted((samples / "image").glob("*.png"))
+    masks = sorted((samples / "mask").glob("*.png"))
     assert (
-        run(
-            [
-                "sample",
-                "--run",
-                out,
-                "--site",
-                "BMC",
-                "--n",
-                "3",
-                "--steps",
-                "2",
-                "--out",
-                tmp_path / "samples",
-            ]
-        )
-        == 0
+        [p.name for p in imgs] == [p.name for p in masks] == [f"BMC_000{i}.png" for i in range(3)]
     )
-    imgs = sorted((tmp_path / "samples" / "image").glob("*.png"))
-    assert len(imgs) == 3 and len(list((tmp_path / "samples" / "mask").glob("*.png"))) == 3
     assert read_image(imgs[0]).array.shape == (16, 16)
+    assert set(np.unique(read_image(masks[0]).array)) <= {0, 255}
+    assert json.loads((samples / "sample.json").read_text())["steps"] == 2
+    for bad, expected in (
+        (["--site", "HK"], "unknown site 'HK'"),
+        (["--site", "BMC", "--n", "0"], "--n: must be >= 1"),
+        (["--site", "BMC", "--sampler", "euler"], "unknown sampler 'euler'"),
+    ):
+        capsys.readouterr()
+        assert run(["sample", "--run", out, *bad, "--out", tmp_path / "s2"]) == 2
+        assert expected in capsys.readouterr().err
+        assert not (tmp_path / "s2").exists()
+
+
+def test_an_old_layout_run_still_evaluates_and_resumes(prostate_dir, tmp_path, capsys) -> None:
+    """A run folder of the earlier layout (a pure config.json plus run.json), by hand."""
+    argv = ["train", "--data", prostate_dir, "--method", "pga-real", "--sites", "RUNMC,BMC"]
+    assert run([*argv, "--out", tmp_path / "old", *TWO_STEPS]) == 0
+    old = tmp_path / "old"
+    cfg = json.loads((old / "config.json").read_text())["config"]
+    (old / "config.json").write_text(json.dumps(cfg))  # what write_run_header wrote then
+    (old / "run.json").write_text(
+        json.dumps({"package": "smg-learning", "version": "0.1.0", "method": "pga-real",
+                    "seed": 0, "preset": "tiny", "task": "prostate", "channels": 1})
+    )  # fmt: skip
+    assert load_run(old).schema == "legacy-smg-learning"
+    assert run(["evaluate", "--run", old, "--data", prostate_dir, "--quiet"]) == 0
+    ev = json.loads((old / "eval-test.json").read_text())
+    assert ev["dice_matrix"] == json.loads((old / "metrics.json").read_text())["dice_matrix"]
+
     capsys.readouterr()
-    assert run(["sample", "--run", out, "--site", "HK", "--out", tmp_path / "s2"]) == 2
-    assert "unknown site 'HK'" in capsys.readouterr().err
-    assert not (tmp_path / "s2").exists()
-
-
-@pytest.mark.parametrize(
-    "method", ["finetune", "joint", "ewc", "lwf", "replay-real", "smd-replay", "pga-real"]
-)
-def test_every_strategy_trains_two_steps(tmp_path, prostate_dir, method) -> None:
-    out = tmp_path / method
-    assert (
-        run(
-            [
-                "train",
-                "--data",
-                prostate_dir,
-                "--out",
-                out,
-                "--method",
-                method,
-                "--sites",
-                "RUNMC,BMC",
-                *TWO_STEPS,
-            ]
-        )
-        == 0
-    )
-    m = json.loads((out / "metrics.json").read_text())
-    assert m["method"] == method and np.asarray(m["dice_matrix"]).shape == (2, 2)
-
-
-def test_resume_gives_the_same_weights(tmp_path, prostate_dir) -> None:
-    base = [
-        "--data",
-        prostate_dir,
-        "--method",
-        "pga-real",
-        "--sites",
-        "RUNMC,BMC",
-        "--set",
-        "steps_per_site=4",
-        "--quiet",
-    ]
-    assert run(["train", "--out", tmp_path / "a", *base]) == 0
-    assert run(["train", "--out", tmp_path / "b", *base, "--checkpoint-every", "2"]) == 0
-    # simulate a kill between the two stages: drop the second stage's checkpoint and outputs
-    b = tmp_path / "b"
-    shutil.rmtree(b / "checkpoint" / "site-BMC")
-    shutil.rmtree(b / "model")
-    from medcommon.train.checkpoint import read_trainer_state
-
-    assert read_trainer_state(b / "checkpoint" / "site-RUNMC")["step"] == 4
-    resume = [a for a in base if a not in ("--method", "pga-real")]  # taken from run.json
-    assert run(["train", "--out", b, *resume, "--resume"]) == 0
-    wa = from_pretrained(Segmenter, tmp_path / "a" / "model").state_dict()
-    wb = from_pretrained(Segmenter, b / "model").state_dict()
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
-    assert run(["train", "--out", b, *resume, "--resume", "--method", "smg"]) == 2
-
-
-def test_benchmark_tiny(tmp_path) -> None:
-    out = tmp_path / "bench"
-    assert (
-        run(
-            [
-                "benchmark",
-                "--out",
-                out,
-                "--preset",
-                "tiny",
-                "--seeds",
-                "0",
-                "--quiet",
-                "--methods",
-                "finetune,smg",
-            ]
-        )
-        == 0
-    )
-    res = json.loads((out / "results.json").read_text())
-    assert {r["method"] for r in res["rows"]} == {"finetune", "smg"}
-    for key in ("pga_over_plain", "first_over_exact", "ddim_over_ddpm_time", "site_acc_smd"):
-        assert key in res["extra"]
-    for name in ("report.md", "summary.png", "dice_smg.png", "smd_samples.png"):
-        assert (out / name).is_file()
-
-
-# ----------------------------------------------------------------- bad inputs
-def _copy(prostate_dir, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(prostate_dir, data)
-    return data
-
-
-def _mask_path(data):
-    return data / "BMC" / "Case01_segmentation.nii.gz"
-
-
-def _no_segmentation(data):
-    _mask_path(data).unlink()
-    return [], "BMC/Case01.nii.gz: image without its segmentation"
-
-
-def _shape_mismatch(data):
-    write_image(_mask_path(data), np.zeros((4, 10, 10), np.uint8), (3.0, 1.0, 1.0))
-    return (
-        [],
-        "Case01_segmentation.nii.gz: mask shape (4, 10, 10) differs from image shape (4, 24, 24)",
-    )
-
-
-def _bad_labels(data):
-    m = read_image(_mask_path(data)).array.copy()
-    m[0, 0, 0] = 2
-    write_image(_mask_path(data), m, (3.0, 1.0, 1.0))
-    return [], "Case01_segmentation.nii.gz: mask has labels [2] not among the declared [0, 1]"
-
-
-def _unknown_site(data):
-    return ["--sites", "RUNMC,UCL"], "error: --sites: unknown site 'UCL'"
-
-
-def _empty_site(data):
-    (data / "UCL").mkdir()
-    return ["--sites", "RUNMC,UCL"], "UCL: site has no cases"
-
-
-def _overlap(data):
-    return [
-        "--sites",
-        "RUNMC,BMC",
-        "--heldout",
-        "BMC",
-    ], "error: --heldout: site 'BMC' is also in --sites"
-
-
-@pytest.mark.parametrize(
-    "make", [_no_segmentation, _shape_mismatch, _bad_labels, _unknown_site, _empty_site, _overlap]
-)
-def test_bad_input_exit_2_one_line_nothing_written(tmp_path, prostate_dir, capsys, make) -> None:
-    data = _copy(prostate_dir, tmp_path)
-    extra, expected = make(data)
-    out = tmp_path / "run"
-    code = run(["train", "--data", data, "--out", out, *extra, *TWO_STEPS])
-    err = capsys.readouterr().err
-    assert code == 2
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert expected in lines[0]
-    assert "Traceback" not in err
-    assert not out.exists()
-
-
-def test_bad_config_and_method(tmp_path, prostate_dir, capsys) -> None:
-    out = tmp_path / "run"
-    assert run(["train", "--data", prostate_dir, "--out", out, "--set", "pga.nope=1"]) == 2
-    assert "pga.nope: unknown config field" in capsys.readouterr().err
-    assert run(["train", "--data", prostate_dir, "--out", out, "--method", "magic"]) == 2
-    assert "unknown method 'magic'" in capsys.readouterr().err
-    assert run(["train", "--data", tmp_path / "missing", "--out", out]) == 2
-    assert "data folder not found" in capsys.readouterr().err
-    assert not out.exists()
-
-
-def test_fundus_train_two_steps(tmp_path, fundus_dir) -> None:
-    out = tmp_path / "fundus-run"
-    assert (
-        run(
-            [
-                "train",
-                "--data",
-                fundus_dir,
-                "--out",
-                out,
-                "--method",
-                "smg",
-                "--sites",
-                "Domain1,Domain2",
-                "--heldout",
-                "Domain3",
-                *TWO_STEPS,
-            ]
-        )
-        == 0
-    )
-    m = json.loads((out / "metrics.json").read_text())
-    assert m["columns"] == ["Domain1", "Domain2", "Domain3"]
-    assert json.loads((out / "run.json").read_text())["channels"] == 3
-    assert (
-        run(
-            [
-                "sample",
-                "--run",
-                out,
-                "--site",
-                "Domain1",
-                "--n",
-                "2",
-                "--steps",
-                "2",
-                "--out",
-                tmp_path / "fs",
-            ]
-        )
-        == 0
-    )
-    assert read_image(next((tmp_path / "fs" / "image").glob("*.png"))).array.shape == (16, 16, 3)
+    assert run(["train", "--data", prostate_dir, "--out", old, "--resume", "--seed", "3"]) == 2
+    assert "--seed: the run was trained with 0, not 3" in capsys.readouterr().err
+    resume = ["train", "--data", prostate_dir, "--out", old, "--resume", "--quiet"]
+    assert run([*resume, "--set", "image_size=24"]) == 2
+    assert "cannot change a resumed run's setting" in capsys.readouterr().err
+    # method, seed and sites come from run.json and the config; the steps are raised to 4
+    assert run([*resume, "--set", "steps_per_site=4"]) == 0
+    assert run([*argv, "--out", tmp_path / "new", "--set", "steps_per_site=4", "--quiet"]) == 0
+    wa, wb = weights(old / "model"), weights(tmp_path / "new" / "model")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert load_run(old).config["steps_per_site"] == 4
 
 
 def test_resume_after_a_kill_inside_a_stage(tmp_path, prostate_dir, monkeypatch) -> None:
     import smg_learning.continual as train_mod
 
-    base = [
-        "--data",
-        prostate_dir,
-        "--method",
-        "smd-replay",
-        "--sites",
-        "RUNMC,BMC",
-        "--set",
-        "steps_per_site=4",
-        "--set",
-        "smd.train_steps=4",
-        "--quiet",
-        "--checkpoint-every",
-        "2",
-    ]
+    base = ["--data", prostate_dir, "--method", "smd-replay", "--sites", "RUNMC,BMC"]
+    base += ["--set", "steps_per_site=4", "--set", "smd.train_steps=4", "--quiet"]
+    base += ["--checkpoint-every", "2"]
     assert run(["train", "--out", tmp_path / "a", *base]) == 0
 
     real_make_step = train_mod.make_step
@@ -361,11 +270,42 @@ def test_resume_after_a_kill_inside_a_stage(tmp_path, prostate_dir, monkeypatch)
     assert not (tmp_path / "b" / "metrics.json").exists()
     assert run(["train", "--out", tmp_path / "b", *base, "--resume"]) == 0
     for name in ("model", "smd"):
-        cls = Segmenter if name == "model" else SiteModulatedDiffusion
-        wa = from_pretrained(cls, tmp_path / "a" / name).state_dict()
-        wb = from_pretrained(cls, tmp_path / "b" / name).state_dict()
-        for k in wa:
-            assert torch.equal(wa[k], wb[k]), (name, k)
+        wa, wb = weights(tmp_path / "a" / name), weights(tmp_path / "b" / name)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
     ma = json.loads((tmp_path / "a" / "metrics.json").read_text())
     mb = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert ma["dice_matrix"] == mb["dice_matrix"]
+
+
+def test_fundus_train_sample_predict(tmp_path, fundus_dir) -> None:
+    out = tmp_path / "fundus-run"
+    argv = ["train", "--data", fundus_dir, "--out", out, "--method", "smg"]
+    assert run([*argv, "--sites", "Domain1,Domain2", "--heldout", "Domain3", *TWO_STEPS]) == 0
+    assert json.loads((out / "metrics.json").read_text())["columns"] == [
+        "Domain1", "Domain2", "Domain3"
+    ]  # fmt: skip
+    assert load_run(out).info.extra["channels"] == 3
+    argv = ["sample", "--run", out, "--site", "Domain1", "--n", "2", "--steps", "2"]
+    assert run([*argv, "--out", tmp_path / "fs"]) == 0
+    assert read_image(next((tmp_path / "fs" / "image").glob("*.png"))).array.shape == (16, 16, 3)
+
+    # the whole layout: images found recursively, mask/ folders skipped
+    assert run(["predict", "--run", out, fundus_dir / "Domain3", "--out", tmp_path / "p"]) == 0
+    images = sorted((fundus_dir / "Domain3" / "image").glob("*.png"))
+    written = sorted((tmp_path / "p").iterdir())
+    assert [p.name for p in written] == [f"{p.stem}_mask.png" for p in images]
+    for src, dst in zip(images, written):
+        m = read_image(dst).array
+        assert m.shape == read_image(src).array.shape[:2] and set(np.unique(m)) <= {0, 255}
+
+
+def test_benchmark_tiny(tmp_path) -> None:
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--out", out, "--preset", "tiny", "--seeds", "0", "--quiet"]
+    assert run([*argv, "--methods", "finetune,smg"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert {r["method"] for r in res["rows"]} == {"finetune", "smg"}
+    for key in ("pga_over_plain", "first_over_exact", "ddim_over_ddpm_time", "site_acc_smd"):
+        assert key in res["extra"]
+    for name in ("report.md", "summary.png", "dice_smg.png", "smd_samples.png"):
+        assert (out / name).is_file()

@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from medcommon.testing import GPU_MARKS, GPU_PRECISIONS, GPU_STEPS, gpu_fit_steps
+from medcommon.testing import GPU_DEVICE, GPU_MARKS, GPU_PRECISIONS, GPU_STEPS, gpu_fit_steps
 from medcommon.train import TrainConfig, seed_everything
 from smg_learning.config import preset_config
-from smg_learning.data import SiteSlices, SliceDataset
+from smg_learning.data import ContinualData, SiteSlices, SliceDataset
+from smg_learning.replay import _smd_step
 from smg_learning.segmenter import Segmenter, SegmenterConfig
-from smg_learning.smd import SiteModulatedDiffusion
-from smg_learning.strategies import STRATEGIES, ReplayMemory, make_step
-from smg_learning.train import smd_model_config
+from smg_learning.strategies import STRATEGIES, ReplayMemory, RunContext, Strategy
 
 pytestmark = GPU_MARKS
 PRECISIONS, STEPS = GPU_PRECISIONS, GPU_STEPS
@@ -43,6 +42,13 @@ def _site(name: str, n: int, size: int, seed: int) -> SiteSlices:
     return SiteSlices(name, [name], images, masks, np.zeros(n, dtype=int))
 
 
+def _smg(cfg, sites: list[SiteSlices]) -> Strategy:
+    """The ``smg`` strategy of a run on ``sites`` (it builds its SMD with the run's config)."""
+    parts = {"train": {p.site: p for p in sites}}
+    data = ContinualData("prostate", [p.site for p in sites], [], {}, parts, 1)
+    return STRATEGIES.get("smg")(RunContext(data, cfg, seed=0, device=GPU_DEVICE))
+
+
 def _config(precision: str, batch_size: int) -> TrainConfig:
     return TrainConfig(
         max_steps=STEPS[precision], batch_size=batch_size, mixed_precision=precision, log_every=0
@@ -55,28 +61,31 @@ def test_pga_step_with_replay(precision, tmp_path):
     cfg = preset_config("tiny")
     size = cfg.image_size
     replay_images, replay_masks = _slices(cfg.replay_per_site, size, seed=1)
-    memory = ReplayMemory(replay_images, replay_masks, torch.zeros(cfg.replay_per_site).long())
-    step = make_step(STRATEGIES.get("smg"), cfg, seed=0, stage=1, memory=memory)
+    site_b = _site("B", 8, size, seed=2)
     seed_everything(0)
     model = Segmenter(SegmenterConfig(1, tuple(cfg.channels), cfg.num_res_units))
+    strategy = _smg(cfg, [_site("A", 8, size, seed=1), site_b])
+    strategy.stage = 1  # site B, replaying site A (the SMD's samples in a run)
+    strategy.memory = ReplayMemory(
+        replay_images, replay_masks, torch.zeros(cfg.replay_per_site).long()
+    )
+    step = strategy.step
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    dataset = SliceDataset([_site("B", 8, size, seed=2)], [1])
+    dataset = SliceDataset([site_b], [1])
     config = _config(precision, cfg.batch_size)
     _fit_steps(model, optimizer, dataset, step, config, tmp_path, "smg/pga")
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_smd_denoising_step(precision, tmp_path):
-    """The site-modulated diffusion model's training loss, as ``train_smd_stage`` runs it."""
+    """The site-modulated diffusion model of an ``smg`` run and the step of its stages
+    (``train_smd_stage``'s DDPM loss)."""
     cfg = preset_config("tiny")
+    sites = [_site("A", 8, cfg.image_size, seed=3), _site("B", 8, cfg.image_size, seed=4)]
     seed_everything(0)
-    smd = SiteModulatedDiffusion(smd_model_config(cfg, 1, ["A", "B"]))
-    size = smd.config.image_size
-    dataset = SliceDataset([_site("A", 8, size, seed=3), _site("B", 8, size, seed=4)], [0, 1])
+    smd = _smg(cfg, sites).smd
+    assert smd.config.image_size == cfg.image_size  # smd.image_size 0: the segmenter's
+    dataset = SliceDataset(sites, [0, 1])
     optimizer = torch.optim.Adam(smd.parameters(), lr=cfg.smd.lr)
-
-    def step(m, b, ctx):
-        return m.training_loss(b["image"], b["mask"], b["site"])
-
     config = _config(precision, cfg.smd.batch_size)
-    _fit_steps(smd, optimizer, dataset, step, config, tmp_path, "smg/smd")
+    _fit_steps(smd, optimizer, dataset, _smd_step, config, tmp_path, "smg/smd")

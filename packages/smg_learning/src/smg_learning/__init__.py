@@ -11,7 +11,10 @@ Table of contents:
 - :mod:`smg_learning.replay`: replay memories (stored real slices, SMD samples) and the SMD's stages.
 - :mod:`smg_learning.strategies`: the continual strategies (finetune ... smg), one module each.
 - :mod:`smg_learning.continual`: the stage-per-site training loop.
-- :mod:`smg_learning.run_io`: the run folder's config, run and split files.
+- :mod:`smg_learning.run_io`: the run folder's header through :mod:`medcommon.run`, and its split.
+- :mod:`smg_learning.train`: a new or resumed run folder (``smg-learning train``).
+- :mod:`smg_learning.sample`: image/mask pairs of one site from a run's SMD.
+- :mod:`smg_learning.predict`: a mask file per input volume or image.
 - :mod:`smg_learning.distributed`: gradient averaging over torchrun processes (PGA under DDP).
 - :mod:`smg_learning.evaluate`: the stage x site Dice matrix, memorizability, generalizability, BWT, HD95.
 - :mod:`smg_learning.benchmark`: all strategies over seeds, plus the cost ratios.

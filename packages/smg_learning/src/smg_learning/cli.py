@@ -1,38 +1,43 @@
-"""The ``smg-learning`` console script: a thin layer over the library.
+"""The ``smg-learning`` console script: a table of commands, each a thin call into the library.
 
-Commands: ``synth``, ``train``, ``evaluate``, ``sample``, ``benchmark`` (see the README).
-Every input is validated before anything is written; bad input is one
-``error: <where>: <problem>`` line and exit code 2.
+Commands: ``synth``, ``train``, ``evaluate``, ``sample``, ``predict``, ``benchmark``
+(see the README). Every input is validated before anything is written; bad input is
+one ``error: <where>: <problem>`` line and exit code 2.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import argparse
 from pathlib import Path
 
 from medcommon.cli import (
+    App,
     add_benchmark_args,
     add_evaluate_args,
     add_synth_args,
     add_train_args,
-    make_parser,
-    require_fresh_out,
-    run_main,
-    subparsers,
 )
-from medcommon.config import check_preset, resolve_config
 from medcommon.errors import InputError
 from smg_learning import __version__
-from smg_learning.config import RunConfig, run_preset
 from smg_learning.strategies import STRATEGIES
+
+TASKS = ["prostate", "fundus"]
+
+app = App(
+    "smg-learning",
+    "Continual segmentation across sites: SMG-Learning (PGA + site-modulated diffusion replay) "
+    "and its baselines.",
+    __version__,
+)
 
 
 def _names(text: str | None, flag: str) -> tuple[str, ...]:
+    """A comma-separated ``--sites``/``--methods`` value as names (None: none given)."""
     if text is None:
         return ()
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     if not names:
-        raise InputError(flag, "expected a comma-separated list of site names")
+        raise InputError(flag, "expected a comma-separated list of names")
     return names
 
 
@@ -48,10 +53,23 @@ def _print_matrix(metrics: dict) -> None:
     )
 
 
+def _device(name: str) -> str:
+    from medcommon.train.accelerator import resolve_device
+
+    return resolve_device(name)
+
+
+# ---------------------------------------------------------------------------- synth
+def _synth_args(p: argparse.ArgumentParser) -> None:
+    add_synth_args(p)
+    p.add_argument("--task", default="prostate", choices=TASKS, help="layout (default prostate)")
+    p.add_argument("--sites", type=int, default=None, help="number of sites (default: preset)")
+
+
+@app.command("synth", "write a synthetic multi-site dataset in the public layout", args=_synth_args)
 def cmd_synth(args) -> int:
     from smg_learning.synth import generate
 
-    check_preset(args.preset)
     out = generate(
         args.out,
         task=args.task,
@@ -64,182 +82,9 @@ def cmd_synth(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from medcommon.train.accelerator import resolve_device
-    from smg_learning.continual import train_continual
-    from smg_learning.data import load_continual
-    from smg_learning.run_io import load_run, read_run_info, write_run_header
-
-    check_preset(args.preset)
-    device = resolve_device(args.device)
-    sites, heldout = _names(args.sites, "--sites"), _names(args.heldout, "--heldout")
-    if args.resume and (args.out / "config.json").is_file():
-        # resuming: config, sites, split, method and seed come from the run folder
-        cfg, sites_, heldout_, split = load_run(args.out)
-        info = read_run_info(args.out)
-        for flag, given, saved in (
-            ("--method", args.method, info.get("method")),
-            ("--seed", args.seed, info.get("seed")),
-        ):
-            if given is not None and given != saved:
-                raise InputError(flag, f"the run was trained with {saved!r}, not {given!r}")
-        args.method, args.seed = info.get("method"), info.get("seed")
-        STRATEGIES.get(args.method)
-        data = load_continual(args.data, cfg, sites_, heldout_, split=split)
-    else:
-        args.method = args.method or "smg"
-        args.seed = 0 if args.seed is None else args.seed
-        STRATEGIES.get(args.method)
-        require_fresh_out(args.out)
-        cfg = resolve_config(
-            RunConfig, base=run_preset(args.preset), file=args.config, overrides=args.overrides
-        )
-        data = load_continual(args.data, cfg, sites, heldout)
-        if args.smd_from is not None and not (args.smd_from / "smd_stages").is_dir():
-            raise InputError(args.smd_from, "not a run with SMD stages (no smd_stages/)")
-        # all input is valid: only now is the run folder created
-        args.out.mkdir(parents=True, exist_ok=True)
-        write_run_header(args.out, cfg, data, args.method, args.seed, args.preset)
-    metrics = train_continual(
-        data,
-        cfg,
-        args.method,
-        args.out,
-        seed=args.seed,
-        device=device,
-        quiet=args.quiet,
-        resume=args.resume,
-        checkpoint_every=args.checkpoint_every,
-        smd_from=args.smd_from,
-    )
-    if not args.quiet:
-        _print_matrix(metrics)
-    print(f"wrote {args.out}")
-    return 0
-
-
-def cmd_evaluate(args) -> int:
-    from medcommon.train.accelerator import resolve_device
-    from smg_learning.evaluate import evaluate_run
-
-    result = evaluate_run(args.run, args.data, args.split, resolve_device(args.device))
-    if not args.quiet:
-        _print_matrix(result)
-    print(f"wrote {args.run / f'eval-{args.split}.json'}")
-    return 0
-
-
-def cmd_sample(args) -> int:
-    import numpy as np
-    import torch
-
-    from medcommon.fs import atomic_dir, write_json_atomic
-    from medcommon.io import write_image
-    from medcommon.models import from_pretrained
-    from medcommon.train.accelerator import resolve_device
-    from smg_learning.replay import resize_pairs
-    from smg_learning.run_io import load_run
-    from smg_learning.smd import SiteModulatedDiffusion
-
-    smd_dir = args.run / "smd"
-    if not (smd_dir / "model.safetensors").is_file():
-        raise InputError(
-            args.run, "no SMD model in this run (train with --method smg or smd-replay)"
-        )
-    if args.n < 1:
-        raise InputError("--n", "must be >= 1")
-    if args.steps < 1:
-        raise InputError("--steps", "must be >= 1")
-    if args.sampler not in ("ddim", "ddpm"):
-        raise InputError("--sampler", f"unknown sampler {args.sampler!r}; choose ddim or ddpm")
-    require_fresh_out(args.out, "output folder", "choose another --out")
-    device = resolve_device(args.device)
-    smd = from_pretrained(SiteModulatedDiffusion, smd_dir).to(device)
-    k = smd.site_index(args.site)
-    cfg = load_run(args.run)[0] if (args.run / "config.json").is_file() else None
-    g = torch.Generator().manual_seed(args.seed)
-    images, masks = smd.sample(
-        torch.full((args.n,), k, dtype=torch.long),
-        steps=args.steps,
-        sampler=args.sampler,
-        generator=g,
-        mask_threshold=cfg.smd.mask_threshold if cfg else 0.0,
-    )
-    if cfg is not None:  # at the segmenter's resolution, as replayed
-        images, masks = resize_pairs(images, masks, cfg.image_size)
-    with atomic_dir(args.out) as tmp:
-        for i in range(args.n):
-            img = images[i].numpy()
-            img = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
-            write_image(
-                tmp / "image" / f"{args.site}_{i:04d}.png", np.round(img * 255).astype(np.uint8)
-            )
-            write_image(
-                tmp / "mask" / f"{args.site}_{i:04d}.png",
-                (masks[i, 0].numpy() * 255).astype(np.uint8),
-            )
-        write_json_atomic(
-            tmp / "sample.json",
-            {
-                "run": str(args.run),
-                "site": args.site,
-                "n": args.n,
-                "sampler": args.sampler,
-                "steps": args.steps if args.sampler == "ddim" else smd.config.num_train_timesteps,
-                "seed": args.seed,
-            },
-        )
-    print(f"wrote {args.n} image/mask pairs to {args.out}")
-    return 0
-
-
-def cmd_benchmark(args) -> int:
-    from medcommon.train.accelerator import resolve_device
-    from smg_learning.benchmark import run_benchmark
-
-    check_preset(args.preset)
-    methods = list(_names(args.methods, "--methods")) if args.methods else STRATEGIES.names()
-    for m in methods:
-        STRATEGIES.get(m)
-    if not args.seeds:
-        raise InputError("--seeds", "give at least one seed")
-    run_benchmark(
-        args.out,
-        preset=args.preset,
-        seeds=args.seeds,
-        data=args.data,
-        task=args.task,
-        methods=methods,
-        device=resolve_device(args.device),
-        quiet=args.quiet,
-        sites=_names(args.sites, "--sites"),
-        heldout=_names(args.heldout, "--heldout"),
-    )
-    print(f"wrote {args.out / 'results.json'}, {args.out / 'report.md'} and plots")
-    return 0
-
-
-def build_parser():
-    parser = make_parser(
-        "smg-learning",
-        "Continual segmentation across sites: SMG-Learning (PGA + site-modulated diffusion replay) "
-        "and its baselines.",
-        __version__,
-    )
-    sub = subparsers(parser)
-    p = sub.add_parser("synth", help="write a synthetic multi-site dataset in the public layout")
-    add_synth_args(p)
-    p.add_argument(
-        "--task",
-        default="prostate",
-        choices=["prostate", "fundus"],
-        help="layout (default prostate)",
-    )
-    p.add_argument("--sites", type=int, default=None, help="number of sites (default: preset)")
-    p.set_defaults(handler=cmd_synth)
-
-    p = sub.add_parser("train", help="train one strategy over the sites in sequence")
-    add_train_args(p, STRATEGIES.names(), "smg")
+# ---------------------------------------------------------------------------- train
+def _train_args(p: argparse.ArgumentParser) -> None:
+    add_train_args(p, STRATEGIES, "smg")
     # no silent defaults for these two, so --resume can take them from the run folder
     p.set_defaults(method=None, seed=None)
     p.add_argument(
@@ -249,15 +94,48 @@ def build_parser():
     p.add_argument(
         "--smd-from", type=Path, default=None, help="reuse the SMD stages of another run"
     )
-    p.set_defaults(handler=cmd_train)
 
-    p = sub.add_parser("evaluate", help="recompute the stage x site Dice matrix of a run")
-    add_evaluate_args(p)
-    p.set_defaults(handler=cmd_evaluate)
 
-    p = sub.add_parser(
-        "sample", help="generate image/mask PNG pairs of one site with the run's SMD"
+@app.command("train", "train one strategy over the sites in sequence", args=_train_args)
+def cmd_train(args) -> int:
+    from smg_learning.train import train_run
+
+    metrics = train_run(
+        args.out,
+        args.data,
+        method=args.method,
+        seed=args.seed,
+        preset=args.preset,
+        config_file=args.config,
+        overrides=args.overrides,
+        sites=_names(args.sites, "--sites"),
+        heldout=_names(args.heldout, "--heldout"),
+        resume=args.resume,
+        checkpoint_every=args.checkpoint_every,
+        smd_from=args.smd_from,
+        device=_device(args.device),
+        quiet=args.quiet,
     )
+    if not args.quiet:
+        _print_matrix(metrics)
+    print(f"wrote {args.out}")
+    return 0
+
+
+# ------------------------------------------------------------------------- evaluate
+@app.command("evaluate", "recompute the stage x site Dice matrix of a run", args=add_evaluate_args)
+def cmd_evaluate(args) -> int:
+    from smg_learning.evaluate import evaluate_run
+
+    result = evaluate_run(args.run, args.data, args.split, _device(args.device))
+    if not args.quiet:
+        _print_matrix(result)
+    print(f"wrote {args.run / f'eval-{args.split}.json'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- sample
+def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", type=Path, required=True, help="a run trained with smg or smd-replay")
     p.add_argument("--site", required=True, help="site name (its prompt)")
     p.add_argument("--n", type=int, default=8, help="number of pairs (default 8)")
@@ -267,28 +145,99 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(handler=cmd_sample)
 
-    p = sub.add_parser("benchmark", help="all strategies over seeds, plus cost ratios")
-    add_benchmark_args(p)
-    p.add_argument(
-        "--task", default="prostate", choices=["prostate", "fundus"], help="synthetic task"
+
+@app.command(
+    "sample", "generate image/mask PNG pairs of one site with the run's SMD", args=_sample_args
+)
+def cmd_sample(args) -> int:
+    from smg_learning.sample import sample_site
+
+    sample_site(
+        args.run,
+        args.site,
+        args.out,
+        n=args.n,
+        steps=args.steps,
+        sampler=args.sampler,
+        seed=args.seed,
+        device=_device(args.device),
     )
-    p.add_argument("--methods", default=None, help="comma-separated subset of strategies")
+    print(f"wrote {args.n} image/mask pairs to {args.out}")
+    return 0
+
+
+# -------------------------------------------------------------------------- predict
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    # medcommon's add_predict_args writes one file (or stdout); here --out is a folder
+    p.add_argument("--run", type=Path, required=True, help="a run folder written by train")
+    p.add_argument(
+        "paths",
+        type=Path,
+        nargs="+",
+        metavar="PATH",
+        help="volumes (.nii, .nii.gz, .mha; prostate runs) or PNG/JPEG images (fundus runs), "
+        "or folders searched recursively",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="folder for the masks (default RUN/predictions)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--quiet", action="store_true", help="print only the summary line")
+
+
+@app.command(
+    "predict",
+    "write a mask file per input volume or image (<stem>_mask.nii.gz / _mask.png)",
+    args=_predict_args,
+)
+def cmd_predict(args) -> int:
+    from smg_learning.predict import predict_paths
+
+    written = predict_paths(args.run, args.paths, args.out, _device(args.device))
+    if not args.quiet:
+        for path in written:
+            print(path)
+    print(f"wrote {len(written)} masks to {written[0].parent}")
+    return 0
+
+
+# ------------------------------------------------------------------------ benchmark
+def _benchmark_args(p: argparse.ArgumentParser) -> None:
+    add_benchmark_args(p)
+    p.add_argument("--task", default="prostate", choices=TASKS, help="synthetic task")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help=f"comma-separated subset of: {','.join(STRATEGIES.names())} (default: all)",
+    )
     p.add_argument("--sites", default=None, help="training order (default: preset's)")
     p.add_argument("--heldout", default=None, help="held-out sites (default: preset's)")
-    p.set_defaults(handler=cmd_benchmark)
-    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.handler(args)
+@app.command("benchmark", "all strategies over seeds, plus cost ratios", args=_benchmark_args)
+def cmd_benchmark(args) -> int:
+    from smg_learning.benchmark import run_benchmark
+
+    methods = list(_names(args.methods, "--methods"))
+    for m in methods:
+        STRATEGIES.get(m)  # the registry's own one-line error for an unknown name
+    run_benchmark(
+        args.out,
+        preset=args.preset,
+        seeds=args.seeds,
+        data=args.data,
+        task=args.task,
+        methods=methods or STRATEGIES.names(),
+        device=_device(args.device),
+        quiet=args.quiet,
+        sites=_names(args.sites, "--sites"),
+        heldout=_names(args.heldout, "--heldout"),
+    )
+    print(f"wrote {args.out / 'results.json'}, {args.out / 'report.md'} and plots")
+    return 0
 
 
-def entry() -> None:
-    """Console-script entry point."""
-    raise SystemExit(run_main(main))
+main, entry, build_parser = app.main, app.entry, app.build_parser
 
-
-__all__ = ["build_parser", "entry", "main"]
+__all__ = ["app", "build_parser", "entry", "main"]

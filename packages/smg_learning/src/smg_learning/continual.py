@@ -9,7 +9,11 @@ strategy updates its state (``end_stage``: EWC Fisher, LwF teacher, the SMD's st
 
 Run folder (header files: :mod:`smg_learning.run_io`): ``log.jsonl``,
 ``checkpoint/<stage>/``, ``stages/``, ``model/`` (last segmenter), ``smd/`` (last SMD,
-for ``smg-learning sample``), ``metrics.json``.
+for ``smg-learning sample``), ``metrics.json`` (:func:`medcommon.run.write_metrics`).
+
+Resume: every stage continues from its checkpoint until one of them actually trains
+(it was interrupted, or its step count was raised); every later stage was trained
+from that stage's old result, so it is trained afresh (:meth:`RunContext.fit_stage`).
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from typing import Any
 
 import torch
 
-from medcommon.fs import write_json_atomic
 from medcommon.models import save_pretrained
+from medcommon.run import write_metrics
 from medcommon.train import TrainConfig, Trainer, seed_everything
 from medcommon.train.loop import StepFn
 from smg_learning.config import RunConfig
@@ -82,6 +86,7 @@ def train_continual(
         out=out,
         quiet=quiet,
         resume=resume,
+        resumed=resume,
         checkpoint_every=every,
         smd_from=None if smd_from is None else Path(smd_from),
         train_last_smd=train_last_smd,
@@ -117,7 +122,7 @@ def train_continual(
             device=device,
             quiet=quiet,
         )
-        res = trainer.fit(resume=resume)
+        res = run.fit_stage(trainer)
         model = trainer.unwrapped_model()
         seg_seconds += res.train_seconds
         rows.append(res.final_metrics or stage_metrics(model, data, "test", device))
@@ -137,7 +142,7 @@ def train_continual(
         save_pretrained(model, out / "model", model.config)
         if smd is not None:
             save_pretrained(smd, out / "smd", smd.config)
-        write_json_atomic(out / "metrics.json", metrics)
+        write_metrics(out, metrics)
     metrics["_model"] = model
     metrics["_smd"] = smd
     return metrics

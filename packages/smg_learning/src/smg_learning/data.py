@@ -223,6 +223,32 @@ def _resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
+def volume_channels(arr: np.ndarray, adjacent_slices: int = 1) -> np.ndarray:
+    """A ``(z, y, x)`` volume, min-max normalised, as ``(z, C, y, x)`` slices.
+
+    ``C`` is 1, or 3 with ``adjacent_slices == 3`` (each slice with its neighbours,
+    repeated at the ends).
+    """
+    v = _minmax(arr)
+    if adjacent_slices == 3:
+        idx = np.arange(v.shape[0])
+        return np.stack([v[np.clip(idx + d, 0, len(idx) - 1)] for d in (-1, 0, 1)], axis=1)
+    return v[:, None]
+
+
+def fundus_channels(arr: np.ndarray) -> np.ndarray:
+    """A ``(y, x, 3)`` (or grey ``(y, x)``) image, min-max normalised, as ``(1, 3, y, x)``."""
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    return _minmax(arr).transpose(2, 0, 1)[None]
+
+
+def segmenter_input(slices: np.ndarray, size: int) -> torch.Tensor:
+    """``(N, C, y, x)`` slices in [0, 1] resized (bilinear, antialiased) to ``(N, C, size, size)``."""
+    x = _resize(torch.from_numpy(np.ascontiguousarray(slices)), size, "bilinear")
+    return x.clamp(0, 1).float()
+
+
 def load_case(case: Case, task: str, cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Read one case: images (Z, C, S, S) float32 in [0, 1], masks (Z, 1, S, S) int64 in {0, 1}."""
     img = read_image(case.image)
@@ -235,7 +261,7 @@ def load_case(case: Case, task: str, cfg: RunConfig) -> tuple[torch.Tensor, torc
             raise InputError(
                 case.mask, f"mask shape {m.shape} differs from image shape {arr.shape[:2]}"
             )
-        vol = _minmax(arr).transpose(2, 0, 1)[None]  # (1, 3, y, x)
+        vol = fundus_channels(arr)
         m = m[None]  # (1, y, x)
     else:
         arr = img.array
@@ -248,12 +274,7 @@ def load_case(case: Case, task: str, cfg: RunConfig) -> tuple[torch.Tensor, torc
             raise InputError(
                 case.mask, f"mask shape {m.shape} differs from image shape {arr.shape}"
             )
-        v = _minmax(arr)  # (z, y, x)
-        if cfg.adjacent_slices == 3:
-            idx = np.arange(v.shape[0])
-            vol = np.stack([v[np.clip(idx + d, 0, len(idx) - 1)] for d in (-1, 0, 1)], axis=1)
-        else:
-            vol = v[:, None]
+        vol = volume_channels(arr, cfg.adjacent_slices)
     values = np.unique(m)
     bad = [int(x) for x in values if int(x) not in labels or x != int(x)]
     if bad:
@@ -263,9 +284,8 @@ def load_case(case: Case, task: str, cfg: RunConfig) -> tuple[torch.Tensor, torc
             "(set mask_labels / foreground_labels)",
         )
     fgm = np.isin(m, fg).astype(np.float32)[:, None]  # (z, 1, y, x)
-    images = _resize(torch.from_numpy(np.ascontiguousarray(vol)), cfg.image_size, "bilinear")
     masks = _resize(torch.from_numpy(fgm), cfg.image_size, "nearest")
-    return images.clamp(0, 1).float(), masks.round().long()
+    return segmenter_input(vol, cfg.image_size), masks.round().long()
 
 
 def load_slices(cases: list[Case], task: str, cfg: RunConfig, site: str) -> SiteSlices:

@@ -20,7 +20,7 @@ from medcommon.fs import write_json_atomic
 from medcommon.metrics import continual_summary, dice, hd95
 from medcommon.models import from_pretrained
 from smg_learning.data import ContinualData, SiteSlices, load_continual
-from smg_learning.run_io import load_run
+from smg_learning.run_io import open_run
 from smg_learning.segmenter import Segmenter
 
 
@@ -90,11 +90,11 @@ def evaluate_run(
 
     Writes ``RUN/eval-<split>.json`` and returns its content.
     """
-    run = Path(run)
-    cfg, sites, heldout, saved_split = load_run(run)
+    saved = open_run(run)
+    run, sites = saved.path, saved.sites
     if split not in ("train", "test"):
         raise InputError("--split", f"unknown split {split!r}; choose train or test")
-    data = load_continual(data_dir, cfg, sites, heldout, split=saved_split)
+    data = load_continual(data_dir, saved.cfg, sites, saved.heldout, split=saved.split)
     rows = []
     for site in sites:
         stage_dir = run / "stages" / site

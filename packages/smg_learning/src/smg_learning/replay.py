@@ -7,6 +7,7 @@ plus its own replay of sites ``< t``, saved to ``RUN/smd_stages/<site>/``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,10 +141,15 @@ def train_smd_stage(
     seed: int,
     device: str,
     quiet: bool,
-    resume: bool,
+    resume: bool = False,
     checkpoint_every: int = 0,
+    fit: Callable[[Trainer], Any] | None = None,
 ) -> SiteModulatedDiffusion:
-    """Continue training the SMD on site ``t``'s real slices plus its replay of sites ``< t``."""
+    """Continue training the SMD on site ``t``'s real slices plus its replay of sites ``< t``.
+
+    ``fit`` runs the stage's Trainer (a run's :meth:`RunContext.fit_stage`); by default
+    ``trainer.fit(resume=resume)``.
+    """
     site = data.sites[t]
     part = data.parts["train"][site]
     im, mk = resize_pairs(part.images, part.masks, smd.config.image_size)
@@ -176,5 +182,8 @@ def train_smd_stage(
         device=device,
         quiet=quiet,
     )
-    trainer.fit(resume=resume)
+    if fit is None:
+        trainer.fit(resume=resume)
+    else:
+        fit(trainer)
     return trainer.unwrapped_model()

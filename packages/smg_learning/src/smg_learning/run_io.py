@@ -1,59 +1,101 @@
-"""The run folder's header files: what a run was (config, method, split), written and read back.
+"""The run folder's header, through :mod:`medcommon.run` (the one schema of every package).
 
-``config.json`` holds the resolved :class:`~smg_learning.config.RunConfig` (sites filled
-in), ``run.json`` the method, seed, preset and task, ``split.json`` the per-site patient
-split; :func:`load_run` is how ``--resume``, ``evaluate`` and ``sample`` find them again.
+``config.json`` is written by :func:`medcommon.run.write_run_config`: the ``run`` block
+holds method, seed, preset and data, with the task, image channels, training sites and
+held-out sites in ``run.extra``; the ``config`` block the resolved
+:class:`~smg_learning.config.RunConfig` (sites filled in). ``split.json`` (the per-site
+patient split) is a data file beside it. :func:`open_run` is how ``--resume``,
+``evaluate``, ``sample`` and ``predict`` read a run back, including runs of the earlier
+layout (a pure config plus ``run.json``), which :func:`medcommon.run.load_run` reads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medcommon.config import config_from_dict, config_to_dict
 from medcommon.errors import InputError
 from medcommon.fs import read_json, write_json_atomic
+from medcommon.run import Run, load_run, make_run_info, write_run_config
 from smg_learning import __version__
 from smg_learning.config import RunConfig
 from smg_learning.data import ContinualData
 
+PACKAGE = "smg-learning"
+SPLIT_FILE = "split.json"
+
+
+@dataclass(frozen=True)
+class SavedRun:
+    """A run folder read back: the :class:`~medcommon.run.Run`, its config and split."""
+
+    run: Run
+    cfg: RunConfig
+    split: dict[str, Any]
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.cfg.sites)
+
+    @property
+    def heldout(self) -> list[str]:
+        return list(self.cfg.heldout)
+
+    @property
+    def task(self) -> str:
+        """prostate or fundus (``run.extra``; the config's task when it was not ``auto``)."""
+        return str(self.run.info.extra.get("task") or self.cfg.task)
+
+    @property
+    def channels(self) -> int | None:
+        c = self.run.info.extra.get("channels")
+        return None if c is None else int(c)
+
 
 def write_run_header(
-    out: Path, cfg: RunConfig, data: ContinualData, method: str, seed: int, preset: str
-) -> None:
-    """``config.json``, ``run.json`` and ``split.json`` of a new run."""
+    out: Path,
+    cfg: RunConfig,
+    data: ContinualData,
+    *,
+    method: str,
+    seed: int,
+    preset: str,
+    data_dir: str | Path,
+) -> RunConfig:
+    """``config.json`` and ``split.json`` of a new run; returns the config as written."""
     resolved = dataclasses.replace(cfg, sites=tuple(data.sites), heldout=tuple(data.heldout))
-    write_json_atomic(out / "config.json", config_to_dict(resolved))
-    write_json_atomic(
-        out / "run.json",
-        {
-            "package": "smg-learning",
-            "version": __version__,
-            "method": method,
-            "seed": seed,
-            "preset": preset,
-            "task": data.task,
-            "channels": data.channels,
-        },
+    info = make_run_info(
+        PACKAGE,
+        __version__,
+        method=method,
+        seed=seed,
+        preset=preset,
+        data=data_dir,
+        task=data.task,
+        channels=data.channels,
+        sites=list(data.sites),
+        heldout=list(data.heldout),
     )
-    write_json_atomic(out / "split.json", data.split)
+    write_run_config(out, info, resolved)
+    write_json_atomic(Path(out) / SPLIT_FILE, data.split)
+    return resolved
 
 
-def load_run(run: str | Path) -> tuple[RunConfig, list[str], list[str], dict[str, Any]]:
-    """The config, training sites, held-out sites and split saved in a run folder."""
-    run = Path(run)
-    if not run.is_dir():
-        raise InputError(run, "run folder not found")
-    for name in ("config.json", "split.json", "run.json"):
-        if not (run / name).is_file():
-            raise InputError(run, f"not a run folder (no {name})")
-    raw = read_json(run / "config.json")
-    split = read_json(run / "split.json")
-    cfg = config_from_dict(RunConfig, raw)
-    return cfg, list(cfg.sites), list(cfg.heldout), split
+def open_run(path: str | Path, need_split: bool = True) -> SavedRun:
+    """Read a run folder (current or earlier layout) with :func:`medcommon.run.load_run`."""
+    run = load_run(path, package=PACKAGE, config_class=RunConfig)
+    split: dict[str, Any] = {}
+    if need_split:
+        if not (run.path / SPLIT_FILE).is_file():
+            raise InputError(run.path, f"not a run folder (no {SPLIT_FILE})")
+        split = read_json(run.path / SPLIT_FILE, SPLIT_FILE)
+    return SavedRun(run, run.config_as(RunConfig), split)
 
 
-def read_run_info(run: str | Path) -> dict[str, Any]:
-    """``run.json``: package, version, method, seed, preset, task, channels."""
-    return read_json(Path(run) / "run.json", "run.json")
+__all__ = ["PACKAGE", "SPLIT_FILE", "SavedRun", "open_run", "write_run_header"]

@@ -10,6 +10,8 @@ strategy overrides only what it changes.
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -18,7 +20,10 @@ import torch
 from torch import nn
 
 from medcommon.errors import InputError
+from medcommon.fs import write_text_atomic
 from medcommon.registry import Registry
+from medcommon.train import Trainer
+from medcommon.train.loop import FitResult
 from smg_learning.config import RunConfig
 from smg_learning.data import ContinualData
 from smg_learning.replay import ReplayMemory
@@ -28,7 +33,12 @@ from smg_learning.smd import SiteModulatedDiffusion
 
 @dataclass
 class RunContext:
-    """What every hook of one run may need; ``seconds`` collects the SMD's timings."""
+    """What every hook of one run may need; ``seconds`` collects the SMD's timings.
+
+    ``resumed``: the run continues an interrupted one; ``resume``: the next stage may
+    continue from its checkpoint (off once a stage has trained on resume, see
+    :meth:`fit_stage`).
+    """
 
     data: ContinualData
     cfg: RunConfig
@@ -37,10 +47,45 @@ class RunContext:
     out: Path | None = None
     quiet: bool = True
     resume: bool = False
+    resumed: bool = False
     checkpoint_every: int = 0
     smd_from: Path | None = None
     train_last_smd: bool = True
     seconds: dict[str, float] = field(default_factory=lambda: {"smd": 0.0, "sample": 0.0})
+
+    def fit_stage(self, trainer: Trainer) -> FitResult:
+        """Fit one stage (segmenter or SMD), resuming while the earlier stages did.
+
+        Once a stage trains on resume (it was interrupted, or its step count was
+        raised), ``resume`` is switched off: the later stages' checkpoints, models and
+        log lines come from that stage's old result, so they are dropped and those
+        stages train afresh (and equal an uninterrupted run's).
+        """
+        if self.resumed and not self.resume and trainer.run_dir is not None:
+            _drop_stage(trainer.run_dir, trainer.stage)
+        res = trainer.fit(resume=self.resume)
+        if self.resume and (res.resumed_from is None or res.resumed_from < res.steps):
+            self.resume = False
+        return res
+
+
+def _drop_stage(out: Path, stage: str) -> None:
+    """Remove a stale stage's checkpoint and log lines (its model is overwritten)."""
+    if not stage:
+        return
+    shutil.rmtree(out / "checkpoint" / stage, ignore_errors=True)
+    log = out / "log.jsonl"
+    if not log.is_file():
+        return
+    kept = []
+    for line in log.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("stage") == stage:
+                continue
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        kept.append(line + "\n")
+    write_text_atomic(log, "".join(kept))
 
 
 def step_generator(seed: int, stage: int, step: int) -> torch.Generator:

@@ -68,7 +68,7 @@ class SMDReplay(Strategy):
             seed=run.seed,
             device=run.device,
             quiet=run.quiet,
-            resume=run.resume,
+            fit=run.fit_stage,
             checkpoint_every=run.checkpoint_every,
         )
         run.seconds["smd"] += time.perf_counter() - t0
