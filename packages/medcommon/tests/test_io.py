@@ -222,3 +222,43 @@ def test_nan_voxels_in_nifti_survive_reading(tmp_path, suffix):
     assert np.isnan(img.array[1, 2, 3]) and np.isinf(img.array[2, 0, 0])
     assert img.meta["nonfinite_voxels"] == 2
     assert np.isfinite(np.delete(img.array.ravel(), [1 * 20 + 2 * 5 + 3, 40])).all()
+
+
+@pytest.mark.parametrize("keep", [200, 1000, 3000, -4])
+def test_a_cut_nifti_gz_is_refused_whatever_its_last_bytes_say(tmp_path, keep):
+    """The gzip trailer of a cut file is compressed data; it must not vouch for the size."""
+    from medcommon.io import read_image, write_image
+
+    rng = np.random.default_rng(0)
+    full = tmp_path / "full.nii.gz"
+    write_image(full, rng.normal(size=(8, 32, 32)).astype(np.float32), (2.0, 1.0, 1.0))
+    data = full.read_bytes()
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(data[:keep] if keep > 0 else data[:keep] + data[-4:][::-1])
+    with pytest.raises(InputError, match="cut.nii.gz"):
+        read_image(cut)
+
+
+def test_write_volume_keeps_an_oblique_geometry(tmp_path):
+    import SimpleITK as sitk
+
+    from medcommon.io import read_image, write_image
+
+    img = sitk.GetImageFromArray(np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4))
+    img.SetSpacing((0.5, 0.7, 3.0))
+    img.SetOrigin((10.0, -20.0, 5.0))
+    c, s_ = np.cos(0.3), np.sin(0.3)
+    img.SetDirection((c, -s_, 0.0, s_, c, 0.0, 0.0, 0.0, 1.0))
+    sitk.WriteImage(img, str(tmp_path / "in.mha"))
+    src = read_image(tmp_path / "in.mha")
+    write_image(
+        tmp_path / "out.nii.gz",
+        src.array > 5,
+        src.spacing,
+        src.meta["origin"],
+        src.meta["direction"],
+    )
+    back = sitk.ReadImage(str(tmp_path / "out.nii.gz"))
+    assert back.GetSpacing() == pytest.approx(img.GetSpacing())
+    assert back.GetOrigin() == pytest.approx(img.GetOrigin(), abs=1e-4)
+    assert back.GetDirection() == pytest.approx(img.GetDirection(), abs=1e-5)

@@ -54,17 +54,24 @@ def read_image(path: str | Path) -> Image:
     return read_raster(path)
 
 
-def write_image(path: str | Path, array, spacing: tuple[float, ...] | None = None) -> None:
+def write_image(
+    path: str | Path,
+    array,
+    spacing: tuple[float, ...] | None = None,
+    origin: tuple[float, ...] | None = None,
+    direction: tuple[float, ...] | None = None,
+) -> None:
     """Write ``array`` to ``path`` atomically, format chosen by the suffix.
 
     Volumes (``.nii``, ``.nii.gz``, ``.mha``, ``.nrrd``) take ``(z, y, x)`` arrays and
-    ``spacing`` in the same order; PNG/JPEG take ``(y, x)`` or ``(y, x, 3)`` arrays of
+    ``spacing`` (and optionally ``origin``, ``direction``, as :func:`read_image` gives them
+    in ``meta``) in the same order; PNG/JPEG take ``(y, x)`` or ``(y, x, 3)`` arrays of
     ``uint8`` (or ``uint16`` for PNG).
     """
     path = Path(path)
     kind = image_kind(path) if path.suffix else "unknown"
     if kind == "volume":
-        write_volume(path, array, spacing)
+        write_volume(path, array, spacing, origin, direction)
     elif kind == "raster":
         write_raster(path, array)
     else:

@@ -10,8 +10,8 @@ them as 0; we put them back so callers can refuse them).
 from __future__ import annotations
 
 import gzip
-import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,11 +42,16 @@ def _nifti_header(path: Path) -> _NiftiHeader | None:
     if not (name.endswith(".nii") or name.endswith(".nii.gz")):
         return None
     gz = name.endswith(".gz")
-    opener = gzip.open if gz else open
     try:
-        with opener(path, "rb") as fh:
-            head = fh.read(540)
-    except (OSError, EOFError):
+        with open(path, "rb") as fh:
+            if gz:
+                # zlib rather than gzip.open: a cut stream still yields the bytes it holds
+                # (gzip.open raises EOFError and returns nothing), so a file cut inside
+                # its header is caught below rather than zero-filled by SimpleITK.
+                head = zlib.decompressobj(wbits=31).decompress(fh.read(1 << 16), 540)
+            else:
+                head = fh.read(540)
+    except (OSError, zlib.error):
         return None  # not gzip at all: SimpleITK reports it
     if len(head) < 348:
         return _NiftiHeader("<", 0, 348, 348, gz)
@@ -75,20 +80,21 @@ def _nifti_header(path: Path) -> _NiftiHeader | None:
 
 
 def _nifti_actual_bytes(path: Path, header: _NiftiHeader) -> int:
-    """Bytes really there (for ``.gz``: the trailer's size, confirmed by decompressing if short)."""
+    """Bytes really there; for ``.gz`` the bytes that decompress before the stream ends.
+
+    The gzip trailer's size field cannot be trusted: in a cut file those last four
+    bytes are compressed data, and garbage there can claim any size. So the stream
+    is decompressed (in C, by chunks) and counted; a stream that ends early counts
+    what came out before the break.
+    """
     if not header.gz:
         return path.stat().st_size
-    with open(path, "rb") as fh:
-        fh.seek(-4, os.SEEK_END)
-        actual = struct.unpack("<I", fh.read(4))[0]
-    if actual >= header.expected_bytes % 2**32 and header.expected_bytes < 2**32:
-        return actual
     actual = 0
     try:
         with gzip.open(path, "rb") as fh:
             while chunk := fh.read(1 << 22):
                 actual += len(chunk)
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):
         pass
     return actual
 
@@ -154,9 +160,18 @@ def read_volume(path: str | Path) -> Image:
 
 
 def write_volume(
-    path: str | Path, array: np.ndarray, spacing: tuple[float, ...] | None = None
+    path: str | Path,
+    array: np.ndarray,
+    spacing: tuple[float, ...] | None = None,
+    origin: tuple[float, ...] | None = None,
+    direction: tuple[float, ...] | None = None,
 ) -> None:
     """Write a ``(z, y, x)`` (or ``(y, x)``) array with ``spacing`` in the same order.
+
+    ``origin`` is in the same ``(z, y, x)`` order and ``direction`` is SimpleITK's
+    row-major cosine matrix, exactly as :func:`read_volume` puts them in ``meta``,
+    so ``write_volume(p, a, img.spacing, img.meta["origin"], img.meta["direction"])``
+    keeps an input's geometry (e.g. a predicted mask on the image it came from).
 
     Volume formats have no "unknown" spacing: ``None`` entries (as a DICOM without
     pixel spacing gives) are written as 1.0, the formats' own default.
@@ -175,5 +190,13 @@ def write_volume(
         if len(spacing) != arr.ndim:
             raise InputError(path, f"spacing {spacing} does not match array of {arr.ndim} dims")
         img.SetSpacing([1.0 if s is None else float(s) for s in reversed(spacing)])
+    if origin is not None:
+        if len(origin) != arr.ndim:
+            raise InputError(path, f"origin {origin} does not match array of {arr.ndim} dims")
+        img.SetOrigin([float(v) for v in reversed(origin)])
+    if direction is not None:
+        if len(direction) != arr.ndim**2:
+            raise InputError(path, f"direction needs {arr.ndim**2} values, got {len(direction)}")
+        img.SetDirection([float(v) for v in direction])
     with atomic_path(path) as tmp:
         sitk.WriteImage(img, str(tmp), True)
