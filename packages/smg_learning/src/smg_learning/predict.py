@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 
 from medcommon.errors import InputError
-from medcommon.fs import atomic_path
 from medcommon.io import Image, read_image, write_image
 from medcommon.models import from_pretrained
 from smg_learning.data import (
@@ -118,17 +117,8 @@ def predict_slices(model: Segmenter, x: torch.Tensor, size: tuple[int, int]) -> 
 
 
 def _write_volume_like(path: Path, mask: np.ndarray, img: Image) -> None:
-    """Write ``mask`` with ``img``'s spacing, origin and direction (SimpleITK order)."""
-    import SimpleITK as sitk
-
-    out = sitk.GetImageFromArray(mask)
-    out.SetSpacing([float(s) for s in reversed(img.spacing)])
-    if "origin" in img.meta:  # medcommon.io gives the origin in array order
-        out.SetOrigin([float(v) for v in reversed(img.meta["origin"])])
-    if "direction" in img.meta:  # and the direction as SimpleITK does
-        out.SetDirection([float(v) for v in img.meta["direction"]])
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(out, str(tmp), True)
+    """Write ``mask`` (atomically) with ``img``'s spacing, origin and direction."""
+    write_image(path, mask, img.spacing, img.meta.get("origin"), img.meta.get("direction"))
 
 
 def predict_paths(
