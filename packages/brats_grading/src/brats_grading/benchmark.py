@@ -223,7 +223,7 @@ def run_benchmark(
         )
     if memory_probe:
         extra["memory_full_step"] = {m: probe_memory(m) for m in ("early-fusion", "cmg")}
-    runs = f"{_folds_text(fold_ids, k)} x {len(seeds)} seeds"
+    runs = _runs_text(fold_ids, k, len(seeds))
     figures = ["headline.png", "auc.png"]
     results = make_results(
         "brats-grading", __version__, preset, list(seeds), rows, extra,
@@ -269,11 +269,12 @@ def run_benchmark(
     return results
 
 
-def _folds_text(fold_ids: Sequence[int], k: int) -> str:
-    """``"3 folds"`` when all K run, else e.g. ``"fold 0 of 3"``."""
+def _runs_text(fold_ids: Sequence[int], k: int, n_seeds: int) -> str:
+    """``"3 folds x 3 seeds"`` when all K folds run, else e.g. ``"3 seeds, fold 0 of 3"``."""
     if len(fold_ids) == k:
-        return f"{k} folds"
-    return f"fold{'s' if len(fold_ids) > 1 else ''} {', '.join(map(str, fold_ids))} of {k}"
+        return f"{k} folds x {n_seeds} seeds"
+    folds = f"fold{'s' if len(fold_ids) > 1 else ''} {', '.join(map(str, fold_ids))} of {k}"
+    return f"{n_seeds} seeds, {folds}"
 
 
 _BRANCHES = ("t1", "t1ce", "t2", "flair")
@@ -375,7 +376,7 @@ def _sections(results: dict[str, Any], k: int, seeds: Sequence[int]) -> list[tup
         f"Data: {extra['data']}: {extra['n_cases']} cases ({extra['n_hgg']} HGG / "
         f"{extra['n_lgg']} LGG), resized to {tuple(extra['shape'])}. Stratified {k}-fold by "
         f"patient; each row above is the mean ± sample std over "
-        f"{_folds_text(folds_run, k)} x {len(seeds)} seeds ({len(folds_run) * len(seeds)} runs). "
+        f"{_runs_text(folds_run, k, len(seeds))} ({len(folds_run) * len(seeds)} runs). "
         f"Threshold 0.5 on P(HGG).",
         "",
         f"Claims: each holds when CMG's mean test AUC exceeds the baseline's by more than "
