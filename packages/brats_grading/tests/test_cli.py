@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from brats_grading import __version__
+from brats_grading.claims import CLAIMS, MARGIN
 from brats_grading.cli import main
 from brats_grading.config import RunConfig, synth_preset
 from brats_grading.data import class_weights
@@ -26,6 +27,8 @@ from medcommon.io import read_image, write_image
 from medcommon.run import SCHEMA, load_run
 from medcommon.testing import CLIContract, MethodProbe, MethodStepContract
 
+CLAIM_KEYS = {"claim", "method", "baseline", "metric", "value", "baseline_value", "holds",
+              "setting", "test"}  # fmt: skip
 FAST = ["--set", "steps=2", "--set", "primary_steps=2", "--set", "batch_size=2", "--quiet"]
 
 
@@ -286,3 +289,20 @@ def test_benchmark_tiny(tmp_path, capsys):
     assert "throughput_ratio_cmg_over_early_fusion" in res["extra"]
     assert (out / "report.md").is_file() and (out / "auc.png").is_file()
     assert (out / "attention.png").is_file() and (out / "paired.png").is_file()
+    # Claims as data: one entry per declared claim, holding or not, with every key.
+    assert [c["claim"] for c in res["claims"]] == [c.claim for c in CLAIMS]
+    for c in res["claims"]:
+        assert set(c) >= CLAIM_KEYS and isinstance(c["holds"], bool)
+        assert c["value"] == pytest.approx(_mean_auc(res, c["method"]))
+        assert c["holds"] == (c["value"] - c["baseline_value"] > MARGIN)
+    # The headline figure leads, and every listed figure was written.
+    assert res["figures"][0] == "headline.png"
+    assert all((out / f).is_file() for f in res["figures"])
+    report = (out / "report.md").read_text()
+    assert report.index("## Claims") < report.index("![headline.png]")
+    # single-t1ce's training served as stage 1 of cmg and cmg-no-guidance (2 folds).
+    assert res["extra"]["stages_reused"] == 2 * 3
+
+
+def _mean_auc(res, method):
+    return float(np.mean([r["metrics"]["auc"] for r in res["rows"] if r["method"] == method]))

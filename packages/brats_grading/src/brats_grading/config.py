@@ -1,4 +1,7 @@
-"""Configs: frozen dataclasses with the paper's defaults and the presets ``tiny|small|full``.
+"""Configs: frozen dataclasses with the paper's defaults and the presets ``tiny|demo|small|full``.
+
+``demo`` uses the data and training sizes of ``small``: the demo benchmark differs in what
+it runs (three methods on one fold, :data:`brats_grading.benchmark.DEMO`), not in how.
 
 The paper (Xu et al., arXiv 2401.09029) publishes no code and few numbers; every
 value below that it does not state is our choice, listed in the README under
@@ -138,7 +141,7 @@ class SynthConfig:
 def _preset_model(preset: str) -> ModelConfig:
     if preset == "tiny":
         return ModelConfig(stem_channels=4, widths=(4, 8), blocks=(1, 1), attention_reduction=2)
-    if preset == "small":
+    if preset in ("demo", "small"):
         return ModelConfig(
             stem_channels=8, widths=(8, 16, 16), blocks=(1, 1, 1), attention_reduction=4
         )
@@ -154,7 +157,7 @@ def run_preset(preset: str) -> RunConfig:
             shape=(8, 16, 16), model=model, folds=2, steps=4, primary_steps=4, batch_size=4,
             lr=3e-3, log_every=2, checkpoint_every=0,
         )  # fmt: skip
-    if preset == "small":
+    if preset in ("demo", "small"):
         return RunConfig(
             shape=(16, 24, 24), model=model, folds=3, steps=80, primary_steps=80, batch_size=8,
             lr=3e-3, log_every=20, checkpoint_every=0,
@@ -167,7 +170,7 @@ def synth_preset(preset: str) -> SynthConfig:
     check_preset(preset)
     if preset == "tiny":
         return SynthConfig(hgg=6, lgg=4, shape=(12, 24, 24))
-    if preset == "small":
+    if preset in ("demo", "small"):
         return SynthConfig(hgg=150, lgg=50, shape=(20, 32, 32))
     return SynthConfig(hgg=259, lgg=76, shape=(64, 120, 120))
 

@@ -32,16 +32,33 @@ from medcommon.run import Run, load_run
 THRESHOLD = 0.5
 
 
-@torch.no_grad()
 def predict_proba(model: GradingNet, arrays: np.ndarray, batch_size: int = 8) -> np.ndarray:
     """P(HGG) for each of ``arrays`` ``(N, 4, D, H, W)``, from the fused prediction."""
+    return predict_with_branches(model, arrays, batch_size)[0]
+
+
+@torch.no_grad()
+def predict_with_branches(
+    model: GradingNet, arrays: np.ndarray, batch_size: int = 8
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """P(HGG) ``(N,)`` from the fused prediction and from each branch, in one pass.
+
+    The benchmark needs both; one forward pass per batch gives both, instead of
+    running the test set through the model twice.
+    """
     model.eval()
     device = next(model.parameters()).device
-    out = []
+    fused: list[np.ndarray] = []
+    branches: dict[str, list[np.ndarray]] = {}
     for i in range(0, len(arrays), batch_size):
         x = torch.from_numpy(np.asarray(arrays[i : i + batch_size], dtype=np.float32)).to(device)
-        out.append(torch.softmax(model(x)["logits"], dim=1)[:, 1].cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+        out = model(x)
+        fused.append(torch.softmax(out["logits"], dim=1)[:, 1].cpu().numpy())
+        for name, z in out["branch_logits"].items():
+            branches.setdefault(name, []).append(torch.softmax(z, dim=1)[:, 1].cpu().numpy())
+    if not fused:
+        return np.zeros(0), {n: np.zeros(0) for n in model.branch_names}
+    return np.concatenate(fused), {n: np.concatenate(p) for n, p in branches.items()}
 
 
 def grading_metrics(y: Sequence[int], p_hgg: Sequence[float]) -> dict[str, float]:

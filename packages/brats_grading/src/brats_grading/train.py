@@ -27,7 +27,7 @@ from brats_grading.data import (
     load_cases,
     make_split,
 )
-from brats_grading.evaluate import grading_metrics, predict_proba
+from brats_grading.evaluate import grading_metrics, predict_proba, predict_with_branches
 from brats_grading.methods import METHODS, Method, Stage
 from brats_grading.model import GradingNet
 from medcommon import metrics as M
@@ -38,6 +38,7 @@ from medcommon.errors import InputError
 from medcommon.fs import write_json_atomic
 from medcommon.run import load_run, make_run_info, write_metrics, write_run_config
 from medcommon.train import TrainConfig, Trainer, seed_everything
+from medcommon.train.seeding import rng_state, set_rng_state
 
 
 @dataclass
@@ -53,6 +54,69 @@ class FitInfo:
     @property
     def volumes_per_second(self) -> float:
         return self.volumes / self.train_seconds if self.train_seconds > 0 else float("nan")
+
+
+class StageCache:
+    """First stages already trained in this process, reused instead of trained again.
+
+    In the benchmark, three methods start with the same stage on the same fold and
+    seed: ``single-t1ce`` trains the t1ce branch with CE, and so do stage 1 of ``cmg``
+    and of ``cmg-no-guidance`` (the branch starts from the same weights, see
+    :class:`brats_grading.model.GradingNet`, and sees the same batches). A first stage
+    that trains one branch with a named loss (:attr:`Stage.loss`) is stored under
+    everything its result depends on: the branch, the model fields, the optimiser
+    and schedule, the seed and the training cases. A later stage with the same key
+    loads the branch's weights and the RNG states after the stage, so the run goes on
+    exactly as if it had trained the stage itself. The stage's recorded seconds
+    and volumes are still counted in :class:`FitInfo`, so throughput stays the cost
+    of the method, not of the cache.
+
+    Only for in-memory fits (no run folder, no resume): a cached stage writes no
+    checkpoint or log.
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[tuple, dict[str, Any]] = {}
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def clear(self) -> None:
+        self._store.clear()
+
+    @staticmethod
+    def key(cfg: RunConfig, stage: Stage, arrays: np.ndarray, y: np.ndarray, idx: np.ndarray,
+            seed: int, device: str) -> tuple | None:  # fmt: skip
+        """The stage's identity, or None when it cannot be reused (see :class:`Stage`)."""
+        if stage.loss is None or len(stage.trainable) != 1:
+            return None
+        # Fields that only say which branches exist and how they are fused do not
+        # change a branch's initial weights or its training.
+        model = replace_nested(
+            cfg.model,
+            inputs="branches", modality="t1ce", primary="t1ce", fusion="mean",
+            primary_weight=0.5, branch_weights=(),
+        )  # fmt: skip
+        train = (
+            cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.flip, cfg.imbalance,
+            cfg.schedule_steps or stage.steps, stage.steps,
+        )  # fmt: skip
+        data = (id(arrays), arrays.shape, idx.tobytes(), y.tobytes())
+        return (stage.trainable[0], stage.loss, repr(model), train, data, seed, device)
+
+    def get(self, key: tuple | None) -> dict[str, Any] | None:
+        hit = None if key is None else self._store.get(key)
+        self.hits += hit is not None
+        return hit
+
+    def put(self, key: tuple | None, model: GradingNet, name: str, seconds: float,
+            volumes: int) -> None:  # fmt: skip
+        if key is None:
+            return
+        state = {k: v.detach().clone() for k, v in model.branches[name].state_dict().items()}
+        self._store[key] = {"state": state, "rng": rng_state(), "seconds": seconds,
+                            "volumes": volumes}  # fmt: skip
 
 
 def method_config(
@@ -101,6 +165,7 @@ def fit_method(
     device: str = "auto",
     quiet: bool = True,
     resume: bool = False,
+    cache: StageCache | None = None,
 ) -> FitInfo:
     """Train ``method`` on ``arrays[train_idx]`` (``(N, 4, D, H, W)``) and return the model.
 
@@ -116,10 +181,17 @@ def fit_method(
     config, and the method is trained again, with the same seed, on the whole training
     fold. The test fold is never seen; ``patients`` (one id per case of ``arrays``)
     keeps a patient's scans on one side.
+
+    ``cache`` (in-memory fits only): first stages another method already trained
+    identically are loaded instead of trained again (:class:`StageCache`).
     """
+    if run_dir is not None or resume:
+        cache = None
     train_idx = np.asarray(train_idx)
     if not needs_reliability(cfg):
-        return _fit(method, cfg, arrays, labels, train_idx, seed, run_dir, device, quiet, resume)
+        return _fit(
+            method, cfg, arrays, labels, train_idx, seed, run_dir, device, quiet, resume, cache
+        )
     y_all = np.asarray(labels)
     groups = np.asarray(patients if patients is not None else np.arange(len(y_all)))
     inner, val = patient_split(
@@ -129,13 +201,13 @@ def fit_method(
         labels=y_all[train_idx].tolist(),
     )
     inner_info = _fit(
-        method, cfg, arrays, labels, train_idx[inner], seed, None, device, quiet, False
+        method, cfg, arrays, labels, train_idx[inner], seed, None, device, quiet, False, cache
     )
     val_idx = train_idx[val]
     val_aucs = _branch_aucs(inner_info.model, arrays[val_idx], y_all[val_idx].tolist())
     weights = reliability_weights(val_aucs, cfg.model.modalities)
     cfg = replace_nested(cfg, model={"branch_weights": weights})
-    info = _fit(method, cfg, arrays, labels, train_idx, seed, run_dir, device, quiet, resume)
+    info = _fit(method, cfg, arrays, labels, train_idx, seed, run_dir, device, quiet, resume, cache)
     info.train_seconds += inner_info.train_seconds
     info.volumes += inner_info.volumes
     info.stages = [
@@ -150,16 +222,9 @@ def fit_method(
     return info
 
 
-@torch.no_grad()
 def _branch_aucs(model: GradingNet, arrays: np.ndarray, y: list[int]) -> dict[str, float]:
-    model.eval()
-    device = next(model.parameters()).device
-    probs: dict[str, list[np.ndarray]] = {}
-    for i in range(0, len(arrays), 8):
-        x = torch.from_numpy(np.asarray(arrays[i : i + 8], dtype=np.float32)).to(device)
-        for name, z in model(x)["branch_logits"].items():
-            probs.setdefault(name, []).append(torch.softmax(z, dim=1)[:, 1].cpu().numpy())
-    return {n: M.auc(y, np.concatenate(p)) for n, p in probs.items()}
+    _, probs = predict_with_branches(model, arrays)
+    return {n: M.auc(y, p) for n, p in probs.items()}
 
 
 def stage_optimizer(cfg: RunConfig, model: GradingNet, stage: Stage) -> torch.optim.Optimizer:
@@ -186,6 +251,7 @@ def _fit(
     device: str,
     quiet: bool,
     resume: bool,
+    cache: StageCache | None = None,
 ) -> FitInfo:
     y = np.asarray(labels)[train_idx]
     train_set = GradingDataset(arrays[train_idx], y, flip=cfg.flip)
@@ -200,6 +266,20 @@ def _fit(
     stages = method.stages(cfg, model, weight)
     multi = len(stages) > 1
     for stage in stages:
+        key = None
+        if cache is not None and stage is stages[0]:
+            key = StageCache.key(cfg, stage, arrays, y, train_idx, seed, device)
+            hit = cache.get(key)
+            if hit is not None:
+                model.branches[stage.trainable[0]].load_state_dict(hit["state"])
+                set_rng_state(hit["rng"])
+                info.train_seconds += hit["seconds"]
+                info.volumes += hit["volumes"]
+                info.stages.append(
+                    {"stage": stage.name or "train", "steps": stage.steps,
+                     "seconds": hit["seconds"], "trainable": stage.trainable, "cached": True}
+                )  # fmt: skip
+                continue
         optimizer = stage_optimizer(cfg, model, stage)
         period = cfg.schedule_steps or stage.steps
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(period, 1))
@@ -236,6 +316,8 @@ def _fit(
             {"stage": stage.name or "train", "steps": stage.steps, "seconds": seconds,
              "trainable": stage.trainable}
         )  # fmt: skip
+        if cache is not None:
+            cache.put(key, model, stage.trainable[0], seconds, volumes)
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()

@@ -24,13 +24,21 @@ StagesFn = Callable[[RunConfig, GradingNet, "torch.Tensor | None"], "list[Stage]
 
 @dataclass
 class Stage:
-    """One Trainer run: ``name`` (None for single-stage methods), parameters, step, steps."""
+    """One Trainer run: ``name`` (None for single-stage methods), parameters, step, steps.
+
+    ``loss``: a name for the step function's objective when it is a function of the
+    ``trainable`` branches' own outputs alone (``"ce"``); a first stage that trains one
+    branch with such a loss may be reused by another method whose first stage trains
+    the same branch the same way (:class:`brats_grading.train.StageCache`). None: never
+    reused.
+    """
 
     name: str | None
     params: list[nn.Parameter]
     step_fn: StepFn
     steps: int
     trainable: list[str]
+    loss: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,4 +84,4 @@ def ce_step(weight: torch.Tensor | None, branches: list[str] | None = None) -> S
 def one_stage(cfg: RunConfig, net: GradingNet, weight: torch.Tensor | None) -> list[Stage]:
     """A single CE stage over every branch the model has (``cfg.steps`` steps)."""
     names = net.branch_names
-    return [Stage(None, branch_params(net, names), ce_step(weight), cfg.steps, names)]
+    return [Stage(None, branch_params(net, names), ce_step(weight), cfg.steps, names, "ce")]

@@ -65,7 +65,7 @@ def cmg_stages(cfg: RunConfig, net: GradingNet, weight: torch.Tensor | None) -> 
     second = net.secondary_names()
     trainable = second if cfg.guidance.freeze_primary else [primary, *second]
     return [
-        Stage("primary", branch_params(net, [primary]), ce_step(weight, [primary]), cfg.primary_steps, [primary]),
+        Stage("primary", branch_params(net, [primary]), ce_step(weight, [primary]), cfg.primary_steps, [primary], "ce"),
         Stage("guided", branch_params(net, trainable), guided_step(cfg, net, weight), cfg.steps, trainable),
     ]  # fmt: skip
 

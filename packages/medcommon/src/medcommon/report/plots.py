@@ -173,3 +173,48 @@ def plot_image_grid(
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_runs(
+    values: Mapping[str, Sequence[float]],
+    path: str | Path,
+    title: str,
+    xlabel: str,
+    highlight: Sequence[str] = (),
+) -> Path:
+    """A metric per method, one row each: every run as a dot, mean ± sample std as a bar.
+
+    ``values[method]`` holds one number per run (e.g. per seed x fold). Unlike a bar
+    chart, the axis is not forced to start at 0, so differences of a few hundredths
+    stay visible, and the dots show how many runs there are and how they spread.
+    Methods in ``highlight`` are drawn in a second colour and their mean is printed.
+    """
+    plt = _pyplot()
+    names = list(values)
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(names) + 1.3))
+    rng = np.random.default_rng(0)  # fixed vertical jitter: the figure is reproducible
+    for i, name in enumerate(names):
+        v = np.asarray(values[name], dtype=float)
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            continue
+        y = len(names) - 1 - i
+        color = "C3" if name in highlight else "C0"
+        ax.scatter(v, y + rng.uniform(-0.15, 0.15, v.size), s=14, alpha=0.5, color=color)
+        std = v.std(ddof=1) if v.size > 1 else 0.0
+        ax.errorbar(v.mean(), y, xerr=std, fmt="D", color="k", capsize=4, ms=6)
+        ax.annotate(
+            f"{v.mean():.3f}",
+            (v.mean(), y),
+            xytext=(0, 7),
+            textcoords="offset points",
+            ha="center",
+            fontsize=7,
+            fontweight="bold" if name in highlight else "normal",
+        )
+    ax.set_yticks(range(len(names)), names[::-1])
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
