@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -119,3 +120,44 @@ def divergence_error(command: str, exc: BaseException, kept: bool = False) -> In
         + ". Try a lower lr (--set lr=...), "
         "--dtype float32 or bfloat16 (not float16), or --lora",
     )
+
+
+# --------------------------------------------------------------------------- FSDP
+FSDP_CONFIG = "configs/accelerate_fsdp.yaml"  # in the package's folder (beside src/)
+
+
+def fsdp_layer_names(config_file: str | Path) -> list[str]:
+    """The class names an accelerate FSDP config auto-wraps (``TRANSFORMER_BASED_WRAP``)."""
+    import yaml
+
+    cfg = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+    fsdp = cfg.get("fsdp_config") or {}
+    if cfg.get("distributed_type") != "FSDP" or not fsdp:
+        raise InputError(config_file, "not an accelerate FSDP config (distributed_type: FSDP)")
+    if fsdp.get("fsdp_auto_wrap_policy") != "TRANSFORMER_BASED_WRAP":
+        raise InputError(config_file, "expected fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP")
+    return [n.strip() for n in str(fsdp.get("fsdp_transformer_layer_cls_to_wrap", "")).split(",")]
+
+
+def fsdp_units(model: torch.nn.Module, names: list[str]) -> list[tuple[str, torch.nn.Module]]:
+    """``(qualified name, module)`` of every submodule whose class is in ``names``.
+
+    The same rule as accelerate's transformer auto-wrap policy: match by class name.
+    """
+    return [(n, m) for n, m in model.named_modules() if type(m).__name__ in names]
+
+
+def shard(model: torch.nn.Module, names: list[str]) -> list[str]:
+    """FSDP2 full sharding: each wrap unit, then the root (what accelerate does under FSDP).
+
+    Needs an initialised process group (gloo on CPU, nccl on GPU). Returns the class
+    names of the wrapped units, in order.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    units = fsdp_units(model, names)
+    wrapped = [type(m).__name__ for _, m in units]  # fully_shard renames the class
+    for _, module in units:
+        fully_shard(module, reshard_after_forward=True)
+    fully_shard(model, reshard_after_forward=True)
+    return wrapped
