@@ -75,3 +75,26 @@ def test_two_sharded_processes_equal_one(tiny_run, tiny_data, tmp_path):
     start = load_llava(tiny_run)[0].state_dict()
     assert {f"llava.{k}" for k in start} == set(a)
     assert max(float((a[f"llava.{k}"] - v).abs().max()) for k, v in start.items()) > 1e-3
+
+
+def test_no_checkpoint_when_asked(tmp_path, monkeypatch):
+    """Under FSDP (what ``accelerate launch`` exports) no checkpoint/ of shards is written."""
+    import torch
+
+    from medcommon.train import TrainConfig, Trainer
+    from unlearn_bench.train import _is_fsdp
+
+    assert not _is_fsdp()
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert _is_fsdp()
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    net = torch.nn.Linear(2, 1)
+    data = [(torch.randn(2), torch.randn(1)) for _ in range(8)]
+    for save, out in ((True, tmp_path / "a"), (False, tmp_path / "b")):
+        Trainer(
+            net, torch.optim.SGD(net.parameters(), lr=0.1), data,
+            lambda m, b, ctx: torch.nn.functional.mse_loss(m(b[0]), b[1]),
+            config=TrainConfig(max_steps=2, batch_size=4, save_checkpoints=save),
+            run_dir=out, device="cpu", quiet=True,
+        ).fit()  # fmt: skip
+        assert (out / "checkpoint").exists() == save and (out / "log.jsonl").is_file()

@@ -227,11 +227,14 @@ def load_llava(path: str | Path, device: str = "cpu", dtype: Any = None):
     return model.to(device), processor
 
 
-def save_llava(model, processor, directory: str | Path) -> Path:
-    """``save_pretrained`` of the model and its processor into one folder, atomically."""
+def save_llava(model, processor, directory: str | Path, state_dict: Any = None) -> Path:
+    """``save_pretrained`` of the model and its processor into one folder, atomically.
+
+    ``state_dict`` replaces the model's own (a gathered FSDP state dict).
+    """
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
         processor.save_pretrained(tmp)
     return directory
 

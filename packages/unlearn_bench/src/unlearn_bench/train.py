@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import shutil
 from functools import partial
 from pathlib import Path
@@ -139,6 +140,9 @@ def _finish(
     """
     # medcommon-candidate: a Trainer hook (e.g. ``save_fn(model, dir)``) so the loop can write
     # a Hugging Face folder itself; model_config=None + this function is the workaround.
+    if _is_fsdp(trainer):
+        _finish_fsdp(trainer, model, processor, out, metrics, save_dtype)
+        return
     check_finite(model, metrics["steps"])
     if trainer.accelerator.is_main_process:
         final = finish_trainable(model, cfg, save_dtype)
@@ -148,6 +152,43 @@ def _finish(
             save_llava(final, processor, out / "model")
         write_metrics(out, metrics)
     trainer.accelerator.wait_for_everyone()
+
+
+def _is_fsdp(trainer: Trainer | None = None) -> bool:
+    """Whether this process runs under ``accelerate launch`` with an FSDP config."""
+    if trainer is None:  # before the Accelerator exists: what accelerate launch exports
+        return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1")
+    from accelerate.utils import DistributedType
+
+    return trainer.accelerator.distributed_type == DistributedType.FSDP
+
+
+def _finish_fsdp(trainer, model, processor, out, metrics, save_dtype) -> None:
+    """Under ``accelerate launch`` with FSDP: gather the full state dict, rank 0 writes it.
+
+    Not run here (accelerate builds FSDP only on GPUs); the sharded arithmetic itself
+    is tested on CPU by ``tests/test_fsdp.py``.
+    """
+    state = trainer.accelerator.get_state_dict(trainer.model)  # collective; full on rank 0
+    if trainer.accelerator.is_main_process:
+        state = {k.removeprefix("llava."): v.to(save_dtype) for k, v in state.items()}
+        for name, v in state.items():
+            if v.is_floating_point() and not torch.isfinite(v).all():
+                raise Diverged(f"weight {name} is not finite after step {metrics['steps']}")
+        model.config.use_cache = True
+        save_llava(model, processor, out / "model", state_dict=state)
+        write_metrics(out, metrics)
+    trainer.accelerator.wait_for_everyone()
+
+
+def _check_fsdp(trainer: Trainer, cfg: Any, resume: bool) -> None:
+    """FSDP runs full-parameter training from scratch (what the 7B table needs it for)."""
+    if not _is_fsdp(trainer):
+        return
+    if cfg.lora:
+        raise InputError("lora", "LoRA under FSDP is not supported; a 7B LoRA run fits one GPU")
+    if resume:
+        raise InputError("--resume", "not supported under FSDP (no checkpoint is written)")
 
 
 def _guarded_finish(
@@ -261,6 +302,7 @@ def finetune(
             log_every=cfg.log_every,
             find_unused_parameters=_DDP_UNUSED,
             checkpoint_every=cfg.checkpoint_every,
+            save_checkpoints=not _is_fsdp(),
         ),
         run_dir=out,
         seed=seed,
@@ -269,6 +311,7 @@ def finetune(
         device=device,
         quiet=quiet,
     )
+    _check_fsdp(trainer, cfg, resume)
     _start(trainer, out, info, cfg)
     result = _fit_or_clean(trainer, command, out, existed, resume)
     metrics = {
@@ -350,6 +393,7 @@ def unlearn(
             mixed_precision=mixed_precision(dtype),
             log_every=cfg.log_every,
             find_unused_parameters=_DDP_UNUSED,
+            save_checkpoints=not _is_fsdp(),
         ),
         run_dir=out,
         seed=seed,
@@ -362,6 +406,7 @@ def unlearn(
         # Never inside DDP: every process holds the same frozen copy (loaded from the same
         # folder, before any step) on its own device and runs it on its share of the batch.
         method.ref = ref.to(trainer.accelerator.device)
+    _check_fsdp(trainer, cfg, resume)
     _start(trainer, out, info, cfg)
     result = _fit_or_clean(trainer, "unlearn", out, existed, resume)
     metrics = {
