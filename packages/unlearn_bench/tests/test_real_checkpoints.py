@@ -274,3 +274,25 @@ def test_preset_follows_the_model(tiny_run, tiny_data, checkpoints, tmp_path):
     assert is_tiny_lineage(out)  # unlearn -> vanilla_model -> finetune init=tiny
     cfg = json.loads((out / "config.json").read_text())["config"]
     assert cfg["batch_size"] == 8  # tiny's, not the paper's 4
+
+
+def test_llava15_7b_counts_behind_the_memory_table():
+    """The README's memory table rests on P and T; both against a hand count."""
+    from unlearn_bench.scale import apply_lora, llava15_7b, memory_rows
+
+    h, ff, vocab, layers = 4096, 11008, 32064, 32
+    llama = 2 * vocab * h + layers * (4 * h * h + 3 * h * ff + 2 * h) + h
+    vh, vff, n_pos = 1024, 4096, (336 // 14) ** 2 + 1
+    clip = 3 * 14 * 14 * vh + vh + n_pos * vh + 2 * vh  # patches, class, positions, pre-LN
+    clip += 24 * (4 * (vh * vh + vh) + (vh * vff + vff) + (vff * vh + vh) + 4 * vh) + 2 * vh
+    projector = (vh * h + h) + (h * h + h)
+    model = llava15_7b()
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == llama + clip + projector == 7_063_427_072
+    lora = apply_lora(model, 16, 16, 0.05)
+    n_lora = sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    assert n_lora == layers * 16 * (4 * (h + h) + 2 * (h + ff) + (ff + h)) == 39_976_960
+    full, full_ref, lora_row, lora_ref = memory_rows(n_params, n_lora)
+    assert round(full["total"], 1) == 113.0 and round(full_ref["total"], 1) == 127.1
+    assert round(lora_row["total"], 1) == 14.8 and round(lora_ref["total"], 1) == 28.9
+    assert round(memory_rows(n_params, n_lora, gpus=8)[1]["total"], 1) == 28.3

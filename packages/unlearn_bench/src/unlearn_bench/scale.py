@@ -161,3 +161,53 @@ def shard(model: torch.nn.Module, names: list[str]) -> list[str]:
         fully_shard(module, reshard_after_forward=True)
     fully_shard(model, reshard_after_forward=True)
     return wrapped
+
+
+# ------------------------------------------------------------------ memory table
+def llava15_7b(meta: bool = True):
+    """LLaVA-1.5-7B (llava-hf's config: Vicuna-7B + CLIP ViT-L/14-336), on the meta device."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+            num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+            num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+        ),
+        image_token_index=32000, pad_token_id=32001, vision_feature_layer=-2,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    with torch.device("meta" if meta else "cpu"):
+        return LlavaForConditionalGeneration(cfg)
+
+
+def memory_rows(n_params: int, n_lora: int, gpus: int = 1) -> list[dict[str, Any]]:
+    """Training-state memory in GB (1e9 bytes), activations excluded.
+
+    Full fine-tuning: fp32 master weights 4P + fp32 grads 4P + AdamW m, v 8P = 16P,
+    divided by ``gpus`` under FSDP full shard. LoRA: frozen base in bf16 2P + adapters
+    16T (T trainable). The reference model (NPO, KL-min, RMU): a frozen bf16 copy, 2P,
+    on every GPU (not sharded).
+    """
+    gb = 1e9
+    rows = []
+    for setting, weights, trainable in (
+        ("full", 4 * n_params / gpus, n_params / gpus),
+        ("LoRA r=16", 2 * n_params + 4 * n_lora, n_lora),
+    ):
+        grads, adam = 4 * trainable, 8 * trainable
+        for ref in (0, 2 * n_params):
+            rows.append({
+                "setting": setting, "reference": bool(ref), "weights": weights / gb,
+                "grads": grads / gb, "adam": adam / gb, "ref": ref / gb,
+                "total": (weights + grads + adam + ref) / gb,
+            })  # fmt: skip
+    return rows
