@@ -148,14 +148,19 @@ def test_layout_is_llava_hf(checkpoints):
         assert Encoder(proc, ckpt).answer_prefix == ""  # SentencePiece marks the space
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_npo_lora_on_llava_hf_checkpoint(dtype, checkpoints, tiny_data, tmp_path):
-    """Done-when of issue 13: finite, changed, merged, loadable; frozen parts untouched."""
+@pytest.mark.parametrize(("dtype", "compute"), [("float16", "auto"), ("bfloat16", "bfloat16")])
+def test_npo_lora_on_llava_hf_checkpoint(dtype, compute, checkpoints, tiny_data, tmp_path):
+    """Done-when of issue 13: finite, changed, merged, loadable; frozen parts untouched.
+
+    ``auto`` is float32 on the CPU; ``bfloat16`` runs under bf16 autocast (CPU too).
+    """
     from unlearn_bench.model import load_llava
 
     ckpt = checkpoints[dtype]
     out = tmp_path / "npo"
-    assert _unlearn(ckpt, tiny_data, out, "--lora") == 0
+    assert _unlearn(ckpt, tiny_data, out, "--lora", "--dtype", compute) == 0
+    ran = json.loads((out / "metrics.json").read_text())["dtype"]
+    assert ran == ("float32" if compute == "auto" else compute)
     before, after = _weights(ckpt), _weights(out / "model")
     assert set(before) == set(after)  # merged: plain Llava keys, no lora_A / lora_B
     assert {str(v.dtype) for v in after.values()} == {f"torch.{dtype}"}  # the input's dtype
