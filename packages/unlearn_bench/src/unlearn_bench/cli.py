@@ -55,15 +55,54 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
 
 
+def _preset_arg(p: argparse.ArgumentParser, real: str) -> None:
+    """``--preset`` without a fixed default: :func:`unlearn_bench.config.choose_preset` picks it."""
+    add_preset_arg(p)
+    p.set_defaults(preset=None)
+    action = next(a for a in p._actions if a.dest == "preset")
+    action.help = f"tiny, small or full (default: full {real}, else tiny)"
+
+
+def _scale_args(p: argparse.ArgumentParser) -> None:
+    """Precision, LoRA and memory flags: shorthands for ``--set`` of the same config fields."""
+    g = p.add_argument_group("precision and memory (real checkpoints)")
+    g.add_argument(
+        "--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+        help="compute dtype; trainable weights stay float32 (default auto: bfloat16 on a GPU "
+        "that has it, else float32)",
+    )  # fmt: skip
+    g.add_argument(
+        "--lora", action="store_true", help="LoRA r=16 a=16 on the language model (needs peft)"
+    )
+    g.add_argument(
+        "--adapter-only", action="store_true", help="with --lora: save the adapter, not merged"
+    )
+    g.add_argument("--grad-accum", type=int, default=None, metavar="N", help="micro-batches/step")
+    g.add_argument(
+        "--grad-checkpointing", action="store_true", help="recompute activations in backward"
+    )
+
+
+def _scale_overrides(args) -> list[str]:
+    """The flags of :func:`_scale_args` as ``key=value`` overrides (a later ``--set`` wins)."""
+    sets = [f"dtype={args.dtype}"] if args.dtype else []
+    sets += ["lora=true"] if args.lora else []
+    sets += ["save_adapter_only=true"] if args.adapter_only else []
+    sets += [f"grad_accum_steps={args.grad_accum}"] if args.grad_accum is not None else []
+    sets += ["gradient_checkpointing=true"] if args.grad_checkpointing else []
+    return [*sets, *args.overrides]
+
+
 def _run_args(p: argparse.ArgumentParser, model_help: str, model_required: bool) -> None:
     """``--data --out --model --preset --config --set --seed --device --quiet --resume``."""
     p.add_argument("--data", type=Path, required=True, help="dataset folder written by generate")
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
     p.add_argument("--model", type=Path, required=model_required, default=None, help=model_help)
-    add_preset_arg(p)
+    _preset_arg(p, "with --model" if not model_required else "for a real checkpoint")
     add_config_args(p)
     add_common_args(p)
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint")
+    _scale_args(p)
 
 
 def _unlearn_args(p: argparse.ArgumentParser) -> None:
@@ -81,7 +120,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
         help="vanilla run for UES (default: from the run's config)",
     )
     p.add_argument("--reference", type=Path, default=None, help="retrained (gold) run for PrivLeak")
-    add_preset_arg(p)
+    _preset_arg(p, "for a model descended from a real checkpoint")
     add_config_args(p)
 
 
@@ -129,10 +168,11 @@ def cmd_generate(args) -> int:
 
 
 def _train(args, retain_only: bool) -> int:
-    from unlearn_bench.config import resolve_finetune
+    from unlearn_bench.config import choose_preset, resolve_finetune
     from unlearn_bench.train import finetune
 
-    cfg = resolve_finetune(args.preset, args.config, args.overrides)
+    preset = choose_preset(args.preset, real_model=args.model is not None)
+    cfg = resolve_finetune(preset, args.config, _scale_overrides(args))
     m = finetune(
         args.data, args.out, cfg, seed=args.seed, model_path=args.model, retain_only=retain_only,
         device=args.device, quiet=args.quiet, resume=args.resume,
@@ -164,10 +204,12 @@ def cmd_retrain(args) -> int:
 
 @app.command("unlearn", "apply an unlearning method to a vanilla model", args=_unlearn_args)
 def cmd_unlearn(args) -> int:
+    from unlearn_bench.config import choose_preset
     from unlearn_bench.methods import method_config
-    from unlearn_bench.train import unlearn
+    from unlearn_bench.train import is_tiny_lineage, unlearn
 
-    cfg = method_config(args.method, args.preset, args.config, args.overrides)
+    preset = choose_preset(args.preset, real_model=not is_tiny_lineage(args.model))
+    cfg = method_config(args.method, preset, args.config, _scale_overrides(args))
     m = unlearn(
         args.model, args.data, args.out, args.method, cfg, seed=args.seed, device=args.device,
         quiet=args.quiet, resume=args.resume,
@@ -181,10 +223,12 @@ def cmd_unlearn(args) -> int:
 
 @app.command("evaluate", "per-subset metrics, MIA, PrivLeak and UES of a run", args=_evaluate_args)
 def cmd_evaluate(args) -> int:
-    from unlearn_bench.config import resolve_eval
+    from unlearn_bench.config import choose_preset, resolve_eval
     from unlearn_bench.evaluate import evaluate_run, summary_lines
+    from unlearn_bench.train import is_tiny_lineage
 
-    cfg = resolve_eval(args.preset, args.config, args.overrides)
+    preset = choose_preset(args.preset, real_model=not is_tiny_lineage(args.run))
+    cfg = resolve_eval(preset, args.config, args.overrides)
     res = evaluate_run(
         args.run, args.data, cfg, split=args.split, vanilla=args.vanilla, reference=args.reference,
         device=args.device, quiet=args.quiet,

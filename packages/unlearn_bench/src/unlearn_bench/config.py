@@ -64,6 +64,15 @@ class FinetuneConfig:
     max_grad_norm: float | None = 1.0
     log_every: int = 10
     checkpoint_every: int = 0
+    # Real checkpoints at scale (unlearn_bench.scale): precision, LoRA, memory savers.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # bf16 autocast on GPU
+    lora: bool = False  # MLLMU-Bench: r=16, alpha=16, dropout 0.05 on the LM's linear layers
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    save_adapter_only: bool = False  # RUN/model = the peft adapter, not the merged Llava
+    grad_accum_steps: int = 1  # micro-batches per optimizer step (batch_size is the global batch)
+    gradient_checkpointing: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,18 @@ class EvalConfig:
     batch_size: int = 16
     mink_fraction: float = 0.2  # Min-K% Prob: mean of the lowest 20% token log-probs
     max_items: int = 0  # per subset; 0 = all (a deterministic subsample otherwise)
+
+
+def choose_preset(preset: str | None, real_model: bool) -> str:
+    """The preset a command runs with: the one asked for, else ``full`` for a real model.
+
+    Without ``--preset``, a real checkpoint (``--model PATH``, or a run descended from
+    one) gets the paper-scale settings, not ``tiny``'s lr 1e-3 and 24 eval questions.
+    """
+    if preset is not None:
+        check_preset(preset)
+        return preset
+    return "full" if real_model else "tiny"
 
 
 def finetune_preset(preset: str) -> FinetuneConfig:

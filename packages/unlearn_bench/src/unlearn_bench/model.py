@@ -127,14 +127,54 @@ def resolve_model_dir(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise InputError(path, "model folder not found")
-    if (path / "model" / "config.json").is_file():  # a run folder
+    if (path / "model" / "config.json").is_file() or (
+        path / "model" / ADAPTER_CONFIG
+    ).is_file():  # a run folder
         path = path / "model"
     return path
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def adapter_base(path: Path) -> Path | None:
+    """The base Llava folder of a peft adapter folder (``save_adapter_only``), else None."""
+    cfg_file = path / ADAPTER_CONFIG
+    if not cfg_file.is_file() or (path / "config.json").is_file():
+        return None
+    try:
+        base = json.loads(cfg_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (json.JSONDecodeError, AttributeError):
+        raise InputError(cfg_file, "invalid JSON") from None
+    if not base:
+        raise InputError(cfg_file, "no base_model_name_or_path: cannot find the base Llava")
+    return Path(base)
+
+
+def checkpoint_dtype(path: str | Path) -> Any:
+    """The torch dtype a Llava folder stores its weights in (``config.json``; float32 if unsaid)."""
+    import torch
+
+    path = resolve_model_dir(path)
+    base = adapter_base(path)
+    if base is not None:
+        return checkpoint_dtype(base)
+    cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    text = cfg.get("text_config") or {}
+    name = (
+        cfg.get("dtype") or cfg.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype")
+    )
+    dtype = getattr(torch, str(name), None) if name else None
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
 
 def check_llava_dir(path: str | Path) -> Path:
     """Raise :class:`InputError` unless ``path`` looks like a Hugging Face Llava checkpoint."""
     path = resolve_model_dir(path)
+    base = adapter_base(path)
+    if base is not None:  # a LoRA adapter folder: its base must be a Llava folder
+        check_llava_dir(base)
+        return path
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise InputError(path, "not a Hugging Face model folder (no config.json)")
@@ -156,17 +196,26 @@ def check_llava_dir(path: str | Path) -> Path:
 
 
 def load_llava(path: str | Path, device: str = "cpu", dtype: Any = None):
-    """``(model, processor)`` from a local Llava folder (tiny or a LLaVA-1.5 / LLaVA-Med conversion)."""
+    """``(model, processor)`` from a local Llava folder (tiny or a LLaVA-1.5 / LLaVA-Med conversion).
+
+    ``dtype`` defaults to float32 whatever the folder stores; a LoRA adapter folder is
+    merged onto its base.
+    """
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     _quiet_transformers()
     path = check_llava_dir(path)
+    base = adapter_base(path)
     try:
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-        kwargs = {"local_files_only": True}
-        if dtype is not None:
-            kwargs["dtype"] = dtype
-        model = LlavaForConditionalGeneration.from_pretrained(path, **kwargs)
+        # Always an explicit dtype: transformers would otherwise keep the stored one
+        # (float16 for llava-hf), which is not a dtype to train in.
+        kwargs = {"local_files_only": True, "dtype": dtype if dtype is not None else "float32"}
+        model = LlavaForConditionalGeneration.from_pretrained(base or path, **kwargs)
+        if base is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, path).merge_and_unload()
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(
             path, f"cannot load the Llava checkpoint ({str(exc).splitlines()[0]})"
@@ -178,9 +227,27 @@ def load_llava(path: str | Path, device: str = "cpu", dtype: Any = None):
     return model.to(device), processor
 
 
-def save_llava(model, processor, directory: str | Path) -> Path:
-    """``save_pretrained`` of the model and its processor into one folder, atomically."""
+def save_llava(model, processor, directory: str | Path, state_dict: Any = None) -> Path:
+    """``save_pretrained`` of the model and its processor into one folder, atomically.
+
+    ``state_dict`` replaces the model's own (a gathered FSDP state dict).
+    """
     directory = Path(directory)
+    with atomic_dir(directory) as tmp:
+        model.save_pretrained(tmp, state_dict=state_dict)
+        processor.save_pretrained(tmp)
+    return directory
+
+
+def save_adapter(model, processor, base: str | Path, directory: str | Path) -> Path:
+    """A peft model's adapter (plus the processor) into ``directory``, atomically.
+
+    ``base`` is written as ``base_model_name_or_path`` (absolute), which
+    :func:`load_llava` reads to merge the adapter onto it.
+    """
+    directory = Path(directory)
+    for cfg in model.peft_config.values():
+        cfg.base_model_name_or_path = str(Path(base).resolve())
     with atomic_dir(directory) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import shutil
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,13 +44,54 @@ from unlearn_bench.data import (
 )
 from unlearn_bench.losses import nll
 from unlearn_bench.methods import METHODS, Forwards, forward
-from unlearn_bench.model import build_tiny, check_llava_dir, load_llava, save_llava
+from unlearn_bench.model import (
+    build_tiny,
+    check_llava_dir,
+    checkpoint_dtype,
+    load_llava,
+    save_adapter,
+    save_llava,
+)
+from unlearn_bench.scale import (
+    Diverged,
+    check_finite,
+    divergence_error,
+    finish_trainable,
+    mixed_precision,
+    prepare_trainable,
+    resolve_dtype,
+    torch_dtype,
+)
 
 # Under DDP some parameters get no gradient on some processes: the vision tower on a
 # process whose share of the batch is text-only, CLIP's post_layernorm always (LLaVA
 # reads the encoder's last hidden state), the layers above RMU's steered layer.
 # find_unused_parameters lets DDP reduce zeros for them instead of failing.
 _DDP_UNUSED = True
+
+
+def is_tiny_lineage(path: str | Path) -> bool:
+    """Whether a run (or its model folder) descends from the built-in tiny Llava.
+
+    Follows ``run.extra``: ``init`` of finetune / retrain (``tiny`` or a folder),
+    ``vanilla_model`` of unlearn. A bare Llava folder is a real checkpoint.
+    """
+    path = Path(path)
+    run = path.parent if path.name == "model" else path
+    for _ in range(16):  # a chain of unlearn runs; a cycle cannot be a real lineage
+        if not (run / "config.json").is_file() or not (run / "model").exists():
+            return False
+        try:
+            extra = load_run(run, package=PACKAGE).info.extra
+        except InputError:
+            return False
+        if extra.get("init") is not None:
+            return extra["init"] == "tiny"
+        if extra.get("vanilla_model") is None:
+            return False
+        nxt = Path(extra["vanilla_model"])
+        run = nxt.parent if nxt.name == "model" else nxt
+    return False
 
 
 def _steps(epochs: float, n: int, batch_size: int) -> int:
@@ -81,15 +124,116 @@ def _start(trainer: Trainer, out: Path, info: RunInfo, cfg: Any) -> None:
 
 
 def _finish(
-    trainer: Trainer, model: Any, processor: Any, out: Path, metrics: dict[str, Any]
+    trainer: Trainer,
+    model: Any,
+    processor: Any,
+    out: Path,
+    metrics: dict[str, Any],
+    cfg: Any,
+    save_dtype: torch.dtype,
+    base: Path | None,
 ) -> None:
-    """Write ``RUN/model`` (the trained Llava) and ``RUN/metrics.json`` (main process only under DDP)."""
+    """Write ``RUN/model`` and ``RUN/metrics.json`` (main process only under DDP).
+
+    ``RUN/model`` is the trained Llava in the checkpoint's dtype (LoRA merged), or with
+    ``save_adapter_only`` the peft adapter of the base folder ``base``.
+    """
     # medcommon-candidate: a Trainer hook (e.g. ``save_fn(model, dir)``) so the loop can write
     # a Hugging Face folder itself; model_config=None + this function is the workaround.
+    if _is_fsdp(trainer):
+        _finish_fsdp(trainer, model, processor, out, metrics, save_dtype)
+        return
+    check_finite(model, metrics["steps"])
     if trainer.accelerator.is_main_process:
-        save_llava(model, processor, out / "model")
+        final = finish_trainable(model, cfg, save_dtype)
+        if cfg.lora and cfg.save_adapter_only:
+            save_adapter(final, processor, base, out / "model")
+        else:
+            save_llava(final, processor, out / "model")
         write_metrics(out, metrics)
     trainer.accelerator.wait_for_everyone()
+
+
+def _is_fsdp(trainer: Trainer | None = None) -> bool:
+    """Whether this process runs under ``accelerate launch`` with an FSDP config."""
+    if trainer is None:  # before the Accelerator exists: what accelerate launch exports
+        return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1")
+    from accelerate.utils import DistributedType
+
+    return trainer.accelerator.distributed_type == DistributedType.FSDP
+
+
+def _finish_fsdp(trainer, model, processor, out, metrics, save_dtype) -> None:
+    """Under ``accelerate launch`` with FSDP: gather the full state dict, rank 0 writes it.
+
+    Not run here (accelerate builds FSDP only on GPUs); the sharded arithmetic itself
+    is tested on CPU by ``tests/test_fsdp.py``.
+    """
+    state = trainer.accelerator.get_state_dict(trainer.model)  # collective; full on rank 0
+    if trainer.accelerator.is_main_process:
+        state = {k.removeprefix("llava."): v.to(save_dtype) for k, v in state.items()}
+        for name, v in state.items():
+            if v.is_floating_point() and not torch.isfinite(v).all():
+                raise Diverged(f"weight {name} is not finite after step {metrics['steps']}")
+        model.config.use_cache = True
+        save_llava(model, processor, out / "model", state_dict=state)
+        write_metrics(out, metrics)
+    trainer.accelerator.wait_for_everyone()
+
+
+def _check_fsdp(trainer: Trainer, cfg: Any, resume: bool) -> None:
+    """FSDP runs full-parameter training from scratch (what the 7B table needs it for)."""
+    if not _is_fsdp(trainer):
+        return
+    if cfg.lora:
+        raise InputError("lora", "LoRA under FSDP is not supported; a 7B LoRA run fits one GPU")
+    if resume:
+        raise InputError("--resume", "not supported under FSDP (no checkpoint is written)")
+
+
+def _guarded_finish(
+    trainer, model, processor, out, metrics, cfg, save_dtype, base, existed, resume
+):
+    """:func:`_finish`, cleaning up like :func:`_fit_or_clean` if the last weights are not finite."""
+    try:
+        _finish(trainer, model, processor, out, metrics, cfg, save_dtype, base)
+    except Diverged as exc:
+        if trainer.accelerator.is_main_process and not resume:
+            _discard(out, existed)
+        raise divergence_error(metrics["command"], exc, kept=resume) from None
+
+
+def _fit_or_clean(trainer: Trainer, command: str, out: Path, existed: bool, resume: bool):
+    """``trainer.fit``; on a NaN/inf loss, remove what this run wrote and raise an InputError.
+
+    A resumed run keeps its folder (the last checkpoint before the divergence is valid).
+    """
+    try:
+        return trainer.fit(resume=resume)
+    except (FloatingPointError, Diverged) as exc:
+        if trainer.accelerator.is_main_process and not resume:
+            _discard(out, existed)
+        raise divergence_error(command, exc, kept=resume) from None
+
+
+def _discard(out: Path, existed: bool) -> None:
+    """Remove a failed run: the folder if this run made it, else the files a run writes."""
+    if not existed:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for name in ("config.json", "log.jsonl", "metrics.json"):
+        (out / name).unlink(missing_ok=True)
+    for name in ("checkpoint", "model"):
+        shutil.rmtree(out / name, ignore_errors=True)
+
+
+def _check_scale(cfg: Any, base: Path | None) -> None:
+    if cfg.grad_accum_steps < 1:
+        raise InputError("grad_accum_steps", f"must be >= 1, got {cfg.grad_accum_steps}")
+    if cfg.save_adapter_only and not cfg.lora:
+        raise InputError("save_adapter_only", "needs lora=true (there is no adapter to save)")
+    if cfg.save_adapter_only and base is None:
+        raise InputError("save_adapter_only", "needs --model: an adapter is saved against a base")
 
 
 def finetune(
@@ -110,13 +254,19 @@ def finetune(
     data = check_dataset(data_dir)
     model_dir = check_llava_dir(model_path) if model_path is not None else None
     device = resolve_device(device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    _check_scale(cfg, model_dir)
     if resume:
         _check_resumable(out, command, command, seed)
+    existed = out.exists()
     seed_everything(seed)
     if model_dir is not None:
-        model, processor = load_llava(model_dir)
+        model, processor = load_llava(model_dir, dtype=torch_dtype(dtype))
+        save_dtype = checkpoint_dtype(model_dir)
     else:  # the tokenizer sees every split, so finetune and retrain share one initialisation
         model, processor = build_tiny(cfg.model, corpus_texts(data))
+        save_dtype = torch.float32
+    model = prepare_trainable(model, cfg, dtype)
     enc = Encoder(processor, data_dir)
     items = data["retain"] if retain_only else data["forget"] + data["retain"]
     encoded = [enc.encode(it) for it in items]
@@ -131,7 +281,8 @@ def finetune(
         data=data_dir,
         init=str(model_dir.resolve()) if model_dir else "tiny",
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = None
     if cfg.lr_schedule == "linear":
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -145,10 +296,13 @@ def finetune(
         config=TrainConfig(
             max_steps=steps,
             batch_size=batch_size,
+            grad_accum_steps=cfg.grad_accum_steps,
             max_grad_norm=cfg.max_grad_norm,
+            mixed_precision=mixed_precision(dtype),
             log_every=cfg.log_every,
             find_unused_parameters=_DDP_UNUSED,
             checkpoint_every=cfg.checkpoint_every,
+            save_checkpoints=not _is_fsdp(),
         ),
         run_dir=out,
         seed=seed,
@@ -157,15 +311,19 @@ def finetune(
         device=device,
         quiet=quiet,
     )
+    _check_fsdp(trainer, cfg, resume)
     _start(trainer, out, info, cfg)
-    result = trainer.fit(resume=resume)
+    result = _fit_or_clean(trainer, command, out, existed, resume)
     metrics = {
         "command": command,
         "steps": result.steps,
         "train_seconds": result.train_seconds,
         "n_train": len(encoded),
+        "dtype": dtype,
     }
-    _finish(trainer, model, processor, out, metrics)
+    _guarded_finish(
+        trainer, model, processor, out, metrics, cfg, save_dtype, model_dir, existed, resume
+    )
     return metrics
 
 
@@ -187,13 +345,18 @@ def unlearn(
     data = check_dataset(data_dir, ("forget", "retain"))
     model_dir = check_llava_dir(model_path)
     device = resolve_device(device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    _check_scale(cfg, model_dir)
     if resume:
         _check_resumable(out, "unlearn", method_name, seed)
+    existed = out.exists()
     seed_everything(seed)
-    model, processor = load_llava(model_dir)
+    model, processor = load_llava(model_dir, dtype=torch_dtype(dtype))
+    save_dtype = checkpoint_dtype(model_dir)
     ref = None
-    if cls.needs_reference:
+    if cls.needs_reference:  # frozen, in the compute dtype (bf16 halves its memory)
         ref = copy.deepcopy(model).eval().requires_grad_(False)
+    model = prepare_trainable(model, cfg, dtype)
     method = cls(cfg, ref=ref, seed=seed)
     method.setup(model)
     enc = Encoder(processor, data_dir)
@@ -217,15 +380,20 @@ def unlearn(
     )
     trainer = Trainer(
         Forwards(model),  # forget and retain in one call per step: what DDP accepts
-        torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0),
+        torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0
+        ),
         dataset,
         method.loss,
         config=TrainConfig(
             max_steps=steps,
             batch_size=batch_size,
+            grad_accum_steps=cfg.grad_accum_steps,
             max_grad_norm=cfg.max_grad_norm,
+            mixed_precision=mixed_precision(dtype),
             log_every=cfg.log_every,
             find_unused_parameters=_DDP_UNUSED,
+            save_checkpoints=not _is_fsdp(),
         ),
         run_dir=out,
         seed=seed,
@@ -238,14 +406,18 @@ def unlearn(
         # Never inside DDP: every process holds the same frozen copy (loaded from the same
         # folder, before any step) on its own device and runs it on its share of the batch.
         method.ref = ref.to(trainer.accelerator.device)
+    _check_fsdp(trainer, cfg, resume)
     _start(trainer, out, info, cfg)
-    result = trainer.fit(resume=resume)
+    result = _fit_or_clean(trainer, "unlearn", out, existed, resume)
     metrics = {
         "command": "unlearn",
         "method": method_name,
         "steps": result.steps,
         "train_seconds": result.train_seconds,
         "n_forget": len(forget),
+        "dtype": dtype,
     }
-    _finish(trainer, model, processor, out, metrics)
+    _guarded_finish(
+        trainer, model, processor, out, metrics, cfg, save_dtype, model_dir, existed, resume
+    )
     return metrics

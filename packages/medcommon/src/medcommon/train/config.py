@@ -31,3 +31,6 @@ class TrainConfig:
     # statistics while training (medcommon.train.distributed.GlobalBatchNorm), so N
     # processes train like one; False keeps plain per-process BatchNorm (DDP's default).
     global_batchnorm: bool = True
+    # False: no checkpoint/ is written (e.g. under FSDP, where the module's own
+    # state_dict holds this process's shards only); --resume then starts from step 0.
+    save_checkpoints: bool = True

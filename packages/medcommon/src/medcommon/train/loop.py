@@ -228,7 +228,7 @@ class Trainer:
     # ------------------------------------------------------------- checkpoint
     def _checkpoint(self, step: int, best: dict[str, Any]) -> None:
         """Save the full training state (``best`` carries selection and final metrics)."""
-        if self.checkpoint_dir is None:
+        if self.checkpoint_dir is None or not self.config.save_checkpoints:
             return
         from accelerate.utils import gather_object
 

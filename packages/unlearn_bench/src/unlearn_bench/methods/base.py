@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -29,6 +29,15 @@ class UnlearnConfig:
     batch_size: int = 4
     max_grad_norm: float | None = 1.0
     log_every: int = 5
+    # Real checkpoints at scale (unlearn_bench.scale): precision, LoRA, memory savers.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # bf16 autocast on GPU
+    lora: bool = False  # MLLMU-Bench: r=16, alpha=16, dropout 0.05 on the LM's linear layers
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    save_adapter_only: bool = False  # RUN/model = the peft adapter, not the merged Llava
+    grad_accum_steps: int = 1  # micro-batches per optimizer step (batch_size is the global batch)
+    gradient_checkpointing: bool = False
 
 
 # tiny/small: the tiny model needs a far larger step than a LoRA-tuned 7B model.
