@@ -259,15 +259,34 @@ def make_items(
     return items
 
 
+# The whole vocabulary of the categorical fields: distractors for retain/general items
+# when removing the forget entities' values leaves fewer than three.
+VOCABULARY = {
+    "insurer": INSURERS,
+    "diagnosis": tuple(DIAGNOSIS.values()),
+    "modality": MODALITIES,
+    "finding": FINDINGS,
+    "organ": ORGANS,
+    "treatment": TREATMENTS,
+}
+
+
 def clean_pools(
     pools: dict[str, list[str]], entities: list[dict], forget_idx: set[int]
 ) -> dict[str, list[str]]:
-    """``pools`` without the values that only forget entities hold (per field)."""
+    """``pools`` without the values that only forget entities hold (per field).
+
+    A categorical field whose cleaned pool has fewer than 4 distinct values is topped up
+    from its :data:`VOCABULARY` (still without the forget-only values).
+    """
     out = {}
     for name, pool in pools.items():
         kept = {str(e[name]) for i, e in enumerate(entities) if i not in forget_idx}
         only_forget = {str(e[name]) for i, e in enumerate(entities) if i in forget_idx} - kept
-        out[name] = [v for v in pool if v not in only_forget]
+        clean = [v for v in pool if v not in only_forget]
+        if len(set(clean)) < len(LETTERS) and name in VOCABULARY:
+            clean += [str(v) for v in VOCABULARY[name] if str(v) not in only_forget]
+        out[name] = clean
     return out
 
 
