@@ -481,6 +481,8 @@ def evaluate_run(
             same = reference_dir.resolve() == model_dir.resolve()
             ref = result if same else _metrics_of(reference_dir, data_dir, data, cfg, device, quiet)
         result.update(against_reference(result, ref, van))
+        if ref is None and run_cfg.get("command") == "finetune":
+            result["ues"] = 0.0  # the vanilla model itself: 0 by definition, no retrain needed
     write_json_atomic(run / f"eval-{split}.json", result)
     return result
 
