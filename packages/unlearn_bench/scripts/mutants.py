@@ -9,8 +9,8 @@ worktree's src folders on PYTHONPATH)::
 
     python packages/unlearn_bench/scripts/mutants.py [--only SUBSTRING] [--list]
 
-Prints one line per mutant and the kill rate; writes ``mutants.json`` next to it
-(not committed). The files are restored after every mutant (and on Ctrl-C).
+Prints one line per mutant and the kill rate; writes the results to ``--out``
+(``--rerun FILE`` runs only the survivors of an earlier results file). The files are restored after every mutant (and on Ctrl-C).
 """
 
 from __future__ import annotations
@@ -210,8 +210,14 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--out", default="/tmp/unlearn-mutants.json", help="results file")
+    ap.add_argument("--rerun", help="a mutants.json: run only the mutants that survived there")
     args = ap.parse_args()
     mutants = [m for m in generate() if args.only in m["file"]]
+    if args.rerun:
+        old = json.loads(Path(args.rerun).read_text())
+        alive = {(r["file"], r["new"]) for r in old if not r["killed"]}
+        mutants = [m for m in mutants if (m["file"], m["new"]) in alive]
     if args.list:
         for m in mutants:
             print(f"{m['file']}:{m['line']}: {m['new'].strip()}")
@@ -231,7 +237,7 @@ def main() -> int:
     print(
         f"killed {n_killed}/{len(results)} = {n_killed / max(len(results), 1):.1%}; named {sum(r['killed'] for r in named)}/{len(named)}"
     )
-    (Path(__file__).parent / "mutants.json").write_text(json.dumps(results, indent=1))
+    Path(args.out).write_text(json.dumps(results, indent=1))
     return 0
 
 

@@ -196,7 +196,7 @@ def wiring(setup):
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in ref.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+            p.add_(0.2 * torch.randn(p.shape, generator=gen))
     pad = enc.tokenizer.pad_token_id
     return model, ref, enc, data, pad
 
@@ -214,28 +214,38 @@ def test_method_loss_equals_independent_formula(name, wiring):
     forget_items, retain_items = data["forget"][:4], data["retain"][3:7]
     f = collate([enc.encode(it, method.forget_answer(it)) for it in forget_items], pad)
     r = collate([enc.encode(it) for it in retain_items], pad)
-    got = method.loss(model, {"forget": f, "retain": r}, None)["loss"].item()
+    out = method.loss(model, {"forget": f, "retain": r}, None)
 
     lf, lr = forward(model, f).logits, forward(model, r).logits
     retain_nll = _ce_nll(lr, r["labels"])
+    parts = {}  # each logged term on its own too: a small term must not hide in the total
     if name == "grad_diff":
-        want = -2.0 * _ce_nll(lf, f["labels"]) + 3.0 * retain_nll
+        parts = {"forget_nll": _ce_nll(lf, f["labels"]), "retain_nll": retain_nll}
+        want = -2.0 * parts["forget_nll"] + 3.0 * retain_nll
     elif name == "kl_min":
         kl = _kl_div_ref_theta(forward(ref, r).logits, lr, r["labels"])
         assert kl > 1e-3  # the reference differs: a reversed KL would give another number
-        want = -2.0 * _ce_nll(lf, f["labels"]) + 3.0 * kl
+        parts = {"forget_nll": _ce_nll(lf, f["labels"]), "retain_kl": kl}
+        want = -2.0 * parts["forget_nll"] + 3.0 * kl
     elif name == "npo":
         lp, _ = _ce_seq_logprob(lf, f["labels"])
         lp_ref, _ = _ce_seq_logprob(forward(ref, f).logits, f["labels"])
         assert (lp - lp_ref).abs().min() > 1e-2
         # -log sigmoid(-beta (lp - lp_ref)) = softplus(beta (lp - lp_ref))
-        want = 2 / 0.3 * F.softplus(0.3 * (lp - lp_ref)).mean() + 3.0 * retain_nll
+        npo = 2 / 0.3 * F.softplus(0.3 * (lp - lp_ref)).mean()
+        parts = {"npo": npo, "retain_nll": retain_nll, "log_ratio": (lp - lp_ref).mean()}
+        want = npo + 3.0 * retain_nll
     elif name == "simnpo":
         lp, n = _ce_seq_logprob(lf, f["labels"])
-        want = 2 / 0.7 * F.softplus(0.7 * lp / n + 0.2).mean() + 3.0 * retain_nll
+        simnpo = 2 / 0.7 * F.softplus(0.7 * lp / n + 0.2).mean()
+        parts = {"simnpo": simnpo, "retain_nll": retain_nll}
+        want = simnpo + 3.0 * retain_nll
     else:  # idk: the forget batch holds the IDK answers
-        want = _ce_nll(lf, f["labels"]) + 3.0 * retain_nll
-    assert got == pytest.approx(float(want), rel=1e-4, abs=1e-5)
+        parts = {"idk_nll": _ce_nll(lf, f["labels"]), "retain_nll": retain_nll}
+        want = parts["idk_nll"] + 3.0 * retain_nll
+    assert out["loss"].item() == pytest.approx(float(want), rel=1e-5, abs=1e-6)
+    for key, value in parts.items():
+        assert out[key].item() == pytest.approx(float(value), rel=1e-5, abs=1e-6), key
 
 
 @torch.no_grad()
