@@ -273,3 +273,17 @@ def test_rmu_loss_equals_independent_formula(wiring):
 
 def _inputs(batch):
     return {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+
+
+def test_rmu_steers_the_middle_layer_by_default(setup):
+    model = setup[0]
+    cls = METHODS.get("rmu")
+    n = model.config.text_config.num_hidden_layers
+    method = cls(cls.preset_config("tiny"))
+    method.setup(model)
+    assert cls.config_class().layer == -1 and method.layer == (n - 1) // 2  # 0 of 2 layers
+    import dataclasses
+
+    chosen = cls(dataclasses.replace(cls.preset_config("tiny"), layer=1))
+    chosen.setup(model)
+    assert chosen.layer == 1

@@ -293,3 +293,26 @@ def test_task_table_rows_subset_task_modality():
     assert "| forget | mcq | text_only | 0.250 ± 0.000 |" in table
     assert "| forget | gen | image_text | - |" in table
     assert "| general | cloze | text_only | - |" in table
+
+
+@torch.no_grad()
+def test_evaluate_model_aggregates_the_per_item_scores(tiny):
+    import time
+
+    from unlearn_bench.evaluate import evaluate_model, subsample
+
+    model, enc, data = tiny
+    cfg = EvalConfig(max_new_tokens=2, batch_size=8, max_items=5)
+    sub = {"forget": data["forget"], "general": data["general"]}
+    t0 = time.perf_counter()
+    res = evaluate_model(model, enc.processor, enc.data_dir, sub, cfg)
+    wall = time.perf_counter() - t0
+    items = subsample(data["forget"], 5)
+    per_item = answer_scores(model, enc, items, 8, cfg.mink_fraction)
+    assert res["subsets"]["forget"]["n"] == 5 and res["n_questions"] == 10
+    assert res["subsets"]["forget"]["nll"] == pytest.approx(per_item["nll"].mean(), rel=1e-5)
+    assert res["truth_ratios"]["forget"] == pytest.approx(
+        truth_ratios(model, enc, items, 8).tolist()
+    )
+    assert 0 < res["eval_seconds"] <= wall
+    assert res["questions_per_second"] == pytest.approx(10 / res["eval_seconds"])
