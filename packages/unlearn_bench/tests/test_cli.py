@@ -227,12 +227,13 @@ def test_evaluate_writes_all_metrics(tiny_data, tiny_run, ga_run):
         for k in ("mcq_acc", "rougeL", "cloze_acc"):
             for suffix in ("", "_image_text", "_text_only"):
                 assert k + suffix in res["subsets"][s]
-    # no --vanilla was given, so the UES can only come from the run's config
-    assert 0.0 <= res["ues"] <= 1.0
+    # no --vanilla was given, so the vanilla model can only come from the run's config
+    assert 0.0 <= res["ues"] <= 1.0 and "ues_vanilla" in res
     assert load_run(ga_run).info.extra["vanilla_model"] == str((tiny_run / "model").resolve())
     assert main([*map(str, args), "--vanilla", str(tiny_run)]) == 0
     explicit = json.loads((ga_run / "eval-all.json").read_text())
-    assert explicit["ues"] == res["ues"] and explicit["subsets"] == res["subsets"]
+    assert explicit["ues_vanilla"] == res["ues_vanilla"] and explicit["subsets"] == res["subsets"]
+    assert "ues" not in explicit  # the retrain-anchored UES needs --reference
     assert 0.0 <= res["mia_auc"] <= 1.0 and "mia_auc_mink" in res and "privleak" in res
     assert not (tiny_run / "eval-all.json").is_file()  # the vanilla is evaluated, not overwritten
     one = ["evaluate", "--run", tiny_run, "--data", tiny_data, "--split", "forget", *EVAL]
@@ -263,7 +264,7 @@ def test_runs_in_the_earlier_layout_still_evaluate(tmp_path, tiny_data, tiny_run
         for r in (ga_run, runs["unlearn"], runs["finetune"])
     )
     # the vanilla model is found in the old config as in the new one: the same UES
-    assert legacy["subsets"] == new["subsets"] and legacy["ues"] == new["ues"]
+    assert legacy["subsets"] == new["subsets"] and legacy["ues_vanilla"] == new["ues_vanilla"]
     assert legacy_ft["ues"] == 0.0  # an old finetune run is still its own vanilla
 
 

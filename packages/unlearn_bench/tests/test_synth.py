@@ -127,3 +127,56 @@ def test_old_config_names_are_aliases_of_the_new():
     assert config.preset_finetune is config.finetune_preset
     assert config.preset_eval is config.eval_preset
     assert config.synth_preset("tiny") == SynthConfig(n_entities=10, n_general=2, image_size=32)
+
+
+@pytest.mark.parametrize("scenario", ["privacy", "incorrectness"])
+@pytest.mark.parametrize("seed,ratio", [(0, 0.2), (1, 0.5), (2, 0.3)])
+def test_forget_values_are_never_distractors_outside_forget(tmp_path, scenario, seed, ratio):
+    """Scan the written files: no retain/general MCQ offers a value only forget entities hold."""
+    cfg = SynthConfig(n_entities=10, n_general=2, image_size=32, forget_ratio=ratio)
+    generate(tmp_path / "d", scenario, cfg, seed=seed)
+    ents = [json.loads(x) for x in (tmp_path / "d" / "entities.jsonl").read_text().splitlines()]
+    forget = [e for e in ents if e["role"] == "forget"]
+    kept = [e for e in ents if e["role"] != "forget"]
+    checked = 0
+    for split in ("retain", "general"):
+        for it in _read(tmp_path / "d", split):
+            if it["type"] != "mcq":
+                continue
+            field = it["field"]
+            only_forget = {str(e[field]) for e in forget} - {str(e[field]) for e in kept}
+            distractors = set(it["options"]) - {it["answer_text"]}
+            assert not distractors & only_forget, (split, it["id"], distractors & only_forget)
+            assert len(it["options"]) >= 3
+            checked += 1
+    assert checked > 0
+    # the forget questions still offer them (the pools of forget items are unchanged)
+    if scenario == "privacy":
+        names = {e["name"] for e in forget}
+        offered = {
+            o
+            for it in _read(tmp_path / "d", "forget")
+            if it["type"] == "mcq"
+            for o in it["options"]
+        }
+        assert names <= offered
+
+
+def test_forget_count_rounds_half_up():
+    from unlearn_bench.config import forget_count
+
+    # (ratio, entities) -> ratio * entities rounded half up (the README's rule)
+    cases = {(0.10, 500): 50, (0.05, 500): 25, (0.25, 10): 3, (0.35, 10): 4, (0.14, 10): 1}
+    cases[(0.145, 100)] = 15  # 0.145 * 100 = 14.499999999999998 in floats
+    cases[(0.15, 10)] = 2
+    for (ratio, n), want in cases.items():
+        assert forget_count(ratio, n) == want, (ratio, n)
+
+
+@pytest.mark.parametrize("ratio,n_forget", [(0.25, 3), (0.35, 4), (0.2, 2), (0.14, 1)])
+def test_generated_forget_entities_match_the_stated_rounding(tmp_path, ratio, n_forget):
+    cfg = SynthConfig(n_entities=10, n_general=2, image_size=32, forget_ratio=ratio)
+    meta = generate(tmp_path / "d", "privacy", cfg, seed=0)
+    assert meta["entities"]["forget"] == n_forget
+    assert len({it["entity"] for it in _read(tmp_path / "d", "forget")}) == n_forget
+    assert len({it["entity"] for it in _read(tmp_path / "d", "retain")}) == 10 - n_forget

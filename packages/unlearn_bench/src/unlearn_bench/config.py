@@ -10,6 +10,7 @@ that the tiny model memorises its training set in seconds to a minute.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +82,7 @@ class EvalConfig:
 
     max_new_tokens: int = 50
     batch_size: int = 16
-    mink_fraction: float = 0.2  # Min-K% Prob: mean of the lowest 20% token log-probs
+    mink_fraction: float = 0.4  # Min-K% Prob: mean of the lowest 40% token log-probs (MUSE)
     max_items: int = 0  # per subset; 0 = all (a deterministic subsample otherwise)
 
 
@@ -157,11 +158,20 @@ def resolve_eval(
     return resolve_config(EvalConfig, base=eval_preset(preset), file=file, overrides=overrides)
 
 
+def forget_count(ratio: float, n_entities: int) -> int:
+    """Forget entities for a ratio: ``ratio * n_entities`` rounded half up.
+
+    E.g. 0.10 of 500 -> 50, 0.25 of 10 -> 3 (2.5 rounds up), 0.14 of 10 -> 1. The 1e-9
+    absorbs float error (0.145 * 100 = 14.499999999999998 must give 15, like 14.5).
+    """
+    return math.floor(ratio * n_entities + 0.5 + 1e-9)
+
+
 def check_forget_ratio(ratio: float, n_entities: int) -> None:
     """The forget ratio must be in (0, 1) and leave at least one entity on each side."""
     if not 0.0 < ratio < 1.0:
         raise InputError("--forget-ratio", f"must be in (0, 1), got {ratio}")
-    n_forget = round(ratio * n_entities)
+    n_forget = forget_count(ratio, n_entities)
     if n_forget < 1 or n_forget >= n_entities:
         raise InputError(
             "--forget-ratio",

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from medcommon.data import read_jsonl
@@ -184,20 +185,44 @@ class EncodedSet(torch.utils.data.Dataset):
 
 
 class PairedSet(torch.utils.data.Dataset):
-    """Forget item ``i`` paired with a retain item (a seeded permutation, cycled)."""
+    """Forget item ``i`` paired with a retain item drawn at random per epoch (seeded).
+
+    The partners of epoch ``e`` are positions ``e * n_forget + i`` of an endless stream
+    of seeded permutations of the retain set (block ``b`` of the stream is
+    ``permutation(n_retain)`` seeded with ``(seed, b)``). So a forget item gets a new
+    partner every epoch, no retain item repeats until the whole retain set has been
+    used, and the partner is a function of ``(seed, epoch, i)`` only: whichever process
+    reads global sample ``i`` under DDP draws the same one, as a single process does.
+    The trainer announces the epoch through :meth:`set_epoch` (the PyTorch sampler
+    convention, called by ``medcommon.train.Trainer`` before each step).
+    """
 
     def __init__(self, forget: list[dict], retain: list[dict], seed: int):
-        self.forget, self.retain = forget, retain
-        self.order = torch.randperm(len(retain), generator=torch.Generator().manual_seed(seed))
+        if not retain:
+            raise InputError("retain", "no retain items to pair the forget items with")
+        self.forget, self.retain, self.seed = forget, retain, seed
+        self.epoch = 0
+        self._blocks: dict[int, np.ndarray] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def partner(self, i: int, epoch: int | None = None) -> int:
+        """Index into ``retain`` of forget item ``i``'s partner at ``epoch`` (default: current)."""
+        e = self.epoch if epoch is None else epoch
+        block, pos = divmod(e * len(self.forget) + i, len(self.retain))
+        if block not in self._blocks:
+            if len(self._blocks) > 4:  # only the current one or two blocks are in use
+                self._blocks.clear()
+            rng = np.random.default_rng([self.seed, 0x9A17, block])
+            self._blocks[block] = rng.permutation(len(self.retain))
+        return int(self._blocks[block][pos])
 
     def __len__(self) -> int:
         return len(self.forget)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {
-            "forget": self.forget[i],
-            "retain": self.retain[int(self.order[i % len(self.retain)])],
-        }
+        return {"forget": self.forget[i], "retain": self.retain[self.partner(i)]}
 
 
 def paired_collate(items: Sequence[dict], pad_id: int) -> dict[str, dict]:

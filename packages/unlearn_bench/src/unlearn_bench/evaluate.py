@@ -1,19 +1,35 @@
-"""Evaluation per subset: MCQ accuracy, ROUGE-L, cloze accuracy; MIA; PrivLeak; UES.
+"""Evaluation per subset: MCQ accuracy, ROUGE-L, cloze accuracy, truth ratio; MIA; PrivLeak; UES.
 
 Tasks (MLLMU-Bench): multiple choice scores the first generated letter; generation
-scores ROUGE-L F of the greedy answer against the reference; cloze counts the
-reference as a substring of the greedy answer. Each also per modality, with the
-suffixes ``_image_text`` and ``_text_only``.
+scores ROUGE-L F (Porter stemmer, as MLLMU-Bench's ``use_stemmer=True``) of the greedy
+answer against the reference; cloze counts the reference as a substring of the greedy
+answer. Each also per modality, with the suffixes ``_image_text`` and ``_text_only``.
 
-Membership inference (forget = members, general = non-members, same fields): the
-score is the negative mean answer loss, or the Min-K% Prob (mean of the lowest 20%
-answer-token log-probs, Shi et al. 2024); ``mia_auc`` / ``mia_auc_mink`` are their
-AUCs. ``privleak = (AUC - AUC_ref) / AUC_ref * 100`` against a reference (retrained)
-model (MUSE), ideal near 0.
+Truth ratio (TOFU, Maini et al. 2024; open-unlearning): for an MCQ item with stem q,
+stored answer a and distractors d_j, ``R = mean_j p(d_j|q)^(1/|d_j|) / p(a|q)^(1/|a|)``
+(length-normalised probabilities of the option texts as free answers to the stem).
+``truth_ratio`` per subset is open-unlearning's ``true_better`` aggregate
+``mean max(0, 1 - R)``; ``forget_quality`` is the KS-test p-value
+(``scipy.stats.ks_2samp``) of the forget items' R under the model against the
+retrained model (TOFU's forget quality; 1 = indistinguishable from retrain).
+
+Membership inference (forget = members, general = non-members of the same fields),
+open-unlearning's attacks, each a per-item score where higher means "member"
+(:mod:`medcommon.metrics.privacy`): ``loss`` (negative mean answer NLL), ``mink``
+(Min-K% Prob, k = ``EvalConfig.mink_fraction``, 0.4 as MUSE's PrivLeak), ``minkpp``
+(Min-K%++) and ``zlib``. ``mia_auc[_mink|_minkpp|_zlib]`` are their ROC AUCs and
+``privleak[...]`` MUSE's PrivLeak against the retrained model:
+``(AUC'_model - AUC'_retrain) / AUC'_retrain * 100`` with ``AUC' = 1 - AUC``; ideal 0,
+negative when the model still leaks (under-unlearning), positive when over-unlearned.
+
+Every result carries ``eval_key``, a hash of every setting the numbers depend on
+(:func:`eval_key`); a cached evaluation is reused only under the same key.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -26,7 +42,15 @@ from tqdm.auto import tqdm
 
 from medcommon.errors import InputError
 from medcommon.fs import write_json_atomic
-from medcommon.metrics import mia_auc, rouge_l, substring_match
+from medcommon.metrics import (
+    mia_auc,
+    min_k_plus_plus_score,
+    min_k_score,
+    privleak,
+    rouge_l,
+    substring_match,
+    zlib_score,
+)
 from medcommon.run import load_run
 from medcommon.train.accelerator import resolve_device
 from unlearn_bench import PACKAGE
@@ -36,8 +60,14 @@ from unlearn_bench.losses import token_logprobs
 from unlearn_bench.model import check_llava_dir, load_llava
 from unlearn_bench.synth import SPLITS
 from unlearn_bench.ues import ues as ues_score
+from unlearn_bench.ues import ues_vanilla
 
 TASK_METRICS = {"mcq": "mcq_acc", "gen": "rougeL", "cloze": "cloze_acc"}
+MODALITY_SUFFIXES = (("", None), ("_image_text", "image_text"), ("_text_only", "text_only"))
+# attack -> the suffix of its mia_auc / privleak keys
+MIA_ATTACKS = {"loss": "", "mink": "_mink", "minkpp": "_minkpp", "zlib": "_zlib"}
+# Bump when a metric's definition changes: old cached evaluations then no longer match.
+METRICS_VERSION = 2
 
 
 @torch.no_grad()
@@ -104,16 +134,42 @@ def generate_answers(
     return answers
 
 
+def token_stats(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per answer token: ``log p(y_t)``, and mean / variance of ``log p`` under ``p`` itself.
+
+    Args:
+        logits: ``(B, T, V)``; labels: ``(B, T)`` with -100 outside the answer.
+
+    Returns:
+        ``(logp, mu, var, mask)``, each ``(B, T-1)`` (shifted for next-token prediction);
+        ``mu_t = sum_z p(z) log p(z)`` and ``var_t = sum_z p(z) log p(z)^2 - mu_t^2``
+        (Min-K%++'s normalisers).
+    """
+    logp, mask = token_logprobs(logits, labels)
+    lsm = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    p = lsm.exp()
+    mu = (p * lsm).sum(-1)
+    var = (p * lsm.square()).sum(-1) - mu.square()
+    return logp, mu, var, mask
+
+
 @torch.no_grad()
 def answer_scores(
     model, enc: Encoder, items: Sequence[dict], batch_size: int, mink_fraction: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per item: mean answer NLL and Min-K% mean log-prob (teacher forcing)."""
+) -> dict[str, np.ndarray]:
+    """Per item (teacher forcing on the answer and EOS): ``nll`` and the MIA attack scores.
+
+    Returns ``{"nll", "loss", "mink", "minkpp", "zlib"}``, each ``(N,)``; every attack
+    score is higher for "member" (``loss = -nll``; see the module docstring).
+    """
     device = next(model.parameters()).device
     pad = enc.tokenizer.pad_token_id
-    losses, mink = [], []
+    out: dict[str, list[float]] = {k: [] for k in ("nll", "mink", "minkpp", "zlib")}
     for start in range(0, len(items), batch_size):
-        batch = collate([enc.encode(it) for it in items[start : start + batch_size]], pad)
+        chunk = items[start : start + batch_size]
+        batch = collate([enc.encode(it) for it in chunk], pad)
         batch = {k: (v.to(device) if v is not None else None) for k, v in batch.items()}
         logits = model(
             input_ids=batch["input_ids"],
@@ -121,13 +177,77 @@ def answer_scores(
             pixel_values=batch["pixel_values"],
             use_cache=False,
         ).logits
-        logp, m = token_logprobs(logits, batch["labels"])
-        for row in range(logp.shape[0]):
-            lp = logp[row][m[row]]
-            losses.append(float(-lp.mean()))
-            k = max(1, round(mink_fraction * lp.numel()))
-            mink.append(float(lp.sort().values[:k].mean()))
-    return np.asarray(losses), np.asarray(mink)
+        logp, mu, var, m = token_stats(logits, batch["labels"])
+        for row, it in enumerate(chunk):
+            keep = m[row]
+            lp = logp[row][keep].double().cpu().numpy()
+            nll = float(-lp.mean())
+            out["nll"].append(nll)
+            out["mink"].append(min_k_score(lp, mink_fraction))
+            out["minkpp"].append(
+                min_k_plus_plus_score(
+                    lp,
+                    mu[row][keep].double().cpu().numpy(),
+                    var[row][keep].double().cpu().numpy(),
+                    mink_fraction,
+                )
+            )
+            out["zlib"].append(zlib_score(nll, it["answer"]))
+    res = {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+    res["loss"] = -res["nll"]
+    return res
+
+
+def mcq_stem(item: dict) -> str:
+    """The question of an MCQ item without its appended ``\nA. ...`` option lines."""
+    q = item["question"]
+    cut = q.find("\nA. ")
+    return q if cut < 0 else q[:cut]
+
+
+@torch.no_grad()
+def truth_ratios(model, enc: Encoder, items: Sequence[dict], batch_size: int) -> np.ndarray:
+    """TOFU's truth ratio of every MCQ item with stored ``options`` (see module docstring).
+
+    Returns ``(M,)`` for the M such items, in order: ``mean_j p~(d_j) / p~(a)`` with
+    ``p~(y) = exp(mean token log p(y | stem))`` (the EOS token included).
+    """
+    mcq = [it for it in items if it["type"] == "mcq" and it.get("options")]
+    if not mcq:
+        return np.zeros(0)
+    device = next(model.parameters()).device
+    pad = enc.tokenizer.pad_token_id
+    rows: list[tuple[int, bool, dict]] = []  # (item index, is the stored answer, item)
+    for i, it in enumerate(mcq):
+        stem = {**it, "question": mcq_stem(it)}
+        for opt in it["options"]:
+            rows.append((i, opt == it["answer_text"], {**stem, "answer": opt}))
+    mean_lp = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        batch = collate([enc.encode(r[2]) for r in chunk], pad)
+        batch = {k: (v.to(device) if v is not None else None) for k, v in batch.items()}
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+            use_cache=False,
+        ).logits
+        logp, mask = token_logprobs(logits, batch["labels"])
+        mean_lp += (logp.sum(-1) / mask.sum(-1).clamp(min=1)).double().cpu().tolist()
+    true = np.full(len(mcq), np.nan)
+    false: list[list[float]] = [[] for _ in mcq]
+    for (i, is_true, _), lp in zip(rows, mean_lp):
+        if is_true:
+            true[i] = np.exp(lp)
+        else:
+            false[i].append(np.exp(lp))
+    return np.array([np.mean(f) / t for f, t in zip(false, true)])
+
+
+def truth_ratio_score(ratios: np.ndarray) -> float | None:
+    """open-unlearning's ``true_better`` aggregate ``mean max(0, 1 - R)`` (None if empty)."""
+    return float(np.mean(np.maximum(0.0, 1.0 - ratios))) if len(ratios) else None
 
 
 def _mean(values: list[float]) -> float | None:
@@ -137,7 +257,7 @@ def _mean(values: list[float]) -> float | None:
 def task_metrics(items: Sequence[dict], preds: Sequence[str]) -> dict[str, float | None]:
     """``mcq_acc``, ``rougeL``, ``cloze_acc`` overall and per modality (None if no such question)."""
     out: dict[str, float | None] = {}
-    for suffix, keep in (("", None), ("_image_text", "image_text"), ("_text_only", "text_only")):
+    for suffix, keep in MODALITY_SUFFIXES:
         scores: dict[str, list[float]] = {v: [] for v in TASK_METRICS.values()}
         for it, pred in zip(items, preds):
             if keep is not None and it["modality"] != keep:
@@ -147,7 +267,7 @@ def task_metrics(items: Sequence[dict], preds: Sequence[str]) -> dict[str, float
                     float(pred.strip()[:1].upper() == it["answer"].strip().upper())
                 )
             elif it["type"] == "gen":
-                scores["rougeL"].append(rouge_l(pred, it["answer"]))
+                scores["rougeL"].append(rouge_l(pred, it["answer"], stemmer=True))
             else:
                 scores["cloze_acc"].append(substring_match(pred, it["answer"]))
         out.update({name + suffix: _mean(vals) for name, vals in scores.items()})
@@ -173,18 +293,21 @@ def evaluate_model(
     """Metrics of every subset in ``data``, plus MIA when forget and general are both there."""
     model.eval()
     enc = Encoder(processor, data_dir)
-    result: dict[str, Any] = {"subsets": {}}
-    scores: dict[str, tuple[list[dict], np.ndarray, np.ndarray]] = {}
+    result: dict[str, Any] = {"subsets": {}, "truth_ratios": {}}
+    scores: dict[str, tuple[list[dict], dict[str, np.ndarray]]] = {}
     t0 = time.perf_counter()
     n = 0
     for name, all_items in data.items():
         items = subsample(all_items, cfg.max_items)
         preds = generate_answers(model, enc, items, cfg.max_new_tokens, cfg.batch_size, quiet)
-        loss, mink = answer_scores(model, enc, items, cfg.batch_size, cfg.mink_fraction)
-        scores[name] = (items, loss, mink)
+        per_item = answer_scores(model, enc, items, cfg.batch_size, cfg.mink_fraction)
+        ratios = truth_ratios(model, enc, items, cfg.batch_size)
+        scores[name] = (items, per_item)
+        result["truth_ratios"][name] = ratios.tolist()
         result["subsets"][name] = {
             **task_metrics(items, preds),
-            "nll": float(loss.mean()),
+            "truth_ratio": truth_ratio_score(ratios),
+            "nll": float(per_item["nll"].mean()),
             "n": len(items),
         }
         result.setdefault("examples", {})[name] = [
@@ -197,19 +320,99 @@ def evaluate_model(
         {"n_questions": n, "eval_seconds": seconds, "questions_per_second": n / max(seconds, 1e-9)}
     )
     if "forget" in scores and "general" in scores:
-        f_items, f_loss, f_mink = scores["forget"]
-        g_items, g_loss, g_mink = scores["general"]
-        fields = {it.get("field") for it in f_items}
-        same = np.array([it.get("field") in fields for it in g_items])
-        if same.sum() == 0:
-            same[:] = True
-        result["mia_auc"] = mia_auc(-f_loss, -g_loss[same])
-        result["mia_auc_mink"] = mia_auc(f_mink, g_mink[same])
+        result.update(mia_metrics(*scores["forget"], *scores["general"]))
     return result
 
 
-def _cached_eval(path: Path, data_dir: Path, split: str) -> dict[str, Any] | None:
-    """A run's earlier ``eval-<split>.json`` on the same dataset, if any."""
+def mia_metrics(
+    f_items: Sequence[dict],
+    f_scores: dict[str, np.ndarray],
+    g_items: Sequence[dict],
+    g_scores: dict[str, np.ndarray],
+) -> dict[str, float]:
+    """``mia_auc[_mink|_minkpp|_zlib]``: forget (members) against general (non-members).
+
+    Only general items of the fields that the forget items ask about are compared (all
+    of them if none share a field), so the AUC is not a difference between fields.
+    """
+    fields = {it.get("field") for it in f_items}
+    same = np.array([it.get("field") in fields for it in g_items])
+    if same.sum() == 0:
+        same[:] = True
+    return {
+        f"mia_auc{suffix}": mia_auc(f_scores[attack], g_scores[attack][same])
+        for attack, suffix in MIA_ATTACKS.items()
+    }
+
+
+def against_reference(
+    result: dict[str, Any],
+    reference: dict[str, Any] | None = None,
+    vanilla: dict[str, Any] | None = None,
+) -> dict[str, float]:
+    """The metrics of ``result`` relative to the retrained (``reference``) / vanilla models.
+
+    ``privleak[_mink|_minkpp|_zlib]`` (MUSE), ``forget_quality`` (KS p-value of the forget
+    truth ratios) and ``ues`` (anchored on the retrained model; needs both) from the
+    reference; ``ues_vanilla`` (the former score, anchored on the vanilla model) from
+    the vanilla model. Missing inputs leave their keys out.
+    """
+    from scipy.stats import ks_2samp
+
+    out: dict[str, float] = {}
+    if reference is not None:
+        for suffix in MIA_ATTACKS.values():
+            key = f"mia_auc{suffix}"
+            if key in result and key in reference:
+                out[f"privleak{suffix}"] = privleak(result[key], reference[key])
+        tr = result.get("truth_ratios", {}).get("forget")
+        tr_ref = reference.get("truth_ratios", {}).get("forget")
+        if tr and tr_ref:
+            out["forget_quality"] = float(ks_2samp(tr, tr_ref).pvalue)
+        if vanilla is not None:
+            out["ues"] = ues_score(result["subsets"], reference["subsets"], vanilla["subsets"])
+    if vanilla is not None:
+        out["ues_vanilla"] = ues_vanilla(result["subsets"], vanilla["subsets"])
+    return out
+
+
+def _weights_stat(model_dir: Path) -> list[tuple[str, int, int]]:
+    """(name, size, mtime_ns) of a model folder's weight files: changes when it is retrained."""
+    files = sorted(
+        p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin", ".pt")
+    )
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+def eval_key(cfg: EvalConfig, data_dir: str | Path, split: str, model_dir: str | Path) -> str:
+    """A hash of everything an evaluation's numbers depend on.
+
+    Every :class:`EvalConfig` field (new tokens, number of questions, Min-K fraction,
+    batch size), the dataset (folder and the bytes of its question files), the split,
+    the model's weight files (name, size, mtime) and :data:`METRICS_VERSION`.
+    """
+    data_dir = Path(data_dir)
+    h = hashlib.sha256()
+    h.update(
+        json.dumps(
+            {
+                "config": dataclasses.asdict(cfg),
+                "data": str(data_dir.resolve()),
+                "split": split,
+                "model": _weights_stat(Path(model_dir)),
+                "metrics_version": METRICS_VERSION,
+            },
+            sort_keys=True,
+        ).encode()
+    )
+    for f in sorted(data_dir.glob("*.jsonl")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _cached_eval(path: Path, key: str, split: str) -> dict[str, Any] | None:
+    """A run's earlier ``eval-<split>.json`` made under the same :func:`eval_key`, if any."""
     run = path.parent if path.name == "model" else path
     f = run / f"eval-{split}.json"
     if not f.is_file():
@@ -218,11 +421,11 @@ def _cached_eval(path: Path, data_dir: Path, split: str) -> dict[str, Any] | Non
         res = json.loads(f.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return None
-    return res if res.get("data") == str(data_dir.resolve()) else None
+    return res if res.get("eval_key") == key else None
 
 
 def _metrics_of(path: Path, data_dir: Path, data, cfg: EvalConfig, device: str, quiet: bool):
-    cached = _cached_eval(path, data_dir, "all")
+    cached = _cached_eval(path, eval_key(cfg, data_dir, "all", path), "all")
     if cached is not None:
         return cached
     model, processor = load_llava(path, device=device)
@@ -270,17 +473,20 @@ def evaluate_run(
 
     model, processor = load_llava(model_dir, device=device)
     result = evaluate_model(model, processor, data_dir, data, cfg, quiet)
-    result = {"data": str(data_dir.resolve()), "split": split, **result}
+    key = eval_key(cfg, data_dir, split, model_dir)
+    result = {"data": str(data_dir.resolve()), "split": split, "eval_key": key, **result}
     if split == "all":
+        van = ref = None
         if vanilla_dir is not None:
             van = _metrics_of(vanilla_dir, data_dir, data, cfg, device, quiet)
-            result["ues"] = ues_score(result["subsets"], van["subsets"])
         elif command == "finetune":
-            result["ues"] = ues_score(result["subsets"], result["subsets"])  # 0 by definition
+            van = result  # a finetune run is its own vanilla model
         if reference_dir is not None:
-            ref = _metrics_of(reference_dir, data_dir, data, cfg, device, quiet)
-            for key, out in (("mia_auc", "privleak"), ("mia_auc_mink", "privleak_mink")):
-                result[out] = (result[key] - ref[key]) / ref[key] * 100.0
+            same = reference_dir.resolve() == model_dir.resolve()
+            ref = result if same else _metrics_of(reference_dir, data_dir, data, cfg, device, quiet)
+        result.update(against_reference(result, ref, van))
+        if ref is None and command == "finetune":
+            result["ues"] = 0.0  # the vanilla model itself: 0 by definition, no retrain needed
     write_json_atomic(run / f"eval-{split}.json", result)
     return result
 
@@ -294,10 +500,10 @@ def flatten(result: dict[str, Any]) -> dict[str, float]:
                 flat[f"{name}_{k}"] = float(v)
     for k in (
         "ues",
-        "mia_auc",
-        "mia_auc_mink",
-        "privleak",
-        "privleak_mink",
+        "ues_vanilla",
+        "forget_quality",
+        *(f"mia_auc{s}" for s in MIA_ATTACKS.values()),
+        *(f"privleak{s}" for s in MIA_ATTACKS.values()),
         "questions_per_second",
     ):
         if isinstance(result.get(k), (int, float)):
@@ -312,3 +518,39 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         for k, v in flatten(result).items()
         if not k.endswith(("_image_text", "_text_only"))
     ]
+
+
+def task_table(
+    summary: Sequence[dict[str, Any]],
+    methods: Sequence[str],
+    setting: str | None = None,
+    subsets: Sequence[str] = SPLITS,
+) -> str:
+    """A markdown table: rows subset x task x modality, one column per method (mean +- std).
+
+    ``summary``: the ``results.json`` ``summary`` rows (``{"method", "setting",
+    "metrics": {name: {"mean", "std"}}}``); ``setting`` keeps one scenario's rows.
+    Cells without the metric (e.g. a subset with no image questions) show ``-``.
+    """
+    by_method = {
+        s["method"]: s["metrics"]
+        for s in summary
+        if setting is None or s.get("setting", setting) == setting
+    }
+    cols = [m for m in methods if m in by_method]
+    lines = [
+        "| subset | task | modality | " + " | ".join(cols) + " |",
+        "|---|---|---|" + "---|" * len(cols),
+    ]
+    for subset in subsets:
+        for task, metric in TASK_METRICS.items():
+            for suffix, modality in MODALITY_SUFFIXES:
+                name = f"{subset}_{metric}{suffix}"
+                cells = []
+                for m in cols:
+                    v = by_method[m].get(name)
+                    empty = v is None or not v.get("n", 1)
+                    cells.append("-" if empty else f"{v['mean']:.3f} ± {v['std']:.3f}")
+                label = modality or "all"
+                lines.append(f"| {subset} | {task} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -33,7 +33,7 @@ from medcommon.config import config_to_dict
 from medcommon.errors import InputError
 from medcommon.fs import atomic_dir
 from unlearn_bench import __version__
-from unlearn_bench.config import SynthConfig, check_forget_ratio
+from unlearn_bench.config import SynthConfig, check_forget_ratio, forget_count
 from unlearn_bench.images import (
     FINDINGS,
     MODALITIES,
@@ -259,6 +259,37 @@ def make_items(
     return items
 
 
+# The whole vocabulary of the categorical fields: distractors for retain/general items
+# when removing the forget entities' values leaves fewer than three.
+VOCABULARY = {
+    "insurer": INSURERS,
+    "diagnosis": tuple(DIAGNOSIS.values()),
+    "modality": MODALITIES,
+    "finding": FINDINGS,
+    "organ": ORGANS,
+    "treatment": TREATMENTS,
+}
+
+
+def clean_pools(
+    pools: dict[str, list[str]], entities: list[dict], forget_idx: set[int]
+) -> dict[str, list[str]]:
+    """``pools`` without the values that only forget entities hold (per field).
+
+    A categorical field whose cleaned pool has fewer than 4 distinct values is topped up
+    from its :data:`VOCABULARY` (still without the forget-only values).
+    """
+    out = {}
+    for name, pool in pools.items():
+        kept = {str(e[name]) for i, e in enumerate(entities) if i not in forget_idx}
+        only_forget = {str(e[name]) for i, e in enumerate(entities) if i in forget_idx} - kept
+        clean = [v for v in pool if v not in only_forget]
+        if len(set(clean)) < len(LETTERS) and name in VOCABULARY:
+            clean += [str(v) for v in VOCABULARY[name] if str(v) not in only_forget]
+        out[name] = clean
+    return out
+
+
 # ------------------------------------------------------------------------------- writer
 def generate(
     out: str | Path,
@@ -295,12 +326,17 @@ def generate(
     order = rng.permutation(n_total)
     general_idx = set(order[: cfg.n_general].tolist())
     train_idx = [int(i) for i in order[cfg.n_general :]]
-    n_forget = round(cfg.forget_ratio * cfg.n_entities)
+    n_forget = forget_count(cfg.forget_ratio, cfg.n_entities)
     forget_idx = set(train_idx[:n_forget])
     pools = {f.name: [str(e[f.name]) for e in entities] for f in fields}
     if not privacy:  # wrong values appear as options too
         pools["organ"] = list(ORGANS)
         pools["treatment"] = list(TREATMENTS)
+    # Retain and general questions never offer a forget entity's own value as a
+    # distractor: the retrained model (trained on retain only) would otherwise read the
+    # forget patients' private values in its training questions. A value that a kept
+    # entity shares (a common insurer, an organ) stays.
+    kept_pools = clean_pools(pools, entities, forget_idx)
 
     splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
     records = []
@@ -334,7 +370,7 @@ def generate(
                     scenario,
                     ent,
                     truth,
-                    pools,
+                    kept_pools,
                     rng,
                     split="general",
                     image_path=paths[0],
@@ -346,7 +382,7 @@ def generate(
                     scenario,
                     ent,
                     facts,
-                    pools,
+                    kept_pools,
                     rng,
                     split="retain",
                     image_path=paths[0],
@@ -385,7 +421,7 @@ def generate(
                         scenario,
                         ent,
                         facts,
-                        pools,
+                        kept_pools,
                         rng,
                         split="retain",
                         image_path=paths[0],

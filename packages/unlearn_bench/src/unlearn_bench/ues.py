@@ -6,18 +6,26 @@ Definition (all scores in [0, 1]):
    choice rescaled above chance so that guessing counts as knowing nothing:
    ``K = mean(max(0, (mcq_acc - 1/4) / (3/4)), rougeL, cloze_acc)``.
 2. Forget side ``F = mean(K_forget, K_test)``; utility side ``U = mean(K_retain, K_general)``.
-3. Against the vanilla model ``v`` (which the unlearning started from):
-   ``f = clip((F_v - F) / F_v, 0, 1)``  the share of forget-side knowledge removed;
-   ``u = clip(U / U_v, 0, 1)``          the share of utility kept.
+3. :func:`ues` is anchored on the retrained model ``r`` (trained on retain only, the
+   gold standard), with the vanilla model ``v`` setting the scale of the forget side:
+   ``f = clip(1 - |F - F_r| / (F_v - F_r), 0, 1)``  how close the forget side is to retrain's;
+   ``u = clip(U / U_r, 0, 1)``                     the share of retrain's utility kept.
+   (If ``F_v <= F_r`` there is nothing to forget and the scale is ``max(F_r, 1 - F_r)``;
+   if ``U_r = 0``, ``u = 1``.)
 4. ``UES = 2 f u / (f + u)`` (0 when ``f + u = 0``): the harmonic mean, as F1.
 
-Rationale: a method must both forget and keep utility; the harmonic mean is high only
-when both are, so trading all utility for forgetting (or doing nothing) scores 0. The
-vanilla model has ``f = 0`` hence ``UES = 0``; a model that forgets everything and
-retains nothing has ``u = 0`` hence ``UES = 0``; a model that removes all forget-side
-knowledge at no utility cost scores 1. The test subset (paraphrases, other images)
-counts toward forgetting so that a method that only suppresses the exact training
-strings is not fully rewarded.
+Properties, by construction: the retrained model scores exactly 1 (``F = F_r``,
+``U = U_r``); the vanilla model scores 0 (``f = 0``); forgetting *beyond* the
+retrained model (``F < F_r``: it now also fails questions that a model never trained
+on the forget set answers, e.g. from the image or general knowledge) is penalised like
+forgetting too little, so over-forgetting is not rewarded; a model that keeps nothing
+(``U = 0``) scores 0. The test subset (paraphrases, other images) counts toward the
+forget side so that suppressing only the exact training strings is not fully rewarded.
+
+:func:`ues_vanilla` is the former score, anchored on the vanilla model only
+(``f = clip((F_v - F) / F_v, 0, 1)``, ``u = clip(U / U_v, 0, 1)``). It rewards
+over-forgetting and gives the retrained model less than 1 (0.78-0.85 measured); it is
+kept as ``ues_vanilla`` for comparison with earlier results.
 """
 
 from __future__ import annotations
@@ -26,26 +34,54 @@ from collections.abc import Mapping
 
 MCQ_CHANCE = 0.25
 
-
-def knowledge_score(metrics: Mapping[str, float]) -> float:
-    """Mean of chance-corrected MCQ accuracy, ROUGE-L and cloze accuracy of one subset."""
-    mcq = max(0.0, (metrics["mcq_acc"] - MCQ_CHANCE) / (1 - MCQ_CHANCE))
-    return (mcq + metrics["rougeL"] + metrics["cloze_acc"]) / 3.0
+Subsets = Mapping[str, Mapping[str, float]]
 
 
-def forget_utility(subsets: Mapping[str, Mapping[str, float]]) -> tuple[float, float]:
+def knowledge_score(metrics: Mapping[str, float | None]) -> float:
+    """Mean of chance-corrected MCQ accuracy, ROUGE-L and cloze accuracy of one subset.
+
+    A task with no question in the (sub-sampled) subset is None and left out of the mean.
+    """
+    mcq = metrics["mcq_acc"]
+    scores = [
+        None if mcq is None else max(0.0, (mcq - MCQ_CHANCE) / (1 - MCQ_CHANCE)),
+        metrics["rougeL"],
+        metrics["cloze_acc"],
+    ]
+    present = [v for v in scores if v is not None]
+    return sum(present) / len(present) if present else 0.0
+
+
+def forget_utility(subsets: Subsets) -> tuple[float, float]:
     """``(F, U)``: forget-side and utility-side knowledge (see module docstring)."""
     f = (knowledge_score(subsets["forget"]) + knowledge_score(subsets["test"])) / 2
     u = (knowledge_score(subsets["retain"]) + knowledge_score(subsets["general"])) / 2
     return f, u
 
 
-def ues(
-    subsets: Mapping[str, Mapping[str, float]], vanilla: Mapping[str, Mapping[str, float]]
-) -> float:
-    """The Unlearning Efficiency Score of a model given its and the vanilla model's subset metrics."""
+def _clip01(x: float) -> float:
+    return min(1.0, max(0.0, x))
+
+
+def _harmonic(forgot: float, kept: float) -> float:
+    return 0.0 if forgot + kept == 0 else 2 * forgot * kept / (forgot + kept)
+
+
+def ues(subsets: Subsets, retrain: Subsets, vanilla: Subsets) -> float:
+    """The UES of a model, anchored on the retrained model (1 for retrain, 0 for vanilla)."""
+    f_model, u_model = forget_utility(subsets)
+    f_ret, u_ret = forget_utility(retrain)
+    f_van, _ = forget_utility(vanilla)
+    scale = f_van - f_ret if f_van > f_ret else max(f_ret, 1.0 - f_ret)
+    forgot = _clip01(1.0 - abs(f_model - f_ret) / scale)
+    kept = _clip01(u_model / u_ret) if u_ret > 0 else 1.0
+    return _harmonic(forgot, kept)
+
+
+def ues_vanilla(subsets: Subsets, vanilla: Subsets) -> float:
+    """The former UES, anchored on the vanilla model only (see module docstring)."""
     f_model, u_model = forget_utility(subsets)
     f_van, u_van = forget_utility(vanilla)
-    forgot = min(1.0, max(0.0, (f_van - f_model) / f_van)) if f_van > 0 else 0.0
-    kept = min(1.0, max(0.0, u_model / u_van)) if u_van > 0 else 0.0
-    return 0.0 if forgot + kept == 0 else 2 * forgot * kept / (forgot + kept)
+    forgot = _clip01((f_van - f_model) / f_van) if f_van > 0 else 0.0
+    kept = _clip01(u_model / u_van) if u_van > 0 else 0.0
+    return _harmonic(forgot, kept)

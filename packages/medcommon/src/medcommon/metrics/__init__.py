@@ -19,7 +19,14 @@ from medcommon.metrics.classification import (
     youden_threshold,
 )
 from medcommon.metrics.continual import continual_summary
-from medcommon.metrics.privacy import mia_auc
+from medcommon.metrics.privacy import (
+    mia_auc,
+    min_k_plus_plus_score,
+    min_k_score,
+    privleak,
+    zlib_entropy,
+    zlib_score,
+)
 from medcommon.metrics.segmentation import dice, hd95
 from medcommon.metrics.text import exact_match, rouge_l, substring_match
 
@@ -36,9 +43,14 @@ __all__ = [
     "group_accuracy",
     "hd95",
     "mia_auc",
+    "min_k_plus_plus_score",
+    "min_k_score",
+    "privleak",
     "rouge_l",
     "sensitivity",
     "specificity",
     "substring_match",
     "youden_threshold",
+    "zlib_entropy",
+    "zlib_score",
 ]

@@ -6,16 +6,20 @@ import re
 from functools import lru_cache
 
 
-@lru_cache(maxsize=1)
-def _scorer():
+@lru_cache(maxsize=2)
+def _scorer(stemmer: bool):
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stemmer)
 
 
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F-measure (longest common subsequence of tokens), via ``rouge-score``."""
-    return float(_scorer().score(reference, prediction)["rougeL"].fmeasure)
+def rouge_l(prediction: str, reference: str, stemmer: bool = False) -> float:
+    """ROUGE-L F-measure (longest common subsequence of tokens), via ``rouge-score``.
+
+    ``stemmer``: Porter-stem the tokens first ("nodules" = "nodule"), as MLLMU-Bench
+    and MUSE do (``RougeScorer(["rougeL"], use_stemmer=True)``).
+    """
+    return float(_scorer(stemmer).score(reference, prediction)["rougeL"].fmeasure)
 
 
 def _normalise(text: str) -> str:

@@ -321,6 +321,8 @@ class Trainer:
         for step in range(start, cfg.max_steps):  # one optimizer step per iteration
             epoch = step // self.sampler.steps_per_epoch
             micro = self.sampler.micro_batches(step, cfg.grad_accum_steps, rank, world)
+            if hasattr(self.train_set, "set_epoch"):  # e.g. per-epoch draws (PyTorch convention)
+                self.train_set.set_epoch(epoch)
             for m, indices in enumerate(micro):
                 batch = self.collate_fn([self.train_set[i] for i in indices])
                 batch = _to_device(batch, self.accelerator.device)
