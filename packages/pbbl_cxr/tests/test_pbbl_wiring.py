@@ -101,6 +101,8 @@ def test_pbbl_stages_are_wired_as_described(mode, splits, monkeypatch):
     assert len(stage1) == cfg.rounds * (cfg.folds if mode == "cross-fit" else 1)
     path_index = {p: i for i, p in enumerate(train.paths)}
 
+    # Stage 1 keeps the final weights (no selection: it must not see valid bias labels).
+    assert all(c["select"] is False for c in stage1)
     # Stage 1 is GCE on the dataset's bias_hat: the step equals -log p_t * q * p_t^q.
     batch = _fixed_batch(24)
     for c in stage1:
@@ -250,3 +252,10 @@ def test_select_metric_auto_is_pseudo_for_pbbl_and_oracle_otherwise():
     assert resolve_select_metric("balanced_auc", True) == "auc_balanced"
     assert resolve_select_metric("auc", True) == "auc"
     assert RunConfig().select_metric == "auto"
+
+
+def test_registration_keeps_the_decorated_functions():
+    from pbbl_cxr.methods import METHODS, run_erm, run_pbbl
+
+    assert METHODS.get("pbbl").run is run_pbbl and METHODS.get("erm").run is run_erm
+    assert not METHODS.get("pbbl").needs_bias and METHODS.get("groupdro").needs_bias
