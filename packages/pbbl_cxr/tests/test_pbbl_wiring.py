@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,14 +28,21 @@ import pbbl_cxr.methods.pbbl as pbbl_mod
 from pbbl_cxr.config import RunConfig, resolve_select_metric, run_preset
 from pbbl_cxr.data import DataOptions, XrayDataset, load_split
 from pbbl_cxr.methods import RunContext, run_method
-from pbbl_cxr.pseudo import fold_ids, marginal_prior, prior_check, pseudo_balanced_auc
+from pbbl_cxr.pseudo import (
+    apply_threshold,
+    fold_ids,
+    log_prior,
+    marginal_prior,
+    prior_check,
+    pseudo_balanced_auc,
+)
 
 Q = 0.7
 
 
 def _cfg(**changes) -> RunConfig:
-    base = run_preset("tiny")
-    return replace(base, steps=2, bias_steps=3, rounds=2, eval_every=1, gce_q=Q, **changes)
+    kw = {"steps": 2, "bias_steps": 3, "rounds": 2, "eval_every": 1, "gce_q": Q}
+    return replace(run_preset("tiny"), **{**kw, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +57,7 @@ def _record(monkeypatch) -> list[dict]:
 
     def spy(ctx, model, train_set, step, **kw):
         res = real(ctx, model, train_set, step, **kw)
-        calls.append({"train": train_set, "step": step, "model": res.model, **kw})
+        calls.append({"train": train_set, "step": step, "model": res.model, "res": res, **kw})
         return res
 
     monkeypatch.setattr(pbbl_mod, "run_stage", spy)
@@ -95,7 +103,9 @@ def test_pbbl_stages_are_wired_as_described(mode, splits, monkeypatch):
     train, valid = splits
     calls = _record(monkeypatch)
     cfg = _cfg(pseudo_labels=mode, folds=3, degenerate_response="none")
+    t0 = time.perf_counter()
     out = run_method("pbbl", RunContext(cfg, train, valid, seed=0))
+    assert 0 < out.train_seconds <= time.perf_counter() - t0
     y = train.labels.numpy()
     stage1 = [c for c in calls if c["stage"].startswith("bias-r")]
     assert len(stage1) == cfg.rounds * (cfg.folds if mode == "cross-fit" else 1)
@@ -137,12 +147,15 @@ def test_pbbl_stages_are_wired_as_described(mode, splits, monkeypatch):
         b_t = (score > t).astype(np.int64)
         assert _j(y, b_t) == pytest.approx(_j(y, b_ref), abs=1e-9)  # a Youden point
         assert fact["pseudo_bias_accuracy"] == pytest.approx((b_t == train.bias.numpy()).mean())
+        assert fact["agreement_with_label"] == pytest.approx((b_t == y).mean())
         target = b_t
         if b_run is not None:
             assert b_run.tolist() == b_t.tolist()
 
     # Stage 2: trained on b_hat with the prior counted from (b_hat, y), loss by hand.
+    assert out.info["stage1_seconds_per_step"] == stage1[-1]["res"].seconds_per_step
     (s2,) = [c for c in calls if c["stage"] == "debias"]
+    assert s2["select"] is True  # stage 2 keeps its best valid checkpoint
     b_hat = out.info["b_hat"]
     assert torch.equal(s2["train"].bias_hat, b_hat)
     counts = np.zeros((2, 2))
@@ -165,9 +178,15 @@ def test_pbbl_stages_are_wired_as_described(mode, splits, monkeypatch):
     assert "pseudo_balanced_auc" in out.valid_metrics
 
 
-def test_pbbl_never_reads_the_train_or_valid_bias_column(splits):
+@pytest.mark.parametrize(
+    "method,mode",
+    [("pbbl", "cross-fit"), ("pbbl", "in-sample"), ("gce", ""), ("erm", ""), ("lff", "")],
+)
+def test_methods_without_bias_never_read_the_train_or_valid_bias_column(method, mode, splits):
     train, valid = splits
-    cfg = _cfg(pseudo_labels="cross-fit", folds=2, degenerate_response="none")
+    cfg = _cfg(pseudo_labels=mode or "cross-fit", folds=2, degenerate_response="none")
+    if method != "pbbl":  # the others select on true-bias AUC by default: select on AUC
+        cfg = replace(cfg, select_metric="auc")
     runs = []
     for keep_bias in (True, False):
         tr, va = train, valid
@@ -178,11 +197,14 @@ def test_pbbl_never_reads_the_train_or_valid_bias_column(splits):
             va = XrayDataset(
                 valid.images, valid.labels, torch.full_like(valid.bias, -1), valid.paths
             )
-        runs.append(run_method("pbbl", RunContext(cfg, tr, va, seed=0)))
+        t0 = time.perf_counter()
+        runs.append(run_method(method, RunContext(cfg, tr, va, seed=0)))
+        assert 0 < runs[-1].train_seconds <= time.perf_counter() - t0
     a, b = (r.model.state_dict() for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert torch.equal(runs[0].info["b_hat"], runs[1].info["b_hat"])
-    assert runs[0].info["prior"] == runs[1].info["prior"]
+    if method == "pbbl":
+        assert torch.equal(runs[0].info["b_hat"], runs[1].info["b_hat"])
+        assert runs[0].info["prior"] == runs[1].info["prior"]
 
 
 def test_degenerate_prior_is_detected_logged_warned_and_replaced(splits, tmp_path, capsys):
@@ -193,14 +215,16 @@ def test_degenerate_prior_is_detected_logged_warned_and_replaced(splits, tmp_pat
     assert sorted(check["empty_cells"]) == [[0, 1], [1, 0]]
     p1 = train.labels.float().mean().item()
     assert prior.flatten().tolist() == pytest.approx([1 - p1, p1, 1 - p1, p1])
-    assert "degenerate prior" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "degenerate prior" in err and "label marginal" in err
     rec = [json.loads(s) for s in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert rec[-1]["prior_check"]["response"] == "marginal"
     # the authors' behaviour on request: the identity prior, still warned about
     ctx = RunContext(_cfg(degenerate_response="none"), train, None)
     prior, check = pbbl_mod.stage2_prior(ctx, train.labels.clone())
     assert prior.tolist() == [[1.0, 0.0], [0.0, 1.0]] and check["response"] == "none"
-    assert "degenerate prior" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "degenerate prior" in err and "kept as is" in err
 
 
 def test_prior_check_thresholds_agreement_and_empty_cells():
@@ -222,24 +246,41 @@ def test_marginal_prior_rows_are_the_label_share():
 
 
 def test_fold_ids_are_stratified_and_seeded():
-    y = torch.tensor([0] * 10 + [1] * 7)
+    y = torch.tensor([0] * 10 + [1] * 7 + [2] * 5)
     f = fold_ids(y, 3, seed=4)
-    for c in (0, 1):
+    for c in (0, 1, 2):
         n = torch.bincount(f[y == c], minlength=3)
         assert n.max() - n.min() <= 1
     assert torch.equal(f, fold_ids(y, 3, seed=4))
     assert not torch.equal(f, fold_ids(y, 3, seed=5))
 
 
+def test_apply_threshold_uses_the_given_threshold_or_argmax():
+    p1 = torch.tensor([0.2, 0.5, 0.7])
+    probs = torch.stack([1 - p1, p1], 1)
+    assert apply_threshold(probs, 0.5).tolist() == [0, 0, 1]  # strictly above, as on train
+    assert apply_threshold(probs, 0.1).tolist() == [1, 1, 1]
+    three = torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.3, 0.1]])
+    assert apply_threshold(three, None).tolist() == [1, 0]
+
+
+def test_log_prior_keeps_empty_cells_finite():
+    lp = log_prior(torch.tensor([[1.0, 0.0]]), 1e-9)
+    assert lp[0].tolist() == pytest.approx([0.0, math.log(1e-9)], abs=1e-5)
+
+
 def test_pseudo_balanced_auc_by_hand():
     y = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
-    s = torch.tensor([0.1, 0.6, 0.4, 0.9, 0.2, 0.7, 0.3, 0.8])
+    s = torch.tensor([0.1, 0.85, 0.4, 0.9, 0.2, 0.7, 0.95, 0.8])
     b = torch.tensor([0, 0, 1, 1, 1, 1, 0, 0])
     aligned = [0, 1, 2, 3]
     conflicting = [4, 5, 6, 7]
     want = (
         roc_auc_score(y[aligned], s[aligned]) + roc_auc_score(y[conflicting], s[conflicting])
     ) / 2
+    assert roc_auc_score(y[aligned], s[aligned]) == 0.75  # the groups differ, and from
+    assert roc_auc_score(y[conflicting], s[conflicting]) == 1.0  # the overall AUC
+    assert roc_auc_score(y, s) not in (0.75, 1.0, want)
     assert pseudo_balanced_auc(y, s, b) == pytest.approx(want)
     # degenerate groups (b == y): the empty group counts as the overall AUC
     assert pseudo_balanced_auc(y, s, y) == pytest.approx(roc_auc_score(y, s))
@@ -259,3 +300,13 @@ def test_registration_keeps_the_decorated_functions():
 
     assert METHODS.get("pbbl").run is run_pbbl and METHODS.get("erm").run is run_erm
     assert not METHODS.get("pbbl").needs_bias and METHODS.get("groupdro").needs_bias
+
+
+def test_bbs_oracle_prior_is_counted_from_the_true_bias(splits):
+    train, valid = splits
+    out = run_method("bbs-oracle", RunContext(_cfg(steps=1), train, valid, seed=0))
+    counts = np.zeros((2, 2))
+    for b, yy in zip(train.bias.tolist(), train.labels.tolist()):
+        counts[b, yy] += 1
+    want = counts / counts.sum(1, keepdims=True)
+    assert np.array(out.info["prior"]) == pytest.approx(want, abs=1e-6)

@@ -164,7 +164,19 @@ def main() -> None:
     ap.add_argument("--out", default="mutants.json")
     ap.add_argument("--per-line", type=int, default=1)
     ap.add_argument("--timeout", type=int, default=120)
+    ap.add_argument(
+        "--only-survivors",
+        metavar="PREV_JSON",
+        help="rerun only the mutants that survived in an earlier --out (matched by file and edit)",
+    )
+    ap.add_argument("--all-tests", action="store_true", help="run all of test_methods.py too")
     args = ap.parse_args()
+    tests = [t.split("::")[0] if args.all_tests else t for t in TESTS]
+    tests = list(dict.fromkeys(tests))
+    keep = None
+    if args.only_survivors:
+        prev = json.loads(Path(args.only_survivors).read_text())["results"]
+        keep = {(r["file"], r["before"], r["after"]) for r in prev if r["status"] == "survived"}
     os.environ["OMP_NUM_THREADS"] = "1"
     import numpy  # noqa: F401  (imported once, before forking)
     import sklearn.metrics  # noqa: F401
@@ -176,7 +188,7 @@ def main() -> None:
     shutil.copytree(PKG / "src", src_copy, ignore=shutil.ignore_patterns("__pycache__"))
     sys.dont_write_bytecode = True  # a stale .pyc must never stand in for a mutant
     pytest_args = ["-x", "-q", "-p", "no:cacheprovider", "-m", "not slow and not gpu"]
-    pytest_args += [str(PKG / t) for t in TESTS]
+    pytest_args += [str(PKG / t) for t in tests]
     if run_tests(src_copy, pytest_args, 600) != 0:  # every mutant would count as killed
         sys.exit("the unmutated tests fail")
     files = [f for pat in TARGETS for f in sorted((src_copy / "pbbl_cxr").glob(pat))]
@@ -187,6 +199,8 @@ def main() -> None:
         original = f.read_text()
         rel = f.relative_to(src_copy)
         for line_no, before, after, mutated in mutants(f, args.per_line):
+            if keep is not None and (str(rel), before, after) not in keep:
+                continue
             f.write_text(mutated)
             try:
                 rc = run_tests(src_copy, pytest_args, args.timeout)

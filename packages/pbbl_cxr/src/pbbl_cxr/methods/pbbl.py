@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from medcommon.errors import InputError
 from pbbl_cxr.config import resolve_select_metric
 from pbbl_cxr.data import XrayDataset
 from pbbl_cxr.distributed import is_main_process
@@ -117,6 +118,14 @@ def pseudo_label_rounds(ctx: RunContext) -> Stage1:
     train = ctx.train_set
     cross = ctx.cfg.pseudo_labels == "cross-fit"
     folds = fold_ids(train.labels, ctx.cfg.folds, ctx.seed) if cross else None
+    if folds is not None:
+        n_fit = len(train) - int(torch.bincount(folds).max())
+        if ctx.cfg.batch_size > n_fit:
+            raise InputError(
+                "--set batch_size",
+                f"{ctx.cfg.batch_size} exceeds the {n_fit} images a cross-fitting fold model "
+                "trains on; lower batch_size or folds, or set pseudo_labels=in-sample",
+            )
     out = Stage1(train.labels.clone())  # round 1 fits the targets
     for r in range(1, ctx.cfg.rounds + 1):
         probs, vprobs, out.seconds_per_step = _round_scores(ctx, out.b_hat, r, folds)
