@@ -4,7 +4,7 @@
 
     config.json       {"schema": 1, "run": {..., "extra": {"data_options": ...}}, "config": RunConfig}
     log.jsonl         the Trainer's log, plus PBBL's pseudo-label records
-    checkpoint/       per stage (PBBL: bias-r1 ... debias) for --resume
+    checkpoint/       per stage (PBBL: bias-r1[-fK] ... debias) for --resume
     model/            the kept classifier (config.json + model.safetensors)
     pseudo_bias.csv   PBBL only: path,label,bias,bias_hat of every train image
     metrics.json      valid metrics of the kept model, selection, timings, method facts
