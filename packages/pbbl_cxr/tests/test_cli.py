@@ -235,7 +235,9 @@ def pbbl_run(tmp_path_factory, gbp_tiny: Path) -> Path:
 def test_pbbl_run_folder_and_evaluate(pbbl_run: Path, gbp_tiny: Path):
     r = load_pbbl_run(pbbl_run)
     assert r.info.extra["data_options"]["image_size"] == 24
-    assert sorted(p.name for p in r.checkpoint_dir.iterdir()) == ["bias-r1", "debias"]
+    # default cross-fitting: one stage-1 model per fold (issue 10)
+    want = ["bias-r1-f0", "bias-r1-f1", "bias-r1-f2", "debias"]
+    assert sorted(p.name for p in r.checkpoint_dir.iterdir()) == want
     lines = [json.loads(x) for x in (pbbl_run / "log.jsonl").read_text().splitlines()]
     assert any("pseudo_labels" in x for x in lines)
     with open(pbbl_run / "pseudo_bias.csv") as fh:
@@ -283,14 +285,16 @@ def test_a_run_of_the_earlier_flat_schema_still_evaluates(pbbl_run: Path, gbp_ti
     assert json.loads((old / "eval-test.json").read_text()) == new_eval  # the same model
 
 
-def test_pbbl_needs_no_bias_labels_and_then_keeps_the_final_weights(gbp_tiny, tmp_path, capsys):
+def test_pbbl_needs_no_bias_labels_and_still_selects(gbp_tiny, tmp_path, capsys):
+    # issue 10: PBBL selects on the pseudo-balanced valid AUC, so no bias column is needed
     data = _copy(gbp_tiny, tmp_path / "d")
     for name in ("train", "valid"):
         _edit_csv(data / f"{name}.csv", lambda x: [",".join(r.split(",")[:2]) for r in x])
     assert run(["train", "--data", data, "--out", tmp_path / "ok", "--method", "pbbl", *FAST]) == 0
-    assert "kept the final weights" in capsys.readouterr().err
+    assert "kept the final weights" not in capsys.readouterr().err
     metrics = load_pbbl_run(tmp_path / "ok").metrics()
-    assert metrics["selection"] == "final weights" and "auc_balanced" not in metrics["valid"]
+    assert metrics["selection"] == "best pseudo_balanced_auc on valid"
+    assert "auc_balanced" not in metrics["valid"] and "pseudo_balanced_auc" in metrics["valid"]
 
 
 # ------------------------------------------------------------------------------ predict

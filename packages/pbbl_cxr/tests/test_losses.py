@@ -75,3 +75,16 @@ def test_groupdro_exponentiated_weights():
     e = math.exp(1.0)
     assert dro.q.tolist() == pytest.approx([e / (e + 1), 1 / (e + 1)], rel=1e-5)
     assert loss.item() == pytest.approx(e / (e + 1), rel=1e-5)
+
+
+def test_loss_ema_and_groupdro_state_round_trip():
+    ema = LossEMA(3, alpha=0.7)
+    ema.update(torch.tensor([1.0, 2.0]), torch.tensor([0, 2]))
+    other = LossEMA(3, alpha=0.7)
+    other.load_state_dict(ema.state_dict())
+    assert other.values.tolist() == pytest.approx([0.3, 0.0, 0.6])
+    dro = GroupDROWeights(2, eta=1.0)
+    dro.loss(torch.tensor([1.0, 0.0]), torch.tensor([0, 1]))
+    again = GroupDROWeights(2, eta=1.0)
+    again.load_state_dict(dro.state_dict())
+    assert torch.equal(again.q, dro.q) and not torch.equal(again.q, torch.full((2,), 0.5))

@@ -24,7 +24,6 @@ from pbbl_cxr.methods import (
     run_method,
 )
 from pbbl_cxr.models import BiasedDebiasedPair, Classifier, build_model
-from pbbl_cxr.pseudo import bias_prior
 
 
 def _batch():
@@ -135,7 +134,6 @@ def test_every_method_runs_two_steps(name: str, tiny_splits):
             (b_hat == train.bias).float().mean().item()
         )
         prior = torch.tensor(out.info["prior"])
-        assert torch.allclose(prior, bias_prior(b_hat, train.labels, 2, 2))
         # each row: p(y | b_hat = b) from the counts of the pseudo labels the run used
         for b in (0, 1):
             ys = train.labels[b_hat == b]
@@ -143,6 +141,8 @@ def test_every_method_runs_two_steps(name: str, tiny_splits):
                 want = torch.bincount(ys, minlength=2).float() / len(ys)
             else:
                 want = torch.full((2,), 0.5)
+            if out.info["prior_check"]["response"] == "marginal":  # degenerate: p(y) rows
+                want = torch.bincount(train.labels, minlength=2).float() / len(train.labels)
             assert torch.allclose(prior[b], want), (b, prior[b], want)
     if name != "gce":
         assert "auc_balanced" in out.valid_metrics

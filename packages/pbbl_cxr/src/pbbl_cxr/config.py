@@ -17,6 +17,9 @@ from medcommon.errors import InputError
 
 SELECT_METRICS = (
     "",
+    "auto",
+    "pseudo_balanced_auc",
+    "balanced_auc",
     "auc_balanced",
     "auc",
     "ap",
@@ -63,6 +66,18 @@ class RunConfig:
     the length of each stage-1 GCE round. Checkpoint selection: every ``eval_every``
     steps the model is scored on the ``valid`` split and the best ``select_metric``
     is kept (``select_metric=""`` keeps the final weights, as the authors' code does).
+    ``"auto"`` (default) is ``pseudo_balanced_auc`` for PBBL (balanced AUC over the
+    stage-1 model's pseudo bias groups of the valid split: no bias labels needed) and
+    ``auc_balanced`` (true bias groups, an oracle) for every other method;
+    ``balanced_auc`` is an alias of ``auc_balanced`` (see :func:`resolve_select_metric`).
+
+    PBBL's stage 1 (:mod:`pbbl_cxr.methods.pbbl`): ``pseudo_labels`` is ``"cross-fit"``
+    (each train image labelled by a GCE model of ``folds`` that never trained on it) or
+    ``"in-sample"`` (the authors'). The prior ``p(y | b_hat)`` is *degenerate* when
+    ``b_hat`` agrees with ``y`` on more than ``degenerate_agreement`` of the train set or
+    a ``(b_hat, y)`` cell is empty; ``degenerate_response="marginal"`` then replaces every
+    row by the label marginal (stage 2 becomes class-balanced CE, ERM-like),
+    ``"none"`` keeps the degenerate prior (the authors' behaviour; still warned about).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -77,13 +92,17 @@ class RunConfig:
     lff_ema: float = 0.7
     groupdro_eta: float = 0.01
     eval_every: int = 100
-    select_metric: str = "auc_balanced"
+    select_metric: str = "auto"
     log_every: int = 10
     checkpoint_every: int = 0
     max_grad_norm: float | None = None
     # Train-time augmentation (pbbl_cxr.data.augment_batch), as in the authors' code:
     # "crop-flip" = random resized crop + horizontal flip (GbP), "flip" = flip only (SbP).
     augment: Literal["none", "crop-flip", "flip"] = "none"
+    pseudo_labels: Literal["in-sample", "cross-fit"] = "cross-fit"
+    folds: int = 3
+    degenerate_agreement: float = 0.99
+    degenerate_response: Literal["marginal", "none"] = "marginal"
 
     def check(self) -> RunConfig:
         """Raise :class:`InputError` for values that cannot work."""
@@ -109,6 +128,23 @@ class RunConfig:
                 "--set model.input_norm",
                 "imagenet normalisation needs model.in_channels=3 (ImageNet weights are RGB)",
             )
+        if self.pseudo_labels not in ("in-sample", "cross-fit"):
+            raise InputError(
+                "--set pseudo_labels",
+                f"must be 'in-sample' or 'cross-fit', got {self.pseudo_labels!r}",
+            )
+        if self.folds < 2:
+            raise InputError("--set folds", f"must be at least 2, got {self.folds}")
+        if not 0.5 <= self.degenerate_agreement <= 1.0:
+            raise InputError(
+                "--set degenerate_agreement",
+                f"must be in [0.5, 1], got {self.degenerate_agreement}",
+            )
+        if self.degenerate_response not in ("marginal", "none"):
+            raise InputError(
+                "--set degenerate_response",
+                f"must be 'marginal' or 'none', got {self.degenerate_response!r}",
+            )
         if self.select_metric not in SELECT_METRICS:
             raise InputError(
                 "--set select_metric",
@@ -116,6 +152,15 @@ class RunConfig:
                 "or '' (keep the final weights)",
             )
         return self
+
+
+def resolve_select_metric(name: str, pseudo_groups: bool) -> str:
+    """The metric a stage selects on: ``"auto"`` is ``pseudo_balanced_auc`` where the
+    method has stage-1 pseudo bias groups (PBBL), else ``auc_balanced``;
+    ``balanced_auc`` is ``auc_balanced``; anything else is itself."""
+    if name == "auto":
+        return "pseudo_balanced_auc" if pseudo_groups else "auc_balanced"
+    return "auc_balanced" if name == "balanced_auc" else name
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,21 @@
 Luo et al. (2022), Sec. 2.2: the GCE-trained model's prediction is a proxy for the
 bias attribute. Binary tasks threshold ``p_b(y=1|x)`` at the Youden point of its ROC
 against the targets (``argmax TPR - FPR``); multi-class tasks take the argmax.
+
+Guards added here (issue 10): cross-fitting folds (:func:`fold_ids`), the degenerate
+prior check (:func:`prior_check`) and its fallback (:func:`marginal_prior`), and the
+pseudo-balanced validation AUC used for selection without bias labels
+(:func:`pseudo_balanced_auc`).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
-from medcommon.metrics import youden_threshold
+from medcommon.metrics import auc, youden_threshold
 
 
 def pseudo_bias_labels(
@@ -26,6 +33,15 @@ def pseudo_bias_labels(
         t = youden_threshold(targets.cpu().numpy(), score)
         return torch.from_numpy((score > t).astype(np.int64)), float(t)
     return probs.argmax(dim=1).long().cpu(), None
+
+
+def apply_threshold(probs: torch.Tensor, threshold: float | None) -> torch.Tensor:
+    """Pseudo bias labels of new images with a threshold already chosen on the train set
+    (binary: ``1[p(y=1|x) > t]``; ``None``: argmax). The valid split is group-balanced,
+    so a Youden threshold refitted there against its labels would not find the bias."""
+    if threshold is None:
+        return probs.argmax(dim=1).long().cpu()
+    return (probs[:, 1].double().cpu() > threshold).long()
 
 
 def bias_prior(
@@ -49,3 +65,62 @@ def bias_prior(
 def log_prior(prior: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
     """``log(P + eps)`` as added to the logits (authors' eps = 1e-9)."""
     return torch.log(prior + eps)
+
+
+def fold_ids(targets: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """Cross-fitting folds ``(N,)`` in ``0..k-1``, stratified by target (each class dealt
+    round-robin over the folds in a seeded random order), so every fold sees every class."""
+    g = torch.Generator().manual_seed(seed)
+    t = targets.long().cpu()
+    folds = torch.empty_like(t)
+    for c in t.unique():
+        idx = torch.nonzero(t == c).squeeze(1)
+        idx = idx[torch.randperm(idx.numel(), generator=g)]
+        folds[idx] = torch.arange(idx.numel()) % k
+    return folds
+
+
+def prior_check(
+    b_hat: torch.Tensor, targets: torch.Tensor, n_classes: int, max_agreement: float
+) -> dict[str, Any]:
+    """Is the prior ``p(y | b_hat)`` degenerate, i.e. did stage 1 hand back the labels?
+
+    ``agreement`` is the share of ``b_hat == y``; ``empty_cells`` the ``[b, y]`` pairs
+    with no sample. Degenerate: ``agreement > max_agreement`` or any empty cell. A
+    perfect bias proxy agrees with ``y`` on the aligned share only (0.9-0.99 in GbP/SbP),
+    whereas a stage 1 that learned the label itself agrees on nearly every image and
+    leaves the conflicting cells empty, so the prior tends to the identity.
+    """
+    b, t = b_hat.long().cpu(), targets.long().cpu()
+    counts = torch.zeros(n_classes, n_classes, dtype=torch.long)
+    counts.index_put_((b, t), torch.ones_like(b), accumulate=True)
+    empty = [[int(i), int(j)] for i, j in torch.nonzero(counts == 0).tolist()]
+    agreement = float((b == t).double().mean())
+    return {
+        "agreement": agreement,
+        "empty_cells": empty,
+        "counts": counts.tolist(),
+        "degenerate": agreement > max_agreement or bool(empty),
+    }
+
+
+def marginal_prior(targets: torch.Tensor, n_bias: int, n_classes: int) -> torch.Tensor:
+    """Every row the label marginal ``p(y)``: the bias-balanced softmax becomes the
+    class-balanced one (plain CE up to a constant logit shift, i.e. ERM-like ranking)."""
+    p = torch.bincount(targets.long().cpu(), minlength=n_classes).double()
+    return (p / p.sum()).expand(n_bias, n_classes).clone().float()
+
+
+def pseudo_balanced_auc(labels: torch.Tensor, score: torch.Tensor, b_hat: torch.Tensor) -> float:
+    """Mean of the AUCs on ``b_hat == y`` and ``b_hat != y`` (the balanced AUC of
+    Luo et al. with pseudo bias groups); a group lacking a class contributes the overall
+    AUC instead of NaN, so selection still works when the groups are degenerate."""
+    y = labels.cpu().numpy().astype(np.int64)
+    s = score.double().cpu().numpy()
+    b = b_hat.cpu().numpy().astype(np.int64)
+    overall = auc(y, s)
+    parts = []
+    for mask in (y == b, y != b):
+        v = auc(y[mask], s[mask]) if len(np.unique(y[mask])) == 2 else float("nan")
+        parts.append(overall if np.isnan(v) else v)
+    return float(np.mean(parts))

@@ -4,7 +4,7 @@
 
     config.json       {"schema": 1, "run": {..., "extra": {"data_options": ...}}, "config": RunConfig}
     log.jsonl         the Trainer's log, plus PBBL's pseudo-label records
-    checkpoint/       per stage (PBBL: bias-r1 ... debias) for --resume
+    checkpoint/       per stage (PBBL: bias-r1[-fK] ... debias) for --resume
     model/            the kept classifier (config.json + model.safetensors)
     pseudo_bias.csv   PBBL only: path,label,bias,bias_hat of every train image
     metrics.json      valid metrics of the kept model, selection, timings, method facts
@@ -26,7 +26,7 @@ from medcommon.fs import write_text_atomic
 from medcommon.models import save_pretrained
 from medcommon.run import Run, load_run, make_run_info, write_metrics, write_run_config
 from pbbl_cxr import PACKAGE, __version__
-from pbbl_cxr.config import RunConfig
+from pbbl_cxr.config import RunConfig, resolve_select_metric
 from pbbl_cxr.data import DataOptions, XrayDataset, load_split
 from pbbl_cxr.distributed import is_main_process
 from pbbl_cxr.methods import METHODS, RunContext, run_method
@@ -95,20 +95,21 @@ def train_run(
     ctx = RunContext(cfg, train, valid, out, seed, device, quiet, resume)
     result = run_method(method, ctx)
     facts = {k: v for k, v in result.info.items() if k != "b_hat"}
-    selected = bool(cfg.select_metric) and cfg.select_metric in result.valid_metrics
-    if cfg.select_metric and not selected and main:
+    # the metric the method actually selected on ("auto" resolved; PBBL reports its own)
+    metric = facts.pop("select_metric", None) or resolve_select_metric(cfg.select_metric, False)
+    selected = bool(metric) and metric in result.valid_metrics
+    if metric and not selected and main:
         print(
-            f"warning: valid split gives no {cfg.select_metric!r} (no bias column?): "
-            "kept the final weights",
+            f"warning: valid split gives no {metric!r} (no bias column?): kept the final weights",
             file=sys.stderr,
         )
     metrics = {
         "method": method,
-        "selection": f"best {cfg.select_metric} on valid" if selected else "final weights",
+        "selection": f"best {metric} on valid" if selected else "final weights",
         "seed": seed,
         "train_seconds": result.train_seconds,
         "valid": result.valid_metrics,
-        "select_metric": cfg.select_metric,
+        "select_metric": metric,
         **facts,
     }
     if main:

@@ -2,11 +2,13 @@
 
 Every method is a sequence of stages; a stage is a model, a step function and a
 number of steps. Checkpoint selection: every ``eval_every`` steps the model is
-scored on the valid split and the weights with the best ``select_metric`` (default
-``auc_balanced`` on the group-balanced valid split) are kept in memory and in the
-checkpoint, so ``--resume`` keeps them too. With ``cfg.augment`` the step function
-sees augmented training images (:func:`augmenting`); pseudo-labelling and evaluation
-see the plain ones.
+scored on the valid split and the weights with the best ``select_metric`` are kept
+in memory and in the checkpoint, so ``--resume`` keeps them too. The default
+(``"auto"``, :func:`pbbl_cxr.config.resolve_select_metric`) is ``auc_balanced`` on the
+group-balanced valid split, and for PBBL ``pseudo_balanced_auc`` (valid pseudo bias
+groups from stage 1, ``valid_bias_hat``), which needs no bias labels. With
+``cfg.augment`` the step function sees augmented training images (:func:`augmenting`);
+pseudo-labelling and evaluation see the plain ones.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from typing import Any
 import torch
 
 from medcommon.train import FitResult, TrainConfig, Trainer
-from pbbl_cxr.config import RunConfig
+from pbbl_cxr.config import RunConfig, resolve_select_metric
 from pbbl_cxr.data import XrayDataset, augment_batch
-from pbbl_cxr.evaluate import evaluate_model
+from pbbl_cxr.evaluate import classification_metrics, predict_probs
+from pbbl_cxr.pseudo import pseudo_balanced_auc
 
 
 # medcommon-candidate: Trainer writes the best weights to disk only (and only with a
@@ -113,21 +116,29 @@ def fit_stage(
     device: str = "cpu",
     quiet: bool = True,
     resume: bool = False,
+    valid_bias_hat: torch.Tensor | None = None,
 ) -> StageResult:
     """Train ``model`` for ``steps`` steps of ``step_fn``; return the kept (best or final) model.
 
     ``kept`` picks the network that is evaluated and kept (LfF: the debiased one).
+    ``valid_bias_hat`` (PBBL) adds ``pseudo_balanced_auc`` to the valid metrics.
     With ``select=False`` the final weights are kept and the valid split is scored once.
     Under torchrun the Trainer gives the BatchNorm layers the global batch's statistics
     while the stage trains (:mod:`medcommon.train.distributed`), so N processes train like one.
     """
-    keeper = BestKeeper(cfg.select_metric if select else "")
+    metric = resolve_select_metric(cfg.select_metric, valid_bias_hat is not None)
+    keeper = BestKeeper(metric if select else "")
     if cfg.augment != "none":
         step_fn = augmenting(step_fn, cfg.augment, seed)
 
     def eval_fn(m: torch.nn.Module) -> dict[str, float]:
         net = kept(m)
-        metrics = evaluate_model(net, valid_set, device=str(next(net.parameters()).device))
+        probs = predict_probs(net, valid_set, device=str(next(net.parameters()).device))
+        metrics = classification_metrics(valid_set.labels, probs, valid_set.bias)
+        if valid_bias_hat is not None and probs.shape[1] == 2:
+            metrics["pseudo_balanced_auc"] = pseudo_balanced_auc(
+                valid_set.labels, probs[:, 1], valid_bias_hat
+            )
         keeper.offer(net, metrics)
         return metrics
 
