@@ -65,7 +65,7 @@ class Stage1:
 
 def _subset(ds: XrayDataset, idx: torch.Tensor, b_hat: torch.Tensor) -> XrayDataset:
     """Rows ``idx`` of ``ds`` with pseudo labels ``b_hat[idx]``."""
-    paths = [ds.paths[i] for i in idx.tolist()]
+    paths = [ds.paths[i] for i in idx.tolist()] if ds.paths else []  # in-memory sets have none
     return XrayDataset(ds.images[idx], ds.labels[idx], ds.bias[idx], paths, b_hat[idx])
 
 
