@@ -18,6 +18,9 @@ tolerance, "utility kept"); 0.0 for a head-to-head ordering of two methods.
 - Mechanism ablations: NPO's bounded loss vs plain gradient ascent (NPO with
   beta -> 0 is GA) keeps retain accuracy better; GradDiff's retain term (GradDiff
   without it is GA) keeps retain accuracy better.
+
+:data:`LEARNED` holds claims added after a run taught something; the declared ones
+stay as they were, holding or not, and both are reported.
 """
 
 from __future__ import annotations
@@ -65,7 +68,20 @@ def declared_claims() -> list[Claim]:
             "sanity: retrain's forget-set accuracy is below vanilla's (facts memorised)",
             "retrain", "vanilla", "forget_mcq_acc", i, "less", MARGIN,
         ),
+        *LEARNED,
     ]  # fmt: skip
+
+
+# Added after the first demo run (privacy, seeds 0-2): on a fully memorised vanilla model
+# NPO left the forget MCQ accuracy near 1.0 (the declared claim failed) while its generated
+# answers lost the forget facts; cloze accuracy (the reference is a substring of the greedy
+# answer) measures that. Same margin, declared before the next run.
+LEARNED: list[Claim] = [
+    Claim(
+        "learned: NPO lowers forget-set cloze accuracy below vanilla (answers forget)",
+        "npo", "vanilla", "forget_cloze_acc", "privacy", "less", MARGIN,
+    ),
+]  # fmt: skip
 
 
 def claims_for(methods: Sequence[str], scenarios: Sequence[str]) -> list[Claim]:
