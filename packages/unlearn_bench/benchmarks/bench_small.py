@@ -2,7 +2,8 @@
 
 Usage: ``python bench_small.py --out DIR [--preset small] [--seeds 0 1 2] [--workers N]`` (the
 same as ``unlearn-bench benchmark``); writes DIR/results.json, DIR/report.md and DIR/*.png.
-The measured ``small`` results are kept in ``small/`` beside this file (claims table first).
+The measured ``small`` results are kept beside this file: ``results-small/`` (the earlier run,
+before claims) until a run with claims replaces it in ``small/``.
 """
 
 from __future__ import annotations
