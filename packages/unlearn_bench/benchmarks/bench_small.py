@@ -1,8 +1,9 @@
 """unlearn-bench benchmark: vanilla, seven unlearning methods and retrain on both scenarios.
 
-Usage: ``python bench_small.py --out DIR [--preset small] [--seeds 0 1 2]`` (the same as
-``unlearn-bench benchmark``); writes DIR/results.json, DIR/report.md and DIR/*.png.
-The measured ``small`` results are kept in ``results-small/`` beside this file.
+Usage: ``python bench_small.py --out DIR [--preset small] [--seeds 0 1 2] [--workers N]`` (the
+same as ``unlearn-bench benchmark``); writes DIR/results.json, DIR/report.md and DIR/*.png.
+The measured ``small`` results are kept beside this file: ``results-small/`` (the earlier run,
+before claims) until a run with claims replaces it in ``small/``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--preset", default="small")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--workers", type=int, default=None, help="default: one per CPU core")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
-    run_benchmark(args.out, preset=args.preset, seeds=args.seeds, quiet=args.quiet)
+    run_benchmark(
+        args.out, preset=args.preset, seeds=args.seeds, workers=args.workers, quiet=args.quiet
+    )
 
 
 if __name__ == "__main__":

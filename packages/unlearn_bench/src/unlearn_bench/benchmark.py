@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from medcommon.errors import InputError
 from medcommon.report import make_results, plot_bars, write_report, write_results
 from unlearn_bench import PACKAGE, __version__
+from unlearn_bench.claims import claims_for
 from unlearn_bench.config import (
+    SynthConfig,
     check_forget_ratio,
     check_preset,
     eval_preset,
@@ -35,6 +41,11 @@ from unlearn_bench.train import finetune, unlearn
 from unlearn_bench.ues import knowledge_score
 
 SCENARIOS = ("privacy", "incorrectness")
+# The demo's plan: the fewest runs that make the central point on one scenario: vanilla,
+# the gold retrained model, NPO (the central claim) and GA (NPO without its bounded loss).
+DEMO_METHODS = ("npo", "ga")
+DEMO_SCENARIOS = ("privacy",)
+HEADLINE = "headline.png"
 SUBSETS = ("forget", "test", "retain", "general")
 TABLE = [
     "forget_score",
@@ -70,21 +81,37 @@ def run_benchmark(
     *,
     preset: str = "small",
     seeds: Sequence[int] = (0, 1, 2),
-    scenarios: Sequence[str] = SCENARIOS,
+    scenarios: Sequence[str] | None = None,
     forget_ratio: float = 0.10,
     methods: Sequence[str] | None = None,
     data: str | Path | None = None,
     device: str = "auto",
     quiet: bool = False,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """Run the benchmark into ``out``; returns the ``results.json`` object."""
+    """Run the benchmark into ``out``; returns the ``results.json`` object.
+
+    ``methods`` / ``scenarios`` default to every method and scenario, except under the
+    ``demo`` preset (:data:`DEMO_METHODS` on :data:`DEMO_SCENARIOS`). The claims of
+    :mod:`unlearn_bench.claims` that the run can check are checked and kept in results.json.
+    ``workers`` > 1 runs that many (scenario, seed) pieces at once, each in its own
+    process with an equal share of torch's threads (one core each under
+    ``OMP_NUM_THREADS=1``); None: one per CPU core, at most one per piece. Every piece
+    seeds itself, so the rows are the same as with one worker, in the same order.
+    """
     check_preset(preset)
+    if workers is not None and workers < 1:
+        raise InputError("--workers", f"must be at least 1, got {workers}")
+    if scenarios is None:
+        scenarios = DEMO_SCENARIOS if preset == "demo" else SCENARIOS
+    if not methods:
+        methods = DEMO_METHODS if preset == "demo" else PAPER_ORDER
     for s in scenarios:
         if s not in SCENARIOS:
             raise InputError(
                 "--scenarios", f"unknown scenario {s!r}; choose from {', '.join(SCENARIOS)}"
             )
-    methods = list(methods) if methods else list(PAPER_ORDER)
+    methods = list(methods)
     for m in methods:
         METHODS.get(m)
     dcfg = dataclasses.replace(synth_preset(preset), forget_ratio=forget_ratio)
@@ -95,82 +122,30 @@ def run_benchmark(
         scenarios = [json.loads(meta.read_text())["scenario"] if meta.is_file() else "custom"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    fcfg, ecfg = finetune_preset(preset), eval_preset(preset)
-    rows: list[dict[str, Any]] = []
+    jobs = [
+        _Piece(scenario, seed, preset, methods, dcfg, data, out, device, quiet)
+        for scenario in scenarios
+        for seed in seeds
+    ]
+    workers = min(workers or os.cpu_count() or 1, len(jobs))
     t_start = time.perf_counter()
-    for scenario in scenarios:
-        for seed in seeds:
-            ddir = Path(data) if data is not None else out / "data" / f"{scenario}-s{seed}"
-            if data is None:
-                generate(ddir, scenario, dcfg, seed=seed)
-            runs = out / "runs" / scenario / f"s{seed}"
-            _say(quiet, f"[{scenario} seed {seed}] finetune vanilla")
-            van_m = finetune(ddir, runs / "vanilla", fcfg, seed=seed, device=device, quiet=quiet)
-            _say(quiet, f"[{scenario} seed {seed}] retrain (retain only)")
-            gold_m = finetune(
-                ddir,
-                runs / "retrain",
-                fcfg,
-                seed=seed,
-                retain_only=True,
-                device=device,
-                quiet=quiet,
-            )
-            van = evaluate_run(runs / "vanilla", ddir, ecfg, device=device, quiet=quiet)
-            gold = evaluate_run(
-                runs / "retrain",
-                ddir,
-                ecfg,
-                vanilla=runs / "vanilla",
-                reference=runs / "retrain",
-                device=device,
-                quiet=quiet,
-            )
-            van.update(against_reference(van, gold, van))
-            base = {"setting": scenario, "seed": seed}
-            rows.append(
-                {
-                    **base,
-                    "method": "vanilla",
-                    "metrics": _metrics(van),
-                    "train_seconds": van_m["train_seconds"],
-                }
-            )
-            rows.append(
-                {
-                    **base,
-                    "method": "retrain",
-                    "metrics": {**_metrics(gold), "time_ratio": 1.0},
-                    "train_seconds": gold_m["train_seconds"],
-                }
-            )
-            for m in methods:
-                _say(quiet, f"[{scenario} seed {seed}] unlearn {m}")
-                cls = METHODS.get(m)
-                um = unlearn(
-                    runs / "vanilla" / "model",
-                    ddir,
-                    runs / m,
-                    m,
-                    cls.preset_config(preset),
-                    seed=seed,
-                    device=device,
-                    quiet=quiet,
-                )
-                res = evaluate_run(
-                    runs / m, ddir, ecfg, reference=runs / "retrain", device=device, quiet=quiet
-                )
-                metrics = {
-                    **_metrics(res),
-                    "time_ratio": um["train_seconds"] / gold_m["train_seconds"],
-                }
-                rows.append(
-                    {**base, "method": m, "metrics": metrics, "train_seconds": um["train_seconds"]}
-                )
+    rows = [row for piece_rows in _map(jobs, workers) for row in piece_rows]
     extra = _extra(rows, methods, time.perf_counter() - t_start)
-    results = make_results(PACKAGE, __version__, preset, list(seeds), rows, extra)
+    extra["workers"] = float(workers)
+    figures = [HEADLINE, *(f"scores_{s}.png" for s in scenarios), "ues.png"]
+    results = make_results(
+        PACKAGE,
+        __version__,
+        preset,
+        list(seeds),
+        rows,
+        extra,
+        claims=claims_for(methods, scenarios),
+        figures=figures,
+    )
     write_results(out, results)
     _plots(out, results, scenarios)
+    _headline(out / HEADLINE, results, scenarios[0])
     write_report(
         out,
         results,
@@ -179,6 +154,101 @@ def run_benchmark(
         TABLE,
     )
     return results
+
+
+@dataclasses.dataclass(frozen=True)
+class _Piece:
+    """One (scenario, seed) of the benchmark: everything it needs, picklable for a worker."""
+
+    scenario: str
+    seed: int
+    preset: str
+    methods: Sequence[str]
+    dcfg: SynthConfig
+    data: str | Path | None
+    out: Path
+    device: str
+    quiet: bool
+
+
+def _map(jobs: Sequence[_Piece], workers: int) -> list[list[dict[str, Any]]]:
+    """Each piece's rows, in the order of ``jobs``; in ``workers`` processes when > 1."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [_run_piece(j) for j in jobs]
+    threads = max(1, torch.get_num_threads() // workers)  # the cores, shared out
+    # spawn, not fork: a forked child would inherit the parent's torch thread pools.
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=torch.set_num_threads, initargs=(threads,)
+    ) as pool:
+        return list(pool.map(_run_piece, jobs))
+
+
+def _run_piece(job: _Piece) -> list[dict[str, Any]]:
+    """Data, vanilla and retrained models (shared by every method), each method, their rows.
+
+    Every model is evaluated once: vanilla and retrain first (their ``eval-all.json`` is
+    what UES and PrivLeak of the others read back), the retrained model without itself
+    as a reference (its PrivLeak against itself is 0 by definition).
+    """
+    scenario, seed, quiet, device = job.scenario, job.seed, job.quiet, job.device
+    fcfg, ecfg = finetune_preset(job.preset), eval_preset(job.preset)
+    data = job.data
+    ddir = Path(data) if data is not None else job.out / "data" / f"{scenario}-s{seed}"
+    if data is None:
+        generate(ddir, scenario, job.dcfg, seed=seed)
+    runs = job.out / "runs" / scenario / f"s{seed}"
+    _say(quiet, f"[{scenario} seed {seed}] finetune vanilla")
+    van_m = finetune(ddir, runs / "vanilla", fcfg, seed=seed, device=device, quiet=quiet)
+    _say(quiet, f"[{scenario} seed {seed}] retrain (retain only)")
+    gold_m = finetune(
+        ddir, runs / "retrain", fcfg, seed=seed, retain_only=True, device=device, quiet=quiet
+    )
+    van = evaluate_run(runs / "vanilla", ddir, ecfg, device=device, quiet=quiet)
+    gold = evaluate_run(
+        runs / "retrain",
+        ddir,
+        ecfg,
+        vanilla=runs / "vanilla",
+        reference=runs / "retrain",
+        device=device,
+        quiet=quiet,
+    )
+    van.update(against_reference(van, gold, van))
+    base = {"setting": scenario, "seed": seed}
+    rows = [
+        {
+            **base,
+            "method": "vanilla",
+            "metrics": _metrics(van),
+            "train_seconds": van_m["train_seconds"],
+        },
+        {
+            **base,
+            "method": "retrain",
+            "metrics": {**_metrics(gold), "time_ratio": 1.0},
+            "train_seconds": gold_m["train_seconds"],
+        },
+    ]
+    for m in job.methods:
+        _say(quiet, f"[{scenario} seed {seed}] unlearn {m}")
+        cls = METHODS.get(m)
+        um = unlearn(
+            runs / "vanilla" / "model",
+            ddir,
+            runs / m,
+            m,
+            cls.preset_config(job.preset),
+            seed=seed,
+            device=device,
+            quiet=quiet,
+        )
+        res = evaluate_run(
+            runs / m, ddir, ecfg, reference=runs / "retrain", device=device, quiet=quiet
+        )
+        metrics = {**_metrics(res), "time_ratio": um["train_seconds"] / gold_m["train_seconds"]}
+        rows.append({**base, "method": m, "metrics": metrics, "train_seconds": um["train_seconds"]})
+    return rows
 
 
 def _say(quiet: bool, text: str) -> None:
@@ -226,11 +296,41 @@ def _plots(out: Path, results: dict[str, Any], scenarios: Sequence[str]) -> None
     plot_bars(ues_values, out / "ues.png", "Unlearning Efficiency Score (ours)", "UES")
 
 
+def _headline(path: Path, results: dict[str, Any], scenario: str) -> None:
+    """The first picture: forget vs retain MCQ accuracy per model (mean ± std over seeds).
+
+    Unlearning worked where a method's forget bar falls toward the retrained model's while
+    its retain bar stays at vanilla's height.
+    """
+    values: dict[str, dict[str, tuple[float, float]]] = {}
+    for s in results["summary"]:
+        if s.get("setting", "") != scenario:
+            continue
+        mets = s["metrics"]
+        values[s["method"]] = {
+            name: (mets[key]["mean"], mets[key]["std"])
+            for name, key in (("forget", "forget_mcq_acc"), ("retain", "retain_mcq_acc"))
+            if key in mets
+        }
+    seeds = len(results["seeds"])
+    plot_bars(
+        values,
+        path,
+        f"{scenario}: MCQ accuracy, forget vs retain set (mean ± std, {seeds} seeds)",
+        "MCQ accuracy (chance 0.25)",
+    )
+
+
 def _sections(results: dict[str, Any], scenarios: Sequence[str]) -> list[tuple[str, str]]:
     extra = results.get("extra", {})
     lines = ["| measured in the same run | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4g} |" for k, v in extra.items()]
     plots = "".join(f"![{s}](scores_{s}.png)\n" for s in scenarios) + "![UES](ues.png)\n"
+    claims = (
+        "Claims and margins are declared in `unlearn_bench/claims.py` before any run: MCQ "
+        "accuracy, absolute, margin 0.10 (0 for a head-to-head ordering). A claim about a "
+        "method or scenario that this run leaves out is not checked here."
+    )
     legend = (
         "`*_score` is the knowledge score of a subset (mean of chance-corrected MCQ accuracy, "
         "ROUGE-L and cloze accuracy; see README, UES). Forget/test: lower is better after "
@@ -251,6 +351,7 @@ def _sections(results: dict[str, Any], scenarios: Sequence[str]) -> list[tuple[s
         for scenario in scenarios
     ]
     return [
+        ("Claims", claims),
         ("Legend", legend),
         *tables,
         ("Timing and throughput", "\n".join(lines)),

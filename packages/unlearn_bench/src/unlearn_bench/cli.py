@@ -147,9 +147,18 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 def _benchmark_args(p: argparse.ArgumentParser) -> None:
     add_benchmark_args(p)
     p.add_argument(
-        "--scenarios", nargs="+", default=["privacy", "incorrectness"], help="scenarios to run"
+        "--scenarios",
+        nargs="+",
+        default=None,
+        help="scenarios to run (default: both; the demo preset: privacy)",
     )
     p.add_argument("--forget-ratio", type=float, default=0.10, help="forget ratio (default 0.10)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="(scenario, seed) pieces run at once, one process each (default: one per CPU core)",
+    )
     add_methods_arg(p, METHODS)
 
 
@@ -259,7 +268,9 @@ def cmd_predict(args) -> int:
 
 
 @app.command(
-    "benchmark", "vanilla, every method and retrain on both scenarios", args=_benchmark_args
+    "benchmark",
+    "vanilla, every method and retrain on both scenarios (demo: NPO and GA on privacy)",
+    args=_benchmark_args,
 )
 def cmd_benchmark(args) -> int:
     from unlearn_bench.benchmark import run_benchmark
@@ -267,7 +278,7 @@ def cmd_benchmark(args) -> int:
     run_benchmark(
         args.out, preset=args.preset, seeds=args.seeds, scenarios=args.scenarios,
         forget_ratio=args.forget_ratio, methods=args.methods, data=args.data,
-        device=args.device, quiet=args.quiet,
+        device=args.device, quiet=args.quiet, workers=args.workers,
     )  # fmt: skip
     return 0
 

@@ -15,7 +15,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from medcommon.registry import Registry
-from unlearn_bench.config import check_preset
+from unlearn_bench.config import PRESETS, check_tables, preset_entry
 
 METHODS: Registry[type[Method]] = Registry("method")
 
@@ -40,12 +40,14 @@ class UnlearnConfig:
     gradient_checkpointing: bool = False
 
 
-# tiny/small: the tiny model needs a far larger step than a LoRA-tuned 7B model.
+# tiny/demo/small: the tiny model needs a far larger step than a LoRA-tuned 7B model.
 PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     "tiny": {"lr": 1e-3, "epochs": 1.0, "batch_size": 8, "log_every": 2},
+    "demo": {"lr": 1e-4, "epochs": 3.0, "batch_size": 8},
     "small": {"lr": 1e-4, "epochs": 3.0, "batch_size": 8},
     "full": {},
 }
+check_tables({"unlearning": PRESET_OVERRIDES})
 
 
 def forward(model: torch.nn.Module, batch: dict[str, Any], hidden: bool = False):
@@ -101,7 +103,8 @@ class Method:
         config_class: the method's frozen config dataclass.
         needs_reference: a frozen copy of the vanilla model is passed as ``ref``.
         uses_retain: batches are ``{"forget": ..., "retain": ...}`` instead of forget only.
-        preset_overrides: per-preset changes on top of :data:`PRESET_OVERRIDES`.
+        preset_overrides: per-preset changes on top of :data:`PRESET_OVERRIDES` (a preset
+            it leaves out gets the common entry only); unknown preset names are an error.
         description: one line for ``METHODS.describe(name)`` and the CLI help.
     """
 
@@ -119,8 +122,11 @@ class Method:
     @classmethod
     def preset_config(cls, preset: str) -> Any:
         """The method's config for a preset (``full`` = the paper's defaults)."""
-        check_preset(preset)
-        changes = {**PRESET_OVERRIDES[preset], **cls.preset_overrides.get(preset, {})}
+        common = preset_entry(PRESET_OVERRIDES, preset, "unlearning")
+        stray = set(cls.preset_overrides) - set(PRESETS)
+        if stray:  # a misspelt preset key would otherwise be ignored without a word
+            raise KeyError(f"{cls.__name__}.preset_overrides has unknown presets {sorted(stray)}")
+        changes = {**common, **cls.preset_overrides.get(preset, {})}
         return dataclasses.replace(cls.config_class(), **changes)
 
     def forget_answer(self, item: dict[str, Any]) -> str | None:

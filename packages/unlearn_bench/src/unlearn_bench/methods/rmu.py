@@ -36,6 +36,7 @@ class RMU(Method):
     preset_overrides: ClassVar[dict[str, dict[str, float]]] = {
         # the activation MSE needs a larger step than the NLL-based methods at this scale
         "tiny": {"lr": 1e-3, "steering_coeff": 20.0, "alpha": 1.0},
+        "demo": {"lr": 1e-3, "steering_coeff": 20.0, "alpha": 1.0},
         "small": {"lr": 1e-3, "steering_coeff": 20.0, "alpha": 1.0},
     }
 
