@@ -354,9 +354,10 @@ def _sections(results: dict[str, Any], methods: list[str]) -> list[tuple[str, st
         "sites not yet trained (and held-out). BWT: mean of D[T, i] - D[i, i]. HD95 in pixels "
         "(training sites, last stage). train_seconds includes SMD training and replay sampling."
     )
+    costs = [("Costs and SMD quality", "\n".join(lines))] if len(lines) > 2 else []
     return [
         ("Setup", setup),
-        ("Costs and SMD quality", "\n".join(lines)),
+        *costs,
         ("Dice matrices (mean over seeds)", "\n".join(mats)),
         (
             "Plots",
