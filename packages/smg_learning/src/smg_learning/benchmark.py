@@ -1,9 +1,19 @@
 """``smg-learning benchmark``: every strategy over seeds on one multi-site dataset.
 
-Writes ``DIR/results.json`` (medcommon schema; ``extra`` holds the cost ratios and
-the mean Dice matrices), ``DIR/report.md``, a Dice-matrix heat map per strategy
-(``DIR/dice_<method>.png``), the summary bars (``DIR/summary.png``) and a grid of
-SMD samples beside real slices per site (``DIR/smd_samples.png``).
+Writes ``DIR/results.json`` (medcommon schema; ``claims`` checks :mod:`smg_learning.claims`,
+``extra`` holds the cost ratios), ``DIR/report.md``, the headline figure
+(``DIR/headline.png``: the stage x site Dice matrices of ``finetune``, ``smg`` and
+``joint`` side by side), a Dice-matrix heat map per row (``DIR/dice_<method>.png``), the
+summary bars (``DIR/summary.png``) and a grid of SMD samples beside real slices per site
+(``DIR/smd_samples.png``).
+
+Rows are the registered strategies plus :data:`VARIANTS` (a strategy under a config
+change, e.g. ``smg-alpha0``: PGA without its alignment step). Work shared between rows
+of one seed: the synthetic data is generated and loaded once; every SMD-replay row
+(``smd-replay``, ``smg``, ``smg-alpha0``) replays from one SMD per seed, trained by the
+first of them and reused by the others (``smd_from``; its seconds are charged to each).
+The SMD is not taught the last training site (no row replays it); the cost measurements
+and ``smd_samples.png`` use this replay SMD, which knows the earlier training sites.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from medcommon.config import replace_nested
 from medcommon.errors import InputError
 from medcommon.report import (
     make_results,
@@ -27,8 +38,10 @@ from medcommon.report import (
     write_report,
     write_results,
 )
+from medcommon.report.plots import plot_heatmap_panels
 from smg_learning import __version__
-from smg_learning.config import run_preset
+from smg_learning.claims import claims_for
+from smg_learning.config import RunConfig, run_preset
 from smg_learning.continual import train_continual
 from smg_learning.costs import site_classifier_accuracy, time_pga, time_samplers
 from smg_learning.data import load_continual
@@ -41,15 +54,52 @@ METRICS = ["memorizability", "generalizability", "bwt", "hd95", "train_seconds"]
 #: training order and held-out sites of the synthetic benchmark, per preset
 BENCH_SITES = {
     "tiny": (("RUNMC", "BMC"), ("I2CVB",)),
+    "demo": (("RUNMC", "BMC", "I2CVB"), ("UCL",)),
     "small": (("RUNMC", "BMC", "I2CVB", "UCL"), ("BIDMC", "HK")),
     "full": (("RUNMC", "BMC", "I2CVB", "UCL"), ("BIDMC", "HK")),
 }
 #: cost-measurement sizes per preset (sampler comparison and site classifier)
-COST_SIZES = {
+COST_SIZES: dict[str, dict[str, int] | None] = {
     "tiny": dict(ddim_steps=5, per_site=2, train_steps=5, clf_steps=10, clf_per_site=4),
+    "demo": None,  # the demo shows the claims only: no cost measurements
     "small": dict(ddim_steps=50, per_site=16, train_steps=300, clf_steps=300, clf_per_site=32),
     "full": dict(ddim_steps=50, per_site=32, train_steps=1000, clf_steps=1000, clf_per_site=64),
 }
+
+#: benchmark rows that are a registered strategy under a config change: name -> (strategy,
+#: ``replace_nested`` overrides). ``smg-alpha0``: the PGA objective with the virtual step
+#: ``pga.inner_lr`` (alpha) = 0, so every domain loss is taken at the current weights and
+#: only the re-weighting (``beta_mem``, ``beta_gen``) is left: PGA's alignment ablated.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "smg-alpha0": ("smg", {"pga": {"inner_lr": 0.0}}),
+}
+#: the rows of the ``demo`` preset: the central claim (smg vs finetune) and SMD replay
+#: without PGA, which costs only segmenter steps (it trains the SMD that smg reuses)
+DEMO_METHODS = ("finetune", "smd-replay", "smg")
+#: the matrices of the headline figure, when present: the baseline, the method, the bound
+HEADLINE = ("finetune", "smg", "joint")
+
+
+def benchmark_methods() -> list[str]:
+    """Every row name: the registered strategies, then :data:`VARIANTS`."""
+    return [*STRATEGIES.names(), *VARIANTS]
+
+
+def check_methods(methods: list[str]) -> list[str]:
+    """``methods`` if every name is a row name, else an :class:`InputError` on ``--methods``."""
+    known = benchmark_methods()
+    for m in methods:
+        if m not in known:
+            raise InputError("--methods", f"unknown method {m!r}; choose from {', '.join(known)}")
+    return methods
+
+
+def row_setup(method: str, cfg: RunConfig) -> tuple[str, RunConfig]:
+    """The strategy name and config of benchmark row ``method``."""
+    if method in VARIANTS:
+        strategy, overrides = VARIANTS[method]
+        return strategy, replace_nested(cfg, **overrides)
+    return method, cfg
 
 
 def run_benchmark(
@@ -65,10 +115,15 @@ def run_benchmark(
     sites: tuple[str, ...] = (),
     heldout: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Run the comparison and write the results, report and plots to ``out``."""
+    """Run the comparison and write the results, report and plots to ``out``.
+
+    ``methods`` defaults to :data:`DEMO_METHODS` for the ``demo`` preset, else every row.
+    """
     out = Path(out)
     cfg = run_preset(preset)
-    methods = list(methods or STRATEGIES.names())
+    methods = check_methods(
+        list(methods or (DEMO_METHODS if preset == "demo" else benchmark_methods()))
+    )
     if out.exists() and (out / "results.json").exists():
         raise InputError(out, "already holds a results.json; choose another --out")
     default_sites, default_held = BENCH_SITES[preset]
@@ -83,26 +138,32 @@ def run_benchmark(
         rows, runs = [], {}
         bar = tqdm(total=len(seeds) * len(methods), desc="benchmark", disable=quiet)
         for seed in seeds:
+            smd_source = None  # (run folder, SMD config, seconds) of this seed's trained SMD
             for method in methods:
+                strategy, row_cfg = row_setup(method, cfg)
+                uses_smd = STRATEGIES.get(strategy).replay == "smd"
                 smd_from = None
-                if method == "smg" and (seed, "smd-replay") in runs:
-                    smd_from = runs[(seed, "smd-replay")]["dir"]  # same SMD: same data, seed, sites
+                if uses_smd and smd_source is not None and smd_source[1] == row_cfg.smd:
+                    smd_from = smd_source[0]  # same data, seed, sites and SMD config
                 run_dir = tmp / f"run-{seed}-{method}"
                 run_dir.mkdir()
                 m = train_continual(
                     loaded,
-                    cfg,
-                    method,
+                    row_cfg,
+                    strategy,
                     run_dir,
                     seed=seed,
                     device=device,
                     quiet=True,
                     smd_from=smd_from,
+                    train_last_smd=False,  # the segmenter never replays the last site
                 )
-                if smd_from is not None:  # charge smg for the SMD it reused
-                    src = runs[(seed, "smd-replay")]["metrics"]
-                    m["train_seconds"] += src["smd_seconds"]
-                    m["smd_seconds"] = src["smd_seconds"]
+                m["method"] = method
+                if smd_from is not None:  # charge the row for the SMD it reused
+                    m["train_seconds"] += smd_source[2]
+                    m["smd_seconds"] = smd_source[2]
+                elif uses_smd and smd_source is None:
+                    smd_source = (run_dir, row_cfg.smd, m["smd_seconds"])
                 runs[(seed, method)] = {"dir": run_dir, "metrics": m}
                 rows.append(
                     {
@@ -110,6 +171,7 @@ def run_benchmark(
                         "seed": seed,
                         "metrics": {k: m[k] for k in METRICS if k != "train_seconds"},
                         "train_seconds": m["train_seconds"],
+                        "smd_seconds": m["smd_seconds"],
                         "dice_matrix": m["dice_matrix"],
                     }
                 )
@@ -125,16 +187,17 @@ def run_benchmark(
         }
         # cost ratios, measured once in this run (first seed)
         t0 = time.perf_counter()
-        extra.update(time_pga(loaded, cfg, seed=seeds[0], repeats=5 if preset == "tiny" else 10))
+        sizes = COST_SIZES[preset]
+        if sizes is not None:
+            extra.update(
+                time_pga(loaded, cfg, seed=seeds[0], repeats=5 if preset == "tiny" else 10)
+            )
         smd = None
-        for method in ("smd-replay", "smg"):
-            if (seeds[0], method) in runs and runs[(seeds[0], method)]["metrics"][
-                "_smd"
-            ] is not None:
+        for method in methods:
+            if runs[(seeds[0], method)]["metrics"]["_smd"] is not None:
                 smd = runs[(seeds[0], method)]["metrics"]["_smd"]
                 break
-        sizes = COST_SIZES[preset]
-        if smd is not None:
+        if smd is not None and sizes is not None:
             judge = None
             if (seeds[0], "joint") in runs:
                 judge = runs[(seeds[0], "joint")]["metrics"]["_model"]
@@ -162,7 +225,18 @@ def run_benchmark(
             )
         extra["cost_seconds"] = time.perf_counter() - t0
         out.mkdir(parents=True, exist_ok=True)
-        results = make_results("smg-learning", __version__, preset, seeds, rows, extra=extra)
+        figures = ["headline.png", "summary.png"] + [f"dice_{m}.png" for m in methods]
+        figures += ["smd_samples.png"] if smd is not None else []
+        results = make_results(
+            "smg-learning",
+            __version__,
+            preset,
+            seeds,
+            rows,
+            extra=extra,
+            claims=claims_for(methods),
+            figures=figures,
+        )
         write_results(out, results)
         _plots(out, results, runs, loaded, smd, methods, seeds)
         write_report(
@@ -182,6 +256,16 @@ def _mean_matrix(results: dict[str, Any], method: str) -> np.ndarray:
 
 def _plots(out, results, runs, data, smd, methods, seeds) -> None:
     stages = [f"after {s}" for s in data.sites]
+    shown = [m for m in HEADLINE if m in methods] or methods[:3]
+    heldout = f"; held out: {', '.join(data.heldout)}" if data.heldout else ""
+    plot_heatmap_panels(
+        {m: _mean_matrix(results, m) for m in shown},
+        stages,
+        data.columns,
+        out / "headline.png",
+        f"Dice after each training stage (rows) on every site (columns), mean over "
+        f"{len(seeds)} seed(s){heldout}",
+    )
     for method in methods:
         plot_heatmap(
             _mean_matrix(results, method),
@@ -270,9 +354,14 @@ def _sections(results: dict[str, Any], methods: list[str]) -> list[tuple[str, st
         "sites not yet trained (and held-out). BWT: mean of D[T, i] - D[i, i]. HD95 in pixels "
         "(training sites, last stage). train_seconds includes SMD training and replay sampling."
     )
+    costs = [("Costs and SMD quality", "\n".join(lines))] if len(lines) > 2 else []
     return [
         ("Setup", setup),
-        ("Costs and SMD quality", "\n".join(lines)),
+        *costs,
         ("Dice matrices (mean over seeds)", "\n".join(mats)),
-        ("Plots", "`summary.png`, `dice_<method>.png`, `smd_samples.png`."),
+        (
+            "Plots",
+            "`headline.png` (Dice matrices side by side), `summary.png`, "
+            "`dice_<method>.png`, `smd_samples.png`.",
+        ),
     ]

@@ -209,7 +209,8 @@ def _benchmark_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--methods",
         default=None,
-        help=f"comma-separated subset of: {','.join(STRATEGIES.names())} (default: all)",
+        help=f"comma-separated subset of: {','.join(STRATEGIES.names())},smg-alpha0 "
+        "(default: all; demo preset: finetune,smd-replay,smg)",
     )
     p.add_argument("--sites", default=None, help="training order (default: preset's)")
     p.add_argument("--heldout", default=None, help="held-out sites (default: preset's)")
@@ -217,18 +218,16 @@ def _benchmark_args(p: argparse.ArgumentParser) -> None:
 
 @app.command("benchmark", "all strategies over seeds, plus cost ratios", args=_benchmark_args)
 def cmd_benchmark(args) -> int:
-    from smg_learning.benchmark import run_benchmark
+    from smg_learning.benchmark import check_methods, run_benchmark
 
-    methods = list(_names(args.methods, "--methods"))
-    for m in methods:
-        STRATEGIES.get(m)  # the registry's own one-line error for an unknown name
+    methods = check_methods(list(_names(args.methods, "--methods")))  # strategies and variants
     run_benchmark(
         args.out,
         preset=args.preset,
         seeds=args.seeds,
         data=args.data,
         task=args.task,
-        methods=methods or STRATEGIES.names(),
+        methods=methods or None,  # the preset's rows
         device=_device(args.device),
         quiet=args.quiet,
         sites=_names(args.sites, "--sites"),

@@ -2,8 +2,9 @@
 
 ``RunConfig`` is everything ``smg-learning train`` uses; nested ``pga`` and ``smd``
 sections hold the Parallel Gradient Alignment and Site-Modulated Diffusion
-settings. Presets: ``tiny`` (unit tests, seconds), ``small`` (the CPU benchmark,
-minutes), ``full`` (the paper-scale setting for a GPU and the public data).
+settings. Presets: ``tiny`` (unit tests, seconds), ``demo`` (the central claim in ~2
+minutes), ``small`` (the CPU benchmark, minutes), ``full`` (the paper-scale setting for
+a GPU and the public data).
 Override any field with ``--config F.yaml`` or ``--set key=value`` (dotted for
 nested fields, e.g. ``--set pga.inner_lr=0.02``).
 """
@@ -137,10 +138,21 @@ class RunConfig:
 
 
 def run_preset(preset: str) -> RunConfig:
-    """The config of a named preset (``tiny``, ``small`` or ``full``)."""
+    """The config of a named preset (``tiny``, ``demo``, ``small`` or ``full``)."""
     full = RunConfig()
     if check_preset(preset) == "full":
         return full
+    if preset == "demo":
+        # the small models with fewer steps: three training sites (benchmark.BENCH_SITES),
+        # 100 segmenter steps and 150 SMD steps a site, 32 replay pairs a site from DDIM-10,
+        # so ``benchmark --preset demo`` (finetune, smd-replay, smg x 3 seeds) takes ~2 min
+        return replace_nested(
+            run_preset("small"),
+            steps_per_site=100,
+            replay_per_site=32,
+            log_every=50,
+            smd=dict(train_steps=150, ddim_steps=10, replay_per_site=32),
+        )
     if preset == "small":
         # CPU scale-down: 32 px slices, a 3-level U-Net, 150 steps a site; the SMD is a
         # (16, 32) diffusion U-Net at 16 px predicting x0 ("sample"), 400 steps a site,

@@ -52,6 +52,7 @@ class SynthSpec:
 
 SYNTH_PRESETS = {
     "tiny": SynthSpec(sites=3, cases=4, slices=4, size=24),
+    "demo": SynthSpec(sites=4, cases=10, slices=8, size=40),  # small's sizes, four sites
     "small": SynthSpec(sites=6, cases=10, slices=8, size=40),
     "full": SynthSpec(sites=6, cases=30, slices=20, size=128),
 }

@@ -140,6 +140,47 @@ def plot_heatmap(
     return _save(fig, path)
 
 
+def plot_heatmap_panels(
+    matrices: Mapping[str, np.ndarray | Sequence[Sequence[float]]],
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    path: str | Path,
+    title: str,
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+) -> Path:
+    """Equal-shaped matrices side by side, one titled panel each, values printed in the cells.
+
+    ``matrices[name]`` is ``(len(row_labels), len(col_labels))``; all panels share one colour
+    scale (``vmin``..``vmax``) so a cell reads the same in every panel (e.g. a method's
+    stage x site Dice matrix next to its baseline's).
+    """
+    plt = _pyplot()
+    mats = {k: np.asarray(v, dtype=float) for k, v in matrices.items()}
+    if not mats:
+        raise ValueError("plot_heatmap_panels needs at least one matrix")
+    shape = (len(row_labels), len(col_labels))
+    for name, m in mats.items():
+        if m.shape != shape:
+            raise ValueError(f"matrix {name!r} has shape {m.shape}, labels say {shape}")
+    n = len(mats)
+    fig, axes = plt.subplots(
+        1, n, figsize=(0.9 * shape[1] * n + 2.5, 0.6 * shape[0] + 1.6), squeeze=False
+    )
+    for k, (ax, (name, m)) in enumerate(zip(axes[0], mats.items())):
+        im = ax.imshow(m, vmin=vmin, vmax=vmax, cmap="viridis")
+        ax.set_xticks(range(shape[1]), col_labels, rotation=30)
+        ax.set_yticks(range(shape[0]), row_labels if k == 0 else [""] * shape[0])
+        for i in range(shape[0]):
+            for j in range(shape[1]):
+                color = "w" if m[i, j] < (vmin + vmax) / 2 else "k"
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", color=color, fontsize=8)
+        ax.set_title(name)
+    fig.suptitle(title, fontsize=10)
+    fig.colorbar(im, ax=list(axes[0]), fraction=0.046 / n * 2)
+    return _save(fig, path)
+
+
 def plot_image_grid(
     images: Sequence[Sequence[np.ndarray]],
     path: str | Path,
