@@ -41,17 +41,42 @@ class ReplayMemory:
         return self.images[idx], self.masks[idx], self.sites[idx]
 
 
-def real_memory(data: ContinualData, sites: list[str], per_site: int, seed: int) -> ReplayMemory:
-    """``per_site`` stored real training slices of each site (a fixed random subset)."""
-    g = torch.Generator().manual_seed(seed)
+def buffer_indices(n: int, per_site: int, seed: int, site: int) -> torch.Tensor:
+    """The fixed replay buffer of one site: ``min(per_site, n)`` of its ``n`` training slices.
+
+    A seeded random subset chosen once, when the site ends (``seed`` and the site's
+    position ``site`` in the training order fix it); later stages keep it (or a prefix of
+    it, under a total capacity) instead of redrawing.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + 7_919 * site + 17)
+    return torch.randperm(n, generator=g)[:per_site]
+
+
+def site_quota(capacity: int, per_site: int, n_sites: int) -> int:
+    """Slices kept per finished site: ``per_site``, or an equal share of ``capacity`` (> 0)."""
+    return per_site if capacity <= 0 else max(1, min(per_site, capacity // max(n_sites, 1)))
+
+
+def memory_from_buffers(data: ContinualData, buffers: dict[str, torch.Tensor]) -> ReplayMemory:
+    """The replay memory holding the stored slices ``buffers[site]`` (indices into train)."""
     ims, mks, ids = [], [], []
-    for s in sites:
+    for s, idx in buffers.items():
         part = data.parts["train"][s]
-        idx = torch.randperm(len(part), generator=g)[:per_site]
         ims.append(part.images[idx])
         mks.append(part.masks[idx])
         ids.append(torch.full((len(idx),), data.sites.index(s), dtype=torch.long))
     return ReplayMemory(torch.cat(ims), torch.cat(mks), torch.cat(ids))
+
+
+def real_memory(data: ContinualData, sites: list[str], per_site: int, seed: int) -> ReplayMemory:
+    """``per_site`` stored real training slices of each site: its fixed buffer."""
+    return memory_from_buffers(
+        data,
+        {
+            s: buffer_indices(len(data.parts["train"][s]), per_site, seed, data.sites.index(s))
+            for s in sites
+        },
+    )
 
 
 def smd_model_config(cfg: RunConfig, channels: int, sites: list[str]) -> SMDModelConfig:
