@@ -22,7 +22,7 @@ from medcommon.train import TrainConfig, Trainer
 from smg_learning.config import RunConfig
 from smg_learning.data import ContinualData
 from smg_learning.distributed import unwrap
-from smg_learning.smd import SiteModulatedDiffusion, SMDModelConfig
+from smg_learning.smd import SiteModulatedDiffusion, SMDModelConfig, encode_mask
 
 
 @dataclass
@@ -79,8 +79,13 @@ def real_memory(data: ContinualData, sites: list[str], per_site: int, seed: int)
     )
 
 
-def smd_model_config(cfg: RunConfig, channels: int, sites: list[str]) -> SMDModelConfig:
-    """The SMD architecture of a run (``cfg.smd``) for ``channels`` image channels."""
+def smd_model_config(
+    cfg: RunConfig, channels: int, sites: list[str], mask_channels: int = 1
+) -> SMDModelConfig:
+    """The SMD architecture of a run (``cfg.smd``) for ``channels`` image channels.
+
+    ``mask_channels``: the number of mask structures (``len(ContinualData.structures)``).
+    """
     s = cfg.smd
     return SMDModelConfig(
         image_channels=channels,
@@ -94,6 +99,7 @@ def smd_model_config(cfg: RunConfig, channels: int, sites: list[str]) -> SMDMode
         beta_schedule=s.beta_schedule,
         prediction_type=s.prediction_type,
         site_names=tuple(sites),
+        mask_channels=mask_channels,
     )
 
 
@@ -112,12 +118,17 @@ def smd_memory(
 def resize_pairs(
     images: torch.Tensor, masks: torch.Tensor, size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (bilinear, antialiased) and 0/1 masks (area > 0.5) resized to ``size``."""
+    """Images (bilinear, antialiased) and label maps resized to ``size``.
+
+    Each nested structure ``label > k`` is resized on its own (area > 0.5) and the
+    label is the number of structures a pixel is in; 0/1 masks are the one-structure case.
+    """
     if images.shape[-1] == size:
         return images, masks
     kw = {"size": (size, size), "mode": "bilinear", "align_corners": False, "antialias": True}
     im = F.interpolate(images, **kw).clamp(0, 1)
-    mk = (F.interpolate(masks.float(), **kw) > 0.5).long()
+    k = max(int(masks.max()), 1) if masks.numel() else 1
+    mk = (F.interpolate(encode_mask(masks, k) / 2 + 0.5, **kw) > 0.5).long().sum(1, keepdim=True)
     return im, mk
 
 
