@@ -259,3 +259,54 @@ def test_smd_learns_a_fixed_pair(kind) -> None:
     assert (inter / union).min() > 0.7  # the trained shape, not noise (random IoU ~0.2)
     corr = torch.corrcoef(torch.stack([images.mean(0).flatten(), image.flatten()]))[0, 1]
     assert corr > 0.8
+
+
+def test_ddp_share_draws_the_global_batch_rows() -> None:
+    """Process ``rank`` of ``world`` gets the rows a single process would draw for them."""
+    smd = _linear()
+    images = torch.rand(4, 1, 16, 16)
+    masks = (torch.rand(4, 1, 16, 16) > 0.5).long()
+    torch.manual_seed(5)
+    whole = smd.training_inputs(images, masks)
+    for rank in (0, 1):
+        torch.manual_seed(5)
+        part = smd.training_inputs(
+            images[2 * rank : 2 * rank + 2], masks[2 * rank : 2 * rank + 2], (rank, 2)
+        )
+        for a, b in zip(part, whole):
+            torch.testing.assert_close(a, b[2 * rank : 2 * rank + 2])
+
+
+def test_sampling_clips_x0_keeps_the_mode_and_batches() -> None:
+    smd = _linear(prediction_type="sample")
+    smd.forward = lambda x, t, site: torch.full_like(x, 5.0)  # x0 far outside [-1, 1]
+    smd.train()
+    for sampler in ("ddim", "ddpm"):
+        images, masks = smd.sample(
+            torch.zeros(3).long(), steps=3, sampler=sampler, batch=2, mask_threshold=1.5
+        )
+        assert images.shape == (3, 1, 16, 16)
+        assert torch.equal(images, torch.ones_like(images))
+        # the scheduler clips x0 to 1: below a threshold of 1.5 (5 would be above)
+        assert torch.equal(masks, torch.zeros_like(masks))
+    assert smd.training  # sample() switched to eval and back
+    smd.eval()
+    smd.sample(torch.zeros(1).long(), steps=2)
+    assert not smd.training
+    with pytest.raises(InputError, match="shape"):
+        smd.sample(torch.zeros(2).long(), steps=2, noise=torch.zeros(1, 2, 16, 16))
+    with pytest.raises(InputError, match="unknown sampler"):
+        smd.sample(torch.zeros(1).long(), steps=2, sampler="euler")
+
+
+def test_attention_config_puts_attention_in_the_deepest_blocks() -> None:
+    """``attention=True`` (the full preset): attention in the last down and first up block."""
+    smd = _smd(attention=True, block_out_channels=(8, 16, 16))
+    names = [type(b).__name__ for b in smd.unet.down_blocks]
+    ups = [type(b).__name__ for b in smd.unet.up_blocks]
+    assert names == ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"]
+    assert ups == ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"]
+    out = smd(torch.randn(2, 2, 16, 16), torch.tensor([3, 7]), torch.tensor([0, 1]))
+    assert out.shape == (2, 2, 16, 16)
+    plain = _smd(attention=False, block_out_channels=(8, 16, 16))
+    assert [type(b).__name__ for b in plain.unet.down_blocks] == ["DownBlock2D"] * 3
