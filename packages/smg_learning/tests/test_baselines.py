@@ -87,6 +87,7 @@ def _replay(prostate_dir, **kw):
 
 def test_real_replay_buffer_is_fixed_when_the_site_ends(prostate_dir) -> None:
     data, strat = _replay(prostate_dir)
+    assert (strat.name, strat.replay) == ("replay-real", "real")
     model = torch.nn.Linear(1, 1)
     strat.start_stage(0)
     assert strat.memory is None
@@ -124,3 +125,32 @@ def test_real_replay_capacity_keeps_a_prefix_of_each_buffer(prostate_dir) -> Non
     assert {s: len(i) for s, i in kept.items()} == {"RUNMC": 3, "BMC": 3}
     assert torch.equal(kept["RUNMC"], strat.buffers["RUNMC"][:3])
     assert len(strat.replay_memory(2)) == 6
+
+
+def test_ewc_end_stage_and_regularise_by_hand(prostate_dir) -> None:
+    cfg = dataclasses.replace(run_preset("tiny"), ewc_batches=2, batch_size=3, ewc_lambda=7.0)
+    data = load_continual(prostate_dir, cfg, ("RUNMC", "BMC"))
+    torch.manual_seed(0)
+    model = Segmenter(SegmenterConfig(1, tuple(cfg.channels), cfg.num_res_units))
+    ewc = STRATEGIES.get("ewc")(RunContext(data, cfg, seed=2))
+    assert ewc.name == "ewc"
+    loss = torch.tensor(0.25)
+    logs: dict = {}
+    assert ewc.regularise(model, None, None, loss, logs).item() == 0.25  # no site finished yet
+
+    ewc.end_stage(1, model)  # site BMC, stage 1
+    assert all(p.grad is None for p in model.parameters())  # no stray gradients left
+    part = data.parts["train"]["BMC"]
+    g = torch.Generator().manual_seed(2 + 1)  # the documented draw: seed + stage
+    idx = torch.cat([torch.randint(0, len(part), (3,), generator=g) for _ in range(2)])
+    want, _ = _hand_fishers(model, part.images[idx], part.masks[idx], SegLoss(cfg.dice_weight))
+    for n in want:
+        torch.testing.assert_close(ewc.penalty.fisher[n], want[n], rtol=1e-4, atol=1e-10)
+
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1)
+    pen = sum((f * 0.01).sum() for f in want.values())
+    out = ewc.regularise(model, None, None, loss, logs)
+    assert out.item() == pytest.approx(0.25 + 7.0 / 2 * pen.item(), rel=1e-4)
+    assert logs["ewc"].item() == pytest.approx(pen.item(), rel=1e-4)

@@ -154,9 +154,9 @@ def test_mask_round_trip_and_threshold() -> None:
     torch.testing.assert_close(enc2[0, :, 0], torch.tensor([[-1.0, 1.0, 1.0], [-1.0, -1.0, 1.0]]))
     assert torch.equal(decode_mask(enc2), lab)
     # values above the threshold are inside the structure
-    x = torch.tensor([[[[0.3, -0.3, 0.7]]]])
-    assert decode_mask(x).flatten().tolist() == [1, 0, 1]
-    assert decode_mask(x, threshold=0.5).flatten().tolist() == [0, 0, 1]
+    x = torch.tensor([[[[0.3, -0.3, 0.7, 0.0]]]])
+    assert decode_mask(x).flatten().tolist() == [1, 0, 1, 0]  # at the threshold: outside
+    assert decode_mask(x, threshold=0.5).flatten().tolist() == [0, 0, 1, 0]
 
 
 @pytest.mark.parametrize("kind", ["epsilon", "sample", "v_prediction"])
@@ -310,3 +310,33 @@ def test_attention_config_puts_attention_in_the_deepest_blocks() -> None:
     assert out.shape == (2, 2, 16, 16)
     plain = _smd(attention=False, block_out_channels=(8, 16, 16))
     assert [type(b).__name__ for b in plain.unet.down_blocks] == ["DownBlock2D"] * 3
+
+
+def test_timesteps_cover_the_whole_schedule_and_errors_name_their_flag() -> None:
+    smd = _linear()
+    images = torch.rand(2000, 1, 2, 2)
+    _, t, _ = smd.training_inputs(images, torch.zeros(2000, 1, 2, 2, dtype=torch.long))
+    assert sorted(t.unique().tolist()) == list(range(T))  # t = 0 and t = T - 1 included
+    with pytest.raises(InputError) as exc:
+        smd.sample(torch.zeros(2).long(), steps=2, noise=torch.zeros(1, 2, 16, 16))
+    assert exc.value.where == "noise"
+    with pytest.raises(InputError) as exc:
+        smd.sample(torch.zeros(1).long(), steps=2, sampler="euler")
+    assert exc.value.where == "--sampler"
+    with pytest.raises(InputError) as exc:
+        smd.site_index("C")
+    assert exc.value.where == "--site"
+
+
+def test_sampling_runs_the_network_in_eval_mode() -> None:
+    smd = _linear(prediction_type="sample")
+    modes = []
+
+    def oracle(x, t, site):
+        modes.append(smd.training)
+        return torch.zeros_like(x)
+
+    smd.forward = oracle
+    smd.train()
+    smd.sample(torch.zeros(1).long(), steps=2)
+    assert modes and not any(modes) and smd.training
