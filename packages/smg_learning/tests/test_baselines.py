@@ -154,3 +154,19 @@ def test_ewc_end_stage_and_regularise_by_hand(prostate_dir) -> None:
     out = ewc.regularise(model, None, None, loss, logs)
     assert out.item() == pytest.approx(0.25 + 7.0 / 2 * pen.item(), rel=1e-4)
     assert logs["ewc"].item() == pytest.approx(pen.item(), rel=1e-4)
+
+
+def test_replay_memory_sample_draws_uniformly_from_all_rows() -> None:
+    from smg_learning.replay import ReplayMemory, resize_pairs
+
+    mem = ReplayMemory(
+        torch.arange(5).float().view(5, 1, 1, 1), torch.zeros(5, 1, 1, 1).long(), torch.arange(5)
+    )
+    x, y, s = mem.sample(500, torch.Generator().manual_seed(0))
+    assert x.shape == (500, 1, 1, 1) and y.shape == (500, 1, 1, 1)
+    assert torch.equal(x.view(-1).long(), s)  # rows stay aligned
+    assert sorted(s.unique().tolist()) == [0, 1, 2, 3, 4]  # first and last rows drawn too
+    # a constant image stays constant when resized (and in [0, 1])
+    im, mk = resize_pairs(torch.full((1, 1, 8, 8), 0.3), torch.ones(1, 1, 8, 8).long(), 4)
+    torch.testing.assert_close(im, torch.full((1, 1, 4, 4), 0.3))
+    assert torch.equal(mk, torch.ones(1, 1, 4, 4).long())
