@@ -52,7 +52,10 @@ BAD_DATA = {
                         "BMC/Case01.nii.gz: image without its segmentation"),
     "shape mismatch": (lambda d: _write_mask(d, np.zeros((4, 10, 10), np.uint8)), [],
                        "mask shape (4, 10, 10) differs from image shape (4, 24, 24)"),
-    "bad labels": (lambda d: _write_mask(d, np.full((4, 24, 24), 2, np.uint8)), [],
+    # label 2 is foreground by default (the released RUNMC/BMC masks carry it); a
+    # declared label set makes it bad input again
+    "bad labels": (lambda d: _write_mask(d, np.full((4, 24, 24), 2, np.uint8)),
+                   ["--set", "mask_labels=0,1"],
                    "mask has labels [2] not among the declared [0, 1]"),
     "unknown site": (None, ["--sites", "RUNMC,UCL"], "error: --sites: unknown site 'UCL'"),
     "empty site": (lambda d: (d / "UCL").mkdir(), ["--sites", "RUNMC,UCL"],

@@ -111,3 +111,23 @@ def test_minmax_constant_volume_is_zero(tmp_path) -> None:
     from smg_learning.data import _minmax
 
     assert np.all(_minmax(np.full((2, 3), 7.0)) == 0)
+
+
+def test_layouts_are_not_mixed_and_a_dofe_site_without_test_is_split_by_case(tmp_path) -> None:
+    import shutil
+
+    from smg_learning.synth import generate, write_dofe_release
+
+    dofe = write_dofe_release(tmp_path / "dofe", domains=2, train=4, test=1)
+    shutil.rmtree(dofe / "Domain2" / "test")  # a domain shipped without its test part
+    ms = discover(dofe)
+    assert ms.layout == "dofe" and {c.part for c in ms.sites["Domain2"]} == {"train"}
+    split = split_site(ms.sites["Domain2"], 0.5, seed=0)
+    assert len(split["test"]) == 2 and not set(split["train"]) & set(split["test"])
+    assert split_site(ms.sites["Domain1"], 0.5, seed=0)["test"] == ["test/d1_test_000"]
+
+    mixed = tmp_path / "mixed"
+    generate(mixed, "fundus", "tiny", num_sites=1)
+    shutil.copytree(dofe / "Domain2", mixed / "Domain2")
+    with pytest.raises(InputError, match="mixes the dofe and fundus layouts"):
+        discover(mixed)

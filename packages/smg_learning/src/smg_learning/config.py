@@ -98,6 +98,12 @@ class RunConfig:
     checkpoint_every: int = 0
     pga: PGAConfig = field(default_factory=PGAConfig)
     smd: SMDConfig = field(default_factory=SMDConfig)
+    # EWC's Fisher: squared per-sample gradients (the empirical Fisher) or, for
+    # comparison, squared batch-mean gradients (smaller by about the batch size)
+    ewc_fisher: Literal["per-sample", "batch"] = "per-sample"
+    # real replay: total stored slices over all finished sites (0: replay_per_site
+    # each, no total cap); a finished site's share is a prefix of its fixed buffer
+    replay_capacity: int = 0
 
     def __post_init__(self) -> None:
         checks = [
@@ -113,6 +119,8 @@ class RunConfig:
             ("replay_batch", self.replay_batch >= 1, ">= 1"),
             ("replay_per_site", self.replay_per_site >= 1, ">= 1"),
             ("lr", self.lr > 0, "> 0"),
+            ("ewc_fisher", self.ewc_fisher in ("per-sample", "batch"), "per-sample or batch"),
+            ("replay_capacity", self.replay_capacity >= 0, ">= 0"),
             ("channels", len(self.channels) >= 2, "at least two levels"),
             ("pga.inner_lr", self.pga.inner_lr >= 0, ">= 0"),
             ("pga.shifted_copies", self.pga.shifted_copies >= 0, ">= 0"),

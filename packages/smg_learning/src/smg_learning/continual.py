@@ -74,7 +74,10 @@ def train_continual(
     seed_everything(seed)
     model = Segmenter(
         SegmenterConfig(
-            in_channels=data.channels, channels=tuple(cfg.channels), num_res_units=cfg.num_res_units
+            in_channels=data.channels,
+            channels=tuple(cfg.channels),
+            num_res_units=cfg.num_res_units,
+            out_channels=len(data.structures) + 1,  # background + nested structures
         )
     )
     every = cfg.checkpoint_every if checkpoint_every is None else checkpoint_every

@@ -9,9 +9,17 @@ Layouts (``--data DIR``):
   resized to ``image_size``.
 - fundus: ``DIR/<Domain>/image/NAME.png`` + ``DIR/<Domain>/mask/NAME.png`` (any PNG/JPEG);
   RGB images (grayscale is replicated), min-max normalised per image. Each image is a case.
+- fundus, the public DoFE release: ``DIR/DomainK/{train,test}/ROIs/{image,mask}/NAME.png``.
+  Its official train/test split is used (``test_fraction`` is ignored); masks are
+  0 = cup, 128 = disc rim, 255 = background, and two nested structures are segmented:
+  the disc (mask < 255, cup included) and the cup (mask == 0).
 
-Masks must hold only the declared labels (``mask_labels``, default prostate 0/1,
-fundus 0/255); the foreground is ``foreground_labels`` (default prostate 1, fundus 255).
+Masks become label maps of nested structures: label ``k`` means "inside structures
+``0..k-1``" (one structure: 0/1). Defaults: prostate, any non-zero label is the gland
+(the six-site release also uses label 2 at RUNMC and BMC); per-domain fundus, masks
+0/255 with 255 the foreground; DoFE, disc and cup as above. ``foreground_labels``
+replaces the default by one structure made of those labels; ``mask_labels`` declares
+the labels a mask may hold (checked; default: prostate any, fundus 0/255, DoFE 0/128/255).
 """
 
 from __future__ import annotations
@@ -31,7 +39,34 @@ from smg_learning.config import FUNDUS_SITES, PROSTATE_SITES, RunConfig
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
-DEFAULT_LABELS = {"prostate": ((0, 1), (1,)), "fundus": ((0, 255), (255,))}
+DEFAULT_LABELS = {"prostate": ((0, 1), (1,)), "fundus": ((0, 255), (255,))}  # old defaults
+#: the DoFE release's mask values: 0 cup, 128 disc rim, 255 background
+DOFE_LABELS = (0, 128, 255)
+DOFE_STRUCTURES = (("disc", (0, 128)), ("cup", (0,)))
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """How raw mask values become a label map of nested structures.
+
+    ``labels``: the values a mask may hold (None: any integer). ``structures``: names
+    and label sets, outermost first (None: any non-zero value); pixel label = the number
+    of structures whose set holds its value.
+    """
+
+    labels: tuple[int, ...] | None
+    structures: tuple[tuple[str, tuple[int, ...] | None], ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.structures)
+
+    def label_map(self, m: np.ndarray) -> np.ndarray:
+        """Raw mask values -> int64 label map in {0..K}."""
+        out = np.zeros(m.shape, dtype=np.int64)
+        for _, values in self.structures:
+            out += (m != 0) if values is None else np.isin(m, values)
+        return out
 
 
 @dataclass(frozen=True)
@@ -42,13 +77,15 @@ class Case:
     case_id: str
     image: Path
     mask: Path
+    part: str | None = None  # the release's own split ("train"/"test"), if it has one
 
 
 @dataclass
 class SiteSlices:
     """All 2D slices of some cases of one site, ready for the segmenter.
 
-    ``images`` (N, C, S, S) float32 in [0, 1]; ``masks`` (N, 1, S, S) int64 in {0, 1};
+    ``images`` (N, C, S, S) float32 in [0, 1]; ``masks`` (N, 1, S, S) int64 label maps
+    in {0..K} (K nested structures; {0, 1} for one);
     ``case_index`` (N,) the position of each slice's case in ``cases``.
     """
 
@@ -110,10 +147,11 @@ def _prostate_cases(site_dir: Path) -> list[Case]:
     return [Case(site_dir.name, s, images[s], masks[s]) for s in sorted(images)]
 
 
-def _fundus_cases(site_dir: Path) -> list[Case]:
-    img_dir, mask_dir = site_dir / "image", site_dir / "mask"
+def _raster_pairs(folder: Path, site: str, prefix: str = "", part: str | None = None) -> list[Case]:
+    """The ``folder/image/NAME`` + ``folder/mask/NAME`` pairs (case id ``prefix + NAME``)."""
+    img_dir, mask_dir = folder / "image", folder / "mask"
     if not mask_dir.is_dir():
-        raise InputError(site_dir, "has image/ but no mask/ folder")
+        raise InputError(folder, "has image/ but no mask/ folder")
 
     def listing(d: Path) -> dict[str, Path]:
         out = {}
@@ -130,7 +168,25 @@ def _fundus_cases(site_dir: Path) -> list[Case]:
     for stem, f in masks.items():
         if stem not in images:
             raise InputError(f, f"mask without its image (image/{stem}.png)")
-    return [Case(site_dir.name, s, images[s], masks[s]) for s in sorted(images)]
+    return [Case(site, prefix + s, images[s], masks[s], part) for s in sorted(images)]
+
+
+def _fundus_cases(site_dir: Path) -> list[Case]:
+    return _raster_pairs(site_dir, site_dir.name)
+
+
+def _is_dofe(site_dir: Path) -> bool:
+    return any((site_dir / p / "ROIs").is_dir() for p in ("train", "test"))
+
+
+def _dofe_cases(site_dir: Path) -> list[Case]:
+    """DoFE: ``{train,test}/ROIs/{image,mask}``; case ids ``train/NAME``, ``test/NAME``."""
+    cases = []
+    for part in ("train", "test"):
+        rois = site_dir / part / "ROIs"
+        if (rois / "image").is_dir():
+            cases += _raster_pairs(rois, site_dir.name, f"{part}/", part)
+    return cases
 
 
 @dataclass
@@ -140,6 +196,7 @@ class MultiSiteData:
     root: Path
     task: str
     sites: dict[str, list[Case]] = field(default_factory=dict)
+    layout: str = ""  # "prostate", "fundus" (per-domain image/, mask/) or "dofe"
 
     def resolve_sites(
         self, sites: tuple[str, ...] | list[str], heldout: tuple[str, ...] | list[str]
@@ -182,31 +239,49 @@ def discover(root: str | Path, task: str = "auto") -> MultiSiteData:
     site_dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
     if not site_dirs:
         raise InputError(root, "no site folders found")
-    kinds = {d.name: ("fundus" if (d / "image").is_dir() else "prostate") for d in site_dirs}
-    found = set(kinds.values())
+    layouts = {
+        d.name: ("dofe" if _is_dofe(d) else "fundus" if (d / "image").is_dir() else "prostate")
+        for d in site_dirs
+    }
+    found = set(layouts.values())
     if len(found) > 1:
-        raise InputError(root, "mixes the prostate and fundus layouts")
-    detected = found.pop()
+        raise InputError(root, f"mixes the {' and '.join(sorted(found))} layouts")
+    layout = found.pop()
+    detected = "prostate" if layout == "prostate" else "fundus"
     if task != "auto" and task != detected:
         raise InputError(root, f"looks like the {detected} layout, not {task}")
-    sites = {}
-    for d in site_dirs:
-        sites[d.name] = _fundus_cases(d) if detected == "fundus" else _prostate_cases(d)
+    reader = {"prostate": _prostate_cases, "fundus": _fundus_cases, "dofe": _dofe_cases}[layout]
+    sites = {d.name: reader(d) for d in site_dirs}
     public = PROSTATE_SITES if detected == "prostate" else FUNDUS_SITES
     if set(sites) <= set(public):
         sites = {n: sites[n] for n in public if n in sites}
-    return MultiSiteData(root, detected, sites)
+    return MultiSiteData(root, detected, sites, layout)
+
+
+def mask_spec(cfg: RunConfig, layout: str) -> MaskSpec:
+    """The declared labels and structures of a layout (module docstring), with the overrides."""
+    if layout == "prostate":
+        labels, structures = None, (("prostate", None),)
+    elif layout == "dofe":
+        labels, structures = DOFE_LABELS, DOFE_STRUCTURES
+    else:
+        labels, structures = DEFAULT_LABELS["fundus"][0], (("foreground", (255,)),)
+    labels = tuple(cfg.mask_labels) or labels
+    if cfg.foreground_labels:
+        structures = (("foreground", tuple(cfg.foreground_labels)),)
+    for _, values in structures:
+        missing = sorted(set(values or ()) - set(labels or values or ()))
+        if missing:
+            raise InputError("--set foreground_labels", f"{missing[0]} is not among mask_labels")
+    return MaskSpec(labels, structures)
 
 
 def labels_for(cfg: RunConfig, task: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The declared mask labels and foreground labels (config, else the task default)."""
-    labels, fg = DEFAULT_LABELS[task]
-    labels = cfg.mask_labels or labels
-    fg = cfg.foreground_labels or fg
-    missing = sorted(set(fg) - set(labels))
-    if missing:
-        raise InputError("--set foreground_labels", f"{missing[0]} is not among mask_labels")
-    return tuple(labels), tuple(fg)
+    """The declared mask labels and foreground labels (the old one-structure view)."""
+    spec = mask_spec(cfg, task)
+    fg = spec.structures[0][1]
+    labels = spec.labels
+    return tuple(labels or ()), tuple(fg or ())
 
 
 def _minmax(a: np.ndarray) -> np.ndarray:
@@ -249,11 +324,18 @@ def segmenter_input(slices: np.ndarray, size: int) -> torch.Tensor:
     return x.clamp(0, 1).float()
 
 
-def load_case(case: Case, task: str, cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read one case: images (Z, C, S, S) float32 in [0, 1], masks (Z, 1, S, S) int64 in {0, 1}."""
+def load_case(
+    case: Case, task: str, cfg: RunConfig, spec: MaskSpec | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read one case: images (Z, C, S, S) float32 in [0, 1], masks (Z, 1, S, S) int64 labels.
+
+    ``spec``: how mask values become structures (default: :func:`mask_spec` of ``task``'s
+    plain layout).
+    """
     img = read_image(case.image)
     msk = read_image(case.mask)
-    labels, fg = labels_for(cfg, task)
+    spec = spec or mask_spec(cfg, task)
+    labels = spec.labels
     if task == "fundus":
         arr = img.array if img.array.ndim == 3 else np.repeat(img.array[..., None], 3, axis=2)
         m = msk.array if msk.array.ndim == 2 else msk.array[..., 0]
@@ -276,23 +358,26 @@ def load_case(case: Case, task: str, cfg: RunConfig) -> tuple[torch.Tensor, torc
             )
         vol = volume_channels(arr, cfg.adjacent_slices)
     values = np.unique(m)
-    bad = [int(x) for x in values if int(x) not in labels or x != int(x)]
+    bad = [x for x in values if x != int(x) or (labels is not None and int(x) not in labels)]
     if bad:
+        declared = "integers" if labels is None else list(labels)
         raise InputError(
             case.mask,
-            f"mask has labels {bad[:5]} not among the declared {list(labels)} "
-            "(set mask_labels / foreground_labels)",
+            f"mask has labels {[float(x) if x != int(x) else int(x) for x in bad[:5]]} "
+            f"not among the declared {declared} (set mask_labels / foreground_labels)",
         )
-    fgm = np.isin(m, fg).astype(np.float32)[:, None]  # (z, 1, y, x)
-    masks = _resize(torch.from_numpy(fgm), cfg.image_size, "nearest")
+    lab = spec.label_map(m).astype(np.float32)[:, None]  # (z, 1, y, x) in {0..K}
+    masks = _resize(torch.from_numpy(lab), cfg.image_size, "nearest")
     return segmenter_input(vol, cfg.image_size), masks.round().long()
 
 
-def load_slices(cases: list[Case], task: str, cfg: RunConfig, site: str) -> SiteSlices:
+def load_slices(
+    cases: list[Case], task: str, cfg: RunConfig, site: str, spec: MaskSpec | None = None
+) -> SiteSlices:
     """Load and stack the slices of ``cases`` (all of one site)."""
     ims, mks, idx = [], [], []
     for k, c in enumerate(cases):
-        i, m = load_case(c, task, cfg)
+        i, m = load_case(c, task, cfg, spec)
         ims.append(i)
         mks.append(m)
         idx.append(np.full(i.shape[0], k))
@@ -304,8 +389,14 @@ def load_slices(cases: list[Case], task: str, cfg: RunConfig, site: str) -> Site
 
 
 def split_site(cases: list[Case], test_fraction: float, seed: int) -> dict[str, list[str]]:
-    """A patient-level train/test split of one site's cases (at least one case each side)."""
+    """A patient-level train/test split of one site's cases (at least one case each side).
+
+    A release with its own split (every case has ``part``, both parts present) keeps it.
+    """
     ids = [c.case_id for c in cases]
+    parts = {c.part for c in cases}
+    if parts == {"train", "test"}:
+        return {p: [c.case_id for c in cases if c.part == p] for p in ("train", "test")}
     if len(ids) < 2:
         raise InputError(cases[0].image.parent if cases else "site", "needs at least 2 cases")
     n_test = min(max(1, round(len(ids) * test_fraction)), len(ids) - 1)
@@ -326,6 +417,8 @@ class ContinualData:
     split: dict[str, dict[str, list[str]]]
     parts: dict[str, dict[str, SiteSlices]]
     channels: int
+    #: the nested mask structures, outermost first (label k: inside structures < k)
+    structures: tuple[str, ...] = ("foreground",)
 
     @property
     def columns(self) -> list[str]:
@@ -352,7 +445,7 @@ def load_continual(
         raise InputError(
             "--sites", f"{len(order)} sites exceed smd.num_prompts ({cfg.smd.num_prompts})"
         )
-    labels_for(cfg, ms.task)
+    spec = mask_spec(cfg, ms.layout or ms.task)
     split = dict(split or {})
     parts: dict[str, dict[str, SiteSlices]] = {"train": {}, "test": {}}
     for name in [*order, *held]:
@@ -365,7 +458,7 @@ def load_continual(
             if missing:
                 raise InputError(root, f"case {name}/{missing[0]} of the saved split is missing")
             chosen = [by_id[i] for i in split[name][part]]
-            parts[part][name] = load_slices(chosen, ms.task, cfg, name)
+            parts[part][name] = load_slices(chosen, ms.task, cfg, name, spec)
     channels = int(next(iter(parts["train"].values())).images.shape[1])
     split = {n: split[n] for n in [*order, *held]}
-    return ContinualData(ms.task, order, held, split, parts, channels)
+    return ContinualData(ms.task, order, held, split, parts, channels, spec.names)

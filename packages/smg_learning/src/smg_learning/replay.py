@@ -23,7 +23,7 @@ from medcommon.train import TrainConfig, Trainer
 from smg_learning.config import RunConfig
 from smg_learning.data import ContinualData
 from smg_learning.distributed import unwrap
-from smg_learning.smd import SiteModulatedDiffusion, SMDModelConfig
+from smg_learning.smd import SiteModulatedDiffusion, SMDModelConfig, encode_mask
 
 
 @dataclass
@@ -42,21 +42,51 @@ class ReplayMemory:
         return self.images[idx], self.masks[idx], self.sites[idx]
 
 
-def real_memory(data: ContinualData, sites: list[str], per_site: int, seed: int) -> ReplayMemory:
-    """``per_site`` stored real training slices of each site (a fixed random subset)."""
-    g = torch.Generator().manual_seed(seed)
+def buffer_indices(n: int, per_site: int, seed: int, site: int) -> torch.Tensor:
+    """The fixed replay buffer of one site: ``min(per_site, n)`` of its ``n`` training slices.
+
+    A seeded random subset chosen once, when the site ends (``seed`` and the site's
+    position ``site`` in the training order fix it); later stages keep it (or a prefix of
+    it, under a total capacity) instead of redrawing.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + 7_919 * site + 17)
+    return torch.randperm(n, generator=g)[:per_site]
+
+
+def site_quota(capacity: int, per_site: int, n_sites: int) -> int:
+    """Slices kept per finished site: ``per_site``, or an equal share of ``capacity`` (> 0)."""
+    return per_site if capacity <= 0 else max(1, min(per_site, capacity // max(n_sites, 1)))
+
+
+def memory_from_buffers(data: ContinualData, buffers: dict[str, torch.Tensor]) -> ReplayMemory:
+    """The replay memory holding the stored slices ``buffers[site]`` (indices into train)."""
     ims, mks, ids = [], [], []
-    for s in sites:
+    for s, idx in buffers.items():
         part = data.parts["train"][s]
-        idx = torch.randperm(len(part), generator=g)[:per_site]
         ims.append(part.images[idx])
         mks.append(part.masks[idx])
         ids.append(torch.full((len(idx),), data.sites.index(s), dtype=torch.long))
     return ReplayMemory(torch.cat(ims), torch.cat(mks), torch.cat(ids))
 
 
-def smd_model_config(cfg: RunConfig, channels: int, sites: list[str]) -> SMDModelConfig:
-    """The SMD architecture of a run (``cfg.smd``) for ``channels`` image channels."""
+def real_memory(data: ContinualData, sites: list[str], per_site: int, seed: int) -> ReplayMemory:
+    """``per_site`` stored real training slices of each site: its fixed buffer."""
+    return memory_from_buffers(
+        data,
+        {
+            s: buffer_indices(len(data.parts["train"][s]), per_site, seed, data.sites.index(s))
+            for s in sites
+        },
+    )
+
+
+def smd_model_config(
+    cfg: RunConfig, channels: int, sites: list[str], mask_channels: int = 1
+) -> SMDModelConfig:
+    """The SMD architecture of a run (``cfg.smd``) for ``channels`` image channels.
+
+    ``mask_channels``: the number of mask structures (``len(ContinualData.structures)``).
+    """
     s = cfg.smd
     return SMDModelConfig(
         image_channels=channels,
@@ -70,6 +100,7 @@ def smd_model_config(cfg: RunConfig, channels: int, sites: list[str]) -> SMDMode
         beta_schedule=s.beta_schedule,
         prediction_type=s.prediction_type,
         site_names=tuple(sites),
+        mask_channels=mask_channels,
     )
 
 
@@ -88,12 +119,17 @@ def smd_memory(
 def resize_pairs(
     images: torch.Tensor, masks: torch.Tensor, size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (bilinear, antialiased) and 0/1 masks (area > 0.5) resized to ``size``."""
+    """Images (bilinear, antialiased) and label maps resized to ``size``.
+
+    Each nested structure ``label > k`` is resized on its own (area > 0.5) and the
+    label is the number of structures a pixel is in; 0/1 masks are the one-structure case.
+    """
     if images.shape[-1] == size:
         return images, masks
     kw = {"size": (size, size), "mode": "bilinear", "align_corners": False, "antialias": True}
     im = F.interpolate(images, **kw).clamp(0, 1)
-    mk = (F.interpolate(masks.float(), **kw) > 0.5).long()
+    k = max(int(masks.max()), 1) if masks.numel() else 1
+    mk = (F.interpolate(encode_mask(masks, k) / 2 + 0.5, **kw) > 0.5).long().sum(1, keepdim=True)
     return im, mk
 
 

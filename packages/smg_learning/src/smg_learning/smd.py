@@ -1,14 +1,17 @@
 """Site-Modulated Diffusion (SMD): a diffusion model of image + mask, prompted per site.
 
-A diffusers ``UNet2DModel`` denoises ``x = [image · 2 - 1, mask · 2 - 1]`` (image
-channels + one mask channel, all in [-1, 1]). The site prompt is a learnable
+A diffusers ``UNet2DModel`` denoises ``x = [image · 2 - 1, encode_mask(mask)]`` (image
+channels + one channel per mask structure, all in [-1, 1]; :func:`encode_mask`). The site prompt is a learnable
 embedding ``e_s`` (``UNet2DModel(num_class_embeds=...)``: an ``nn.Embedding`` row per
 site) added to the timestep embedding, so every residual block is modulated by
 the site. Training is DDPM (ε-prediction, ``L = ||ε - ε_φ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t, e_s)||²``);
 sampling is DDIM (deterministic, ``steps`` configurable) or full DDPM ancestral
 sampling. ``prediction_type="sample"`` trains the network to predict ``x_0`` instead
-of ``ε`` (same schedulers, same samplers); the CPU presets use it because a tiny
-U-Net trained a few hundred steps gives clean x0-predictions long before clean ε ones. Generated masks are thresholded at ``mask_threshold`` (0 in [-1, 1]).
+of ``ε``, ``"v_prediction"`` the velocity ``√ᾱ_t ε - √(1-ᾱ_t) x_0`` (the training
+target and both samplers' schedulers follow the one ``prediction_type``); the CPU
+presets use x0 because a tiny U-Net trained a few hundred steps gives clean
+x0-predictions long before clean ε ones. Generated mask channels are thresholded at
+``mask_threshold`` (0 in [-1, 1]; :func:`decode_mask`).
 """
 
 from __future__ import annotations
@@ -38,10 +41,33 @@ class SMDModelConfig:
     beta_schedule: str = "linear"
     prediction_type: str = "epsilon"
     site_names: tuple[str, ...] = ()
+    mask_channels: int = 1  # one per nested structure (fundus: disc, cup)
+
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+
+def encode_mask(masks: torch.Tensor, channels: int = 1) -> torch.Tensor:
+    """Label maps (B, 1, S, S) in {0..K} -> K channels in {-1, 1}: channel k is ``label > k``.
+
+    Structures are nested (label ``k`` lies inside structures ``0..k-1``: the optic
+    cup inside the disc), so a label map and its structure masks determine each other.
+    """
+    ks = torch.arange(channels, device=masks.device).view(1, -1, 1, 1)
+    return (masks > ks).float() * 2 - 1
+
+
+def decode_mask(x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    """Mask channels (B, K, S, S) in [-1, 1] -> label maps (B, 1, S, S) int64 in {0..K}.
+
+    Each channel is thresholded (``x > threshold``: above is inside the structure); the
+    label is the number of structures a pixel is in.
+    """
+    return (x > threshold).long().sum(1, keepdim=True)
 
 
 class SiteModulatedDiffusion(nn.Module):
-    """ε-prediction U-Net over ``(B, C+1, S, S)`` with one learnable prompt per site."""
+    """U-Net over ``(B, C+K, S, S)`` (image + K mask channels), one learnable prompt per site."""
 
     config_class = SMDModelConfig
 
@@ -56,8 +82,8 @@ class SiteModulatedDiffusion(nn.Module):
             down, up = ("DownBlock2D",) * n, ("UpBlock2D",) * n
         self.unet = UNet2DModel(
             sample_size=config.image_size,
-            in_channels=config.image_channels + 1,
-            out_channels=config.image_channels + 1,
+            in_channels=config.image_channels + config.mask_channels,
+            out_channels=config.image_channels + config.mask_channels,
             block_out_channels=tuple(config.block_out_channels),
             layers_per_block=config.layers_per_block,
             down_block_types=down,
@@ -73,7 +99,7 @@ class SiteModulatedDiffusion(nn.Module):
         return self.unet.class_embedding.weight
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, site: torch.Tensor) -> torch.Tensor:
-        """Predicted noise ``(B, C+1, S, S)`` for noisy ``x`` at timesteps ``t`` (B,), sites (B,)."""
+        """The network's prediction ``(B, C+K, S, S)`` (ε, x0 or v) for noisy ``x`` at timesteps ``t`` (B,), sites (B,)."""
         return self.unet(x, t, class_labels=site).sample
 
     def site_index(self, name: str) -> int:
@@ -85,12 +111,31 @@ class SiteModulatedDiffusion(nn.Module):
             )
         return self.config.site_names.index(name)
 
+    def _prediction_type(self) -> str:
+        pt = self.config.prediction_type
+        if pt not in PREDICTION_TYPES:
+            raise InputError(
+                "--set smd.prediction_type", f"{pt!r} is not one of {', '.join(PREDICTION_TYPES)}"
+            )
+        return pt
+
     def train_scheduler(self) -> DDPMScheduler:
+        """The DDPM schedule of training (and of ancestral sampling)."""
         return DDPMScheduler(
             num_train_timesteps=self.config.num_train_timesteps,
             beta_schedule=self.config.beta_schedule,
             clip_sample=True,
-            prediction_type=self.config.prediction_type,
+            prediction_type=self._prediction_type(),
+        )
+
+    def ddim_scheduler(self) -> DDIMScheduler:
+        """The DDIM sampler on the training schedule, reading the same ``prediction_type``."""
+        return DDIMScheduler(
+            num_train_timesteps=self.config.num_train_timesteps,
+            beta_schedule=self.config.beta_schedule,
+            clip_sample=True,
+            set_alpha_to_one=True,
+            prediction_type=self._prediction_type(),
         )
 
     def training_inputs(
@@ -98,12 +143,12 @@ class SiteModulatedDiffusion(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Noisy inputs ``x_t``, timesteps ``t`` (B,) and regression targets of a DDPM batch.
 
-        Images (B, C, S, S) in [0, 1], masks (B, 1, S, S) in {0, 1}. ``share = (rank,
+        Images (B, C, S, S) in [0, 1], masks (B, 1, S, S) label maps in {0..K}. ``share = (rank,
         world)``: the batch is process ``rank``'s contiguous share of a global batch of
         ``world * B`` (DDP); noise and timesteps are drawn for the global batch and this
         share's rows kept, so the processes together draw what one process would.
         """
-        x0 = torch.cat([images * 2 - 1, masks.float() * 2 - 1], dim=1)
+        x0 = torch.cat([images * 2 - 1, encode_mask(masks, self.config.mask_channels)], dim=1)
         sched = self.train_scheduler()
         rank, world = share
         b = x0.shape[0]
@@ -112,13 +157,19 @@ class SiteModulatedDiffusion(nn.Module):
         t = torch.randint(0, sched.config.num_train_timesteps, (b * world,), device=x0.device)
         t = t[rows]
         xt = sched.add_noise(x0, noise, t)
-        target = x0 if self.config.prediction_type == "sample" else noise
+        kind = self._prediction_type()
+        if kind == "sample":
+            target = x0
+        elif kind == "v_prediction":
+            target = sched.get_velocity(x0, noise, t)
+        else:
+            target = noise
         return xt, t, target
 
     def training_loss(
         self, images: torch.Tensor, masks: torch.Tensor, sites: torch.Tensor
     ) -> torch.Tensor:
-        """DDPM loss on a batch: images (B, C, S, S) in [0, 1], masks (B, 1, S, S) {0, 1}."""
+        """DDPM loss on a batch: images (B, C, S, S) in [0, 1], masks (B, 1, S, S) {0..K}."""
         xt, t, target = self.training_inputs(images, masks)
         return nn.functional.mse_loss(self(xt, t, sites), target)
 
@@ -136,11 +187,13 @@ class SiteModulatedDiffusion(nn.Module):
         """Generate image/mask pairs for the site indices ``sites`` (B,).
 
         Returns:
-            images ``(B, C, S, S)`` in [0, 1] and masks ``(B, 1, S, S)`` int64 in {0, 1}.
+            images ``(B, C, S, S)`` in [0, 1] and masks ``(B, 1, S, S)`` int64 label maps
+            in {0..K} (``K = mask_channels``; {0, 1} for one structure).
         """
         cfg = self.config
         device = next(self.parameters()).device
-        shape = (sites.shape[0], cfg.image_channels + 1, cfg.image_size, cfg.image_size)
+        chans = cfg.image_channels + cfg.mask_channels
+        shape = (sites.shape[0], chans, cfg.image_size, cfg.image_size)
         if noise is None:
             noise = torch.randn(shape, generator=generator)
         if tuple(noise.shape) != shape:
@@ -160,19 +213,14 @@ class SiteModulatedDiffusion(nn.Module):
             )
         self.train(was_training)
         x = torch.cat(outs).cpu()
-        images = ((x[:, :-1] + 1) / 2).clamp(0, 1)
-        masks = (x[:, -1:] > mask_threshold).long()
+        c = cfg.image_channels
+        images = ((x[:, :c] + 1) / 2).clamp(0, 1)
+        masks = decode_mask(x[:, c:], mask_threshold)
         return images, masks
 
     def _denoise(self, x, sites, steps, sampler, generator):
         if sampler == "ddim":
-            sched = DDIMScheduler(
-                num_train_timesteps=self.config.num_train_timesteps,
-                beta_schedule=self.config.beta_schedule,
-                clip_sample=True,
-                set_alpha_to_one=True,
-                prediction_type=self.config.prediction_type,
-            )
+            sched = self.ddim_scheduler()
             sched.set_timesteps(steps)
             for t in sched.timesteps:
                 eps = self(x, t.expand(x.shape[0]).to(x.device), sites)

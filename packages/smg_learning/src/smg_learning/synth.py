@@ -189,3 +189,84 @@ def generate(
                     bar.update(1)
     bar.close()
     return out
+
+
+# ------------------------------------------------------------------ released-layout replicas
+#: Mask file suffix per prostate site in the replica: both capitalisations occur in the
+#: public six-site release, and RUNMC/BMC masks carry a second label (2) inside the gland.
+_RELEASE_MASK_SUFFIX = {
+    "RUNMC": "_segmentation",
+    "BMC": "_segmentation",
+    "I2CVB": "_Segmentation",
+    "UCL": "_Segmentation",
+    "BIDMC": "_Segmentation",
+    "HK": "_Segmentation",
+}
+_RELEASE_LABEL2 = ("RUNMC", "BMC")
+
+
+def write_prostate_release(
+    out: str | Path,
+    sites: tuple[str, ...] = PROSTATE_SITES,
+    cases: int = 3,
+    slices: int = 4,
+    size: int = 24,
+    seed: int = 0,
+) -> Path:
+    """A tiny replica of the public six-site prostate release, quirks included.
+
+    ``<Site>/CaseNN.nii.gz`` + ``<Site>/CaseNN_segmentation.nii.gz`` or
+    ``..._Segmentation.nii.gz`` (per site, :data:`_RELEASE_MASK_SUFFIX`); at RUNMC and
+    BMC the gland's upper half is label 2 instead of 1 (a second zone), as in the
+    release. Any non-zero label is the gland.
+    """
+    out = Path(out)
+    styles = site_styles(len(sites), "prostate", seed)
+    for k, site in enumerate(sites):
+        rng = np.random.default_rng([seed, 100 + k])
+        for c in range(cases):
+            img, mask = prostate_case(rng, slices, size, _GLAND_CONTRAST[k % 8], styles[k])
+            if site in _RELEASE_LABEL2:
+                rows = np.arange(size)[None, :, None] < size // 2
+                mask = np.where((mask > 0) & rows, 2, mask).astype(np.uint8)
+            spacing = (3.0, 0.6, 0.6)
+            write_image(out / site / f"Case{c:02d}.nii.gz", np.round(img * 1000).astype(np.int16))
+            write_image(
+                out / site / f"Case{c:02d}{_RELEASE_MASK_SUFFIX[site]}.nii.gz", mask, spacing
+            )
+    return out
+
+
+def write_dofe_release(
+    out: str | Path,
+    domains: int = 2,
+    train: int = 3,
+    test: int = 2,
+    size: int = 32,
+    seed: int = 0,
+) -> Path:
+    """A tiny replica of the public DoFE fundus release (Wang et al., MICCAI 2020).
+
+    ``DomainK/{train,test}/ROIs/{image,mask}/NAME.png``; masks are 0 = cup, 128 = disc
+    rim, 255 = background (the disc is ``mask < 255``, the cup, a bright core of the
+    disc, ``mask == 0``).
+    """
+    out = Path(out)
+    styles = site_styles(domains, "fundus", seed)
+    for k in range(domains):
+        rng = np.random.default_rng([seed, 200 + k])
+        tint = np.array([1.0, 0.55, 0.3]) * np.exp(rng.uniform(-0.3, 0.3, 3))
+        for part, n in (("train", train), ("test", test)):
+            for c in range(n):
+                img, disc = fundus_case(rng, size, tint, styles[k])
+                depth = ndimage.distance_transform_edt(disc)
+                cup = depth > 0.45 * depth.max()
+                img = np.where(cup[..., None], np.clip(img * 1.25 + 0.05, 0, 1), img)
+                mask = np.full(disc.shape, 255, dtype=np.uint8)
+                mask[disc > 0] = 128
+                mask[cup] = 0
+                rois = out / f"Domain{k + 1}" / part / "ROIs"
+                name = f"d{k + 1}_{part}_{c:03d}.png"
+                write_image(rois / "image" / name, to_uint(img))
+                write_image(rois / "mask" / name, mask)
+    return out

@@ -33,7 +33,8 @@ class SMDReplay(Strategy):
     def __init__(self, run: RunContext) -> None:
         super().__init__(run)
         if run.smd_from is None:
-            self.smd = SiteModulatedDiffusion(smd_model_config(run.cfg, run.data.channels, []))
+            k = len(run.data.structures)  # one mask channel per structure
+            self.smd = SiteModulatedDiffusion(smd_model_config(run.cfg, run.data.channels, [], k))
         self.smd_replay: ReplayMemory | None = None  # at the SMD's resolution
 
     def replay_memory(self, t: int) -> ReplayMemory | None:
