@@ -107,3 +107,15 @@ def test_bad_inputs_write_nothing(native_run, prostate_dir, tmp_path, capsys) ->
     capsys.readouterr()
     assert run(["predict", "--run", tmp_path, good]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_predicted_classes_are_written_as_each_layouts_own_mask_values():
+    """prostate 0/1, fundus 0/255, DoFE 255 background / 128 rim / 0 cup."""
+    from smg_learning.config import run_preset
+    from smg_learning.data import mask_spec
+    from smg_learning.predict import class_values
+
+    cfg = run_preset("tiny")
+    assert class_values(mask_spec(cfg, "prostate")) == [0, 1]
+    assert class_values(mask_spec(cfg, "fundus")) == [0, 255]
+    assert class_values(mask_spec(cfg, "dofe")) == [255, 128, 0]

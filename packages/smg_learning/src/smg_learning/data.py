@@ -276,14 +276,6 @@ def mask_spec(cfg: RunConfig, layout: str) -> MaskSpec:
     return MaskSpec(labels, structures)
 
 
-def labels_for(cfg: RunConfig, task: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The declared mask labels and foreground labels (the old one-structure view)."""
-    spec = mask_spec(cfg, task)
-    fg = spec.structures[0][1]
-    labels = spec.labels
-    return tuple(labels or ()), tuple(fg or ())
-
-
 def _minmax(a: np.ndarray) -> np.ndarray:
     a = a.astype(np.float32)
     lo, hi = float(a.min()), float(a.max())

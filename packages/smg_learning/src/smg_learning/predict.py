@@ -30,8 +30,9 @@ from medcommon.models import from_pretrained
 from smg_learning.data import (
     RASTER_SUFFIXES,
     VOLUME_SUFFIXES,
+    MaskSpec,
     fundus_channels,
-    labels_for,
+    mask_spec,
     segmenter_input,
     volume_channels,
 )
@@ -100,20 +101,33 @@ def _slices(img: Image, path: Path, task: str, saved: SavedRun) -> np.ndarray:
 
 @torch.no_grad()
 def predict_slices(model: Segmenter, x: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Foreground masks ``(N, *size)`` bool of slices ``x`` ``(N, C, S, S)``.
+    """Class maps ``(N, *size)`` int64 of slices ``x`` ``(N, C, S, S)`` (0 = background).
 
-    The logit margin is resized bilinearly to ``size`` and thresholded at 0 (at
-    ``size == (S, S)`` this is the argmax of :meth:`Segmenter.predict`).
+    The logits are resized bilinearly to ``size`` before the argmax (at ``size == (S, S)``
+    this is :meth:`Segmenter.predict`); with two classes it equals thresholding the
+    logit margin at 0.
     """
     model.eval()
     out = []
     for i in range(0, x.shape[0], 64):  # the chunks of Segmenter.predict
         logits = model(x[i : i + 64])
-        margin = logits[:, 1:2] - logits[:, 0:1]
-        if tuple(margin.shape[-2:]) != tuple(size):
-            margin = F.interpolate(margin, size=size, mode="bilinear", align_corners=False)
-        out.append((margin[:, 0] > 0).cpu())
+        if tuple(logits.shape[-2:]) != tuple(size):
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        out.append(logits.argmax(1).cpu())
     return torch.cat(out).numpy()
+
+
+def class_values(spec: MaskSpec) -> list[int]:
+    """For each class k (the number of nested structures a pixel is in), a raw mask value
+    the layout writes for it: prostate 0/1, fundus 0/255, DoFE 255 (background), 128 (rim)
+    and 0 (cup) — so a predicted mask reads back like the layout's own masks."""
+    candidates = list(spec.labels) if spec.labels else list(range(256))
+    mapped = spec.label_map(np.array(candidates))
+    values = []
+    for k in range(len(spec.structures) + 1):
+        hits = [c for c, m in zip(candidates, mapped) if m == k]
+        values.append(int(hits[0]) if hits else k)
+    return values
 
 
 def _write_volume_like(path: Path, mask: np.ndarray, img: Image) -> None:
@@ -140,9 +154,10 @@ def predict_paths(
     inputs = find_inputs(list(paths), task)
     for p in inputs:  # read and check everything before writing anything
         _slices(read_image(p), p, task, saved)
-    labels, fg = labels_for(saved.cfg, task)
-    background = next((v for v in labels if v not in fg), 0)
     model = from_pretrained(Segmenter, model_dir).to(device)
+    # a three-class fundus model was trained on the DoFE layout's nested disc and cup
+    layout = "dofe" if task == "fundus" and model.config.out_channels == 3 else task
+    values = np.array(class_values(mask_spec(saved.cfg, layout)))
     out = Path(out) if out is not None else saved.path / "predictions"
     suffixes = VOLUME_SUFFIXES if task == "prostate" else RASTER_SUFFIXES
     written = []
@@ -151,9 +166,8 @@ def predict_paths(
         slices = _slices(img, p, task, saved)
         size = tuple(slices.shape[-2:])
         x = segmenter_input(slices, saved.cfg.image_size).to(device)
-        fgm = predict_slices(model, x, size)
-        dtype = np.uint8 if max(fg[0], background) <= 255 else np.uint16
-        mask = np.where(fgm, fg[0], background).astype(dtype)
+        classes = predict_slices(model, x, size)
+        mask = values[classes].astype(np.uint8 if values.max() <= 255 else np.uint16)
         target = out / f"{_stem(p, suffixes)}{OUT_SUFFIX[task]}"
         if task == "prostate":
             _write_volume_like(target, mask if img.array.ndim == 3 else mask[0], img)
