@@ -96,3 +96,15 @@ def test_a_fusion_that_falls_back_to_the_mean_says_so(data19, tmp_path, monkeypa
     assert net.fusion_weights(net.branch_names) == pytest.approx(
         dict.fromkeys(net.branch_names, 0.25)
     )
+
+
+def test_gpu_estimate_by_hand():
+    """1 M parameters, 0.5 M trainable, a 100 MiB step peak at batch 1."""
+    from brats_grading.memprobe import gpu_estimate
+
+    probe = {"params": 2**20, "trainable": 2**19, "step_peak_mb": 100.0, "precision": "no"}
+    est = gpu_estimate(probe, batch=4)
+    # fixed: 4 B x 1 Mi + 12 B x 0.5 Mi = 10 MiB; per sample: 100 MiB - 6 MiB = 94 MiB
+    assert est == {"fixed_mb": 10, "per_sample_mb": 94, "batch4_mb": 10 + 4 * 94}
+    bf16 = gpu_estimate({**probe, "precision": "bf16"}, batch=4)
+    assert bf16["fixed_mb"] == 12  # + a 2 B copy of every weight

@@ -96,8 +96,11 @@ def test_the_frozen_teacher_gets_no_gradient_even_when_its_weights_could_take_on
     _cfg, net, stages, batch, _ = _setup()
     for p in net.parameters():  # as if the stage forgot to freeze it
         p.requires_grad_(True)
+    graph = []  # the teacher's forward builds no graph (no activations kept for it)
+    net.branches["t1ce"].fc.register_forward_hook(lambda m, i, o: graph.append(o.requires_grad))
     net.train()
     stages[1].step_fn(net, batch, None)["loss"].backward()
+    assert graph == [False]
     assert all(p.grad is None for p in net.branches["t1ce"].parameters())
     assert all(p.grad is not None for p in net.branches["flair"].parameters())
 
