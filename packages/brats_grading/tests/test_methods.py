@@ -73,3 +73,32 @@ def test_single_stage_ce_averages_its_branches_with_class_weights():
         for i, n in enumerate(MODALITIES)
     ) / len(MODALITIES)
     torch.testing.assert_close(got, ref)
+
+
+def test_cmg_stage_one_is_the_primary_cross_entropy_alone():
+    m, cfg = method_config("cmg", "tiny", overrides=["model.dropout=0"])
+    torch.manual_seed(0)
+    net = GradingNet(cfg.model).eval()
+    weight = torch.tensor([3.0, 1.0])
+    calls = []
+    for name, branch in net.branches.items():
+        branch.register_forward_hook(lambda *a, name=name: calls.append(name))
+    x = torch.randn(4, 4, *cfg.shape, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 1, 1])
+    got = m.stages(cfg, net, weight)[0].step_fn(net, {"x": x, "y": y}, None)["loss"]
+    assert calls == ["t1ce"]  # the other branches are not even run
+    ref = torch.nn.functional.cross_entropy(
+        net.branches["t1ce"](x[:, [1]])["logits"], y, weight=weight
+    )
+    torch.testing.assert_close(got, ref)
+
+
+def test_unwrap_reaches_the_model_inside_a_ddp_style_wrapper():
+    """Under DDP (Accelerate, several GPUs) the step functions get the wrapper, whose
+    ``branches`` live on ``.module``; the teacher must be found there."""
+    from brats_grading.methods.base import unwrap
+
+    net = GradingNet(method_config("cmg", "tiny")[1].model)
+    wrapper = torch.nn.Module()
+    wrapper.module = net
+    assert unwrap(wrapper) is net and unwrap(net) is net

@@ -8,12 +8,15 @@ sum of the two attention heads.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from brats_grading.attention import DualAttention, SliceAttention, SpatialAttention
 from brats_grading.data import class_weights
+from brats_grading.losses import guidance_loss
 from brats_grading.model import GradingNet
 from brats_grading.train import method_config
 
@@ -187,3 +190,29 @@ def test_dual_attention_is_one_residual_plus_both_heads():
     sl = _slice_reference(mod.slice, x)
     torch.testing.assert_close(y, (sp - x) + (sl - x) + x)
     torch.testing.assert_close(maps["spatial"], sp_map)
+
+
+def test_guidance_loss_weights_each_term_by_hand():
+    """CE = log 2, KL term 0.443776 (T = 2, see test_losses), alignment 0.4: each weight
+    scales its own term."""
+    zp, fp = torch.tensor([[2.0, 0.0]]), torch.tensor([[1.0, 0.0]])
+    zs = {"t1": torch.tensor([[0.0, 0.0]]), "flair": torch.tensor([[0.0, 0.0]])}
+    fs = {"t1": torch.tensor([[3.0, 4.0]]), "flair": torch.tensor([[1.0, 0.0]])}
+    out = guidance_loss(
+        zp, fp, zs, fs, torch.tensor([1]), temperature=2.0, kd_weight=0.25,
+        feature_weight=3.0, ce_weight=0.5,
+    )  # fmt: skip
+    expected = 0.5 * math.log(2.0) + 0.25 * 0.443776 + 3.0 * 0.4
+    assert out["loss"].item() == pytest.approx(expected, abs=1e-5)
+    assert (out["ce"].item(), out["kd"].item(), out["fa"].item()) == pytest.approx(
+        (math.log(2.0), 0.443776, 0.4), abs=1e-5
+    )
+
+
+@pytest.mark.parametrize("cls", [SpatialAttention, SliceAttention])
+def test_query_and_key_width_is_channels_over_reduction(cls):
+    mod = cls(16, reduction=8)
+    q = mod.query.out_channels if cls is SpatialAttention else mod.query.out_features
+    k = mod.key.out_channels if cls is SpatialAttention else mod.key.out_features
+    assert (q, k) == (2, 2)
+    assert sum(p.numel() for p in cls(16, reduction=16).query.parameters()) == 16 + 1
