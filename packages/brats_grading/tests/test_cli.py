@@ -97,6 +97,35 @@ class TestContract(CLIContract):
             train(data, "folds", "--folds", "5"),
             "--folds: 5 folds but only 4 cases of the rarer grade",
         )
+        bad_config = {  # --set value: text of the error line (checked before any data is read)
+            "model.modalities=[t1,t3]": "model.modalities: unknown modality 't3'",
+            "model.modalities=[t1,t2]": "model.primary: 't1ce' is not among model.modalities",
+            "model.modalities=[t1,t1]": "model.modalities: need distinct modalities",
+            "model.primary=dwi": "model.primary: unknown modality 'dwi'",
+            "folds=1": "folds: need at least 2 folds",
+            "shape=[0,16,16]": "shape: need three sizes >= 4",
+            "batch_size=0": "batch_size: must be positive",
+            "model.stem_channels=0": "model.stem_channels: need positive sizes",
+            "model.widths=[4,0]": "model.widths: need positive sizes",
+            "model.blocks=[1,0]": "model.blocks: need positive sizes",
+            "model.attention_reduction=0": "model.attention_reduction: need positive sizes",
+            "model.dropout=1.5": "model.dropout: must be in [0, 1)",
+            "model.num_classes=3": "model.num_classes: grading is HGG vs LGG",
+            "lr=-1": "lr: must be > 0",
+            "weight_decay=-0.1": "weight_decay: must be >= 0",
+            "guidance.temperature=0": "guidance.temperature: must be > 0",
+            "guidance.kd_weight=-1": "guidance.kd_weight: must be >= 0",
+            "mixed_precision=fp8": "mixed_precision: 'fp8' is not one of",
+        }
+        for i, (setting, needle) in enumerate(bad_config.items()):
+            cases[f"bad config {setting}"] = (train(data, f"cfg{i}", "--set", setting), needle)
+        d20m = write_synthetic(tmp / "d20m", synth_preset("tiny"), "2020", seed=7, quiet=True)
+        mapping = d20m / "name_mapping.csv"
+        mapping.write_text(mapping.read_text().replace("_subject_ID", "_ID"))
+        cases["name mapping without an ID column"] = (
+            train(d20m, "map"),
+            "name_mapping.csv: no BraTS_<year>_subject_ID column",
+        )
         cases["predict without a run"] = (
             ["predict", "--run", tmp / "no-run", data, "--out", tmp / "p.csv"],
             "run folder not found",

@@ -1,4 +1,4 @@
-"""GPU: both stages of CMG (primary CE, then cross-modality guidance) at the tiny preset, bf16 and fp16.
+"""GPU: both stages of CMG at the tiny preset (bf16, fp16), and one full-shape bf16 step.
 
 Marked ``gpu``: run by ``nox -s tests_gpu``, skipped by the root conftest where CUDA is
 absent. ``MEDAI_GPU_TEST_ON_CPU=1`` rehearses the same bodies on the CPU (bf16 only, no
@@ -14,7 +14,7 @@ import torch
 from brats_grading.data import GradingDataset, class_weights
 from brats_grading.model import GradingNet
 from brats_grading.train import method_config
-from medcommon.testing import GPU_MARKS, GPU_PRECISIONS, GPU_STEPS, gpu_fit_steps
+from medcommon.testing import GPU_MARKS, GPU_ON_CPU, GPU_PRECISIONS, GPU_STEPS, gpu_fit_steps
 from medcommon.train import TrainConfig, seed_everything
 
 pytestmark = GPU_MARKS
@@ -54,3 +54,41 @@ def test_cmg_stage_step(stage_index, precision, tmp_path):
     for n, p in model.named_parameters():
         if n in frozen:
             assert torch.equal(p.detach().cpu(), frozen[n]), f"frozen {n} changed"
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["stored", "checkpointed"])
+def test_full_shape_guided_step_bf16(checkpointing, tmp_path):
+    """One CMG stage-2 step of the ``full`` preset at its real shape and batch, in bf16.
+
+    The heaviest step of the package (three MC3-18 branches forward and backward at
+    4 x 128^3, the frozen teacher forward); the peak is written to ``gpu_memory.json``
+    and printed, to compare with the README's memory table. The CPU rehearsal runs
+    the same body at 32^3 and batch 1 (the full shape needs several GB per sample).
+    """
+    overrides = [f"model.checkpoint_activations={str(checkpointing).lower()}"]
+    if GPU_ON_CPU:
+        overrides += ["shape=32,32,32", "batch_size=1"]
+    method, cfg = method_config("cmg", "full", overrides=overrides)
+    assert GPU_ON_CPU or (cfg.shape, cfg.batch_size) == ((128, 128, 128), 4)
+    labels = [0, 1] * cfg.batch_size
+    arrays = np.random.default_rng(0).standard_normal((len(labels), 4, *cfg.shape))
+    seed_everything(0)
+    model = GradingNet(cfg.model)
+    stage = method.stages(cfg, model, class_weights(labels))[-1]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in stage.params:
+        p.requires_grad_(True)
+    config = TrainConfig(
+        max_steps=1,
+        batch_size=cfg.batch_size,
+        mixed_precision="bf16",
+        log_every=0,
+        find_unused_parameters=True,
+    )
+    optimizer = torch.optim.AdamW(stage.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    dataset = GradingDataset(arrays.astype(np.float16), labels, flip=False)
+    tag = f"brats/cmg-full-guided-{'checkpointed' if checkpointing else 'stored'}"
+    _fit_steps(
+        model, optimizer, dataset, stage.step_fn, config, tmp_path, tag, peak_bound=96 * 2**30
+    )

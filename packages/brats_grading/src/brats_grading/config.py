@@ -34,6 +34,9 @@ class ModelConfig:
     Backbone: MC3 (Tran et al. 2018): a stem ``(3,7,7)`` stride ``(1,2,2)``, then
     ``len(widths)`` residual layers; the first ``full3d_layers`` use 3x3x3 convolutions,
     the rest 1x3x3 with stride ``(1,2,2)`` (never striding over slices).
+    ``checkpoint_activations``: activation checkpointing of the stem and each MC3 layer
+    (``torch.utils.checkpoint``): their inner activations are recomputed in the
+    backward pass instead of stored (less memory, about one more forward of compute).
     """
 
     modalities: tuple[str, ...] = MODALITIES
@@ -51,11 +54,38 @@ class ModelConfig:
     primary_weight: float = 0.5
     branch_weights: tuple[float, ...] = ()
     num_classes: int = 2
+    checkpoint_activations: bool = False
 
     def __post_init__(self) -> None:
-        for name in (*self.modalities, self.modality, self.primary):
-            if name not in MODALITIES:
-                raise InputError("model", f"unknown modality {name!r}; use {', '.join(MODALITIES)}")
+        for field_name, names in (
+            ("modalities", self.modalities),
+            ("modality", (self.modality,)),
+            ("primary", (self.primary,)),
+        ):
+            for name in names:
+                if name not in MODALITIES:
+                    raise InputError(
+                        f"model.{field_name}",
+                        f"unknown modality {name!r}; use {', '.join(MODALITIES)}",
+                    )
+        if not self.modalities or len(set(self.modalities)) != len(self.modalities):
+            raise InputError(
+                "model.modalities", f"need distinct modalities, got {list(self.modalities)}"
+            )
+        if self.inputs == "branches" and self.primary not in self.modalities:
+            raise InputError(
+                "model.primary",
+                f"{self.primary!r} is not among model.modalities ({', '.join(self.modalities)})",
+            )
+        sizes = {"stem_channels": (self.stem_channels,), "widths": self.widths}
+        sizes |= {"blocks": self.blocks, "attention_reduction": (self.attention_reduction,)}
+        for name, values in sizes.items():
+            if any(int(v) < 1 for v in values):
+                raise InputError(f"model.{name}", f"need positive sizes, got {values}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InputError("model.dropout", f"must be in [0, 1), got {self.dropout}")
+        if self.num_classes != 2:
+            raise InputError("model.num_classes", "grading is HGG vs LGG: must be 2")
         if len(self.widths) != len(self.blocks) or not self.widths:
             raise InputError("model.widths", "widths and blocks need the same, non-zero length")
         if not 0 <= self.full3d_layers <= len(self.widths):
@@ -85,6 +115,13 @@ class GuidanceConfig:
     ce_weight: float = 1.0
     freeze_primary: bool = True
 
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise InputError("guidance.temperature", f"must be > 0, got {self.temperature}")
+        for name in ("kd_weight", "feature_weight", "ce_weight"):
+            if not getattr(self, name) >= 0:
+                raise InputError(f"guidance.{name}", f"must be >= 0, got {getattr(self, name)}")
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -94,6 +131,9 @@ class RunConfig:
     0 (default) means that stage's own number of steps, so the rate reaches 0 at
     its end. Fixing it lets ``train --resume --set steps=N`` extend a finished run
     into exactly the run one would have trained straight to N steps.
+    ``mixed_precision``: autocast of every training stage through Accelerate
+    (:class:`medcommon.train.TrainConfig`): ``bf16`` (CPU or GPU) or ``fp16`` (GPU only,
+    with a gradient scaler); weights and optimizer state stay float32.
     """
 
     shape: tuple[int, int, int] = (128, 128, 128)
@@ -113,6 +153,7 @@ class RunConfig:
     log_every: int = 10
     checkpoint_every: int = 500
     schedule_steps: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
     def __post_init__(self) -> None:
         if len(self.shape) != 3 or min(self.shape) < 4:
@@ -127,6 +168,13 @@ class RunConfig:
             raise InputError("steps", "must be >= 0")
         if self.schedule_steps < 0:
             raise InputError("schedule_steps", "must be >= 0 (0: each stage's own steps)")
+        if self.batch_size < 1:
+            raise InputError("batch_size", f"must be positive, got {self.batch_size}")
+        if not self.lr > 0:
+            raise InputError("lr", f"must be > 0, got {self.lr}")
+        for name in ("weight_decay", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise InputError(name, f"must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,19 @@
 """BraTS training folders: discovery (2018/2019 and 2020 layouts), preprocessing, folds.
 
-Layouts (as the organisers ship them):
+Layouts (as the organisers ship them; ``.nii.gz`` or ``.nii``):
 
 - **2018/2019**: ``DATA/HGG/<case>/<case>_{t1,t1ce,t2,flair}.nii.gz`` and ``DATA/LGG/...``;
-  the grade is the folder.
-- **2020**: ``DATA/<case>/<case>_{t1,...}.nii.gz`` plus ``DATA/name_mapping.csv`` whose
-  ``Grade`` column (HGG/LGG) and ``BraTS_2020_subject_ID`` column give the grades.
+  the grade is the folder. 2018 adds ``survival_data.csv``; 2019 adds
+  ``survival_data.csv`` and ``name_mapping.csv`` (Grade, BraTS_2017_subject_ID,
+  BraTS_2018_subject_ID, TCGA_TCIA_subject_ID, BraTS_2019_subject_ID).
+- **2020**: ``DATA/<case>/<case>_{t1,...}.nii.gz`` plus ``DATA/name_mapping.csv`` (the 2019
+  columns and BraTS_2020_subject_ID), whose ``Grade`` column gives the grades, and
+  ``survival_info.csv``.
+
+Patients: the releases overlap (2018 is within 2019, 2019 within 2020) under new
+names. ``name_mapping.csv``, where present, links a row's IDs of every year, so a
+case's patient is the row's TCGA/TCIA ID (or its oldest BraTS ID): the same person
+is one patient in the folds and in :func:`training_overlap`.
 
 Preprocessing (:func:`preprocess_case`): per modality z-score within its non-zero
 (brain) voxels, background set to 0; crop to the bounding box of the union brain
@@ -54,6 +62,106 @@ def patient_of(case: str, layout: str) -> str:
     return m.group("patient") if m else case
 
 
+# The ID columns of ``name_mapping.csv``, newest release first. 2019's file stops at
+# BraTS_2019_subject_ID; 2020's adds BraTS_2020_subject_ID. Missing IDs read "NA".
+ID_COLUMNS = (
+    "BraTS_2020_subject_ID",
+    "BraTS_2019_subject_ID",
+    "BraTS_2018_subject_ID",
+    "BraTS_2017_subject_ID",
+    "BraTS_subject_ID",
+)
+TCIA_COLUMN = "TCGA_TCIA_subject_ID"
+_MISSING = {"", "na", "n/a", "nan", "none", "-"}
+
+
+def _present(value: str | None) -> str | None:
+    value = (value or "").strip()
+    return None if value.lower() in _MISSING else value
+
+
+@dataclass(frozen=True)
+class NameMapping:
+    """One release's ``name_mapping.csv``: which BraTS IDs (any year) are one patient.
+
+    ``patient``: every ID the file names (2017-2020 subject IDs and the TCGA/TCIA ID)
+    -> the patient's canonical id; ``grade``: every BraTS ID -> its ``Grade`` label;
+    ``id_column``: the newest BraTS ID column present (the names of this release's
+    case folders); ``aliases``: canonical id -> all BraTS IDs of that patient;
+    ``current``: every BraTS ID of a row -> the row's ``id_column`` name (how this
+    release calls that scan).
+    """
+
+    path: Path
+    columns: list[str]
+    id_column: str
+    patient: dict[str, str]
+    grade: dict[str, int]
+    aliases: dict[str, list[str]]
+    current: dict[str, str]
+    rows: list[dict[str, str]]
+
+
+def canonical_patient(row: dict[str, str]) -> str | None:
+    """A patient's id that every release's mapping row gives alike.
+
+    The TCGA/TCIA subject ID when present (the source archive's patient); otherwise
+    the oldest BraTS ID (2017 -> 2020) with its ``BratsNN_`` prefix and scan suffix
+    removed (:func:`patient_of`), since a newer release copies the older columns.
+    """
+    tcia = _present(row.get(TCIA_COLUMN))
+    if tcia:
+        return tcia
+    for col in (*reversed(ID_COLUMNS[:4]), ID_COLUMNS[4]):
+        name = _present(row.get(col))
+        if name:
+            return name_patient(name)
+    return None
+
+
+def name_patient(name: str) -> str:
+    """:func:`patient_of` for a BraTS ID of any release, the layout read from its prefix."""
+    return patient_of(name, "2020" if name.lower().startswith("brats20_") else "2019")
+
+
+def read_name_mapping(path: str | Path) -> NameMapping:
+    """Read ``name_mapping.csv`` of any release (2019 or 2020 columns; see :data:`ID_COLUMNS`)."""
+    path = Path(path)
+    columns, rows = read_csv_rows(path)
+    id_col = next((c for c in ID_COLUMNS if c in columns), None)
+    if id_col is None:
+        raise InputError(path, f"no BraTS_<year>_subject_ID column (columns: {', '.join(columns)})")
+    patient: dict[str, str] = {}
+    grade: dict[str, int] = {}
+    aliases: dict[str, list[str]] = {}
+    current: dict[str, str] = {}
+    for row in rows:
+        pid = canonical_patient(row)
+        if pid is None:
+            raise InputError(f"{path}:{row['_line']}", "row names no subject ID")
+        names = [n for c in ID_COLUMNS if (n := _present(row.get(c)))]
+        label = GRADES.get((row.get("Grade") or "").strip().upper())
+        here = _present(row.get(id_col))
+        for n in names:
+            patient[n] = pid
+            if here:
+                current[n] = here
+            if label is not None:
+                grade[n] = label
+        tcia = _present(row.get(TCIA_COLUMN))
+        if tcia:
+            patient[tcia] = pid
+        aliases.setdefault(pid, [])
+        aliases[pid] += [n for n in names if n not in aliases[pid]]
+    return NameMapping(path, columns, id_col, patient, grade, aliases, current, rows)
+
+
+def find_name_mapping(folder: Path) -> NameMapping | None:
+    """The ``name_mapping.csv`` of a training folder, or None if it has none."""
+    path = Path(folder) / "name_mapping.csv"
+    return read_name_mapping(path) if path.is_file() else None
+
+
 def case_files(folder: Path, case: str | None = None) -> dict[str, Path]:
     """The four modality files of a case folder; a missing one is an :class:`InputError`."""
     case = case or folder.name
@@ -74,14 +182,18 @@ def _subdirs(path: Path) -> list[Path]:
 
 
 def detect_layout(data: Path) -> str:
-    """``"2019"`` (also 2018: ``HGG/``+``LGG/``) or ``"2020"`` (``name_mapping.csv``)."""
+    """``"2019"`` (2018 and 2019: ``HGG/`` + ``LGG/``) or ``"2020"`` (flat case folders).
+
+    The grade folders decide first: a 2019 release ships ``HGG/``, ``LGG/`` *and* a
+    ``name_mapping.csv`` (without 2020 IDs), so the CSV alone does not make a 2020 folder.
+    """
     data = Path(data)
     if not data.is_dir():
         raise InputError(data, "data folder not found")
-    if (data / "name_mapping.csv").is_file():
-        return "2020"
     if (data / "HGG").is_dir() or (data / "LGG").is_dir():
         return "2019"
+    if (data / "name_mapping.csv").is_file():
+        return "2020"
     subs = _subdirs(data)
     if not subs:
         raise InputError(
@@ -96,30 +208,34 @@ def detect_layout(data: Path) -> str:
 
 
 def discover(data: str | Path) -> tuple[str, list[Case]]:
-    """Find every case and its grade; returns ``(layout, cases)`` sorted by name."""
+    """Find every case and its grade; returns ``(layout, cases)`` sorted by name.
+
+    A case's ``patient`` comes from ``name_mapping.csv`` when the folder has one
+    (:func:`canonical_patient`: the same person under the 2017-2020 IDs is one
+    patient), else from its name (:func:`patient_of`). Side files such as
+    ``survival_data.csv`` / ``survival_info.csv`` are not needed and are ignored.
+    """
     data = Path(data)
     layout = detect_layout(data)
+    mapping = find_name_mapping(data)
     cases: list[Case] = []
     if layout == "2019":
         for grade, label in GRADES.items():
             if not (data / grade).is_dir():
                 continue
             for folder in _subdirs(data / grade):
-                cases.append(
-                    Case(folder.name, patient_of(folder.name, layout), label, case_files(folder))
-                )
+                name = folder.name
+                pid = mapping.patient.get(name) if mapping else None
+                cases.append(Case(name, pid or patient_of(name, layout), label, case_files(folder)))
     else:
-        path = data / "name_mapping.csv"
-        columns, rows = read_csv_rows(path)
-        if "Grade" not in columns:
-            raise InputError(path, f"no Grade column (columns: {', '.join(columns)})")
-        id_col = next(
-            (c for c in ("BraTS_2020_subject_ID", "BraTS_subject_ID") if c in columns), None
-        )
-        if id_col is None:
-            raise InputError(path, "no BraTS_2020_subject_ID column")
-        for row in rows:
-            name, grade = row[id_col], row["Grade"].upper()
+        assert mapping is not None  # detect_layout found the file
+        path = mapping.path
+        if "Grade" not in mapping.columns:
+            raise InputError(path, f"no Grade column (columns: {', '.join(mapping.columns)})")
+        for row in mapping.rows:
+            name, grade = _present(row[mapping.id_column]), row["Grade"].strip().upper()
+            if name is None:
+                continue  # a patient of an older release that this one dropped
             if grade not in GRADES:
                 raise InputError(
                     f"{path}:{row['_line']}", f"Grade {row['Grade']!r} is not HGG or LGG"
@@ -129,10 +245,39 @@ def discover(data: str | Path) -> tuple[str, list[Case]]:
                 raise InputError(
                     folder, f"case {name} is listed in name_mapping.csv but has no folder"
                 )
-            cases.append(Case(name, patient_of(name, layout), GRADES[grade], case_files(folder)))
+            cases.append(Case(name, mapping.patient[name], GRADES[grade], case_files(folder)))
     if not cases:
         raise InputError(data, "no cases found")
     return layout, sorted(cases, key=lambda c: c.name)
+
+
+def training_overlap(
+    trained: Sequence[str],
+    cases: Sequence[Case],
+    mapping: NameMapping | None,
+    same_name: bool = False,
+) -> dict[str, str]:
+    """Cases whose patient was trained on under another name: ``{case: training name}``.
+
+    ``trained``: the case names of a run's training split (any release);
+    ``cases``: the cases about to be evaluated, their ``patient`` from ``mapping``
+    (the evaluated data's ``name_mapping.csv``), which also maps the training names
+    to patients. A case trained on under its own name is not listed (that is
+    ``--split train``, asked for on purpose) unless ``same_name``.
+    """
+
+    def pid(name: str) -> str:
+        return (mapping.patient.get(name) if mapping else None) or name_patient(name)
+
+    seen: dict[str, str] = {}
+    for name in trained:
+        seen.setdefault(pid(name), name)
+    own = set(trained)
+    return {
+        c.name: seen[c.patient]
+        for c in cases
+        if (same_name or c.name not in own) and c.patient in seen
+    }
 
 
 def load_case(case: Case) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,16 @@ import torch
 
 from brats_grading import PACKAGE
 from brats_grading.config import RunConfig
-from brats_grading.data import Case, case_files, discover, load_cases, patient_of
+from brats_grading.data import (
+    Case,
+    NameMapping,
+    case_files,
+    discover,
+    find_name_mapping,
+    load_cases,
+    name_patient,
+    training_overlap,
+)
 from brats_grading.model import GradingNet
 from medcommon import metrics as M
 from medcommon.errors import InputError
@@ -99,19 +109,35 @@ def load_trained(run: Path, device: str = "cpu") -> TrainedRun:
 def evaluate_run(
     run: Path, data: Path, split_name: str = "test", quiet: bool = True, device: str = "cpu"
 ) -> dict:
-    """Metrics of a run's model on the named split of ``data``; writes ``RUN/eval-<split>.json``."""
+    """Metrics of a run's model on the named split of ``data``; writes ``RUN/eval-<split>.json``.
+
+    The run's split names may be another release's IDs (a run trained on 2018 data,
+    evaluated on the 2020 folder): ``data``'s ``name_mapping.csv`` maps them to its
+    own cases. Cases whose patient the run trained on under another name (``--split
+    test``/``all`` on a newer release) are named in a warning on stderr and in the
+    result's ``trained_under_another_name`` (``{case: training name}``).
+    """
     trained = load_trained(run, device)
     if split_name not in ("train", "test", "all"):
         raise InputError("--split", f"unknown split {split_name!r}; use train, test or all")
     _, cases = discover(data)
+    mapping = find_name_mapping(data)
     by_name = {c.name: c for c in cases}
-    names = [c.name for c in cases] if split_name == "all" else trained.split[split_name]
-    missing = [n for n in names if n not in by_name]
-    if missing:
-        raise InputError(
-            data, f"case {missing[0]} of the run's {split_name} split is not in this folder"
-        )
-    chosen = [by_name[n] for n in names]
+    if split_name == "all":
+        chosen = list(cases)
+    else:  # a run trained on another release names its cases by that release's IDs
+        chosen = []
+        for n in trained.split[split_name]:
+            here = mapping.current.get(n, n) if mapping else n
+            if here not in by_name:
+                raise InputError(
+                    data, f"case {n} of the run's {split_name} split is not in this folder"
+                )
+            chosen.append(by_name[here])
+    overlap = {}
+    if split_name != "train":
+        overlap = training_overlap(trained.split.get("train", []), chosen, mapping)
+        warn_overlap(overlap)
     arrays = load_cases(chosen, trained.config.shape, quiet=quiet)
     probs = predict_proba(trained.model, arrays)
     result = {
@@ -120,6 +146,7 @@ def evaluate_run(
         "n": len(chosen),
         "metrics": grading_metrics([c.label for c in chosen], probs),
         "cases": {c.name: float(p) for c, p in zip(chosen, probs)},
+        "trained_under_another_name": overlap,
     }
     result.update(result["metrics"])
     write_json_atomic(Path(run) / f"eval-{split_name}.json", result)
@@ -129,17 +156,50 @@ def evaluate_run(
 def predict_cases(
     run: Path, case_dirs: Sequence[Path], quiet: bool = True, device: str = "cpu"
 ) -> dict[str, float]:
-    """P(HGG) of each case folder (``<case>/<case>_{t1,t1ce,t2,flair}.nii.gz``)."""
+    """P(HGG) of each case folder (``<case>/<case>_{t1,t1ce,t2,flair}.nii.gz``).
+
+    Warns (stderr) about case folders whose patient is in the run's training split,
+    under this name or another release's (mapped by the ``name_mapping.csv`` of the
+    training folder the case folder sits in).
+    """
     trained = load_trained(run, device)
-    cases = []
+    cases: list[Case] = []
+    overlap: dict[str, str] = {}
     for folder in case_dirs:
         folder = Path(folder)
         if not folder.is_dir():
             raise InputError(folder, "case folder not found")
-        cases.append(Case(folder.name, patient_of(folder.name, "2019"), None, case_files(folder)))
+        mapping = _mapping_near(folder)
+        pid = (mapping.patient.get(folder.name) if mapping else None) or name_patient(folder.name)
+        cases.append(Case(folder.name, pid, None, case_files(folder)))
+        overlap.update(
+            training_overlap(trained.split.get("train", []), cases[-1:], mapping, same_name=True)
+        )
+    warn_overlap(overlap)
     arrays = load_cases(cases, trained.config.shape, quiet=quiet)
     probs = predict_proba(trained.model, arrays)
     return {c.name: float(p) for c, p in zip(cases, probs)}
+
+
+def _mapping_near(case_dir: Path) -> NameMapping | None:
+    """The ``name_mapping.csv`` of the training folder a case folder sits in (2020: its
+    parent; 2019: its grandparent, above ``HGG/``/``LGG/``), or None."""
+    for folder in (case_dir.parent, case_dir.parent.parent):
+        mapping = find_name_mapping(folder)
+        if mapping is not None:
+            return mapping
+    return None
+
+
+def warn_overlap(overlap: Mapping[str, str]) -> None:
+    """One ``warning:`` line on stderr naming the cases the run trained on (if any)."""
+    if not overlap:
+        return
+    pairs = ", ".join(f"{c} (= {t})" if c != t else c for c, t in sorted(overlap.items()))
+    print(
+        f"warning: {len(overlap)} case(s) are patients of this run's training split: {pairs}",
+        file=sys.stderr,
+    )
 
 
 def grade(p_hgg: float) -> str:

@@ -9,10 +9,12 @@ slice attention that follows sees every slice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class BasicBlock3d(nn.Module):
@@ -65,8 +67,10 @@ class MC3Backbone(nn.Module):
         widths: Sequence[int],
         blocks: Sequence[int],
         full3d_layers: int = 1,
+        checkpoint_activations: bool = False,
     ) -> None:
         super().__init__()
+        self.checkpoint_activations = checkpoint_activations
         self.stem = nn.Sequential(
             nn.Conv3d(in_channels, stem_channels, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False),
             nn.BatchNorm3d(stem_channels),
@@ -85,7 +89,47 @@ class MC3Backbone(nn.Module):
         self.out_channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)  # (B, stem, D, H/2, W/2)
+        run = _checkpointed if self.checkpoint_activations and torch.is_grad_enabled() else _call
+        x = run(self.stem, x)  # (B, stem, D, H/2, W/2)
         for layer in self.layers:
-            x = layer(x)
+            x = run(layer, x)
         return x
+
+
+def _call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return module(x)
+
+
+def _checkpointed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` keeping only its input: the backward pass runs it again.
+
+    Activation checkpointing (Chen et al. 2016, ``torch.utils.checkpoint``): a stage's
+    inner activations are not stored, at the cost of a second forward of the stage.
+    The second forward must not update BatchNorm's running statistics again (a train-
+    mode BN would count the batch twice), so it runs with momentum 0; its outputs use
+    the batch statistics either way, so they equal the first forward's.
+    """
+    calls = [0]
+
+    def fn(inp: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        if calls[0] == 1:
+            return module(inp)
+        with _bn_stats_frozen(module):
+            return module(inp)
+
+    return checkpoint(fn, x, use_reentrant=False)
+
+
+@contextmanager
+def _bn_stats_frozen(module: nn.Module) -> Iterator[None]:
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(bns, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)

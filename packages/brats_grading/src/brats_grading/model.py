@@ -36,7 +36,12 @@ class Branch(nn.Module):
     def __init__(self, cfg: ModelConfig, in_channels: int) -> None:
         super().__init__()
         self.backbone = MC3Backbone(
-            in_channels, cfg.stem_channels, cfg.widths, cfg.blocks, cfg.full3d_layers
+            in_channels,
+            cfg.stem_channels,
+            cfg.widths,
+            cfg.blocks,
+            cfg.full3d_layers,
+            cfg.checkpoint_activations,
         )
         channels = self.backbone.out_channels
         self.attention = DualAttention(channels, cfg.attention_reduction) if cfg.attention else None

@@ -9,6 +9,7 @@ and ``RUN/metrics.json``.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -180,7 +181,10 @@ def fit_method(
     measured on validation, the weights :func:`reliability_weights` are set in the model
     config, and the method is trained again, with the same seed, on the whole training
     fold. The test fold is never seen; ``patients`` (one id per case of ``arrays``)
-    keeps a patient's scans on one side.
+    keeps a patient's scans on one side. ``FitInfo.fusion`` records the outcome;
+    when no branch beats chance the fusion stays the plain mean, and its
+    ``"rule"`` is ``"mean"`` with a ``"fallback"`` sentence saying why (``train``
+    prints it as a warning and keeps it in ``metrics.json``).
 
     ``cache`` (in-memory fits only): first stages another method already trained
     identically are loaded instead of trained again (:class:`StageCache`).
@@ -214,11 +218,18 @@ def fit_method(
         {**st, "stage": f"inner-{st['stage']}"} for st in inner_info.stages
     ] + info.stages
     info.fusion = {
+        "rule": "reliability" if weights else "mean",
         "val_auc": val_aucs,
         "weights": dict(zip(cfg.model.modalities, weights, strict=True)) if weights else {},
         "n_inner": len(inner),
         "n_val": len(val),
     }
+    if not weights:
+        aucs = ", ".join(f"{m} {val_aucs.get(m, float('nan')):.3f}" for m in cfg.model.modalities)
+        info.fusion["fallback"] = (
+            "reliability fusion fell back to the plain mean of the branches: no branch "
+            f"beat chance on the validation split (AUC {aucs})"
+        )
     return info
 
 
@@ -289,6 +300,7 @@ def _fit(
             log_every=cfg.log_every,
             checkpoint_every=cfg.checkpoint_every,
             find_unused_parameters=True,
+            mixed_precision=cfg.mixed_precision,
         )
         last = stage is stages[-1]
         trainer = Trainer(
@@ -403,5 +415,7 @@ def train_run(
     }
     if fit.fusion:
         metrics["fusion"] = fit.fusion
+        if "fallback" in fit.fusion:
+            print(f"warning: {fit.fusion['fallback']}", file=sys.stderr)
     write_metrics(out, metrics)
     return metrics

@@ -1,0 +1,347 @@
+"""Mutation testing of ``methods/*.py``, ``losses.py`` and ``attention.py`` (not collected by pytest).
+
+Each mutant is one edit (old text -> new text, which must occur exactly once); they
+are applied one at a time, the fast wiring tests run with ``-x``, and the file is
+restored. A mutant is killed when the tests fail. Run from anywhere:
+
+    OMP_NUM_THREADS=1 python packages/brats_grading/tests/mutants.py [index ...]
+
+It prints one JSON line per mutant and ``KILLED k/n``. The first ten are the wirings
+named in issue 11; the rest are the other plausible one-line slips.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+SRC = ROOT / "packages/brats_grading/src/brats_grading"
+T = "packages/brats_grading/tests/"
+TESTS = [
+    T + "test_wiring.py",
+    T + "test_methods.py",
+    T + "test_losses.py",
+    T + "test_model.py",
+    T + "test_cli.py::TestMethodSteps",
+    T + "test_cli.py::test_guided_step_keeps_the_teacher_fixed_and_uses_guidance",
+]
+MUTANTS = [
+    # the five named in issue 11
+    (
+        "named: guidance off in stage 2",
+        "methods/cmg.py",
+        "guided_step(cfg, net, weight), cfg.steps",
+        "ce_step(weight, trainable), cfg.steps",
+    ),
+    ("named: guidance off (kd)", "methods/cmg.py", "kd_weight=g.kd_weight,", "kd_weight=0.0,"),
+    (
+        "named: guidance off (alignment)",
+        "methods/cmg.py",
+        "feature_weight=g.feature_weight,",
+        "feature_weight=0.0,",
+    ),
+    ("named: teacher in train mode", "methods/cmg.py", "branch.eval()  #", "branch.train()  #"),
+    (
+        "named: teacher features not detached (loss)",
+        "losses.py",
+        "p = F.normalize(teacher.detach(), dim=1)",
+        "p = F.normalize(teacher, dim=1)",
+    ),
+    (
+        "named: teacher logits not detached (loss)",
+        "losses.py",
+        "log_p = F.log_softmax(teacher.detach() / t, dim=1)",
+        "log_p = F.log_softmax(teacher / t, dim=1)",
+    ),
+    (
+        "named: teacher forward with grad",
+        "methods/cmg.py",
+        "with torch.no_grad():",
+        "with torch.enable_grad():",
+    ),
+    (
+        "named: attention not transposed",
+        "attention.py",
+        "out = torch.bmm(v, attn.transpose(1, 2))",
+        "out = torch.bmm(v, attn)",
+    ),
+    ("named: dual sum xs+xd", "attention.py", "return xs + xd - x,", "return xs + xd,"),
+    ("named: dual sum mean", "attention.py", "return xs + xd - x,", "return (xs + xd) / 2,"),
+    # losses.py
+    (
+        "ce ignores class weights",
+        "losses.py",
+        "return F.cross_entropy(logits, y, weight=weight)",
+        "return F.cross_entropy(logits, y)",
+    ),
+    (
+        "student not softened",
+        "losses.py",
+        "log_q = F.log_softmax(student / t, dim=1)",
+        "log_q = F.log_softmax(student, dim=1)",
+    ),
+    (
+        "reverse KL",
+        "losses.py",
+        "kl = (log_p.exp() * (log_p - log_q)).sum(dim=1)",
+        "kl = (log_q.exp() * (log_q - log_p)).sum(dim=1)",
+    ),
+    ("T instead of T^2", "losses.py", "return kl.mean() * t * t", "return kl.mean() * t"),
+    ("KL sum over batch", "losses.py", "return kl.mean() * t * t", "return kl.sum() * t * t"),
+    ("student not normalised", "losses.py", "s = F.normalize(student, dim=1)", "s = student"),
+    (
+        "alignment mean over channels",
+        "losses.py",
+        "return (s - p).square().sum(dim=1).mean()",
+        "return (s - p).square().mean()",
+    ),
+    (
+        "ce not averaged over secondaries",
+        "losses.py",
+        "for n in names) / len(names)",
+        "for n in names)",
+    ),
+    (
+        "kd/fa not averaged",
+        "losses.py",
+        "kd, fa = kd / len(names), fa / len(names)",
+        "kd, fa = kd, fa",
+    ),
+    (
+        "kd and fa weights swapped",
+        "losses.py",
+        "loss = ce_weight * ce + kd_weight * kd + feature_weight * fa",
+        "loss = ce_weight * ce + kd_weight * fa + feature_weight * kd",
+    ),
+    (
+        "ce weight dropped",
+        "losses.py",
+        "loss = ce_weight * ce + kd_weight * kd + feature_weight * fa",
+        "loss = ce + kd_weight * kd + feature_weight * fa",
+    ),
+    (
+        "kd teacher/student swapped",
+        "losses.py",
+        "distillation_kl(secondary_logits[n], primary_logits, temperature)",
+        "distillation_kl(primary_logits, secondary_logits[n], temperature)",
+    ),
+    # attention.py
+    (
+        "spatial softmax over queries",
+        "attention.py",
+        "attn = torch.softmax(torch.bmm(q, k) / q.shape[-1] ** 0.5, dim=-1)",
+        "attn = torch.softmax(torch.bmm(q, k) / q.shape[-1] ** 0.5, dim=1)",
+    ),
+    (
+        "spatial no scaling",
+        "attention.py",
+        "attn = torch.softmax(torch.bmm(q, k) / q.shape[-1] ** 0.5, dim=-1)",
+        "attn = torch.softmax(torch.bmm(q, k), dim=-1)",
+    ),
+    (
+        "spatial query from key conv",
+        "attention.py",
+        "q = self.query(x).permute(0, 2, 3, 4, 1)",
+        "q = self.key(x).permute(0, 2, 3, 4, 1)",
+    ),
+    (
+        "spatial no residual",
+        "attention.py",
+        "return self.gamma * out + x, attn.reshape(b, d, h * w, h * w)",
+        "return self.gamma * out, attn.reshape(b, d, h * w, h * w)",
+    ),
+    (
+        "spatial gamma starts at 1",
+        "attention.py",
+        "        self.value = nn.Conv3d(channels, channels, 1)\n        self.gamma = nn.Parameter(torch.zeros(1))\n\n    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:\n        b, c, d, h, w = x.shape\n        q =",
+        "        self.value = nn.Conv3d(channels, channels, 1)\n        self.gamma = nn.Parameter(torch.ones(1))\n\n    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:\n        b, c, d, h, w = x.shape\n        q =",
+    ),
+    (
+        "spatial wrong output reshape",
+        "attention.py",
+        "out = out.reshape(b, d, c, h, w).permute(0, 2, 1, 3, 4)",
+        "out = out.reshape(b, c, d, h, w)",
+    ),
+    (
+        "slice max-pooled descriptor",
+        "attention.py",
+        "desc = x.mean(dim=(3, 4)).transpose(1, 2)",
+        "desc = x.amax(dim=(3, 4)).transpose(1, 2)",
+    ),
+    (
+        "slice attention transposed",
+        "attention.py",
+        "out = torch.bmm(attn, v)",
+        "out = torch.bmm(attn.transpose(1, 2), v)",
+    ),
+    (
+        "slice softmax over queries",
+        "attention.py",
+        "attn = torch.softmax(torch.bmm(q, k.transpose(1, 2)) / q.shape[-1] ** 0.5, dim=-1)",
+        "attn = torch.softmax(torch.bmm(q, k.transpose(1, 2)) / q.shape[-1] ** 0.5, dim=1)",
+    ),
+    (
+        "dual heads in sequence",
+        "attention.py",
+        "xd, a_sl = self.slice(x)",
+        "xd, a_sl = self.slice(xs)",
+    ),
+    (
+        "inner width ignores reduction",
+        "attention.py",
+        "inner = max(1, channels // reduction)\n        self.query = nn.Conv3d",
+        "inner = channels\n        self.query = nn.Conv3d",
+    ),
+    # methods/
+    (
+        "ce_step sums branches",
+        "methods/base.py",
+        'return {"loss": sum(losses) / len(losses)}',
+        'return {"loss": sum(losses)}',
+    ),
+    (
+        "ce_step runs every branch",
+        "methods/base.py",
+        'out = model(batch["x"], branches=branches)',
+        'out = model(batch["x"])',
+    ),
+    (
+        "ce_step ignores class weight",
+        "methods/base.py",
+        'w = None if weight is None else weight.to(batch["x"].device)',
+        "w = None",
+    ),
+    (
+        "one_stage trains one branch",
+        "methods/base.py",
+        "return [Stage(None, branch_params(net, names), ce_step(weight), cfg.steps, names)]",
+        "return [Stage(None, branch_params(net, names[:1]), ce_step(weight), cfg.steps, names)]",
+    ),
+    (
+        "students include the primary",
+        "methods/cmg.py",
+        "    secondary = net.secondary_names()\n    g = cfg.guidance",
+        "    secondary = net.branch_names\n    g = cfg.guidance",
+    ),
+    ("guidance temperature 1", "methods/cmg.py", "temperature=g.temperature,", "temperature=1.0,"),
+    ("guided ce unweighted", "methods/cmg.py", "class_weight=w,", "class_weight=None,"),
+    (
+        "unfrozen primary gets no CE",
+        "methods/cmg.py",
+        "if not g.freeze_primary:\n            out",
+        "if g.freeze_primary:\n            out",
+    ),
+    (
+        "stage 2 trains the frozen primary",
+        "methods/cmg.py",
+        "trainable = second if cfg.guidance.freeze_primary else [primary, *second]",
+        "trainable = [primary, *second]",
+    ),
+    (
+        "stage 1 runs cfg.steps",
+        "methods/cmg.py",
+        "ce_step(weight, [primary]), cfg.primary_steps",
+        "ce_step(weight, [primary]), cfg.steps",
+    ),
+    (
+        "stage 1 trains every branch",
+        "methods/cmg.py",
+        'Stage("primary", branch_params(net, [primary]), ce_step(weight, [primary])',
+        'Stage("primary", branch_params(net, [primary]), ce_step(weight)',
+    ),
+    (
+        "cmg-no-attention keeps attention",
+        "methods/cmg.py",
+        '{**_CMG_MODEL, "attention": False}',
+        '{**_CMG_MODEL, "attention": True}',
+    ),
+    (
+        "cmg-no-guidance keeps alignment",
+        "methods/cmg.py",
+        'guidance={"kd_weight": 0.0, "feature_weight": 0.0}',
+        'guidance={"kd_weight": 0.0}',
+    ),
+    (
+        "cmg fusion is the mean",
+        "methods/cmg.py",
+        '_CMG_MODEL = {"inputs": "branches", "fusion": "reliability"}',
+        '_CMG_MODEL = {"inputs": "branches", "fusion": "mean"}',
+    ),
+    (
+        "late fusion reliability-weighted",
+        "methods/late_fusion.py",
+        '"fusion": "mean"',
+        '"fusion": "reliability"',
+    ),
+    (
+        "early fusion is branches",
+        "methods/early_fusion.py",
+        '{"inputs": "early"}',
+        '{"inputs": "branches"}',
+    ),
+    ("single always t1ce", "methods/single.py", '"modality": m}', '"modality": "t1ce"}'),
+    (
+        "unwrap never unwraps",
+        "methods/base.py",
+        'return model.module if hasattr(model, "module") else model',
+        "return model",
+    ),
+]
+
+
+def main():
+    only = sys.argv[1:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = f"{ROOT}/packages/medcommon/src:{ROOT}/packages/brats_grading/src"
+    results = []
+    for i, (name, rel, old, new) in enumerate(MUTANTS):
+        if only and str(i) not in only:
+            continue
+        path = SRC / rel
+        text = path.read_text()
+        assert text.count(old) == 1, (name, text.count(old))
+        try:
+            path.write_text(text.replace(old, new))
+            t0 = time.time()
+            p = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    *TESTS,
+                    "-x",
+                    "-q",
+                    "-m",
+                    "not slow and not gpu",
+                    "-p",
+                    "no:cacheprovider",
+                ],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=400,
+            )
+            lines = [line for line in p.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+            res = {
+                "i": i,
+                "name": name,
+                "file": rel,
+                "killed": p.returncode != 0,
+                "by": lines[:1],
+                "rc": p.returncode,
+                "s": round(time.time() - t0),
+            }
+        finally:
+            path.write_text(text)
+        results.append(res)
+        print(json.dumps(res), flush=True)
+    k = sum(r["killed"] for r in results)
+    print(f"KILLED {k}/{len(results)}")
+
+
+if __name__ == "__main__":
+    main()
