@@ -56,11 +56,11 @@ def test_bias_balanced_ce_with_uniform_prior_is_plain_ce():
 def test_loss_ema_and_lff_weights():
     ema = LossEMA(3, alpha=0.7)
     out = ema.update(torch.tensor([1.0, 2.0]), torch.tensor([0, 2]))
-    assert out.tolist() == pytest.approx([0.3, 0.6])
-    out = ema.update(torch.tensor([1.0]), torch.tensor([0]))
-    assert out.tolist() == pytest.approx([0.7 * 0.3 + 0.3])
+    assert out.tolist() == pytest.approx([1.0, 2.0])  # the first update starts at the loss
+    out = ema.update(torch.tensor([3.0]), torch.tensor([0]))
+    assert out.tolist() == pytest.approx([0.7 * 1.0 + 0.3 * 3.0])
     labels = torch.tensor([0, 0, 1])
-    assert ema.class_max(labels, torch.tensor([0, 1])).tolist() == pytest.approx([0.51, 0.6])
+    assert ema.class_max(labels, torch.tensor([0, 1])).tolist() == pytest.approx([1.6, 2.0])
     w = lff_weights(torch.tensor([1.0, 0.0, 3.0]), torch.tensor([1.0, 2.0, 1.0]))
     assert w.tolist() == pytest.approx([0.5, 0.0, 0.75], abs=1e-6)
 
@@ -82,7 +82,12 @@ def test_loss_ema_and_groupdro_state_round_trip():
     ema.update(torch.tensor([1.0, 2.0]), torch.tensor([0, 2]))
     other = LossEMA(3, alpha=0.7)
     other.load_state_dict(ema.state_dict())
-    assert other.values.tolist() == pytest.approx([0.3, 0.0, 0.6])
+    assert other.values.tolist() == pytest.approx([1.0, 0.0, 2.0])
+    assert other.updated.tolist() == [True, False, True]
+    old = LossEMA(3, alpha=0.7)  # a checkpoint written before "updated" was saved
+    old.load_state_dict({"values": torch.tensor([0.3, 0.0, 0.6])})
+    assert old.updated.tolist() == [True, False, True]
+    assert old.update(torch.tensor([5.0]), torch.tensor([1])).tolist() == [5.0]
     dro = GroupDROWeights(2, eta=1.0)
     dro.loss(torch.tensor([1.0, 0.0]), torch.tensor([0, 1]))
     again = GroupDROWeights(2, eta=1.0)

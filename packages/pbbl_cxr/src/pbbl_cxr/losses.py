@@ -42,7 +42,9 @@ class LossEMA:
     """Per-sample exponential moving average of losses (LfF, alpha = 0.7).
 
     ``update(loss, index)`` sets ``ema[i] = alpha * ema[i] + (1 - alpha) * loss_i`` and
-    returns the updated values. Under DDP each process holds a piece of the global
+    returns the updated values; a sample's first update sets ``ema[i] = loss_i``, as
+    LfF's own code does (an average started at 0 would under-state every loss for the
+    first epochs and so the relative difficulty ``W``). Under DDP each process holds a piece of the global
     batch; the pieces' losses and indices are gathered so that every process updates
     the whole batch's entries, and its table stays the one a single process would have.
     """
@@ -50,6 +52,7 @@ class LossEMA:
     def __init__(self, n: int, alpha: float = 0.7) -> None:
         self.alpha = alpha
         self.values = torch.zeros(n)
+        self.updated = torch.zeros(n, dtype=torch.bool)
 
     def update(self, loss: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         if world_size() > 1:
@@ -59,8 +62,13 @@ class LossEMA:
 
     def _update(self, loss: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         idx = index.cpu()
-        new = self.alpha * self.values[idx] + (1 - self.alpha) * loss.detach().float().cpu()
+        loss = loss.detach().float()
+        cur = loss.cpu()
+        new = torch.where(
+            self.updated[idx], self.alpha * self.values[idx] + (1 - self.alpha) * cur, cur
+        )
         self.values[idx] = new
+        self.updated[idx] = True
         return new.to(loss.device)
 
     def class_max(self, labels_all: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -72,10 +80,12 @@ class LossEMA:
         return out.to(label.device)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"values": self.values.clone()}
+        return {"values": self.values.clone(), "updated": self.updated.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.values = state["values"].clone()
+        # checkpoints written before ``updated`` existed: a non-zero value was updated
+        self.updated = state.get("updated", self.values != 0).clone().bool()
 
 
 def lff_weights(loss_b: torch.Tensor, loss_d: torch.Tensor) -> torch.Tensor:
