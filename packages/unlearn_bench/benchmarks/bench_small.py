@@ -2,8 +2,7 @@
 
 Usage: ``python bench_small.py --out DIR [--preset small] [--seeds 0 1 2] [--workers N]`` (the
 same as ``unlearn-bench benchmark``); writes DIR/results.json, DIR/report.md and DIR/*.png.
-The measured ``small`` results are kept beside this file: ``results-small/`` (the earlier run,
-before claims) until a run with claims replaces it in ``small/``.
+The measured ``small`` results are kept beside this file in ``small/``.
 """
 
 from __future__ import annotations
