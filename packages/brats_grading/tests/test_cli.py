@@ -24,11 +24,10 @@ from brats_grading.train import method_config, stage_optimizer
 from medcommon.cli import run_main
 from medcommon.config import config_to_dict
 from medcommon.io import read_image, write_image
+from medcommon.report import CLAIM_KEYS
 from medcommon.run import SCHEMA, load_run
 from medcommon.testing import CLIContract, MethodProbe, MethodStepContract
 
-CLAIM_KEYS = {"claim", "method", "baseline", "metric", "value", "baseline_value", "holds",
-              "setting", "test"}  # fmt: skip
 FAST = ["--set", "steps=2", "--set", "primary_steps=2", "--set", "batch_size=2", "--quiet"]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medcommon.report import make_results
+from medcommon.report import CLAIM_KEYS, make_results
 from pbbl_cxr.benchmark import (
     NO_SHORTCUT,
     PRESET_SETTINGS,
@@ -29,17 +29,6 @@ from pbbl_cxr.config import run_preset, synth_preset
 from pbbl_cxr.data import DataOptions, load_split
 from pbbl_cxr.synth import generate
 
-CLAIM_KEYS = {
-    "claim",
-    "method",
-    "baseline",
-    "metric",
-    "value",
-    "baseline_value",
-    "holds",
-    "setting",
-    "test",
-}
 SPLITS = ("train", "valid", "test")
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from medcommon.config import PRESETS
 from medcommon.errors import InputError
-from medcommon.report import make_results
+from medcommon.report import CLAIM_KEYS, make_results
 from smg_learning.benchmark import (
     BENCH_SITES,
     COST_SIZES,
@@ -21,18 +21,6 @@ from smg_learning.benchmark import (
 from smg_learning.claims import CLAIMS, claims_for
 from smg_learning.config import run_preset
 from smg_learning.synth import SYNTH_PRESETS
-
-CLAIM_KEYS = {
-    "claim",
-    "method",
-    "baseline",
-    "metric",
-    "value",
-    "baseline_value",
-    "holds",
-    "setting",
-    "test",
-}
 
 
 def test_every_preset_table_has_every_preset() -> None:

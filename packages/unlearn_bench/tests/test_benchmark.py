@@ -9,16 +9,13 @@ import pytest
 
 from medcommon.cli import run_main
 from medcommon.errors import InputError
-from medcommon.report import make_results
+from medcommon.report import CLAIM_KEYS, make_results
 from unlearn_bench import config
 from unlearn_bench.benchmark import DEMO_METHODS, DEMO_SCENARIOS, run_benchmark
 from unlearn_bench.claims import claims_for, declared_claims
 from unlearn_bench.cli import main
 from unlearn_bench.methods import METHODS, PAPER_ORDER
 from unlearn_bench.methods.base import PRESET_OVERRIDES, Method, UnlearnConfig
-
-CLAIM_KEYS = {"claim", "method", "baseline", "metric", "value", "baseline_value", "holds",
-              "setting", "test"}  # fmt: skip
 
 
 # ------------------------------------------------------------------------ presets

@@ -15,7 +15,7 @@ Rows may carry a ``"setting"`` (e.g. a bias ratio); summaries then group by
 ``(setting, method)``.
 """
 
-from medcommon.report.claims import Claim, check_claims, claims_table
+from medcommon.report.claims import CLAIM_KEYS, Claim, check_claims, claims_table
 from medcommon.report.plots import (
     plot_bars,
     plot_differences,
@@ -34,6 +34,7 @@ from medcommon.report.results import (
 )
 
 __all__ = [
+    "CLAIM_KEYS",
     "Claim",
     "check_claims",
     "claims_table",

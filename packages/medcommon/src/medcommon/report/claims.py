@@ -16,6 +16,12 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
+CLAIM_KEYS = frozenset(
+    {"claim", "method", "baseline", "metric", "value", "baseline_value", "holds", "setting", "test"}
+)
+"""The keys every checked claim in ``results.json`` carries (``note`` is added when one is
+missing a value); packages' tests hold their benchmarks' claims to it."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Claim:
@@ -82,6 +88,7 @@ def check_claims(
             "setting": c.setting,
             "test": c.describe_test(),
         }
+        assert set(row) == CLAIM_KEYS  # one schema: the row and the documented keys agree
         if value is None or base is None:
             missing = c.method if value is None else c.baseline
             row["note"] = f"no finite {c.metric} for {missing}"
