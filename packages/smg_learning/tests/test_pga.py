@@ -168,3 +168,19 @@ def test_split_and_shift() -> None:
     x = torch.rand(2, 1, 8, 8)
     s = shift_domain(x, g)
     assert s.shape == x.shape and s.min() >= 0 and s.max() <= 1 and not torch.allclose(s, x)
+
+
+def test_shifted_copy_is_the_documented_style_applied_to_the_batch():
+    """Gamma, contrast, brightness and noise, recomputed by hand from the same draws."""
+    from smg_learning.pga import shift_domain
+
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = shift_domain(x, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    u = [float(lo + (hi - lo) * torch.rand((), generator=g)) for lo, hi in
+         ((-0.6, 0.6), (-0.4, 0.3), (-0.15, 0.15), (0.0, 0.05))]  # fmt: skip
+    gamma, contrast = float(torch.exp(torch.tensor(u[0]))), float(torch.exp(torch.tensor(u[1])))
+    expected = (x**gamma - 0.5) * contrast + 0.5 + u[2]
+    expected = (expected + u[3] * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    torch.testing.assert_close(out, expected)
+    assert not torch.allclose(out, x.clamp(0, 1) ** gamma)  # the style does more than gamma
