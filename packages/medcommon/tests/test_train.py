@@ -16,6 +16,7 @@ from torch.utils.data import TensorDataset
 
 from medcommon.errors import InputError
 from medcommon.models import from_pretrained
+from medcommon.testing import run_torchrun
 from medcommon.train import EpochBatchSampler, TrainConfig, Trainer, seed_everything
 
 SCRIPT = Path(__file__).parent / "scripts" / "toy_train.py"
@@ -195,24 +196,7 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     """torchrun with 2 CPU processes (gloo) gives the weights of 1 process at the same global batch."""
     one, two = tmp_path / "one", tmp_path / "two"
     assert _run("--out", str(one), "--dropout", "0", "--steps", "20").returncode == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29533",
-        str(SCRIPT),
-        "--out",
-        str(two),
-        "--dropout",
-        "0",
-        "--steps",
-        "20",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    proc = run_torchrun([SCRIPT, "--out", two, "--dropout", "0", "--steps", "20"], timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     state = json.loads((two / "checkpoint" / "trainer_state.json").read_text())
     assert state["num_processes"] == 2
@@ -220,6 +204,24 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     b = load_file(two / "checkpoint" / "model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_run_torchrun_retries_a_transport_failure_only(monkeypatch):
+    """A launch killed in gloo's transport is retried on a fresh port; a script's own failure is not."""
+    first_stderr, calls = "", []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        if len(calls) == 1:
+            return subprocess.CompletedProcess(cmd, 1, "", first_stderr)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    first_stderr = "terminate called after throwing an instance of 'gloo::IoException'"
+    assert run_torchrun(["x.py"]).returncode == 0 and len(calls) == 2
+    calls.clear()
+    first_stderr = "ValueError: the script's own bug"
+    assert run_torchrun(["x.py"]).returncode == 1 and len(calls) == 1
 
 
 def _fit_toy(device: str, precision: str, tmp_path) -> tuple[float, float]:
