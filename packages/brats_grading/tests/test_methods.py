@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -17,6 +19,8 @@ EXPECTED = {  # method: (inputs, modality or None, fusion or None, attention)
     "cmg": ("branches", None, "reliability", True),
     "cmg-no-attention": ("branches", None, "reliability", False),
     "cmg-no-guidance": ("branches", None, "reliability", True),
+    "cmg-proj": ("branches", None, "reliability", True),
+    "cmg-mid": ("branches", None, "reliability", True),
 }
 
 
@@ -44,8 +48,11 @@ def test_method_model_fields_and_stages(method):
         if method == "cmg-no-guidance":
             assert (g.kd_weight, g.feature_weight) == (0.0, 0.0)
             assert g.temperature == base.guidance.temperature
+        elif method == "cmg-mid":  # CMG's guidance plus intermediate alignment
+            assert g.mid_weight > 0 and g == replace(base.guidance, mid_weight=g.mid_weight)
         else:
             assert g == base.guidance and g.kd_weight > 0 and g.feature_weight > 0
+            assert mc.align_head == (method == "cmg-proj")
         primary, guided = stages
         assert (primary.name, primary.steps, primary.trainable) == ("primary", 5, ["t1ce"])
         assert {id(p) for p in primary.params} == params["t1ce"]

@@ -40,18 +40,33 @@ def _setup(method: str = "cmg", *overrides: str):
 
 
 def _reference_guided_loss(cfg, net, batch, weight) -> torch.Tensor:
-    """Stage 2 written out (README / Hinton et al. 2015), the teacher in eval mode."""
+    """Stage 2 written out (README / Hinton et al. 2015), the teacher in eval mode.
+
+    Variants (issue #11): a secondary's features pass its ``align`` projection before
+    the alignment, and ``mid_weight`` adds the same alignment on the pooled output of
+    the second-to-last MC3 layer (read here with forward hooks, independently of the
+    branch's own ``mid_features``).
+    """
     g, primary = cfg.guidance, cfg.model.primary
     x, y = batch["x"], batch["y"]
     teacher = net.branches[primary]
+
+    def run(branch, inp):
+        seen = []
+        hook = branch.backbone.layers[-2].register_forward_hook(lambda m, i, o: seen.append(o))
+        out = branch(inp)
+        hook.remove()
+        return out, seen[0].mean(dim=(2, 3, 4))
+
     teacher.eval()
     with torch.no_grad():
-        t_out = teacher(x[:, [1]])  # t1ce is channel 1
+        t_out, t_mid = run(teacher, x[:, [1]])  # t1ce is channel 1
     teacher.train()
     t = g.temperature
     terms = []
     for name in ("t1", "t2", "flair"):
-        s_out = net.branches[name](x[:, [("t1", "t1ce", "t2", "flair").index(name)]])
+        branch = net.branches[name]
+        s_out, s_mid = run(branch, x[:, [("t1", "t1ce", "t2", "flair").index(name)]])
         ce = F.cross_entropy(s_out["logits"], y, weight=weight)
         kd = F.kl_div(
             F.log_softmax(s_out["logits"] / t, 1),
@@ -59,11 +74,41 @@ def _reference_guided_loss(cfg, net, batch, weight) -> torch.Tensor:
             log_target=True,
             reduction="batchmean",
         )
-        cos = F.cosine_similarity(s_out["features"], t_out["features"], dim=1)
+        f_s = s_out["features"] if branch.align is None else branch.align(s_out["features"])
+        cos = F.cosine_similarity(f_s, t_out["features"], dim=1)
+        cos_mid = F.cosine_similarity(s_mid, t_mid, dim=1)
         terms.append(
-            g.ce_weight * ce + g.kd_weight * t * t * kd + g.feature_weight * (2 - 2 * cos).mean()
+            g.ce_weight * ce
+            + g.kd_weight * t * t * kd
+            + g.feature_weight * (2 - 2 * cos).mean()
+            + g.mid_weight * (2 - 2 * cos_mid).mean()
         )
     return sum(terms) / len(terms)
+
+
+@pytest.mark.parametrize("method", ["cmg-proj", "cmg-mid"])
+def test_guidance_variants_are_the_guided_objective_written_out(method):
+    """cmg-proj aligns through each secondary's own projection; cmg-mid adds the
+    intermediate-feature alignment. The projection is moved off the identity so that
+    aligning the raw features instead would give a different loss."""
+    cfg, net, stages, batch, weight = _setup(method)
+    if method == "cmg-proj":
+        for name in ("t1", "t2", "flair"):
+            with torch.no_grad():
+                net.branches[name].align.weight.normal_(0, 1.0)
+        assert net.branches["t1ce"].align is not None
+    else:
+        assert cfg.guidance.mid_weight > 0 and net.branches["t1"].align is None
+    ref = _reference_guided_loss(cfg, net, batch, weight)
+    net.train()
+    out = stages[1].step_fn(net, batch, None)
+    torch.testing.assert_close(out["loss"], ref, rtol=1e-5, atol=1e-6)
+    out["loss"].backward()
+    if method == "cmg-proj":  # the projection learns in stage 2
+        assert net.branches["flair"].align.weight.grad.abs().sum() > 0
+    # the variants only add to CMG: without them, the reference is CMG's own loss
+    base_cfg = method_config("cmg", "tiny", overrides=["model.dropout=0"])[1]
+    assert (base_cfg.guidance.mid_weight, base_cfg.model.align_head) == (0.0, False)
 
 
 @pytest.mark.parametrize("method", ["cmg", "cmg-no-attention"])

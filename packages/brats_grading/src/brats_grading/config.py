@@ -37,6 +37,8 @@ class ModelConfig:
     ``checkpoint_activations``: activation checkpointing of the stem and each MC3 layer
     (``torch.utils.checkpoint``): their inner activations are recomputed in the
     backward pass instead of stored (less memory, about one more forward of compute).
+    ``align_head``: each branch gets a linear projection (identity-initialised) through
+    which its features are aligned to the teacher's in CMG's stage 2 (issue #11).
     """
 
     modalities: tuple[str, ...] = MODALITIES
@@ -55,6 +57,7 @@ class ModelConfig:
     branch_weights: tuple[float, ...] = ()
     num_classes: int = 2
     checkpoint_activations: bool = False
+    align_head: bool = False
 
     def __post_init__(self) -> None:
         for field_name, names in (
@@ -107,6 +110,8 @@ class GuidanceConfig:
     ``temperature`` softens both distributions in the distillation KL (Hinton et al.
     2015, scaled by T^2); ``feature_weight`` scales the alignment of the
     L2-normalised pooled features; ``freeze_primary`` keeps the stage-1 primary fixed.
+    ``mid_weight`` scales the same alignment on the pooled output of the second-to-last
+    MC3 layer (intermediate-feature guidance, issue #11; 0 = off, the paper's setting).
     """
 
     temperature: float = 4.0
@@ -114,11 +119,12 @@ class GuidanceConfig:
     feature_weight: float = 1.0
     ce_weight: float = 1.0
     freeze_primary: bool = True
+    mid_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
             raise InputError("guidance.temperature", f"must be > 0, got {self.temperature}")
-        for name in ("kd_weight", "feature_weight", "ce_weight"):
+        for name in ("kd_weight", "feature_weight", "ce_weight", "mid_weight"):
             if not getattr(self, name) >= 0:
                 raise InputError(f"guidance.{name}", f"must be >= 0, got {getattr(self, name)}")
 

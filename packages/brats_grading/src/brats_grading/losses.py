@@ -7,8 +7,9 @@ features ``f``:
   ``L_kd(s) = T^2 * KL( softmax(z_p / T) || softmax(z_s / T) )``, mean over the batch;
 - feature alignment: ``L_fa(s) = mean_b || f_s / |f_s| - f_p / |f_p| ||^2``;
 - guided stage-2 objective over the secondary set ``S``:
-  ``L = 1/|S| sum_s [ ce_weight * CE_w(z_s, y) + kd_weight * L_kd(s) + feature_weight * L_fa(s) ]``
-  (+ ``CE_w(z_p, y)`` when the primary is not frozen).
+  ``L = 1/|S| sum_s [ ce_weight * CE_w(z_s, y) + kd_weight * L_kd(s) + feature_weight * L_fa(s)
+  + mid_weight * L_fa^mid(s) ]`` (+ ``CE_w(z_p, y)`` when the primary is not frozen),
+  where ``L_fa^mid`` aligns the pooled intermediate features (0 in the paper).
 
 The primary's logits and features are detached: guidance flows from primary to
 secondary only.
@@ -60,12 +61,26 @@ def guidance_loss(
     feature_weight: float,
     ce_weight: float = 1.0,
     class_weight: torch.Tensor | None = None,
+    mid_weight: float = 0.0,
+    primary_mid: torch.Tensor | None = None,
+    secondary_mid: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The stage-2 guided objective (module docstring); returns ``loss`` and its parts."""
+    """The stage-2 guided objective (module docstring); returns ``loss`` and its parts.
+
+    ``primary_mid`` ``(B, C_mid)`` and ``secondary_mid`` (per branch) are the pooled
+    intermediate features, needed only when ``mid_weight`` > 0.
+    """
     names = list(secondary_logits)
     ce = sum(weighted_ce(secondary_logits[n], y, class_weight) for n in names) / len(names)
     kd = sum(distillation_kl(secondary_logits[n], primary_logits, temperature) for n in names)
     fa = sum(feature_alignment(secondary_features[n], primary_features) for n in names)
     kd, fa = kd / len(names), fa / len(names)
     loss = ce_weight * ce + kd_weight * kd + feature_weight * fa
-    return {"loss": loss, "ce": ce.detach(), "kd": kd.detach(), "fa": fa.detach()}
+    out = {"ce": ce.detach(), "kd": kd.detach(), "fa": fa.detach()}
+    if mid_weight > 0:
+        if primary_mid is None or secondary_mid is None:
+            raise ValueError("mid_weight > 0 needs primary_mid and secondary_mid")
+        mid = sum(feature_alignment(secondary_mid[n], primary_mid) for n in names) / len(names)
+        loss = loss + mid_weight * mid
+        out["mid"] = mid.detach()
+    return {"loss": loss, **out}

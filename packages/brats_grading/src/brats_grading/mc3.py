@@ -89,11 +89,17 @@ class MC3Backbone(nn.Module):
         self.out_channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_layers(x)[-1]
+
+    def forward_layers(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of every residual layer, ``[(B, widths[i], D, H_i, W_i)]``."""
         run = _checkpointed if self.checkpoint_activations and torch.is_grad_enabled() else _call
         x = run(self.stem, x)  # (B, stem, D, H/2, W/2)
+        outs = []
         for layer in self.layers:
             x = run(layer, x)
-        return x
+            outs.append(x)
+        return outs
 
 
 def _call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

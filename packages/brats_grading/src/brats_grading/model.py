@@ -15,7 +15,10 @@ Input is always the full ``(B, 4, D, H, W)`` stack in the order t1, t1ce, t2, fl
 Each branch: MC3 backbone -> dual attention (optional) -> global average pool ->
 dropout -> linear. ``forward`` returns ``logits`` (for ``branches``: the log of the
 fused probabilities, so ``softmax(logits)`` is the fused prediction), and per branch
-its ``branch_logits``, pooled ``features`` ``(B, C)`` and ``attention`` maps.
+its ``branch_logits``, pooled ``features`` ``(B, C)``, the features that guidance
+aligns (``align_features``: ``features``, or their projection when
+``ModelConfig.align_head``), the pooled output of the second-to-last MC3 layer
+(``mid_features`` ``(B, C_mid)``, for intermediate guidance) and ``attention`` maps.
 """
 
 from __future__ import annotations
@@ -47,14 +50,31 @@ class Branch(nn.Module):
         self.attention = DualAttention(channels, cfg.attention_reduction) if cfg.attention else None
         self.dropout = nn.Dropout(cfg.dropout)
         self.fc = nn.Linear(channels, cfg.num_classes)
+        # A projection for feature alignment: a secondary matches the teacher's features
+        # through it, so it is not forced into the teacher's own channel layout.
+        # Identity at the start: training begins exactly where direct alignment does.
+        self.align = None
+        if cfg.align_head:
+            self.align = nn.Linear(channels, channels)
+            with torch.no_grad():
+                self.align.weight.copy_(torch.eye(channels))
+                self.align.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> dict:
-        f = self.backbone(x)  # (B, C, D, H', W')
+        layers = self.backbone.forward_layers(x)
+        f = layers[-1]  # (B, C, D, H', W')
+        mid = layers[-2] if len(layers) > 1 else layers[-1]
         attn: dict[str, torch.Tensor] = {}
         if self.attention is not None:
             f, attn = self.attention(f)
         pooled = f.mean(dim=(2, 3, 4))  # (B, C)
-        return {"logits": self.fc(self.dropout(pooled)), "features": pooled, "attention": attn}
+        return {
+            "logits": self.fc(self.dropout(pooled)),
+            "features": pooled,
+            "align_features": pooled if self.align is None else self.align(pooled),
+            "mid_features": mid.mean(dim=(2, 3, 4)),  # (B, C_mid)
+            "attention": attn,
+        }
 
 
 class GradingNet(nn.Module):
@@ -143,5 +163,7 @@ class GradingNet(nn.Module):
             "logits": self.fuse(branch_logits),
             "branch_logits": branch_logits,
             "features": {n: o["features"] for n, o in outs.items()},
+            "align_features": {n: o["align_features"] for n, o in outs.items()},
+            "mid_features": {n: o["mid_features"] for n, o in outs.items()},
             "attention": {n: o["attention"] for n, o in outs.items()},
         }

@@ -7,7 +7,11 @@ alignment to, the primary (see :mod:`brats_grading.losses`); with
 statistics updates, no dropout), no gradient.
 
 - ``cmg-no-attention``: the same without the dual attention;
-- ``cmg-no-guidance``: the same stages with ``kd_weight = feature_weight = 0``.
+- ``cmg-no-guidance``: the same stages with ``kd_weight = feature_weight = 0``;
+- ``cmg-proj`` and ``cmg-mid`` (issue #11, not in the paper): feature alignment
+  through a learned projection head, and alignment of intermediate features as well,
+  two attempts at making guidance matter, run on the benchmark grid with the
+  package's default weights (nothing tuned on test folds).
 """
 
 from __future__ import annotations
@@ -44,13 +48,16 @@ def guided_step(cfg: RunConfig, net: GradingNet, weight: torch.Tensor | None) ->
             teacher["branch_logits"][primary],
             teacher["features"][primary],
             student["branch_logits"],
-            student["features"],
+            student["align_features"],  # the features, or their projection (align_head)
             y,
             temperature=g.temperature,
             kd_weight=g.kd_weight,
             feature_weight=g.feature_weight,
             ce_weight=g.ce_weight,
             class_weight=w,
+            mid_weight=g.mid_weight,
+            primary_mid=teacher["mid_features"][primary],
+            secondary_mid=student["mid_features"],
         )
         if not g.freeze_primary:
             out["loss"] = out["loss"] + weighted_ce(teacher["branch_logits"][primary], y, w)
@@ -90,5 +97,17 @@ register(
     lambda c: replace_nested(
         c, model=_CMG_MODEL, guidance={"kd_weight": 0.0, "feature_weight": 0.0}
     ),
+    cmg_stages,
+)
+register(
+    "cmg-proj",
+    "cmg, aligning features through a learned projection head (not in the paper)",
+    lambda c: replace_nested(c, model={**_CMG_MODEL, "align_head": True}),
+    cmg_stages,
+)
+register(
+    "cmg-mid",
+    "cmg, also aligning the intermediate (second-to-last layer) features (not in the paper)",
+    lambda c: replace_nested(c, model=_CMG_MODEL, guidance={"mid_weight": 1.0}),
     cmg_stages,
 )

@@ -21,6 +21,7 @@ from medcommon.report.plots import (
     plot_differences,
     plot_heatmap,
     plot_image_grid,
+    plot_intervals,
     plot_lines,
 )
 from medcommon.report.results import (
@@ -46,6 +47,7 @@ __all__ = [
     "plot_differences",
     "plot_heatmap",
     "plot_image_grid",
+    "plot_intervals",
     "plot_lines",
     "summarise",
     "write_report",

@@ -87,6 +87,44 @@ def plot_differences(
     return _save(fig, path)
 
 
+def plot_intervals(
+    groups: Mapping[str, Mapping[str, tuple[float, float, float]]],
+    path: str | Path,
+    title: str,
+    xlabel: str,
+) -> Path:
+    """Point estimates with intervals, ``groups[row][series] = (estimate, lo, hi)``.
+
+    One row per group (e.g. a benchmark setting), one marker per series within it,
+    and a zero line: a forest plot of paired differences, where an interval that
+    crosses 0 is visibly a tie.
+    """
+    plt = _pyplot()
+    rows = list(groups)
+    series = list(dict.fromkeys(s for g in groups.values() for s in g))
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) * max(1, len(series)) ** 0.5 + 1.5))
+    ax.axvline(0.0, color="0.4", lw=1)
+    offsets = np.linspace(-0.25, 0.25, len(series)) if len(series) > 1 else [0.0]
+    for j, name in enumerate(series):
+        ys, est, err = [], [], [[], []]
+        for i, row in enumerate(rows):
+            if name not in groups[row]:
+                continue
+            e, lo, hi = groups[row][name]
+            ys.append(len(rows) - 1 - i + offsets[j])
+            est.append(e)
+            err[0].append(e - lo)
+            err[1].append(hi - e)
+        ax.errorbar(est, ys, xerr=err, fmt="o", capsize=3, ms=4, label=name, color=f"C{j}")
+    ax.set_yticks(range(len(rows)), rows[::-1], fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
 def plot_lines(
     xs: Sequence[float],
     ys: Mapping[str, Sequence[float]],
