@@ -1,0 +1,292 @@
+"""Mutation testing of a method's wiring: one-line source edits, each run against the fast tests.
+
+A *mutant* is one edit of one source file (old text -> new text). Each is applied to
+a fresh copy of the package's source folder, never to the working tree, and the
+given fast tests run on that copy in a new process with ``-x``: the mutant is
+*killed* when they fail (or time out) and *survives* when they pass. Two kinds:
+
+- *listed* mutants, the wiring breaks an issue names (a sign flip, a term dropped, a
+  teacher not frozen), written out by hand: :func:`listed`;
+- *generated* mutants, one-token operator edits (:data:`OPERATORS`) on every code
+  line of the target files, docstrings, comments, imports, decorators, messages and
+  dataclass defaults skipped: :func:`generated`.
+
+Each package keeps a small script (its targets, tests and listed mutants) that calls
+:func:`main`; ``--list`` shows the mutants, ``--only`` filters them by file or name,
+``--rerun FILE`` runs only the survivors of an earlier run, and ``--out`` receives the
+results (JSON, written atomically after every mutant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+OPERATORS: tuple[tuple[str, str], ...] = (
+    (" + ", " - "),
+    (" - ", " + "),
+    (" * ", " / "),
+    (" / ", " * "),
+    ("**", "*"),
+    (" == ", " != "),
+    (" != ", " == "),
+    (" > ", " >= "),
+    (" >= ", " > "),
+    (" < ", " <= "),
+    (" <= ", " < "),
+    (" and ", " or "),
+    (" or ", " and "),
+    ("not ", ""),
+    ("True", "False"),
+    ("False", "True"),
+    ("= -", "= "),
+    (".detach()", ""),
+    (".mean()", ".sum()"),
+    ("argmax", "argmin"),
+    ("max(", "min("),
+    ("min(", "max("),
+    ("[:, 1]", "[:, 0]"),
+    ("[:, :-1]", "[:, 1:]"),
+    ("[:, 1:]", "[:, :-1]"),
+    ("dim=-1", "dim=0"),
+    ("dim=1", "dim=0"),
+    (".eval()", ".train()"),
+    ("1.0", "2.0"),
+    ("0.0", "1.0"),
+    ("log(", "exp("),
+    ("return ", "return None  # "),
+)
+"""Generic one-token edits: signs, reductions, comparisons, shifts, modes, returns."""
+
+_SKIP_PREFIXES = ("#", "import ", "from ", "@", "print(", "raise ", '"', "'", 'f"')
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """One edit: ``old`` -> ``new`` in ``file`` (relative to its source root ``root``)."""
+
+    root: str
+    file: str
+    line: int
+    old: str
+    new: str
+    name: str = ""
+    kind: str = "generated"
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.file}:{self.line}: {self.new.strip()}"
+
+
+def code_lines(src: str) -> set[int]:
+    """1-based numbers of the lines worth mutating: code, not docs, imports or defaults."""
+    tree = ast.parse(src)
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):  # dataclass field defaults: config, not wiring
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign):
+                    skip.update(range(item.lineno, item.end_lineno + 1))
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            val = body[0].value
+            if isinstance(val, ast.Constant) and isinstance(val.value, str):
+                skip.update(range(body[0].lineno, body[0].end_lineno + 1))
+    return {
+        i
+        for i, line in enumerate(src.splitlines(), 1)
+        if i not in skip
+        and line.strip()
+        and not line.strip().startswith(_SKIP_PREFIXES)
+        and "file=sys.stderr" not in line
+    }
+
+
+def generated(
+    root: str | Path,
+    files: Iterable[str],
+    operators: Sequence[tuple[str, str]] = OPERATORS,
+    per_line: int = 1,
+) -> list[Mutant]:
+    """Operator mutants of ``files`` (relative to ``root``), at most ``per_line`` per line.
+
+    An operator applies to the first match on a line, outside a trailing comment; a
+    mutant that does not parse is skipped.
+    """
+    out = []
+    for rel in files:
+        src = (Path(root) / rel).read_text(encoding="utf-8")
+        lines = src.splitlines(keepends=True)
+        for i in sorted(code_lines(src)):
+            line, made = lines[i - 1], 0
+            for old, new in operators:
+                if made >= per_line or old not in line.split("#")[0]:
+                    continue
+                mutated = line.replace(old, new, 1)
+                try:
+                    ast.parse("".join([*lines[: i - 1], mutated, *lines[i:]]))
+                except SyntaxError:
+                    continue
+                made += 1
+                out.append(Mutant(str(root), rel, i, line, mutated))
+    return out
+
+
+def listed(root: str | Path, file: str, old: str, new: str, name: str) -> Mutant:
+    """A hand-written mutant; ``old`` must occur exactly once in ``root/file``."""
+    src = (Path(root) / file).read_text(encoding="utf-8")
+    if src.count(old) != 1:
+        raise ValueError(f"{name}: {old!r} occurs {src.count(old)} times in {file}, need once")
+    line = src[: src.index(old)].count("\n") + 1
+    return Mutant(str(root), file, line, old, new, name, "listed")
+
+
+def _apply(m: Mutant, copy: Path) -> None:
+    path = copy / m.file
+    src = path.read_text(encoding="utf-8")
+    if m.kind == "listed":
+        path.write_text(src.replace(m.old, m.new, 1), encoding="utf-8")
+        return
+    lines = src.splitlines(keepends=True)
+    if lines[m.line - 1] != m.old:
+        raise ValueError(f"{m.file}:{m.line} changed since the mutants were made")
+    lines[m.line - 1] = m.new
+    path.write_text("".join(lines), encoding="utf-8")
+
+
+def run_tests(
+    tests: Sequence[str], pythonpath: Sequence[Path], cwd: Path, timeout: float
+) -> tuple[bool, str]:
+    """Run ``pytest -x`` on ``tests`` with ``pythonpath`` first; (passed, first failure line)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(map(str, pythonpath)),
+        "PYTHONDONTWRITEBYTECODE": "1",  # a stale .pyc must never stand in for a mutant
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+    cmd += ["-m", "not slow and not gpu", *tests]
+    try:
+        p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False, "timeout"
+    first = [ln for ln in p.stdout.splitlines() if ln.startswith(("FAILED", "ERROR"))]
+    return p.returncode == 0, (first[0] if first else "")
+
+
+def run_mutants(
+    mutants: Sequence[Mutant],
+    tests: Sequence[str],
+    *,
+    roots: dict[str, Path],
+    cwd: Path,
+    timeout: float = 600,
+    out: Path | None = None,
+) -> dict:
+    """Run every mutant on copies of the source ``roots`` (``{import root: src folder}``).
+
+    ``roots`` lists every source folder the tests import (e.g. medcommon's and the
+    package's); each is copied once, a mutant edits its copy and is undone after its
+    run. The unmutated tests must pass first (else every mutant would count as killed).
+    Returns ``{"summary": {...}, "results": [...]}``, also written to ``out``.
+    """
+    from medcommon.fs import atomic_path
+
+    work = Path(tempfile.mkdtemp(prefix="mutants-"))
+    try:
+        copies = {}
+        for key, src in roots.items():
+            copies[str(src)] = work / key
+            shutil.copytree(src, copies[str(src)], ignore=shutil.ignore_patterns("__pycache__"))
+        path = list(copies.values())
+        ok, why = run_tests(tests, path, cwd, timeout)
+        if not ok:
+            raise RuntimeError(f"the unmutated tests fail: {why}")
+        results, t0 = [], time.time()
+        for k, m in enumerate(mutants):
+            copy = copies[m.root]
+            original = (copy / m.file).read_text(encoding="utf-8")
+            _apply(m, copy)
+            t1 = time.time()
+            try:
+                passed, why = run_tests(tests, path, cwd, timeout)
+            finally:
+                (copy / m.file).write_text(original, encoding="utf-8")
+            res = {**asdict(m), "killed": not passed, "by": why, "seconds": round(time.time() - t1)}
+            res["root"] = Path(m.root).name
+            results.append(res)
+            tag = "killed  " if not passed else "SURVIVED"
+            print(f"[{k + 1}/{len(mutants)}] {tag} {m.label}", flush=True)
+            report = {"summary": _summary(results, time.time() - t0), "results": results}
+            if out is not None:
+                with atomic_path(out) as tmp:
+                    tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
+        return {"summary": _summary(results, time.time() - t0), "results": results}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _summary(results: list[dict], seconds: float) -> dict:
+    killed = sum(r["killed"] for r in results)
+    listed_ = [r for r in results if r["kind"] == "listed"]
+    return {
+        "mutants": len(results),
+        "killed": killed,
+        "kill_rate": killed / max(len(results), 1),
+        "listed": len(listed_),
+        "listed_killed": sum(r["killed"] for r in listed_),
+        "seconds": round(seconds),
+    }
+
+
+def main(
+    make_mutants,
+    tests: Sequence[str],
+    *,
+    roots: dict[str, Path],
+    cwd: Path,
+    argv: Sequence[str] | None = None,
+    default_out: str = "mutants.json",
+) -> int:
+    """The command line of a package's mutant script (module docstring).
+
+    ``make_mutants()`` returns the package's mutants (listed first, then generated).
+    """
+    ap = argparse.ArgumentParser(description="mutation testing of the method's wiring")
+    ap.add_argument("--only", default="", help="only mutants whose file or name contains this")
+    ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    ap.add_argument("--out", default=default_out, help="results file (JSON)")
+    ap.add_argument("--rerun", help="an earlier --out: run only the mutants that survived there")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per mutant")
+    args = ap.parse_args(argv)
+    mutants = [m for m in make_mutants() if args.only in m.file or args.only in m.name]
+    if args.rerun:
+        old = json.loads(Path(args.rerun).read_text())["results"]
+        alive = {(r["file"], r["line"], r["new"]) for r in old if not r["killed"]}
+        mutants = [m for m in mutants if (m.file, m.line, m.new) in alive]
+    if args.list:
+        for m in mutants:
+            print(f"{m.kind:9s} {m.label}")
+        print(f"{len(mutants)} mutants")
+        return 0
+    report = run_mutants(mutants, tests, roots=roots, cwd=cwd, timeout=args.timeout,
+                         out=Path(args.out))  # fmt: skip
+    s = report["summary"]
+    print(
+        f"killed {s['killed']}/{s['mutants']} = {s['kill_rate']:.1%}; "
+        f"listed {s['listed_killed']}/{s['listed']}"
+    )
+    for r in report["results"]:
+        if not r["killed"]:
+            print(f"SURVIVED {r['file']}:{r['line']}: {r['old'].strip()}  ->  {r['new'].strip()}")
+    return 0
