@@ -161,7 +161,7 @@ def _first_image(items: list[dict], entity: dict | None) -> str | None:
     for it in items:
         if it.get("image"):
             return it["image"]
-    return (entity or {}).get("images", [None])[0]
+    return ((entity or {}).get("images") or [None])[0]
 
 
 def write_mllmu(ds: Dataset, folder: str | Path) -> Path:
@@ -205,15 +205,12 @@ def write_mllmu(ds: Dataset, folder: str | Path) -> Path:
             rows.append({**row, **_probe_lists(group)})
         return rows
 
-    ft: dict[str, list[dict]] = {}
-    for name in TRAIN_SPLITS:
-        for it in ds.splits.get(name, []):
-            ft.setdefault(it["entity"], []).append(_qa_pair(it, name))
+    train = [(name, it) for name in TRAIN_SPLITS for it in ds.splits.get(name, [])]
     ft_rows = []
-    for eid, qa in ft.items():
-        group = ds.splits["forget_train"] + ds.splits["retain_train"]
-        img = _first_image([it for it in group if it["entity"] == eid], ents.get(eid))
-        ft_rows.append({"ID": eid, "image": _image(ds, img), "metadata": json.dumps(qa)})
+    for eid, group in _by_entity([it for _, it in train]).items():
+        qa = [_qa_pair(it, name) for name, it in train if it["entity"] == eid]
+        img = _image(ds, _first_image(group, ents.get(eid)))
+        ft_rows.append({"ID": eid, "image": img, "metadata": json.dumps(qa)})
     tables = {
         "ft_Data": ft_rows,
         f"forget_{pct}": probe_rows(ds.splits.get("forget", [])),
