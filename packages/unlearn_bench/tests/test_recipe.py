@@ -180,3 +180,21 @@ def test_rmu_trains_only_the_named_parameters_at_the_named_layer(tiny):
         cls(dataclasses.replace(cfg1, rmu_layer="*layers.*"), ref=ref).setup(copy.deepcopy(ref))
     with pytest.raises(InputError, match="match no trainable parameter"):
         cls(dataclasses.replace(cfg1, rmu_params=("nothing*",)), ref=ref).setup(copy.deepcopy(ref))
+
+
+def test_unlearn_loads_the_npo_reference_folder(tmp_path, tiny_data, tiny_run, capsys):
+    """The command reads ``npo_reference``: a folder of another vocabulary is refused."""
+    from medcommon.cli import run_main
+    from unlearn_bench.cli import main
+
+    other, proc = build_tiny(TinyModelConfig(vocab_size=300), ["a b c d"])
+    save_llava(other, proc, tmp_path / "alien")
+    argv = ["unlearn", "--model", tiny_run, "--data", tiny_data, "--out", tmp_path / "npo",
+            "--method", "npo", "--quiet", "--device", "cpu",
+            "--set", f"npo_reference={tmp_path / 'alien'}"]  # fmt: skip
+    assert run_main(main, [str(a) for a in argv]) == 2
+    assert "error: npo_reference: " in capsys.readouterr().err
+    assert not (tmp_path / "npo").exists()
+    argv[-1] = f"npo_reference={tiny_run}"  # a run folder of the same vocabulary works
+    assert run_main(main, [str(a) for a in argv]) == 0
+    assert (tmp_path / "npo" / "model" / "model.safetensors").is_file()
