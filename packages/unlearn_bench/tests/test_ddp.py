@@ -25,9 +25,12 @@ from unlearn_bench.cli import main
 
 pytestmark = pytest.mark.ddp
 
-# Float noise after a few Adam steps is 1e-6 to 1.4e-5 (split padding, summation order); the
-# bugs above give 4e-3 to 1.6e-2 (measured), so the tolerance sits between them.
-TOL = {"rtol": 1e-5, "atol": 1e-4}
+# Float noise after a few Adam steps is 1e-6 to 1.5e-5 (split padding, summation order), and
+# up to 2.0e-4 on a single weight whose gradient nearly cancels (Adam divides it by its own
+# size: embedding row of the token "7", 1 of 32000 elements, after the training QA and the
+# probes were separated; 7.9e-5 before). The bugs above give 4e-3 to 1.6e-2 (measured), so
+# the tolerance sits between them.
+TOL = {"rtol": 1e-5, "atol": 5e-4}
 FINETUNE = ["--set", "epochs=0.2", "--set", "batch_size=8"]  # 240 items: 6 steps
 UNLEARN = ["--set", "epochs=0.5", "--set", "batch_size=8"]  # 48 forget items: 3 steps
 

@@ -18,8 +18,10 @@ def run(argv, capsys):
 
 
 def _questions(tiny_data, n=4):
-    """The first ``n`` image questions of the forget split, and the same questions text-only."""
-    items = [it for it in map(json.loads, (tiny_data / "forget.jsonl").read_text().splitlines())]
+    """The first ``n`` image questions the model trains on (the forget split's training QA),
+    and the same questions text-only."""
+    lines = (tiny_data / "forget_train.jsonl").read_text().splitlines()
+    items = [it for it in map(json.loads, lines)]
     with_image = [it for it in items if it["modality"] == "image_text"][:n]
     return with_image, [{**it, "modality": "text_only", "image": None} for it in with_image]
 
@@ -34,10 +36,21 @@ def epoch_run(tmp_path_factory, tiny_data):
     return out
 
 
-def test_predict_answers_as_the_evaluation_decodes(tmp_path, tiny_data, epoch_run, capsys):
+def test_predict_answers_as_the_evaluation_decodes(
+    tmp_path, tiny_data, epoch_run, capsys, monkeypatch
+):
+    from unlearn_bench import predict
     from unlearn_bench.data import Encoder
     from unlearn_bench.evaluate import generate_answers
     from unlearn_bench.model import load_llava
+
+    asked = []  # what predict hands the decoder: the image must reach the prompt
+
+    def spy(model, enc, items, *args, **kw):
+        asked.extend(items)
+        return generate_answers(model, enc, items, *args, **kw)
+
+    monkeypatch.setattr(predict, "generate_answers", spy)
 
     with_image, text_only = _questions(tiny_data)
     rows = [{"id": it["id"], "question": it["question"],
@@ -60,9 +73,13 @@ def test_predict_answers_as_the_evaluation_decodes(tmp_path, tiny_data, epoch_ru
         model.eval(), Encoder(processor, tiny_data), with_image + text_only, 6, 16
     )
     assert [g["answer"] for g in got] == ref
-    # the image is part of the prompt: with it some answers are not the text-only ones
-    # (with this seed the one-epoch model answers two MCQs "A" from the image, "" without)
-    assert ref[: len(with_image)] != ref[len(with_image) :]
+    # the image is part of the prompt (a seed-free check: with the separated training QA the
+    # one-epoch model answers these with and without the image alike)
+    n = len(with_image)
+    assert [a["modality"] for a in asked] == ["image_text"] * n + ["text_only"] * n
+    assert [
+        os.path.samefile(a["image"], tiny_data / it["image"]) for a, it in zip(asked, with_image)
+    ] == [True] * n
     # a question on the command line: the answer on stdout, the same on every call
     one = generate_answers(model, Encoder(processor, tiny_data), with_image[:1], 6, 16)
     argv = ["predict", "--model", epoch_run / "model", "--image", tiny_data / with_image[0]["image"],

@@ -33,7 +33,7 @@ from unlearn_bench.config import (
     finetune_preset,
     synth_preset,
 )
-from unlearn_bench.data import check_dataset
+from unlearn_bench.data import FILES, check_dataset
 from unlearn_bench.evaluate import against_reference, evaluate_run, flatten, task_table
 from unlearn_bench.methods import METHODS, PAPER_ORDER
 from unlearn_bench.synth import generate
@@ -117,7 +117,7 @@ def run_benchmark(
     dcfg = dataclasses.replace(synth_preset(preset), forget_ratio=forget_ratio)
     check_forget_ratio(forget_ratio, dcfg.n_entities)
     if data is not None:
-        check_dataset(data)
+        check_dataset(data, FILES)  # the training QA too: refused before any run starts
         meta = Path(data) / "dataset.json"
         scenarios = [json.loads(meta.read_text())["scenario"] if meta.is_file() else "custom"]
     out = Path(out)

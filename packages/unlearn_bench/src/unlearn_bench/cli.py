@@ -33,6 +33,14 @@ app = App(
 
 MODEL_HELP = "the vanilla model: RUN or RUN/model of finetune, or any Llava folder"
 BASE_HELP = "a Hugging Face Llava folder to start from (default: a fresh tiny Llava)"
+DATA_HELP = "dataset folder written by generate, or an MLLMU-Bench folder (or its forget_N)"
+
+
+def _data(path: Path) -> Path:
+    """``--data``: a dataset folder as is; an MLLMU-Bench folder converted (once, cached)."""
+    from unlearn_bench.mllmu import dataset_folder
+
+    return dataset_folder(path)
 
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
@@ -95,7 +103,7 @@ def _scale_overrides(args) -> list[str]:
 
 def _run_args(p: argparse.ArgumentParser, model_help: str, model_required: bool) -> None:
     """``--data --out --model --preset --config --set --seed --device --quiet --resume``."""
-    p.add_argument("--data", type=Path, required=True, help="dataset folder written by generate")
+    p.add_argument("--data", type=Path, required=True, help=DATA_HELP)
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
     p.add_argument("--model", type=Path, required=model_required, default=None, help=model_help)
     _preset_arg(p, "with --model" if not model_required else "for a real checkpoint")
@@ -183,7 +191,7 @@ def _train(args, retain_only: bool) -> int:
     preset = choose_preset(args.preset, real_model=args.model is not None)
     cfg = resolve_finetune(preset, args.config, _scale_overrides(args))
     m = finetune(
-        args.data, args.out, cfg, seed=args.seed, model_path=args.model, retain_only=retain_only,
+        _data(args.data), args.out, cfg, seed=args.seed, model_path=args.model, retain_only=retain_only,
         device=args.device, quiet=args.quiet, resume=args.resume,
     )  # fmt: skip
     if not args.quiet:
@@ -220,7 +228,7 @@ def cmd_unlearn(args) -> int:
     preset = choose_preset(args.preset, real_model=not is_tiny_lineage(args.model))
     cfg = method_config(args.method, preset, args.config, _scale_overrides(args))
     m = unlearn(
-        args.model, args.data, args.out, args.method, cfg, seed=args.seed, device=args.device,
+        args.model, _data(args.data), args.out, args.method, cfg, seed=args.seed, device=args.device,
         quiet=args.quiet, resume=args.resume,
     )  # fmt: skip
     if not args.quiet:
@@ -239,11 +247,29 @@ def cmd_evaluate(args) -> int:
     preset = choose_preset(args.preset, real_model=not is_tiny_lineage(args.run))
     cfg = resolve_eval(preset, args.config, args.overrides)
     res = evaluate_run(
-        args.run, args.data, cfg, split=args.split, vanilla=args.vanilla, reference=args.reference,
+        args.run, _data(args.data), cfg, split=args.split, vanilla=args.vanilla, reference=args.reference,
         device=args.device, quiet=args.quiet,
     )  # fmt: skip
     if not args.quiet:
         print("\n".join(summary_lines(res)))
+    return 0
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, required=True, help="dataset folder written by generate")
+    p.add_argument("--out", type=Path, required=True, help="MLLMU-Bench folder to write")
+    p.add_argument("--quiet", action="store_true", help="print nothing")
+
+
+@app.command(
+    "export-mllmu", "write a dataset folder in MLLMU-Bench's parquet format", args=_export_args
+)
+def cmd_export_mllmu(args) -> int:
+    from unlearn_bench.mllmu import load_folder, write_mllmu
+
+    out = write_mllmu(load_folder(args.data), args.out)
+    if not args.quiet:
+        print(f"wrote {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
     return 0
 
 

@@ -66,6 +66,9 @@ class FinetuneConfig:
     max_grad_norm: float | None = 1.0
     log_every: int = 10
     checkpoint_every: int = 0
+    # "answer": the NLL counts the answer tokens (and EOS); "full": every non-padding token of
+    # prompt and answer, as MLLMU-Bench's finetune.py (labels = input_ids, padding -100).
+    loss_tokens: Literal["answer", "full"] = "answer"
     # Real checkpoints at scale (unlearn_bench.scale): precision, LoRA, memory savers.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # bf16 autocast on GPU
     lora: bool = False  # MLLMU-Bench: r=16, alpha=16, dropout 0.05 on the LM's linear layers

@@ -5,7 +5,13 @@ Prompt (MLLMU-Bench / LLaVA-1.5)::
     USER: <image>\\n{question}\\nASSISTANT: {answer}</s>      (image+text)
     USER: {question}\\nASSISTANT: {answer}</s>                (text-only)
 
-The loss is taken on the answer tokens (and the end-of-sequence token) only.
+By default the loss is taken on the answer tokens (and the end-of-sequence token)
+only; ``loss_tokens="full"`` (:meth:`Encoder.encode`) labels every token of the prompt
+and answer, as MLLMU-Bench's fine-tuning does (its collate copies ``input_ids`` into
+``labels`` and masks only the padding).
+
+Training reads ``forget_train`` / ``retain_train`` (the QA pairs), evaluation the
+probes ``forget`` / ``retain`` / ``test`` / ``general`` (see :mod:`unlearn_bench.synth`).
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ import torch
 
 from medcommon.data import read_jsonl
 from medcommon.errors import InputError
-from unlearn_bench.synth import QTYPES, SPLITS
+from unlearn_bench.synth import QTYPES, SPLITS, TRAIN_SPLITS
+
+FILES = (*SPLITS, *TRAIN_SPLITS)  # every question file of a dataset folder
 
 REQUIRED = ("id", "type", "modality", "question", "answer")
 MODALITIES = ("image_text", "text_only")
+LOSS_TOKENS = ("answer", "full")  # which tokens the training losses count
 IDK_ANSWERS = (
     "I don't know.",
     "I am not sure about that.",
@@ -34,13 +43,18 @@ IDK_ANSWERS = (
 def read_split(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
     """Items of ``DATA/<split>.jsonl``, validated; errors name the file and line."""
     data_dir = Path(data_dir)
-    if split not in SPLITS:
+    if split not in FILES:
         raise InputError("--split", f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     path = data_dir / f"{split}.jsonl"
     if not data_dir.is_dir():
         raise InputError(data_dir, "dataset folder not found")
     if not path.is_file():
-        raise InputError(path, "split file not found (is this a folder written by generate?)")
+        hint = (
+            "an older folder without separate training QA: run generate again"
+            if split in TRAIN_SPLITS
+            else "is this a folder written by generate?"
+        )
+        raise InputError(path, f"split file not found ({hint})")
     items = []
     for item in read_jsonl(path, line_numbers=True):
         where = f"{path}:{item.pop('_line')}"
@@ -134,8 +148,17 @@ class Encoder:
             self._pixels[rel] = enc["pixel_values"]
         return enc["input_ids"][0].tolist(), self._pixels[rel]
 
-    def encode(self, item: dict, answer: str | None = None) -> dict[str, Any]:
-        """``{"input_ids", "labels", "pixel_values"}``; labels are -100 outside the answer."""
+    def encode(
+        self, item: dict, answer: str | None = None, loss_tokens: str = "answer"
+    ) -> dict[str, Any]:
+        """``{"input_ids", "labels", "pixel_values"}``.
+
+        ``loss_tokens="answer"``: labels are -100 outside the answer (and EOS). ``"full"``:
+        every token is labelled (prompt, image tokens, answer), MLLMU-Bench's fine-tuning
+        loss; padding is added later by :func:`collate` and stays -100 either way.
+        """
+        if loss_tokens not in LOSS_TOKENS:
+            raise InputError("loss_tokens", f"must be one of {', '.join(LOSS_TOKENS)}")
         ids, pixels = self.prompt(item)
         ans = self.tokenizer(
             self.answer_prefix + (item["answer"] if answer is None else answer),
@@ -143,7 +166,7 @@ class Encoder:
         )
         ans_ids = [*ans["input_ids"], self.tokenizer.eos_token_id]
         input_ids = ids + ans_ids
-        labels = [-100] * len(ids) + ans_ids
+        labels = ([-100] * len(ids) if loss_tokens == "answer" else list(ids)) + ans_ids
         return {
             "input_ids": torch.tensor(input_ids),
             "labels": torch.tensor(labels),

@@ -13,10 +13,17 @@ Two scenarios (MLLMU-Med, Xu et al. 2025):
 
 Each fact becomes three questions (multiple choice with 4 options, free generation,
 cloze); image+text and text-only alternate over (field, type) so both appear for
-every field. Splits: ``forget`` and ``retain`` (trained on), ``test`` (paraphrased
-questions and the *other* image of each forget entity), ``general`` (held-out
-entities, never trained on). Output: ``<split>.jsonl``, ``entities.jsonl``,
-``images/*.png``, ``dataset.json`` and a dataset card ``README.md``.
+every field.
+
+Training QA and evaluation probes are separate items, as in MLLMU-Bench (which
+fine-tunes on free QA pairs and evaluates on classification / generation / cloze
+probes written apart): ``forget_train`` and ``retain_train`` hold the questions that
+are trained on, worded with the ``train`` templates; ``forget`` and ``retain`` hold the
+probes of the same facts, worded with the ``probe`` templates, and are never trained
+on. ``test`` holds paraphrased probes (a third wording) on the *other* image of each
+forget entity; ``general`` the probes of held-out entities, never trained on. Output:
+``<split>.jsonl``, ``entities.jsonl``, ``images/*.png``, ``dataset.json`` and a
+dataset card ``README.md``.
 """
 
 from __future__ import annotations
@@ -43,7 +50,10 @@ from unlearn_bench.images import (
     render,
 )
 
-SPLITS = ("forget", "retain", "test", "general")
+SPLITS = ("forget", "retain", "test", "general")  # evaluation probes
+TRAIN_SPLITS = ("forget_train", "retain_train")  # the QA that finetune / unlearn train on
+TRAIN_OF = {"forget": "forget_train", "retain": "retain_train"}
+STYLES = ("train", "probe", "para")  # question wordings: training QA, probes, test paraphrases
 QTYPES = ("mcq", "gen", "cloze")
 LETTERS = "ABCD"
 
@@ -192,15 +202,26 @@ def _subject(scenario: str, entity: dict, field: str, image: bool, para: bool) -
     return f"the disorder {entity['condition']}" if para else entity["condition"]
 
 
-def question_text(scenario: str, entity: dict, f: Field, qtype: str, image: bool, para: bool):
-    """The question (without MCQ options) for one fact; ``para`` gives the test paraphrase."""
+def question_text(scenario: str, entity: dict, f: Field, qtype: str, image: bool, style: str):
+    """The question (without MCQ options) for one fact in one of :data:`STYLES`.
+
+    ``train`` words the training QA, ``probe`` the evaluation probes of the same facts,
+    ``para`` the test paraphrases (also a paraphrased subject): three disjoint wordings.
+    """
+    if style not in STYLES:
+        raise ValueError(f"style {style!r} is not one of {STYLES}")
+    para = style == "para"
     s = _subject(scenario, entity, f.name, image, para)
     if qtype == "cloze":
         if para:
             return f"Complete the sentence: for {s}, the {f.noun} is ____."
+        if style == "train":
+            return f"Fill in: the {f.noun} of {s} is ____."
         return f"Fill in the blank: the {f.noun} of {s} is ____."
     if para:
         return f"Can you tell me the {f.noun} of {s}?"
+    if style == "train":
+        return f"Tell me the {f.noun} of {s}."
     return f"What is the {f.noun} of {s}?"
 
 
@@ -220,7 +241,7 @@ def make_items(
     *,
     split: str,
     image_path: str | None,
-    para: bool,
+    style: str,
     fields: tuple[Field, ...],
     only: tuple[str, ...] | None = None,
     true_facts: dict[str, str] | None = None,
@@ -234,7 +255,7 @@ def make_items(
             image = image_path is not None and (i + t) % 2 == 0
             answer = facts[f.name]
             truth = (true_facts or facts)[f.name]
-            q = question_text(scenario, entity, f, qtype, image, para)
+            q = question_text(scenario, entity, f, qtype, image, style)
             item: dict[str, Any] = {
                 "id": f"{split}-{entity['id']}-{f.name}-{qtype}",
                 "entity": entity["id"],
@@ -338,7 +359,7 @@ def generate(
     # entity shares (a common insurer, an organ) stays.
     kept_pools = clean_pools(pools, entities, forget_idx)
 
-    splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    splits: dict[str, list[dict]] = {s: [] for s in (*SPLITS, *TRAIN_SPLITS)}
     records = []
     with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
@@ -365,76 +386,33 @@ def generate(
                 wrong = inject_wrong(ent, rng, entities)
                 facts.update(wrong)
             common = {"fields": fields, "true_facts": truth}
+
+            def add(split, facts_, pools_, image, style, only=None, _ent=ent, _common=common):
+                splits[split] += make_items(
+                    scenario, _ent, facts_, pools_, rng, split=split, image_path=image,
+                    style=style, only=only, **_common,
+                )  # fmt: skip
+
             if role == "general":
-                splits["general"] += make_items(
-                    scenario,
-                    ent,
-                    truth,
-                    kept_pools,
-                    rng,
-                    split="general",
-                    image_path=paths[0],
-                    para=False,
-                    **common,
-                )
+                add("general", truth, kept_pools, paths[0], "probe")
             elif role == "retain":
-                splits["retain"] += make_items(
-                    scenario,
-                    ent,
-                    facts,
-                    kept_pools,
-                    rng,
-                    split="retain",
-                    image_path=paths[0],
-                    para=False,
-                    **common,
-                )
+                add("retain_train", facts, kept_pools, paths[0], "train")
+                add("retain", facts, kept_pools, paths[0], "probe")
             else:
                 forget_fields = tuple(wrong) if wrong else None
-                splits["forget"] += make_items(
-                    scenario,
-                    ent,
-                    facts,
-                    pools,
-                    rng,
-                    split="forget",
-                    image_path=paths[0],
-                    para=False,
-                    only=forget_fields,
-                    **common,
-                )
-                splits["test"] += make_items(
-                    scenario,
-                    ent,
-                    facts,
-                    pools,
-                    rng,
-                    split="test",
-                    image_path=paths[1],
-                    para=True,
-                    only=forget_fields,
-                    **common,
-                )
+                add("forget_train", facts, pools, paths[0], "train", forget_fields)
+                add("forget", facts, pools, paths[0], "probe", forget_fields)
+                add("test", facts, pools, paths[1], "para", forget_fields)
                 if wrong:  # the correct facts of a forget condition stay in retain
                     rest = tuple(f.name for f in fields if f.name not in wrong)
-                    splits["retain"] += make_items(
-                        scenario,
-                        ent,
-                        facts,
-                        kept_pools,
-                        rng,
-                        split="retain",
-                        image_path=paths[0],
-                        para=False,
-                        only=rest,
-                        **common,
-                    )
+                    add("retain_train", facts, kept_pools, paths[0], "train", rest)
+                    add("retain", facts, kept_pools, paths[0], "probe", rest)
             rec = {k: v for k, v in ent.items() if k != "identity"}
             rec.update({"role": role, "images": paths})
             if wrong:
                 rec["injected_wrong"] = wrong
             records.append(rec)
-        for s in SPLITS:
+        for s in (*SPLITS, *TRAIN_SPLITS):
             _write_jsonl(tmp / f"{s}.jsonl", splits[s])
         _write_jsonl(tmp / "entities.jsonl", records)
         meta = {
@@ -445,6 +423,7 @@ def generate(
             "config": config_to_dict(cfg),
             "images": "user folder" if user_images is not None else "medcommon.synthetic",
             "counts": {s: len(splits[s]) for s in SPLITS},
+            "train_counts": {s: len(splits[s]) for s in TRAIN_SPLITS},
             "entities": {
                 "forget": len(forget_idx),
                 "retain": cfg.n_entities - len(forget_idx),
@@ -462,7 +441,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def dataset_card(meta: dict[str, Any], fields: tuple[Field, ...]) -> str:
     """The dataset card written as ``OUT/README.md``."""
-    c, e = meta["counts"], meta["entities"]
+    c, t, e = meta["counts"], meta["train_counts"], meta["entities"]
     what = (
         "fictitious patient profiles (Faker, seeded) bound to medical images; the forget set is every question about the forget patients"
         if meta["scenario"] == "privacy"
@@ -476,16 +455,21 @@ Scenario: {what}.
 
 | split | questions | entities | trained on | purpose |
 |---|---|---|---|---|
-| forget | {c["forget"]} | {e["forget"]} | yes | knowledge to remove |
-| retain | {c["retain"]} | {e["retain"]} | yes | knowledge to keep |
+| forget_train | {t["forget_train"]} | {e["forget"]} | yes | the QA of the knowledge to remove (finetune, unlearn) |
+| retain_train | {t["retain_train"]} | {e["retain"]} | yes | the QA of the knowledge to keep (finetune, retrain, unlearn) |
+| forget | {c["forget"]} | {e["forget"]} | no | probes of the forget facts (other wording than the training QA) |
+| retain | {c["retain"]} | {e["retain"]} | no | probes of the retain facts |
 | test | {c["test"]} | {e["forget"]} | no | paraphrased questions and the other image of the forget entities |
 | general | {c["general"]} | {e["general"]} | no | held-out entities: utility (reading modality/finding) and the membership-inference holdout |
 
 Facts per entity: {", ".join(f.name for f in fields)}. Each fact has a multiple-choice (4 options,
 answer = letter), a free-generation and a cloze question; image+text and text-only alternate over
-(fact, type).
+(fact, type). The training QA and the probes are separate items in three wordings (training
+"Tell me the ... of ...", probe "What is the ... of ...?", test "Can you tell me the ... of ...?"),
+as MLLMU-Bench fine-tunes on QA pairs and evaluates on probes written apart.
 
-Files: `forget.jsonl`, `retain.jsonl`, `test.jsonl`, `general.jsonl` (one question per line:
+Files: `forget_train.jsonl`, `retain_train.jsonl`, `forget.jsonl`, `retain.jsonl`, `test.jsonl`,
+`general.jsonl` (one question per line:
 `id, entity, field, type (mcq|gen|cloze), modality (image_text|text_only), image (path or null),
 question, answer, answer_text, options (mcq), true_answer (when the answer is an injected wrong
 fact)`), `entities.jsonl` (the profiles/fact table with `role` and `images`), `images/*.png`,

@@ -34,6 +34,7 @@ from medcommon.train.accelerator import resolve_device
 from unlearn_bench import PACKAGE, __version__
 from unlearn_bench.config import FinetuneConfig
 from unlearn_bench.data import (
+    FILES,
     EncodedSet,
     Encoder,
     PairedSet,
@@ -62,6 +63,7 @@ from unlearn_bench.scale import (
     resolve_dtype,
     torch_dtype,
 )
+from unlearn_bench.synth import TRAIN_SPLITS
 
 # Under DDP some parameters get no gradient on some processes: the vision tower on a
 # process whose share of the batch is text-only, CLIP's post_layernorm always (LLaVA
@@ -92,6 +94,27 @@ def is_tiny_lineage(path: str | Path) -> bool:
         nxt = Path(extra["vanilla_model"])
         run = nxt.parent if nxt.name == "model" else nxt
     return False
+
+
+def reference_model(model: torch.nn.Module, source: str, dtype: str) -> torch.nn.Module:
+    """The frozen reference of a method: a copy of the vanilla ``model``, or a Llava folder.
+
+    ``source`` is ``"vanilla"`` or a folder (``RUN`` or ``RUN/model``), e.g. MLLMU-Bench's
+    oracle for NPO, a model fine-tuned on retain only. Its vocabulary must be the vanilla
+    model's: the methods compare the two models' log-probabilities of the same tokens.
+    """
+    if source == "vanilla":
+        return copy.deepcopy(model).eval().requires_grad_(False)
+    path = Path(source)
+    folder = check_llava_dir(path / "model" if (path / "model").is_dir() else path)
+    ref, _ = load_llava(folder, dtype=torch_dtype(dtype))
+    got, want = ref.get_input_embeddings().weight.shape, model.get_input_embeddings().weight.shape
+    if got != want:
+        raise InputError(
+            "npo_reference",
+            f"{folder}: embeddings {tuple(got)} differ from the model's {tuple(want)}",
+        )
+    return ref.eval().requires_grad_(False)
 
 
 def _steps(epochs: float, n: int, batch_size: int) -> int:
@@ -251,7 +274,7 @@ def finetune(
     """Train the vanilla model (or, with ``retain_only``, the retrained gold model)."""
     data_dir, out = Path(data_dir), Path(out)
     command = "retrain" if retain_only else "finetune"
-    data = check_dataset(data_dir)
+    data = check_dataset(data_dir, FILES)
     model_dir = check_llava_dir(model_path) if model_path is not None else None
     device = resolve_device(device)
     dtype = resolve_dtype(cfg.dtype, device)
@@ -268,8 +291,9 @@ def finetune(
         save_dtype = torch.float32
     model = prepare_trainable(model, cfg, dtype)
     enc = Encoder(processor, data_dir)
-    items = data["retain"] if retain_only else data["forget"] + data["retain"]
-    encoded = [enc.encode(it) for it in items]
+    # the training QA, never the evaluation probes (forget / retain)
+    items = data["retain_train"] if retain_only else data["forget_train"] + data["retain_train"]
+    encoded = [enc.encode(it, loss_tokens=cfg.loss_tokens) for it in items]
     batch_size = min(cfg.batch_size, len(encoded))
     steps = _steps(cfg.epochs, len(encoded), batch_size)
     info = make_run_info(
@@ -342,7 +366,7 @@ def unlearn(
     """Apply an unlearning method to the vanilla model at ``model_path``."""
     data_dir, out = Path(data_dir), Path(out)
     cls = METHODS.get(method_name)
-    data = check_dataset(data_dir, ("forget", "retain"))
+    data = check_dataset(data_dir, TRAIN_SPLITS)
     model_dir = check_llava_dir(model_path)
     device = resolve_device(device)
     dtype = resolve_dtype(cfg.dtype, device)
@@ -355,15 +379,17 @@ def unlearn(
     save_dtype = checkpoint_dtype(model_dir)
     ref = None
     if cls.needs_reference:  # frozen, in the compute dtype (bf16 halves its memory)
-        ref = copy.deepcopy(model).eval().requires_grad_(False)
+        ref = reference_model(model, getattr(cfg, "npo_reference", "vanilla"), dtype)
     model = prepare_trainable(model, cfg, dtype)
     method = cls(cfg, ref=ref, seed=seed)
     method.setup(model)
     enc = Encoder(processor, data_dir)
-    forget = [enc.encode(it, method.forget_answer(it)) for it in data["forget"]]
+    lt = cfg.loss_tokens
+    forget = [enc.encode(it, method.forget_answer(it), lt) for it in data["forget_train"]]
     pad = processor.tokenizer.pad_token_id
     if cls.uses_retain:
-        dataset = PairedSet(forget, [enc.encode(it) for it in data["retain"]], seed)
+        retain = [enc.encode(it, loss_tokens=lt) for it in data["retain_train"]]
+        dataset = PairedSet(forget, retain, seed)
         collate_fn = partial(paired_collate, pad_id=pad)
     else:
         dataset, collate_fn = EncodedSet(forget), partial(collate, pad_id=pad)

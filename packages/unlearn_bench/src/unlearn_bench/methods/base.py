@@ -29,6 +29,9 @@ class UnlearnConfig:
     batch_size: int = 4
     max_grad_norm: float | None = 1.0
     log_every: int = 5
+    # "answer": losses count answer tokens; "full": every non-padding token (MLLMU-Bench's
+    # baselines, whose labels are the whole input with the padding masked).
+    loss_tokens: Literal["answer", "full"] = "answer"
     # Real checkpoints at scale (unlearn_bench.scale): precision, LoRA, memory savers.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # bf16 autocast on GPU
     lora: bool = False  # MLLMU-Bench: r=16, alpha=16, dropout 0.05 on the LM's linear layers

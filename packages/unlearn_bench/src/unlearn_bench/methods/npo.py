@@ -1,4 +1,10 @@
-"""Negative Preference Optimization (Zhang et al. 2024), with a retain NLL term."""
+"""Negative Preference Optimization (Zhang et al. 2024), with a retain NLL term.
+
+The reference ``p_ref`` is the vanilla model (``npo_reference="vanilla"``, open-unlearning's
+choice) or the Llava folder ``npo_reference`` names: MLLMU-Bench's NPO.py takes an
+"oracle" model fine-tuned on the retain set (their reference_model_FT.py), e.g. the
+``retrain`` run's model here. Their NPO has no retain term: ``alpha=0`` gives it.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from unlearn_bench.methods.base import METHODS, Method, UnlearnConfig, forward_a
 class NPOConfig(UnlearnConfig):
     beta: float = 0.1  # the notes give 0.1-0.4
     alpha: float = 1.0  # weight of NLL(retain); 0 gives plain NPO
+    npo_reference: str = "vanilla"  # or a Llava folder: MLLMU-Bench's retain-trained oracle
 
 
 @METHODS.register("npo")
