@@ -1,24 +1,23 @@
-"""Mutation testing of ``methods/*.py``, ``losses.py`` and ``attention.py`` (not collected by pytest).
+"""Mutation testing of ``methods/*.py``, ``losses.py``, ``attention.py`` and the guidance
+variants (not collected by pytest), with :mod:`medcommon.mutation`.
 
-Each mutant is one edit (old text -> new text, which must occur exactly once); they
-are applied one at a time, the fast wiring tests run with ``-x``, and the file is
-restored. A mutant is killed when the tests fail. Run from anywhere:
+Each mutant is one hand-written edit (old text -> new text, which must occur exactly
+once), applied to a copy of the sources; the fast wiring tests run with ``-x`` and a
+mutant is killed when they fail. The first ten are the wirings named in issue 11; the
+rest are the other plausible one-line slips and the item-3 guidance variants. Run
+from the repository root::
 
-    OMP_NUM_THREADS=1 python packages/brats_grading/tests/mutants.py [index ...]
-
-It prints one JSON line per mutant and ``KILLED k/n``. The first ten are the wirings
-named in issue 11; the rest are the other plausible one-line slips.
+    OMP_NUM_THREADS=1 python packages/brats_grading/tests/mutants.py [--only TEXT] [--list]
 """
 
-import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
+from medcommon.mutation import listed, main
+
 ROOT = Path(__file__).resolve().parents[3]
-SRC = ROOT / "packages/brats_grading/src/brats_grading"
+SRC = ROOT / "packages/brats_grading/src"
+PKG = SRC / "brats_grading"
 T = "packages/brats_grading/tests/"
 TESTS = [
     T + "test_wiring.py",
@@ -101,8 +100,8 @@ MUTANTS = [
     (
         "ce not averaged over secondaries",
         "losses.py",
-        "for n in names) / len(names)",
-        "for n in names)",
+        "class_weight) for n in names) / len(names)",
+        "class_weight) for n in names)",
     ),
     (
         "kd/fa not averaged",
@@ -217,8 +216,8 @@ MUTANTS = [
     (
         "one_stage trains one branch",
         "methods/base.py",
-        "return [Stage(None, branch_params(net, names), ce_step(weight), cfg.steps, names)]",
-        "return [Stage(None, branch_params(net, names[:1]), ce_step(weight), cfg.steps, names)]",
+        'return [Stage(None, branch_params(net, names), ce_step(weight), cfg.steps, names, "ce")]',
+        'return [Stage(None, branch_params(net, names[:1]), ce_step(weight), cfg.steps, names, "ce")]',
     ),
     (
         "students include the primary",
@@ -290,58 +289,39 @@ MUTANTS = [
         "return model",
     ),
 ]
+MUTANTS += [
+    # the guidance variants of issue 11, item 3
+    (
+        "variant: raw features instead of the projection",
+        "methods/cmg.py",
+        'student["align_features"],',
+        'student["features"],',
+    ),
+    (
+        "variant: intermediate term dropped",
+        "losses.py",
+        "loss = loss + mid_weight * mid",
+        "loss = loss",
+    ),
+    (
+        "variant: last layer as 'intermediate'",
+        "model.py",
+        "mid = layers[-2] if",
+        "mid = layers[-1] if",
+    ),
+    (
+        "variant: projection not identity at start",
+        "model.py",
+        "self.align.weight.copy_(torch.eye(channels))",
+        "self.align.weight.mul_(1.0)",
+    ),
+]
 
 
-def main():
-    only = sys.argv[1:]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = f"{ROOT}/packages/medcommon/src:{ROOT}/packages/brats_grading/src"
-    results = []
-    for i, (name, rel, old, new) in enumerate(MUTANTS):
-        if only and str(i) not in only:
-            continue
-        path = SRC / rel
-        text = path.read_text()
-        assert text.count(old) == 1, (name, text.count(old))
-        try:
-            path.write_text(text.replace(old, new))
-            t0 = time.time()
-            p = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pytest",
-                    *TESTS,
-                    "-x",
-                    "-q",
-                    "-m",
-                    "not slow and not gpu",
-                    "-p",
-                    "no:cacheprovider",
-                ],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=400,
-            )
-            lines = [line for line in p.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
-            res = {
-                "i": i,
-                "name": name,
-                "file": rel,
-                "killed": p.returncode != 0,
-                "by": lines[:1],
-                "rc": p.returncode,
-                "s": round(time.time() - t0),
-            }
-        finally:
-            path.write_text(text)
-        results.append(res)
-        print(json.dumps(res), flush=True)
-    k = sum(r["killed"] for r in results)
-    print(f"KILLED {k}/{len(results)}")
+def make_mutants():
+    return [listed(SRC, f"brats_grading/{rel}", old, new, name) for name, rel, old, new in MUTANTS]
 
 
 if __name__ == "__main__":
-    main()
+    roots = {"medcommon": ROOT / "packages/medcommon/src", "brats": SRC}
+    sys.exit(main(make_mutants, TESTS, roots=roots, cwd=ROOT, default_out="brats-mutants.json"))

@@ -93,6 +93,9 @@ def test_guidance_variants_are_the_guided_objective_written_out(method):
     aligning the raw features instead would give a different loss."""
     cfg, net, stages, batch, weight = _setup(method)
     if method == "cmg-proj":
+        f = torch.randn(3, net.branches["t1"].fc.in_features)
+        for name in ("t1", "t2", "flair"):  # identity at the start: cmg-proj starts as cmg
+            torch.testing.assert_close(net.branches[name].align(f), f)
         for name in ("t1", "t2", "flair"):
             with torch.no_grad():
                 net.branches[name].align.weight.normal_(0, 1.0)
