@@ -46,11 +46,12 @@ def test_generated_mutants_skip_docstrings_and_comments(tmp_path):
 
 
 @pytest.mark.parametrize("strong", [True, False])
-def test_strong_tests_kill_and_weak_tests_let_survive_without_touching_the_tree(
-    tmp_path, strong
-):
+def test_strong_tests_kill_and_weak_tests_let_survive_without_touching_the_tree(tmp_path, strong):
     src, tests = _toy(tmp_path, strong)
-    ms = [listed(src, "toy/core.py", "x > 0", "x >= 0", "named: boundary"), *generated(src, ["toy/core.py"])]
+    ms = [
+        listed(src, "toy/core.py", "x > 0", "x >= 0", "named: boundary"),
+        *generated(src, ["toy/core.py"]),
+    ]
     report = run_mutants(ms, [str(tests)], roots={"src": src}, cwd=tmp_path, timeout=120)
     killed = [r["killed"] for r in report["results"]]
     assert all(killed) if strong else not any(killed)
