@@ -10,18 +10,16 @@ worktree's src folders on PYTHONPATH)::
     python packages/unlearn_bench/scripts/mutants.py [--only SUBSTRING] [--list]
 
 Prints one line per mutant and the kill rate; writes the results to ``--out``
-(``--rerun FILE`` runs only the survivors of an earlier results file). The files are restored after every mutant (and on Ctrl-C).
+(``--rerun FILE`` runs only the survivors of an earlier results file). The runner is
+:mod:`medcommon.mutation`'s: every mutant edits a copy of the sources, never the tree.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from medcommon.mutation import Mutant, listed, main
 
 ROOT = Path(__file__).resolve().parents[3]
 PKG = ROOT / "packages/unlearn_bench"
@@ -104,16 +102,31 @@ NAMED = [
 ]
 
 
-def _path(rel: str) -> Path:
+MEDCOMMON = ROOT / "packages/medcommon/src"
+ROOTS = {"medcommon": MEDCOMMON, "unlearn": PKG / "src"}
+
+
+def _where(rel: str) -> tuple[Path, str]:
+    """(source root, path relative to it) of a file named as in TESTS/NAMED."""
     if rel == "privacy.py":
-        return ROOT / "packages/medcommon/src/medcommon/metrics/privacy.py"
-    return SRC / rel
+        return MEDCOMMON, "medcommon/metrics/privacy.py"
+    return PKG / "src", f"unlearn_bench/{rel}"
+
+
+def _path(rel: str) -> Path:
+    root, file = _where(rel)
+    return root / file
 
 
 def _group(rel: str) -> str:
     if rel.startswith("methods/"):
         return "methods"
     return Path(rel).stem
+
+
+def tests_of(m: Mutant) -> list[str]:
+    rel = m.file.removeprefix("unlearn_bench/").removeprefix("medcommon/metrics/")
+    return [str(PKG / "tests" / t) for t in TESTS[_group(rel)]]
 
 
 def _code_lines(path: Path, rel: str):
@@ -138,7 +151,7 @@ def _code_lines(path: Path, rel: str):
         yield i, ln
 
 
-def generate() -> list[dict]:
+def generate() -> list[Mutant]:
     files = [
         "losses.py",
         *(f"methods/{p.name}" for p in sorted((SRC / "methods").glob("*.py"))),
@@ -148,98 +161,21 @@ def generate() -> list[dict]:
     for rel in files:
         if rel in ("methods/__init__.py", "methods/base.py"):
             continue
-        path = _path(rel)
-        for i, ln in _code_lines(path, rel):
+        root, file = _where(rel)
+        for i, ln in _code_lines(_path(rel), rel):
             code = ln.split("  #")[0]
             for pat, rep in RULES:
                 m = re.search(pat, code)
                 if m:
                     new = ln[: m.start()] + re.sub(pat, rep, ln[m.start() :], count=1)
-                    out.append(
-                        {"file": rel, "line": i + 1, "old": ln, "new": new, "kind": "generic"}
-                    )
+                    out.append(Mutant(str(root), file, i + 1, ln + "\n", new + "\n"))
     for rel, old, new in NAMED:
-        lines = _path(rel).read_text().splitlines()
-        hits = [i for i, ln in enumerate(lines) if old in ln]
-        assert len(hits) == 1, (rel, old, hits)
-        i = hits[0]
-        out.append(
-            {
-                "file": rel,
-                "line": i + 1,
-                "old": lines[i],
-                "new": lines[i].replace(old, new),
-                "kind": "named",
-            }
-        )
+        root, file = _where(rel)
+        out.append(listed(root, file, old, new, f"named: {rel}: {new.strip()}"))
     return out
 
 
-def run_one(m: dict) -> tuple[bool, float]:
-    path = _path(m["file"])
-    original = path.read_text()
-    lines = original.splitlines(keepends=True)
-    assert lines[m["line"] - 1].rstrip("\n") == m["old"]
-    lines[m["line"] - 1] = m["new"] + "\n"
-    t0 = time.time()
-    try:
-        path.write_text("".join(lines))
-        tests = [str(PKG / "tests" / t) for t in TESTS[_group(m["file"])]]
-        cmd = [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-x",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-m",
-            "not slow and not gpu",
-            *tests,
-        ]
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-        killed = proc.returncode != 0
-    except subprocess.TimeoutExpired:
-        killed = True
-    finally:
-        path.write_text(original)
-    return killed, time.time() - t0
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="")
-    ap.add_argument("--list", action="store_true")
-    ap.add_argument("--out", default="/tmp/unlearn-mutants.json", help="results file")
-    ap.add_argument("--rerun", help="a mutants.json: run only the mutants that survived there")
-    args = ap.parse_args()
-    mutants = [m for m in generate() if args.only in m["file"]]
-    if args.rerun:
-        old = json.loads(Path(args.rerun).read_text())
-        alive = {(r["file"], r["new"]) for r in old if not r["killed"]}
-        mutants = [m for m in mutants if (m["file"], m["new"]) in alive]
-    if args.list:
-        for m in mutants:
-            print(f"{m['file']}:{m['line']}: {m['new'].strip()}")
-        print(len(mutants), "mutants")
-        return 0
-    results = []
-    for k, m in enumerate(mutants):
-        killed, secs = run_one(m)
-        results.append({**m, "killed": killed})
-        tag = "killed  " if killed else "SURVIVED"
-        print(
-            f"[{k + 1}/{len(mutants)}] {tag} {m['file']}:{m['line']} ({secs:.0f}s): {m['new'].strip()}",
-            flush=True,
-        )
-    n_killed = sum(r["killed"] for r in results)
-    named = [r for r in results if r["kind"] == "named"]
-    print(
-        f"killed {n_killed}/{len(results)} = {n_killed / max(len(results), 1):.1%}; named {sum(r['killed'] for r in named)}/{len(named)}"
-    )
-    Path(args.out).write_text(json.dumps(results, indent=1))
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(
+        main(generate, tests_of, roots=ROOTS, cwd=ROOT, default_out="/tmp/unlearn-mutants.json")
+    )

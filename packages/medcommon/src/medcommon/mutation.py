@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -186,7 +186,7 @@ def run_tests(
 
 def run_mutants(
     mutants: Sequence[Mutant],
-    tests: Sequence[str],
+    tests: Sequence[str] | Callable[[Mutant], Sequence[str]],
     *,
     roots: dict[str, Path],
     cwd: Path,
@@ -197,11 +197,15 @@ def run_mutants(
 
     ``roots`` lists every source folder the tests import (e.g. medcommon's and the
     package's); each is copied once, a mutant edits its copy and is undone after its
-    run. The unmutated tests must pass first (else every mutant would count as killed).
+    run. ``tests`` is one list for all mutants, or a function giving each mutant its
+    own (e.g. the tests of the file it edits). The unmutated tests must pass first
+    (else every mutant would count as killed).
     Returns ``{"summary": {...}, "results": [...]}``, also written to ``out``.
     """
     from medcommon.fs import atomic_path
 
+    if not mutants:
+        return {"summary": _summary([], 0.0), "results": []}
     work = Path(tempfile.mkdtemp(prefix="mutants-"))
     try:
         copies = {}
@@ -209,7 +213,9 @@ def run_mutants(
             copies[str(src)] = work / key
             shutil.copytree(src, copies[str(src)], ignore=shutil.ignore_patterns("__pycache__"))
         path = list(copies.values())
-        ok, why = run_tests(tests, path, cwd, timeout)
+        tests_of = tests if callable(tests) else (lambda m: tests)
+        every = list(dict.fromkeys(t for m in mutants for t in tests_of(m)))
+        ok, why = run_tests(every, path, cwd, timeout)
         if not ok:
             raise RuntimeError(f"the unmutated tests fail: {why}")
         results, t0 = [], time.time()
@@ -219,7 +225,7 @@ def run_mutants(
             _apply(m, copy)
             t1 = time.time()
             try:
-                passed, why = run_tests(tests, path, cwd, timeout)
+                passed, why = run_tests(tests_of(m), path, cwd, timeout)
             finally:
                 (copy / m.file).write_text(original, encoding="utf-8")
             res = {**asdict(m), "killed": not passed, "by": why, "seconds": round(time.time() - t1)}
@@ -251,7 +257,7 @@ def _summary(results: list[dict], seconds: float) -> dict:
 
 def main(
     make_mutants,
-    tests: Sequence[str],
+    tests: Sequence[str] | Callable[[Mutant], Sequence[str]],
     *,
     roots: dict[str, Path],
     cwd: Path,
