@@ -45,7 +45,7 @@ def test_first_order_update_matches_hand_derivation() -> None:
         inner_lr=alpha,
         beta_mem=beta_mem,
         beta_gen=beta_gen,
-        order="first",
+        estimator="first_order",
     )
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     out["loss"].backward()
@@ -94,7 +94,7 @@ def _mlp_grads(alpha: float, order: str) -> torch.Tensor:
         inner_lr=alpha,
         beta_mem=1.0,
         beta_gen=0.5,
-        order=order,
+        estimator=order,
     )["loss"].backward()
     return torch.cat([p.grad.flatten() for p in model.parameters()])
 
@@ -131,11 +131,11 @@ def _inner_product_grad(alpha: float) -> torch.Tensor:
 
 
 def test_exact_and_first_order_agree_to_first_order() -> None:
-    base = _mlp_grads(0.0, "first")
+    base = _mlp_grads(0.0, "first_order")
     assert torch.allclose(_mlp_grads(0.0, "exact"), base, atol=1e-12)
     diffs = []
     for alpha in (1e-2, 1e-3):
-        diffs.append((_mlp_grads(alpha, "exact") - _mlp_grads(alpha, "first")).norm().item())
+        diffs.append((_mlp_grads(alpha, "exact") - _mlp_grads(alpha, "first_order")).norm().item())
     # the difference is O(α): a 10x smaller step gives a ~10x smaller difference
     assert 0 < diffs[1] < diffs[0]
     assert diffs[0] / diffs[1] == pytest.approx(10, rel=0.05)
