@@ -135,7 +135,12 @@ def adam_second_moment(
     """
     if optimizer is None:
         return None
-    beta2 = {id(p): group["betas"][1] for group in optimizer.param_groups for p in group["params"]}
+    beta2 = {
+        id(p): group["betas"][1]
+        for group in optimizer.param_groups
+        if "betas" in group  # not an Adam: no second moment
+        for p in group["params"]
+    }
     out: list[torch.Tensor | None] = []
     for p in params:
         state = optimizer.state.get(p, {})
