@@ -96,7 +96,11 @@ def test_shares_reach_the_log_and_metrics(prostate_dir, tmp_path) -> None:
     assert metrics["align_share"] == saved["align_share"]
     lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     for site, want in zip(data.sites, per_stage):
-        logged = [r["align_share"] for r in lines if r.get("stage") == f"site-{site}" and "align_share" in r]
+        logged = [
+            r["align_share"]
+            for r in lines
+            if r.get("stage") == f"site-{site}" and "align_share" in r
+        ]
         # log_every = 2 over 6 steps: three equal windows, whose mean is the stage mean
         assert len(logged) == 3
         assert sum(logged) / 3 == pytest.approx(want, rel=1e-6)

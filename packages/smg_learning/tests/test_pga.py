@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -279,7 +281,7 @@ def test_full_estimators_match_the_alignment_gradient_to_second_order(estimator:
         refs.append(ref.norm().item())
     assert errs[-1] < 1e-2 * refs[-1]
     # O(α²): halving α divides the error by ~4
-    for a, b in zip(errs, errs[1:]):
+    for a, b in itertools.pairwise(errs):
         assert a / b == pytest.approx(4, rel=0.1)
 
 
@@ -337,7 +339,7 @@ def test_adam_second_moment_reads_the_bias_corrected_state() -> None:
     assert adam_second_moment(opt, ps) == [None, None]
     assert adam_second_moment(None, ps) is None
     sq = [torch.zeros_like(p) for p in ps]
-    for k in range(3):
+    for _ in range(3):
         opt.zero_grad()
         model(torch.randn(4, 3)).pow(2).mean().backward()
         sq = [0.99 * s + 0.01 * p.grad**2 for s, p in zip(sq, ps)]

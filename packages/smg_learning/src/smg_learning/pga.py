@@ -41,8 +41,8 @@ parameter (``P`` parameters), whatever the gradient's scale.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -300,7 +300,9 @@ def pga_gradient(
         if 0 in train_idx:
             parts.append((size(0), l_cur, g_cur))
         if others:
-            l_rest = _mean_loss(model, loss_fn, [domains[i] for i in others], sizes_of(others), None)
+            l_rest = _mean_loss(
+                model, loss_fn, [domains[i] for i in others], sizes_of(others), None
+            )
             g_rest = sync(_grads(l_rest, params, create_graph=exact))
             parts.append((sum(size(i) for i in others), l_rest, g_rest))
         n_mtr = sum(n for n, _, _ in parts)
@@ -408,6 +410,7 @@ def pga_objective(
     # already computed are handed to backward() without a second pass through the model.
     lin = sum((p * g).sum() - (p.detach() * g).sum() for p, g in zip(params, out.grad))
     return {**out.logs, "loss": out.value + lin}
+
 
 def split_domains(n: int, meta_test: int, generator: torch.Generator) -> list[int]:
     """Random meta-test indices: ``meta_test`` of ``n`` domains (none if ``n < 2``)."""

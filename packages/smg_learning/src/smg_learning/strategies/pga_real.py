@@ -32,6 +32,8 @@ class PGAStep:
     the second moment of the stage's optimiser (:attr:`Strategy.optimizer`).
     """
 
+    uses_pga = True
+
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor], ctx: Any) -> dict[str, Any]:
         cfg = self.cfg
         net = unwrap(model)
