@@ -6,6 +6,8 @@ One ``pga-real`` run per (virtual step, estimator) on the preset's synthetic ben
 sites (real replay: no SMD to train), seed 0; each run's ``align_share`` (the norm of
 the PGA gradient minus the same objective's gradient at α = 0, over the PGA
 gradient's norm, per step, averaged per stage) is written per stage and overall.
+Only this training-side quantity is written (no test Dice: the PGA grid of
+:mod:`smg_learning.select` is set from it).
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ def main() -> None:
                         "inner_lr": run_cfg.pga.inner_lr,
                         "align_share": m["align_share"],
                         "align_share_per_stage": m["align_share_per_stage"],
-                        "memorizability": m["memorizability"],
                         "seconds": time.perf_counter() - t0,
                     }
                 )

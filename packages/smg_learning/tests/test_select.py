@@ -11,7 +11,7 @@ import torch
 from medcommon.errors import InputError
 from smg_learning.config import run_preset
 from smg_learning.data import load_continual
-from smg_learning.select import PGAChoice, apply_choice, select_pga, validation_data
+from smg_learning.select import PGA_GRID, PGAChoice, apply_choice, select_pga, validation_data
 
 GRID = (
     PGAChoice(0.0),
@@ -79,7 +79,7 @@ def test_train_select_pga_writes_the_choice_into_the_run(prostate_dir, tmp_path)
     assert run_main(main, args(tmp_path / "run", "pga-real")) == 0
     sel = json.loads((tmp_path / "run" / "pga_selection.json").read_text())
     pga = json.loads((tmp_path / "run" / "config.json").read_text())["config"]["pga"]
-    assert len(sel["scores"]) == 13
+    assert len(sel["scores"]) == len(PGA_GRID) == 15
     for k, v in sel["choice"].items():
         assert pga[k] == v
     # a method without PGA: an input error, and no run folder

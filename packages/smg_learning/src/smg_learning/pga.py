@@ -74,7 +74,7 @@ def _grads(
         list(params.values()),
         create_graph=create_graph,
         retain_graph=create_graph,
-        allow_unused=True,
+        allow_unused=False,
     )
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params.values())]
 

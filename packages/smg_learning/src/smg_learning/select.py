@@ -40,15 +40,24 @@ class PGAChoice:
     virtual_step: str = "sgd"
 
 
-#: the default grid: α = 0 (no alignment), then α in {0.01, 0.1} for every estimator
-#: that needs first derivatives only and every virtual step
+#: α per virtual step: the SGD step's alignment part is a few % of the update at 0.01
+#: (``benchmarks/alignment_shares.json``, a training-only quantity), the Adam-geometry
+#: and normalised steps' already exceeds the update there (RMS virtual step 0.01 per
+#: parameter against an outer Adam lr of 2e-3), so their grids sit a decade lower
+GRID_ALPHAS: dict[str, tuple[float, ...]] = {
+    "sgd": (0.01, 0.1, 1.0),
+    "adam": (0.001, 0.01),
+    "normalized": (0.001, 0.01),
+}
+#: the default grid: α = 0 (no alignment), then each estimator that needs first
+#: derivatives only with each virtual step at its α values (15 points)
 PGA_GRID: tuple[PGAChoice, ...] = (
     PGAChoice(0.0),
     *(
         PGAChoice(a, e, v)
-        for a in (0.01, 0.1)
         for e in ("first_order", "symmetric")
-        for v in ("sgd", "adam", "normalized")
+        for v, alphas in GRID_ALPHAS.items()
+        for a in alphas
     ),
 )
 
