@@ -74,7 +74,7 @@ def _grads(
         list(params.values()),
         create_graph=create_graph,
         retain_graph=create_graph,
-        allow_unused=False,
+        allow_unused=True,
     )
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params.values())]
 
