@@ -11,7 +11,8 @@ OMP_NUM_THREADS=1)::
     python packages/smg_learning/scripts/mutants.py [--only SUBSTRING] [--list] [--out F]
 
 Prints one line per mutant and the kill rate; writes the results to ``--out``. The
-file is restored after every mutant (and on Ctrl-C).
+file is restored after every mutant (and on Ctrl-C); ``--rerun F`` runs only the
+survivors recorded in an earlier results file.
 """
 
 from __future__ import annotations
@@ -64,14 +65,17 @@ NAMED = [
     ("pga.py", "axpy(G0, beta_gen, g_mte)", "pass"),
     ("pga.py", "axpy(G0, beta_mem, g_rep)", "pass"),
     ("pga.py", "return [inner_lr * g for g in grads]", "return [g for g in grads]"),
-    ("pga.py", "out.append(state[\"exp_avg_sq\"].detach() / (1 - beta2[id(p)] ** t))",
-     "out.append(state[\"exp_avg_sq\"].detach())"),
+    (
+        "pga.py",
+        'out.append(state["exp_avg_sq"].detach() / (1 - beta2[id(p)] ** t))',
+        'out.append(state["exp_avg_sq"].detach())',
+    ),
     ("pga.py", "math.sqrt(count)", "1.0"),
     ("pga.py", "if symmetric or measure:", "if symmetric:"),
     ("pga.py", "align_share=align / update", "align_share=align"),
-    ("pga_real.py", "if cfg.pga.virtual_step == \"adam\"", "if False"),
-    ("pga_real.py", "virtual_step=cfg.pga.virtual_step,", "virtual_step=\"sgd\","),
-    ("pga_real.py", "estimator=cfg.pga.estimator,", "estimator=\"first_order\","),
+    ("pga_real.py", 'if cfg.pga.virtual_step == "adam"', "if False"),
+    ("pga_real.py", "virtual_step=cfg.pga.virtual_step,", 'virtual_step="sgd",'),
+    ("pga_real.py", "estimator=cfg.pga.estimator,", 'estimator="first_order",'),
     ("pga_real.py", "measure=cfg.pga.measure,", "measure=False,"),
     ("base.py", "stage.setdefault(name, []).append(float(value))", "pass"),
 ]
@@ -163,8 +167,13 @@ def main() -> None:
     ap.add_argument("--only", default="", help="only mutants whose file contains this")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
     ap.add_argument("--out", type=Path, default=PKG / "scripts" / "mutants_results.json")
+    ap.add_argument("--rerun", type=Path, default=None, help="only the survivors of this file")
     args = ap.parse_args()
     muts = [m for m in generate() if args.only in m["file"]]
+    if args.rerun is not None:
+        old = json.loads(args.rerun.read_text())
+        alive = {(r["file"], r["line"], r["new"]) for r in old if not r["killed"]}
+        muts = [m for m in muts if (m["file"], m["line"], m["new"]) in alive]
     if args.list:
         for m in muts:
             print(f"{m['file']}:{m['line']}: {m['old'].strip()} -> {m['new'].strip()}")
