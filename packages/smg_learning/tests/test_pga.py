@@ -426,3 +426,21 @@ def test_reported_value_is_the_estimators_objective(estimator: str) -> None:
     if estimator == "symmetric":
         want += bm * (loss(0, g1) - loss(0)) + bg * (loss(mtr, g2) - loss(mtr))
     assert out["loss"].item() == pytest.approx(want, rel=1e-10)
+
+
+def test_shift_strength_scales_the_style() -> None:
+    """strength 0 is no shift at all; strength s scales every drawn style parameter by s."""
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    same = shift_domain(x, torch.Generator().manual_seed(5), strength=0.0)
+    torch.testing.assert_close(same, x)
+    half = shift_domain(x, torch.Generator().manual_seed(5), strength=0.5)
+    g = torch.Generator().manual_seed(5)
+    u = [float(lo + (hi - lo) * torch.rand((), generator=g)) for lo, hi in
+         ((-0.6, 0.6), (-0.4, 0.3), (-0.15, 0.15), (0.0, 0.05))]  # fmt: skip
+    gamma, contrast = (
+        float(torch.exp(torch.tensor(u[0] * 0.5))),
+        float(torch.exp(torch.tensor(u[1] * 0.5))),
+    )
+    want = (x**gamma - 0.5) * contrast + 0.5 + 0.5 * u[2]
+    want = (want + 0.5 * u[3] * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    torch.testing.assert_close(half, want)
