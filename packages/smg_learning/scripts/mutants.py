@@ -34,9 +34,15 @@ TESTS = {
     "pga": [
         "test_pga.py",
         "test_alignment.py",
+        "test_strategy_steps.py",
         "test_ddp.py::test_pga_with_sizes_equals_pga_on_concatenated_domains",
     ],
-    "strategies": ["test_alignment.py", "test_cli.py::TestStrategySteps", "test_baselines.py"],
+    "strategies": [
+        "test_alignment.py",
+        "test_strategy_steps.py",
+        "test_cli.py::TestStrategySteps",
+        "test_baselines.py",
+    ],
 }
 # generic one-token mutations (the first match on a line)
 RULES = [
