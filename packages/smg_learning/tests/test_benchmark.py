@@ -92,3 +92,35 @@ def test_benchmark_tiny_claims_and_shared_smd(tmp_path) -> None:
     assert rows["finetune"]["smd_seconds"] == 0
     report = (tmp_path / "b" / "report.md").read_text()
     assert report.index("## Claims") < report.index("![headline.png]")
+
+
+def test_selected_row_and_paired_differences(tmp_path) -> None:
+    """smg-select uses the choice made on inner validation; the report pairs rows with α = 0."""
+    from smg_learning.benchmark import paired_differences
+    from smg_learning.select import PGAChoice
+
+    grid = (PGAChoice(0.0), PGAChoice(0.1, "symmetric", "normalized"))
+    methods = ["smg-alpha0", "smg-select", "smg-sym"]
+    res = run_benchmark(
+        tmp_path / "b", preset="tiny", seeds=[0, 1], methods=methods, select_grid=grid
+    )
+    sel = res["extra"]["pga_selection"]
+    assert [s["inner_lr"] for s in sel["scores"]] == [0.0, 0.1]
+    best = max(range(2), key=lambda i: (sel["scores"][i]["val_memorizability"], -i))
+    assert sel["choice"]["inner_lr"] == grid[best].inner_lr
+    rows = {(r["method"], r["seed"]): r for r in res["rows"]}
+    # the selected row trains with the chosen config: at α = 0 it is smg-alpha0 itself
+    same = rows[("smg-select", 0)]["dice_matrix"] == rows[("smg-alpha0", 0)]["dice_matrix"]
+    assert same == (sel["choice"]["inner_lr"] == 0.0)
+    assert rows[("smg-sym", 0)]["align_share"] > 0
+    assert rows[("smg-alpha0", 0)]["align_share"] == pytest.approx(0.0, abs=1e-5)
+    d = paired_differences(res, "smg-sym", "smg-alpha0", "memorizability")
+    want = [
+        rows[("smg-sym", s)]["metrics"]["memorizability"]
+        - rows[("smg-alpha0", s)]["metrics"]["memorizability"]
+        for s in (0, 1)
+    ]
+    assert d == pytest.approx(want)
+    report = (tmp_path / "b" / "report.md").read_text()
+    for title in ("PGA alignment share", "Paired differences vs alpha = 0", "PGA selection"):
+        assert title in report

@@ -46,6 +46,7 @@ from smg_learning.continual import train_continual
 from smg_learning.costs import site_classifier_accuracy, time_pga, time_samplers
 from smg_learning.data import load_continual
 from smg_learning.replay import resize_pairs
+from smg_learning.select import PGA_GRID, PGAChoice, apply_choice, select_pga
 from smg_learning.strategies import STRATEGIES
 from smg_learning.synth import generate
 
@@ -70,9 +71,20 @@ COST_SIZES: dict[str, dict[str, int] | None] = {
 #: ``replace_nested`` overrides). ``smg-alpha0``: the PGA objective with the virtual step
 #: ``pga.inner_lr`` (alpha) = 0, so every domain loss is taken at the current weights and
 #: only the re-weighting (``beta_mem``, ``beta_gen``) is left: PGA's alignment ablated.
+#: ``smg-sym``: the symmetric estimator (the full first-order alignment gradient);
+#: ``smg-adam``: the virtual step in the outer Adam's geometry; both at the default α.
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "smg-alpha0": ("smg", {"pga": {"inner_lr": 0.0}}),
+    "smg-sym": ("smg", {"pga": {"estimator": "symmetric"}}),
+    "smg-adam": ("smg", {"pga": {"virtual_step": "adam"}}),
 }
+#: rows whose ``pga`` settings are chosen by :func:`smg_learning.select.select_pga` on a
+#: validation split of the training sites' training cases (grid
+#: :data:`smg_learning.select.PGA_GRID`, α = 0 included), once per benchmark with the
+#: first seed, before any row is trained: name -> strategy
+SELECTED: dict[str, str] = {"smg-select": "smg"}
+#: the α = 0 row that the PGA variants are paired with in the report
+ALPHA0 = "smg-alpha0"
 #: the rows of the ``demo`` preset: the central claim (smg vs finetune) and SMD replay
 #: without PGA, which costs only segmenter steps (it trains the SMD that smg reuses)
 DEMO_METHODS = ("finetune", "smd-replay", "smg")
@@ -82,7 +94,7 @@ HEADLINE = ("finetune", "smg", "joint")
 
 def benchmark_methods() -> list[str]:
     """Every row name: the registered strategies, then :data:`VARIANTS`."""
-    return [*STRATEGIES.names(), *VARIANTS]
+    return [*STRATEGIES.names(), *VARIANTS, *SELECTED]
 
 
 def check_methods(methods: list[str]) -> list[str]:
@@ -94,8 +106,15 @@ def check_methods(methods: list[str]) -> list[str]:
     return methods
 
 
-def row_setup(method: str, cfg: RunConfig) -> tuple[str, RunConfig]:
-    """The strategy name and config of benchmark row ``method``."""
+def row_setup(
+    method: str, cfg: RunConfig, selected: dict[str, Any] | None = None
+) -> tuple[str, RunConfig]:
+    """The strategy name and config of benchmark row ``method`` (``selected``: the
+    selection's ``pga`` choice, for :data:`SELECTED` rows)."""
+    if method in SELECTED:
+        if selected is None:
+            raise ValueError(f"row {method!r} needs the selection's choice")
+        return SELECTED[method], apply_choice(cfg, selected)
     if method in VARIANTS:
         strategy, overrides = VARIANTS[method]
         return strategy, replace_nested(cfg, **overrides)
@@ -114,8 +133,11 @@ def run_benchmark(
     quiet: bool = True,
     sites: tuple[str, ...] = (),
     heldout: tuple[str, ...] = (),
+    select_grid: tuple[PGAChoice, ...] = PGA_GRID,
 ) -> dict[str, Any]:
     """Run the comparison and write the results, report and plots to ``out``.
+
+    ``select_grid``: the grid of the :data:`SELECTED` rows' selection (tests shrink it).
 
     ``methods`` defaults to :data:`DEMO_METHODS` for the ``demo`` preset, else every row.
     """
@@ -135,12 +157,29 @@ def run_benchmark(
             data = generate(tmp / "data", task=task, preset=preset, seed=0)
             sites, heldout = sites or default_sites, heldout or default_held
         loaded = load_continual(data, cfg, sites, heldout)
+        # protocol: the selection sees only the training sites' training cases, and runs
+        # before any benchmark row (see smg_learning.select)
+        selection = None
+        if any(m in SELECTED for m in methods):
+            strategies = {SELECTED[m] for m in methods if m in SELECTED}
+            if len(strategies) > 1:
+                raise ValueError("one selection per benchmark: the SELECTED rows share it")
+            selection = select_pga(
+                loaded,
+                cfg,
+                method=strategies.pop(),
+                grid=select_grid,
+                seed=seeds[0],
+                device=device,
+            )
         rows, runs = [], {}
         bar = tqdm(total=len(seeds) * len(methods), desc="benchmark", disable=quiet)
         for seed in seeds:
             smd_source = None  # (run folder, SMD config, seconds) of this seed's trained SMD
             for method in methods:
-                strategy, row_cfg = row_setup(method, cfg)
+                strategy, row_cfg = row_setup(
+                    method, cfg, None if selection is None else selection["choice"]
+                )
                 uses_smd = STRATEGIES.get(strategy).replay == "smd"
                 smd_from = None
                 if uses_smd and smd_source is not None and smd_source[1] == row_cfg.smd:
@@ -173,6 +212,9 @@ def run_benchmark(
                         "train_seconds": m["train_seconds"],
                         "smd_seconds": m["smd_seconds"],
                         "dice_matrix": m["dice_matrix"],
+                        # PGA rows: the alignment part's share of the update (mean per stage)
+                        "align_share": m.get("align_share"),
+                        "align_share_per_stage": m.get("align_share_per_stage"),
                     }
                 )
                 bar.update(1)
@@ -185,6 +227,8 @@ def run_benchmark(
             "task": loaded.task,
             "config": dataclasses.asdict(cfg),
         }
+        if selection is not None:
+            extra["pga_selection"] = selection
         # cost ratios, measured once in this run (first seed)
         t0 = time.perf_counter()
         sizes = COST_SIZES[preset]
@@ -306,6 +350,75 @@ def _plots(out, results, runs, data, smd, methods, seeds) -> None:
         )
 
 
+def paired_differences(
+    results: dict[str, Any], method: str, baseline: str, metric: str
+) -> list[float]:
+    """Per seed, ``method``'s ``metric`` minus ``baseline``'s (seeds where both ran)."""
+    by = {(r["method"], r["seed"]): r["metrics"][metric] for r in results["rows"]}
+    return [
+        by[(method, s)] - by[(baseline, s)]
+        for s in results["seeds"]
+        if (method, s) in by and (baseline, s) in by
+    ]
+
+
+def _pga_sections(results: dict[str, Any], methods: list[str]) -> list[tuple[str, str]]:
+    """Alignment shares per PGA row, paired differences vs α = 0, and the selection."""
+    out = []
+    shares = {}
+    for r in results["rows"]:
+        if r.get("align_share") is not None:
+            shares.setdefault(r["method"], []).append(r["align_share"])
+    if shares:
+        lines = ["| row | alignment share of the update, mean (min-max over seeds) |", "|---|---|"]
+        for m, v in shares.items():
+            lines.append(f"| {m} | {np.mean(v):.4f} ({min(v):.4f}-{max(v):.4f}) |")
+        out.append(
+            (
+                "PGA alignment share",
+                "||PGA gradient - the same objective's gradient at alpha = 0|| / ||PGA gradient||"
+                ", per step, averaged per stage then over stages.\n\n" + "\n".join(lines),
+            )
+        )
+    if ALPHA0 in methods:
+        pga_rows = [m for m in methods if m != ALPHA0 and (m == "smg" or m.startswith("smg-"))]
+        lines = [
+            f"| row - {ALPHA0} | memorizability: mean ± sd (per seed) "
+            "| generalizability: mean ± sd (per seed) |",
+            "|---|---|---|",
+        ]
+        for m in pga_rows:
+            cells = []
+            for metric in ("memorizability", "generalizability"):
+                d = paired_differences(results, m, ALPHA0, metric)
+                sd = float(np.std(d, ddof=1)) if len(d) > 1 else float("nan")
+                per = ", ".join(f"{x:+.3f}" for x in d)
+                cells.append(f"{np.mean(d):+.4f} ± {sd:.4f} ({per})" if d else "n/a")
+            lines.append(f"| {m} | {cells[0]} | {cells[1]} |")
+        if pga_rows:
+            out.append(("Paired differences vs alpha = 0 (same seed)", "\n".join(lines)))
+    sel = results.get("extra", {}).get("pga_selection")
+    if sel:
+        lines = ["| inner_lr | estimator | virtual step | validation memorizability |"]
+        lines.append("|---|---|---|---|")
+        for sc in sel["scores"]:
+            lines.append(
+                f"| {sc['inner_lr']:g} | {sc['estimator']} | {sc['virtual_step']} "
+                f"| {sc['val_memorizability']:.4f} |"
+            )
+        c = sel["choice"]
+        out.append(
+            (
+                "PGA selection (inner validation, training sites' training cases only)",
+                f"Chosen for `smg-select`: inner_lr={c['inner_lr']:g}, {c['estimator']}, "
+                f"{c['virtual_step']} (method {sel['method']}, seed {sel['seed']}, "
+                f"{sel['val_fraction']:g} of each training site's training cases held out)."
+                "\n\n" + "\n".join(lines),
+            )
+        )
+    return out
+
+
 def smd_steps(results: dict[str, Any]) -> int:
     return int(results["extra"]["config"]["smd"]["ddim_steps"])
 
@@ -357,6 +470,7 @@ def _sections(results: dict[str, Any], methods: list[str]) -> list[tuple[str, st
     costs = [("Costs and SMD quality", "\n".join(lines))] if len(lines) > 2 else []
     return [
         ("Setup", setup),
+        *_pga_sections(results, methods),
         *costs,
         ("Dice matrices (mean over seeds)", "\n".join(mats)),
         (

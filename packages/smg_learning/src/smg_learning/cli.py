@@ -94,6 +94,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--smd-from", type=Path, default=None, help="reuse the SMD stages of another run"
     )
+    p.add_argument(
+        "--select-pga",
+        action="store_true",
+        help="choose pga.inner_lr/estimator/virtual_step on a validation split of the "
+        "training sites first (writes pga_selection.json)",
+    )
 
 
 @app.command("train", "train one strategy over the sites in sequence", args=_train_args)
@@ -115,6 +121,7 @@ def cmd_train(args) -> int:
         smd_from=args.smd_from,
         device=_device(args.device),
         quiet=args.quiet,
+        select_pga=args.select_pga,
     )
     if not args.quiet:
         _print_matrix(metrics)

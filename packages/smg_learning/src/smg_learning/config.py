@@ -29,14 +29,23 @@ FUNDUS_SITES = ("Domain1", "Domain2", "Domain3", "Domain4")
 class PGAConfig:
     """Parallel Gradient Alignment as first-order dual meta-objectives (see the README).
 
-    Objective (see README): ``L_cur(θ) + beta_mem·L_rep(θ − α∇L_cur) +
-    beta_gen·[L_mtr(θ) + L_mte(θ − α∇L_mtr)]`` with ``α = inner_lr``.
+    Objective (see README): ``L_cur(θ) + beta_mem·L_rep(θ − α d(∇L_cur)) +
+    beta_gen·[L_mtr(θ) + L_mte(θ − α d(∇L_mtr))]`` with ``α = inner_lr`` and ``d`` the
+    ``virtual_step`` (``sgd``: the gradient; ``adam``: divided by the square root of
+    the outer Adam's second moment; ``normalized``: scaled to RMS 1 per parameter).
+    ``estimator``: ``first_order`` (MLDG, keeps half of the alignment gradient to first
+    order), ``symmetric`` (both roles, the full alignment gradient to first order) or
+    ``exact`` (second-order autograd); see :mod:`smg_learning.pga`. ``measure``: log
+    the alignment part's share of each update (two extra backward passes a step for
+    ``first_order``/``exact``).
     """
 
     inner_lr: float = 0.01
     beta_mem: float = 1.0
     beta_gen: float = 0.5
-    order: Literal["first", "exact"] = "first"
+    estimator: Literal["first_order", "symmetric", "exact"] = "first_order"
+    virtual_step: Literal["sgd", "adam", "normalized"] = "sgd"
+    measure: bool = True
     shifted_copies: int = 1
     meta_test_domains: int = 1
     shift_strength: float = 1.0
@@ -123,6 +132,16 @@ class RunConfig:
             ("replay_capacity", self.replay_capacity >= 0, ">= 0"),
             ("channels", len(self.channels) >= 2, "at least two levels"),
             ("pga.inner_lr", self.pga.inner_lr >= 0, ">= 0"),
+            (
+                "pga.estimator",
+                self.pga.estimator in ("first_order", "symmetric", "exact"),
+                "first_order, symmetric or exact",
+            ),
+            (
+                "pga.virtual_step",
+                self.pga.virtual_step in ("sgd", "adam", "normalized"),
+                "sgd, adam or normalized",
+            ),
             ("pga.shifted_copies", self.pga.shifted_copies >= 0, ">= 0"),
             ("pga.meta_test_domains", self.pga.meta_test_domains >= 1, ">= 1"),
             ("smd.ddim_steps", self.smd.ddim_steps >= 1, ">= 1"),

@@ -110,6 +110,7 @@ def train_continual(
             checkpoint_every=every,
         )
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        strategy.optimizer = opt
         trainer = Trainer(
             model,
             opt,
@@ -140,6 +141,11 @@ def train_continual(
         smd_seconds=smd_seconds,
         replay_sample_seconds=sample_seconds,
     )
+    # per-stage means of what the strategy recorded each step (PGA: ``align_share``)
+    for name, per_stage in strategy.stage_means().items():
+        metrics[f"{name}_per_stage"] = per_stage
+        seen = [v for v in per_stage if v is not None]
+        metrics[name] = sum(seen) / len(seen) if seen else None
     smd = strategy.smd
     if out is not None and _is_main():
         save_pretrained(model, out / "model", model.config)

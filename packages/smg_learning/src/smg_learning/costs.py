@@ -25,6 +25,23 @@ from smg_learning.segmenter import SegLoss, Segmenter, SegmenterConfig
 from smg_learning.smd import SiteModulatedDiffusion
 
 
+def _segmenter(data: ContinualData, cfg: RunConfig) -> Segmenter:
+    """The run's segmenter: background + one class per nested structure (fundus: 3)."""
+    return Segmenter(
+        SegmenterConfig(
+            data.channels,
+            tuple(cfg.channels),
+            cfg.num_res_units,
+            out_channels=len(data.structures) + 1,
+        )
+    )
+
+
+def _structure_dice(pred: torch.Tensor, mask: torch.Tensor, structures: int) -> float:
+    """Mean over nested structures ``k`` of the Dice of ``label > k`` (label maps)."""
+    return sum(dice(pred > k, mask > k) for k in range(structures)) / structures
+
+
 def _timed(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
@@ -46,7 +63,7 @@ def time_pga(
     """
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    model = Segmenter(SegmenterConfig(data.channels, tuple(cfg.channels), cfg.num_res_units))
+    model = _segmenter(data, cfg)
     loss_fn = SegLoss(cfg.dice_weight)
     part = data.parts["train"][data.sites[-1]]
     idx = torch.randint(0, len(part), (cfg.batch_size,), generator=g)
@@ -72,7 +89,7 @@ def time_pga(
         model.zero_grad(set_to_none=True)
         loss_fn(model(samples_x), samples_y).backward()
 
-    def pga(order):
+    def pga(estimator):
         def run():
             model.zero_grad(set_to_none=True)
             pga_objective(
@@ -84,13 +101,13 @@ def time_pga(
                 inner_lr=cfg.pga.inner_lr,
                 beta_mem=cfg.pga.beta_mem,
                 beta_gen=cfg.pga.beta_gen,
-                order=order,
+                estimator=estimator,
             )["loss"].backward()
 
         return run
 
     t_plain = _timed(plain, repeats)
-    t_first = _timed(pga("first"), repeats)
+    t_first = _timed(pga("first_order"), repeats)
     t_exact = _timed(pga("exact"), repeats)
     return {
         "plain_step_s": t_plain,
@@ -102,9 +119,11 @@ def time_pga(
     }
 
 
-def _train_on(images, masks, cfg: RunConfig, channels: int, steps: int, seed: int) -> Segmenter:
+def _train_on(
+    images, masks, cfg: RunConfig, data: ContinualData, steps: int, seed: int
+) -> Segmenter:
     torch.manual_seed(seed)
-    model = Segmenter(SegmenterConfig(channels, tuple(cfg.channels), cfg.num_res_units))
+    model = _segmenter(data, cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = SegLoss(cfg.dice_weight)
     g = torch.Generator().manual_seed(seed)
@@ -143,7 +162,7 @@ def time_samplers(
     """
     names = list(smd.config.site_names)
     if judge is None:
-        judge = _train_on(*_real_train(data, names), cfg, data.channels, train_steps, seed)
+        judge = _train_on(*_real_train(data, names), cfg, data, train_steps, seed)
     judge.eval()
     sites = torch.arange(len(names)).repeat_interleave(per_site)
     out: dict[str, float] = {}
@@ -160,7 +179,11 @@ def time_samplers(
         out[f"{name}_seconds"] = time.perf_counter() - t0
         images, masks = resize_pairs(images, masks, cfg.image_size)
         pred = judge.predict(images)
-        per = [dice(pred[sites == k], masks[sites == k, 0]) for k in range(len(names))]
+        k_structures = len(data.structures)
+        per = [
+            _structure_dice(pred[sites == k], masks[sites == k, 0], k_structures)
+            for k in range(len(names))
+        ]
         out[f"{name}_downstream_dice"] = sum(per) / len(per)
     out["ddim_over_ddpm_time"] = out["ddim_seconds"] / out["ddpm_seconds"]
     out["ddim_minus_ddpm_dice"] = out["ddim_downstream_dice"] - out["ddpm_downstream_dice"]

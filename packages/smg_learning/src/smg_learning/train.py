@@ -18,6 +18,7 @@ from typing import Any
 from medcommon.cli import require_fresh_out
 from medcommon.config import config_to_dict, resolve_config
 from medcommon.errors import InputError
+from medcommon.fs import write_json_atomic
 from medcommon.run import write_run_config
 from smg_learning.config import RunConfig, run_preset
 from smg_learning.continual import train_continual
@@ -56,6 +57,7 @@ def train_run(
     smd_from: Path | None = None,
     device: str = "cpu",
     quiet: bool = True,
+    select_pga: bool = False,
 ) -> dict[str, Any]:
     """Train (or, with ``resume`` and an existing run, continue) one run; returns its metrics.
 
@@ -99,10 +101,19 @@ def train_run(
         data = load_continual(data_dir, cfg, tuple(sites), tuple(heldout))
         if smd_from is not None and not (Path(smd_from) / "smd_stages").is_dir():
             raise InputError(smd_from, "not a run with SMD stages (no smd_stages/)")
+        selection = None
+        if select_pga:
+            from smg_learning.select import apply_choice
+            from smg_learning.select import select_pga as select
+
+            selection = select(data, cfg, method=method, seed=seed, device=device)
+            cfg = apply_choice(cfg, selection["choice"])
         # all input is valid: only now is the run folder created
         cfg = write_run_header(
             out, cfg, data, method=method, seed=seed, preset=preset, data_dir=data_dir
         )
+        if selection is not None:
+            write_json_atomic(out / "pga_selection.json", selection)
     return train_continual(
         data,
         cfg,

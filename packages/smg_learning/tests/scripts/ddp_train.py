@@ -53,7 +53,7 @@ def main() -> None:
     data = load_continual(args.data, base, ("RUNMC", "BMC"), ())
     for entry in args.methods.split(","):
         method, _, order = entry.partition("@")
-        cfg = replace_nested(base, **{"pga.order": order}) if order else base
+        cfg = replace_nested(base, **{"pga.estimator": order}) if order else base
         metrics = train_continual(data, cfg, method, None, seed=0, device="cpu")
         if int(os.environ.get("RANK", "0")) == 0:
             (args.out / entry).mkdir(parents=True, exist_ok=True)

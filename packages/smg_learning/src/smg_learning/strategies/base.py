@@ -120,6 +120,8 @@ class Strategy:
     replay: ClassVar[Literal["none", "real", "smd"]] = "none"
     #: each stage trains on every site seen so far
     cumulative: ClassVar[bool] = False
+    #: the step is PGA's (its ``pga`` settings matter; :mod:`smg_learning.select`)
+    uses_pga: ClassVar[bool] = False
     #: the SMD model of SMD-replay strategies (saved to ``RUN/smd``)
     smd: SiteModulatedDiffusion | None = None
 
@@ -129,6 +131,10 @@ class Strategy:
         self.loss_fn = SegLoss(run.cfg.dice_weight)
         self.stage = 0
         self.memory: ReplayMemory | None = None
+        #: the stage's optimiser (set by the loop; PGA's Adam-geometry virtual step reads it)
+        self.optimizer: torch.optim.Optimizer | None = None
+        #: per-step values a strategy records, per stage: stage -> name -> values
+        self.records: dict[int, dict[str, list[float]]] = {}
 
     # ----------------------------------------------------------------- hooks
     def stage_sites(self, t: int) -> list[str]:
@@ -172,6 +178,24 @@ class Strategy:
         """After stage ``t`` with the trained segmenter ``model`` (unwrapped)."""
 
     # --------------------------------------------------------------- helpers
+    def record(self, name: str, value: torch.Tensor | float) -> None:
+        """Keep one step's ``value`` of ``name`` for this stage (:meth:`stage_means`)."""
+        stage = self.records.setdefault(self.stage, {})
+        stage.setdefault(name, []).append(float(value))
+
+    def stage_means(self) -> dict[str, list[float | None]]:
+        """Name -> the mean of each stage's recorded values (None: nothing recorded).
+
+        A stage restored from its checkpoint on resume ran no step and records nothing.
+        """
+        names = sorted({n for rec in self.records.values() for n in rec})
+        stages = range(max(self.records, default=-1) + 1)
+        out: dict[str, list[float | None]] = {}
+        for n in names:
+            vals = [self.records.get(t, {}).get(n) for t in stages]
+            out[n] = [None if not v else sum(v) / len(v) for v in vals]
+        return out
+
     def sample_replay(
         self, gen: torch.Generator, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:

@@ -18,13 +18,21 @@ import torch
 from torch import nn
 
 from smg_learning.distributed import mean_over_processes, synced_loss, unwrap
-from smg_learning.pga import pga_objective, shift_domain, split_domains
+from smg_learning.pga import adam_second_moment, pga_objective, shift_domain, split_domains
 from smg_learning.strategies.base import STRATEGIES, step_generator
 from smg_learning.strategies.replay_real import RealReplay
 
 
 class PGAStep:
-    """Mixin: the step minimises the PGA objective over the current, replayed and shifted domains."""
+    """Mixin: the step minimises the PGA objective over the current, replayed and shifted domains.
+
+    With ``pga.measure`` each step logs ``align_share`` (the alignment part's norm over
+    the update's, :func:`smg_learning.pga.pga_gradient`), also kept per stage
+    (:meth:`Strategy.record`) for ``metrics.json``. ``pga.virtual_step="adam"`` reads
+    the second moment of the stage's optimiser (:attr:`Strategy.optimizer`).
+    """
+
+    uses_pga = True
 
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor], ctx: Any) -> dict[str, Any]:
         cfg = self.cfg
@@ -43,7 +51,8 @@ class PGAStep:
         for _ in range(cfg.pga.shifted_copies):
             domains.append((shift_domain(x, gen, cfg.pga.shift_strength, share=(rank, world)), y))
             sizes.append(len(x) * world)
-        exact = cfg.pga.order == "exact"
+        exact = cfg.pga.estimator == "exact"
+        params = [p for p in net.parameters() if p.requires_grad]
         out = pga_objective(
             net,
             self.loss_fn,
@@ -53,15 +62,22 @@ class PGAStep:
             inner_lr=cfg.pga.inner_lr,
             beta_mem=cfg.pga.beta_mem,
             beta_gen=cfg.pga.beta_gen,
-            order=cfg.pga.order,
+            estimator=cfg.pga.estimator,
+            virtual_step=cfg.pga.virtual_step,
+            second_moment=adam_second_moment(self.optimizer, params)
+            if cfg.pga.virtual_step == "adam"
+            else None,
+            measure=cfg.pga.measure,
             sizes=None if world == 1 else sizes,
             reduce=None
             if world == 1
             else functools.partial(mean_over_processes, differentiable=exact),
         )
+        if "align_share" in out:
+            self.record("align_share", out["align_share"])
         if world > 1:
             # the forward passes went through the unwrapped model: DDP will not average
-            out["loss"] = synced_loss(out["loss"], [p for p in net.parameters() if p.requires_grad])
+            out["loss"] = synced_loss(out["loss"], params)
         return out
 
 

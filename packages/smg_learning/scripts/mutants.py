@@ -1,0 +1,204 @@
+"""Mutation testing of PGA and the strategies: one-line edits, one at a time.
+
+Each mutant is ``(file, line number, old text, new text)``: the generic operator
+mutations below applied to every code line of ``pga.py`` and ``strategies/*.py``, plus
+named mutations of the alignment maths (an estimator's branch dropped, a Hessian
+role swapped, the measurement's reference changed). For each, the fast tests of that
+file's group run with ``-x`` (cheapest first); a mutant is *killed* when they fail.
+Usage (from the repository root, the worktree's src folders on PYTHONPATH,
+OMP_NUM_THREADS=1)::
+
+    python packages/smg_learning/scripts/mutants.py [--only SUBSTRING] [--list] [--out F]
+
+Prints one line per mutant and the kill rate; writes the results to ``--out``. The
+file is restored after every mutant (and on Ctrl-C); ``--rerun F`` runs only the
+survivors recorded in an earlier results file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+PKG = ROOT / "packages/smg_learning"
+SRC = PKG / "src/smg_learning"
+# cheapest first; node ids keep the run cheap (the DDP file's sizes test, the CLI
+# file's per-strategy step contract)
+TESTS = {
+    "pga": [
+        "test_pga.py",
+        "test_alignment.py",
+        "test_strategy_steps.py",
+        "test_ddp.py::test_pga_with_sizes_equals_pga_on_concatenated_domains",
+    ],
+    "strategies": [
+        "test_alignment.py",
+        "test_strategy_steps.py",
+        "test_cli.py::TestStrategySteps",
+        "test_baselines.py",
+    ],
+}
+# generic one-token mutations (the first match on a line)
+RULES = [
+    (r" - ", " + "),
+    (r" \+ ", " - "),
+    (r" \* ", " / "),
+    (r"\.detach\(\)", ""),
+    (r"\.sqrt\(\)", ""),
+    (r"\bbeta_mem\b", "beta_gen"),
+    (r"\bbeta_gen\b", "beta_mem"),
+    (r"\bmin\(", "max("),
+    (r"\bmax\(", "min("),
+    (r" > ", " >= "),
+    (r" < ", " <= "),
+    (r" == ", " != "),
+    (r"\bnot ", ""),
+    (r"\bTrue\b", "False"),
+    (r"\[1\]", "[0]"),
+    (r"\bsync\(", "("),
+]
+# named mutations of the alignment maths (file, old, new)
+NAMED = [
+    ("pga.py", "disp(g_rep))", "disp(g_cur))"),
+    ("pga.py", "axpy(G, beta_mem, [a - b for a, b in zip(g_cur2, g_cur)])", "pass"),
+    ("pga.py", "axpy(G, beta_gen, [a - b for a, b in zip(g_mtr2, g_mtr)])", "pass"),
+    ("pga.py", "axpy(G0, beta_gen, g_mte)", "pass"),
+    ("pga.py", "axpy(G0, beta_mem, g_rep)", "pass"),
+    ("pga.py", "return [inner_lr * g for g in grads]", "return [g for g in grads]"),
+    (
+        "pga.py",
+        'out.append(state["exp_avg_sq"].detach() / (1 - beta2[id(p)] ** t))',
+        'out.append(state["exp_avg_sq"].detach())',
+    ),
+    ("pga.py", "math.sqrt(count)", "1.0"),
+    ("pga.py", "if symmetric or measure:", "if symmetric:"),
+    ("pga.py", "align_share=align / update", "align_share=align"),
+    ("pga_real.py", 'if cfg.pga.virtual_step == "adam"', "if False"),
+    ("pga_real.py", "virtual_step=cfg.pga.virtual_step,", 'virtual_step="sgd",'),
+    ("pga_real.py", "estimator=cfg.pga.estimator,", 'estimator="first_order",'),
+    ("pga_real.py", "measure=cfg.pga.measure,", "measure=False,"),
+    ("base.py", "stage.setdefault(name, []).append(float(value))", "pass"),
+]
+
+
+def _path(rel: str) -> Path:
+    return SRC / rel if rel == "pga.py" else SRC / "strategies" / rel
+
+
+def _group(rel: str) -> str:
+    return "pga" if rel == "pga.py" else "strategies"
+
+
+def _code_lines(path: Path):
+    """(number, line) of the lines to mutate: code, not docstrings/comments/imports."""
+    lines = path.read_text().splitlines()
+    in_doc = False
+    for i, ln in enumerate(lines):
+        s = ln.strip()
+        quotes = s.count('"""')
+        if in_doc:
+            if quotes:
+                in_doc = False
+            continue
+        if s.startswith('"""'):
+            in_doc = quotes == 1
+            continue
+        if not s or s.startswith(("#", "import ", "from ", "@", "def ", "class ", "raise ")):
+            continue
+        yield i, ln
+
+
+def generate() -> list[dict]:
+    files = ["pga.py", *(p.name for p in sorted((SRC / "strategies").glob("*.py")))]
+    out = []
+    for rel in files:
+        if rel == "__init__.py":
+            continue
+        for i, ln in _code_lines(_path(rel)):
+            code = ln.split("  #")[0]
+            for pat, rep in RULES:
+                m = re.search(pat, code)
+                if m:
+                    new = ln[: m.start()] + re.sub(pat, rep, ln[m.start() :], count=1)
+                    out.append(
+                        {"file": rel, "line": i + 1, "old": ln, "new": new, "kind": "generic"}
+                    )
+    for rel, old, new in NAMED:
+        lines = _path(rel).read_text().splitlines()
+        hits = [i for i, ln in enumerate(lines) if old in ln]
+        assert hits, (rel, old)
+        for i in hits:  # one mutant per occurrence
+            out.append(
+                {
+                    "file": rel,
+                    "line": i + 1,
+                    "old": lines[i],
+                    "new": lines[i].replace(old, new),
+                    "kind": "named",
+                }
+            )
+    return out
+
+
+def run_one(m: dict) -> tuple[bool, float]:
+    path = _path(m["file"])
+    original = path.read_text()
+    lines = original.splitlines(keepends=True)
+    assert lines[m["line"] - 1].rstrip("\n") == m["old"]
+    lines[m["line"] - 1] = m["new"] + "\n"
+    t0 = time.time()
+    try:
+        path.write_text("".join(lines))
+        tests = [str(PKG / "tests" / t) for t in TESTS[_group(m["file"])]]
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+               "-m", "not slow and not gpu", *tests]  # fmt: skip
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+            killed = proc.returncode != 0
+        except subprocess.TimeoutExpired:
+            killed = True  # a hang counts as detected
+    finally:
+        path.write_text(original)
+    return killed, time.time() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="", help="only mutants whose file contains this")
+    ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    ap.add_argument("--out", type=Path, default=PKG / "scripts" / "mutants_results.json")
+    ap.add_argument("--rerun", type=Path, default=None, help="only the survivors of this file")
+    args = ap.parse_args()
+    muts = [m for m in generate() if args.only in m["file"]]
+    if args.rerun is not None:
+        old = json.loads(args.rerun.read_text())
+        alive = {(r["file"], r["line"], r["new"]) for r in old if not r["killed"]}
+        muts = [m for m in muts if (m["file"], m["line"], m["new"]) in alive]
+    if args.list:
+        for m in muts:
+            print(f"{m['file']}:{m['line']}: {m['old'].strip()} -> {m['new'].strip()}")
+        print(len(muts), "mutants")
+        return
+    results = []
+    for k, m in enumerate(muts):
+        killed, secs = run_one(m)
+        results.append({**m, "killed": killed, "seconds": round(secs, 1)})
+        flag = "killed " if killed else "SURVIVED"
+        print(f"[{k + 1}/{len(muts)}] {flag} {m['file']}:{m['line']}: {m['new'].strip()}",
+              flush=True)  # fmt: skip
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+    n_killed = sum(r["killed"] for r in results)
+    print(f"killed {n_killed}/{len(results)} ({100 * n_killed / max(1, len(results)):.1f}%)")
+    for r in results:
+        if not r["killed"]:
+            print(f"survivor {r['file']}:{r['line']}: {r['old'].strip()} -> {r['new'].strip()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Choosing PGA's α, estimator and virtual step on inner validation, never on test sites.
+
+:func:`select_pga` carves a validation split from each training site's *training*
+cases (patient-level, seeded), trains the PGA strategy over the training sites in
+order on the rest, once per grid point, and picks the point with the best validation
+memorizability: the mean validation Dice over the training sites after the last stage.
+Only ``data.parts["train"]`` of the training sites is read; the test slices and the
+held-out sites are never touched (a test swaps them for NaNs and gets the same choice).
+The grid includes ``α = 0`` (the re-weighted replay without alignment), so the
+selection may decide that alignment does not help. Ties go to the earlier grid point.
+
+For the SMD strategy (``smg``) the SMD is trained once, by the first grid point, on
+the same inner training split, and reused by the others (``smd_from``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medcommon.config import replace_nested
+from medcommon.errors import InputError
+from smg_learning.config import RunConfig
+from smg_learning.continual import train_continual
+from smg_learning.data import ContinualData, SiteSlices
+from smg_learning.strategies import STRATEGIES
+
+
+@dataclass(frozen=True)
+class PGAChoice:
+    """One grid point: the ``pga`` fields it sets."""
+
+    inner_lr: float
+    estimator: str = "first_order"
+    virtual_step: str = "sgd"
+
+
+#: α per virtual step: the SGD step's alignment part is a few % of the update at 0.01
+#: (``benchmarks/alignment_shares.json``, a training-only quantity), the Adam-geometry
+#: and normalised steps' already exceeds the update there (RMS virtual step 0.01 per
+#: parameter against an outer Adam lr of 2e-3), so their grids sit a decade lower
+GRID_ALPHAS: dict[str, tuple[float, ...]] = {
+    "sgd": (0.01, 0.1, 1.0),
+    "adam": (0.001, 0.01),
+    "normalized": (0.001, 0.01),
+}
+#: the default grid: α = 0 (no alignment), then each estimator that needs first
+#: derivatives only with each virtual step at its α values (15 points)
+PGA_GRID: tuple[PGAChoice, ...] = (
+    PGAChoice(0.0),
+    *(
+        PGAChoice(a, e, v)
+        for e in ("first_order", "symmetric")
+        for v, alphas in GRID_ALPHAS.items()
+        for a in alphas
+    ),
+)
+
+
+def _take(part: SiteSlices, cases: list[int]) -> SiteSlices:
+    keep = np.isin(part.case_index, cases)
+    new_index = np.searchsorted(np.asarray(cases), part.case_index[keep])
+    idx = torch.from_numpy(np.flatnonzero(keep))
+    return SiteSlices(
+        part.site, [part.cases[c] for c in cases], part.images[idx], part.masks[idx], new_index
+    )
+
+
+def validation_data(data: ContinualData, fraction: float = 0.25, seed: int = 0) -> ContinualData:
+    """The training sites only, each site's training cases split into train / ``"test"`` (validation).
+
+    At least one case on each side; the split is a seeded permutation per site. The
+    result has no held-out sites and its ``"test"`` parts are validation slices.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise InputError("val_fraction", "must be in (0, 1)")
+    train, val, split = {}, {}, {}
+    for k, site in enumerate(data.sites):
+        part = data.parts["train"][site]
+        n = len(part.cases)
+        if n < 2:
+            raise InputError(site, "needs at least 2 training cases for a validation split")
+        n_val = min(max(1, round(n * fraction)), n - 1)
+        order = np.random.default_rng([seed, k]).permutation(n)
+        val_cases, train_cases = sorted(order[:n_val].tolist()), sorted(order[n_val:].tolist())
+        train[site], val[site] = _take(part, train_cases), _take(part, val_cases)
+        split[site] = {
+            "train": [part.cases[c] for c in train_cases],
+            "test": [part.cases[c] for c in val_cases],
+        }
+    return ContinualData(
+        task=data.task,
+        sites=list(data.sites),
+        heldout=[],
+        split=split,
+        parts={"train": train, "test": val},
+        channels=data.channels,
+        structures=data.structures,
+    )
+
+
+def select_pga(
+    data: ContinualData,
+    cfg: RunConfig,
+    *,
+    method: str = "smg",
+    grid: tuple[PGAChoice, ...] = PGA_GRID,
+    seed: int = 0,
+    val_fraction: float = 0.25,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Train ``method`` once per grid point on the inner split; return the best point.
+
+    Returns ``{"choice": {...pga fields}, "scores": [{...fields, "val_memorizability"}],
+    "val_fraction", "method", "seed"}``; apply the choice with :func:`apply_choice`.
+    """
+    if not getattr(STRATEGIES.get(method), "uses_pga", False):
+        raise InputError("--method", f"{method!r} does not use PGA; nothing to select")
+    if not grid:
+        raise InputError("grid", "empty")
+    inner = validation_data(data, val_fraction, seed)
+    scores = []
+    with tempfile.TemporaryDirectory(prefix="smg-select-") as tmp:
+        smd_from = None
+        for k, choice in enumerate(grid):
+            run_dir = Path(tmp) / f"point-{k}"
+            run_dir.mkdir()
+            m = train_continual(
+                inner,
+                apply_choice(cfg, choice),
+                method,
+                run_dir,
+                seed=seed,
+                device=device,
+                smd_from=smd_from,
+                train_last_smd=False,
+            )
+            if STRATEGIES.get(method).replay == "smd" and smd_from is None:
+                smd_from = run_dir  # the SMD config is the same at every grid point
+            scores.append({**asdict(choice), "val_memorizability": m["memorizability"]})
+    best = max(range(len(grid)), key=lambda i: (scores[i]["val_memorizability"], -i))
+    return {
+        "choice": asdict(grid[best]),
+        "scores": scores,
+        "method": method,
+        "seed": seed,
+        "val_fraction": val_fraction,
+    }
+
+
+def apply_choice(cfg: RunConfig, choice: PGAChoice | dict[str, Any]) -> RunConfig:
+    """``cfg`` with the grid point's ``pga`` fields."""
+    fields = asdict(choice) if isinstance(choice, PGAChoice) else dict(choice)
+    return replace_nested(cfg, pga=fields)
