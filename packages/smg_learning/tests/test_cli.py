@@ -223,6 +223,10 @@ def test_an_old_layout_run_still_evaluates_and_resumes(prostate_dir, tmp_path, c
     assert run([*argv, "--out", tmp_path / "old", *TWO_STEPS]) == 0
     old = tmp_path / "old"
     cfg = json.loads((old / "config.json").read_text())["config"]
+    assert cfg["pga"].pop("estimator") == "first_order"  # before issue #12: pga.order
+    for field in ("virtual_step", "measure"):
+        cfg["pga"].pop(field)
+    cfg["pga"]["order"] = "first"
     (old / "config.json").write_text(json.dumps(cfg))  # what write_run_header wrote then
     (old / "run.json").write_text(
         json.dumps({"package": "smg-learning", "version": "0.1.0", "method": "pga-real",

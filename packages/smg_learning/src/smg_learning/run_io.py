@@ -87,9 +87,19 @@ def write_run_header(
     return resolved
 
 
+def _migrate_pga_order(config: dict[str, Any]) -> None:
+    """Runs written before issue #12 saved ``pga.order`` (``first``/``exact``) and none of
+    ``pga.estimator``/``virtual_step``: read them as the estimator they ran with."""
+    pga = config.get("pga")
+    if isinstance(pga, dict) and "order" in pga and "estimator" not in pga:
+        order = pga.pop("order")
+        pga["estimator"] = {"first": "first_order"}.get(order, order)
+
+
 def open_run(path: str | Path, need_split: bool = True) -> SavedRun:
     """Read a run folder (current or earlier layout) with :func:`medcommon.run.load_run`."""
     run = load_run(path, package=PACKAGE, config_class=RunConfig)
+    _migrate_pga_order(run.config)
     split: dict[str, Any] = {}
     if need_split:
         if not (run.path / SPLIT_FILE).is_file():
