@@ -10,20 +10,18 @@ OMP_NUM_THREADS=1)::
 
     python packages/smg_learning/scripts/mutants.py [--only SUBSTRING] [--list] [--out F]
 
-Prints one line per mutant and the kill rate; writes the results to ``--out``. The
-file is restored after every mutant (and on Ctrl-C); ``--rerun F`` runs only the
-survivors recorded in an earlier results file.
+Prints one line per mutant and the kill rate; writes the results to ``--out``;
+``--rerun F`` runs only the survivors recorded in an earlier results file. The runner
+is :mod:`medcommon.mutation`'s: each mutant edits a copy of the sources, never the
+working tree (an earlier in-place runner once left a live mutant in a commit).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from medcommon.mutation import Mutant, main
 
 ROOT = Path(__file__).resolve().parents[3]
 PKG = ROOT / "packages/smg_learning"
@@ -114,91 +112,42 @@ def _code_lines(path: Path):
         yield i, ln
 
 
-def generate() -> list[dict]:
+def tests_of(m: Mutant) -> list[str]:
+    rel = Path(m.file).name
+    return [str(PKG / "tests" / t) for t in TESTS[_group(rel)]]
+
+
+def generate() -> list[Mutant]:
     files = ["pga.py", *(p.name for p in sorted((SRC / "strategies").glob("*.py")))]
+    root = PKG / "src"
     out = []
     for rel in files:
         if rel == "__init__.py":
             continue
+        file = str(_path(rel).relative_to(root))
         for i, ln in _code_lines(_path(rel)):
             code = ln.split("  #")[0]
             for pat, rep in RULES:
                 m = re.search(pat, code)
                 if m:
                     new = ln[: m.start()] + re.sub(pat, rep, ln[m.start() :], count=1)
-                    out.append(
-                        {"file": rel, "line": i + 1, "old": ln, "new": new, "kind": "generic"}
-                    )
+                    out.append(Mutant(str(root), file, i + 1, ln + "\n", new + "\n"))
     for rel, old, new in NAMED:
         lines = _path(rel).read_text().splitlines()
         hits = [i for i, ln in enumerate(lines) if old in ln]
         assert hits, (rel, old)
+        file = str(_path(rel).relative_to(root))
         for i in hits:  # one mutant per occurrence
+            new_line = lines[i].replace(old, new)
+            name = f"named: {rel}:{i + 1}: {new_line.strip()}"
             out.append(
-                {
-                    "file": rel,
-                    "line": i + 1,
-                    "old": lines[i],
-                    "new": lines[i].replace(old, new),
-                    "kind": "named",
-                }
+                Mutant(str(root), file, i + 1, lines[i] + "\n", new_line + "\n", name, "named")
             )
     return out
 
 
-def run_one(m: dict) -> tuple[bool, float]:
-    path = _path(m["file"])
-    original = path.read_text()
-    lines = original.splitlines(keepends=True)
-    assert lines[m["line"] - 1].rstrip("\n") == m["old"]
-    lines[m["line"] - 1] = m["new"] + "\n"
-    t0 = time.time()
-    try:
-        path.write_text("".join(lines))
-        tests = [str(PKG / "tests" / t) for t in TESTS[_group(m["file"])]]
-        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-               "-m", "not slow and not gpu", *tests]  # fmt: skip
-        try:
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-            killed = proc.returncode != 0
-        except subprocess.TimeoutExpired:
-            killed = True  # a hang counts as detected
-    finally:
-        path.write_text(original)
-    return killed, time.time() - t0
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="", help="only mutants whose file contains this")
-    ap.add_argument("--list", action="store_true", help="list the mutants and exit")
-    ap.add_argument("--out", type=Path, default=PKG / "scripts" / "mutants_results.json")
-    ap.add_argument("--rerun", type=Path, default=None, help="only the survivors of this file")
-    args = ap.parse_args()
-    muts = [m for m in generate() if args.only in m["file"]]
-    if args.rerun is not None:
-        old = json.loads(args.rerun.read_text())
-        alive = {(r["file"], r["line"], r["new"]) for r in old if not r["killed"]}
-        muts = [m for m in muts if (m["file"], m["line"], m["new"]) in alive]
-    if args.list:
-        for m in muts:
-            print(f"{m['file']}:{m['line']}: {m['old'].strip()} -> {m['new'].strip()}")
-        print(len(muts), "mutants")
-        return
-    results = []
-    for k, m in enumerate(muts):
-        killed, secs = run_one(m)
-        results.append({**m, "killed": killed, "seconds": round(secs, 1)})
-        flag = "killed " if killed else "SURVIVED"
-        print(f"[{k + 1}/{len(muts)}] {flag} {m['file']}:{m['line']}: {m['new'].strip()}",
-              flush=True)  # fmt: skip
-        args.out.write_text(json.dumps(results, indent=1) + "\n")
-    n_killed = sum(r["killed"] for r in results)
-    print(f"killed {n_killed}/{len(results)} ({100 * n_killed / max(1, len(results)):.1f}%)")
-    for r in results:
-        if not r["killed"]:
-            print(f"survivor {r['file']}:{r['line']}: {r['old'].strip()} -> {r['new'].strip()}")
-
-
 if __name__ == "__main__":
-    main()
+    roots = {"medcommon": ROOT / "packages/medcommon/src", "smg": PKG / "src"}
+    raise SystemExit(
+        main(generate, tests_of, roots=roots, cwd=ROOT, default_out="/tmp/smg-mutants.json")
+    )
