@@ -62,3 +62,21 @@ def test_analysis_is_recomputed_from_the_stored_predictions(tiny_grid):
     assert est == pytest.approx(point) and lo <= est <= hi
     d = again[s["setting"]]["diff"]["cmg-no-guidance"]
     assert d[3] == P.verdict(d[1], d[2])
+
+
+@pytest.mark.parametrize(
+    "bad, expected",
+    [
+        (["--settings", "rho9-t2none-noisebaseline"], "--settings: unknown"),
+        (["--workers", "0"], "--workers: must be >= 1"),
+        (["--preset", "tiny", "--methods", "single-t1ce"], "--methods: the grid compares"),
+    ],
+)
+def test_grid_command_refuses_bad_input_without_writing(tmp_path, capsys, bad, expected):
+    from brats_grading.cli import main
+    from medcommon.cli.runner import run_main
+
+    out = tmp_path / "grid"
+    assert run_main(main, ["grid", "--out", str(out), *bad]) == 2
+    assert expected in capsys.readouterr().err
+    assert not out.exists()
