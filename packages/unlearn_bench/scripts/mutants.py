@@ -26,7 +26,7 @@ PKG = ROOT / "packages/unlearn_bench"
 SRC = PKG / "src/unlearn_bench"
 TESTS = {
     "losses": ["test_losses.py", "test_methods.py", "test_data.py"],
-    "methods": ["test_methods.py", "test_losses.py"],
+    "methods": ["test_methods.py", "test_losses.py", "test_recipe.py"],
     "evaluate": ["test_metrics.py", "test_ues.py"],
     "data": ["test_data.py", "test_methods.py"],
     "privacy": ["test_metrics.py"],
