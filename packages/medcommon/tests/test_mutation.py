@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medcommon.mutation import generated, listed, run_mutants
+from medcommon.mutation import generated, listed, regex_mutants, run_mutants
 
 TOY = '''\
 """A toy module."""
@@ -57,3 +57,11 @@ def test_strong_tests_kill_and_weak_tests_let_survive_without_touching_the_tree(
     assert all(killed) if strong else not any(killed)
     assert report["summary"]["listed"] == 1
     assert (src / "toy" / "core.py").read_text() == TOY  # the working tree is never edited
+
+
+def test_regex_mutants_edit_the_first_match_of_the_code_only(tmp_path):
+    src, _ = _toy(tmp_path, strong=True)
+    lines = list(enumerate(TOY.splitlines()))
+    ms = regex_mutants(src, "toy/core.py", [lines[5]], [(r" \* ", " / "), (r"comment", "x")])
+    assert [m.new for m in ms] == ["    return x / w + 1  # a comment\n"]  # not in the comment
+    assert ms[0].old == TOY.splitlines(keepends=True)[5] and ms[0].line == 6

@@ -18,10 +18,9 @@ working tree (an earlier in-place runner once left a live mutant in a commit).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-from medcommon.mutation import Mutant, main
+from medcommon.mutation import Mutant, main, regex_mutants
 
 ROOT = Path(__file__).resolve().parents[3]
 PKG = ROOT / "packages/smg_learning"
@@ -125,13 +124,7 @@ def generate() -> list[Mutant]:
         if rel == "__init__.py":
             continue
         file = str(_path(rel).relative_to(root))
-        for i, ln in _code_lines(_path(rel)):
-            code = ln.split("  #")[0]
-            for pat, rep in RULES:
-                m = re.search(pat, code)
-                if m:
-                    new = ln[: m.start()] + re.sub(pat, rep, ln[m.start() :], count=1)
-                    out.append(Mutant(str(root), file, i + 1, ln + "\n", new + "\n"))
+        out += regex_mutants(root, file, _code_lines(_path(rel)), RULES)
     for rel, old, new in NAMED:
         lines = _path(rel).read_text().splitlines()
         hits = [i for i, ln in enumerate(lines) if old in ln]

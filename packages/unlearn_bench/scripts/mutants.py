@@ -16,10 +16,9 @@ Prints one line per mutant and the kill rate; writes the results to ``--out``
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-from medcommon.mutation import Mutant, listed, main
+from medcommon.mutation import Mutant, listed, main, regex_mutants
 
 ROOT = Path(__file__).resolve().parents[3]
 PKG = ROOT / "packages/unlearn_bench"
@@ -162,13 +161,7 @@ def generate() -> list[Mutant]:
         if rel in ("methods/__init__.py", "methods/base.py"):
             continue
         root, file = _where(rel)
-        for i, ln in _code_lines(_path(rel), rel):
-            code = ln.split("  #")[0]
-            for pat, rep in RULES:
-                m = re.search(pat, code)
-                if m:
-                    new = ln[: m.start()] + re.sub(pat, rep, ln[m.start() :], count=1)
-                    out.append(Mutant(str(root), file, i + 1, ln + "\n", new + "\n"))
+        out += regex_mutants(root, file, _code_lines(_path(rel), rel), RULES)
     for rel, old, new in NAMED:
         root, file = _where(rel)
         out.append(listed(root, file, old, new, f"named: {rel}: {new.strip()}"))

@@ -23,6 +23,7 @@ import argparse
 import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -144,6 +145,26 @@ def generated(
                     continue
                 made += 1
                 out.append(Mutant(str(root), rel, i, line, mutated))
+    return out
+
+
+def regex_mutants(
+    root: str | Path,
+    file: str,
+    lines: Iterable[tuple[int, str]],
+    rules: Sequence[tuple[str, str]],
+) -> list[Mutant]:
+    """One mutant per (line, rule) whose regex matches the line's code: the first match
+    (before a trailing ``  #`` comment) replaced. ``lines``: ``(0-based index, text)``
+    without newlines, as a package's own line filter yields them."""
+    out = []
+    for i, ln in lines:
+        code = ln.split("  #")[0]
+        for pat, rep in rules:
+            m = re.search(pat, code)
+            if m:
+                new = ln[: m.start()] + re.sub(pat, rep, ln[m.start() :], count=1)
+                out.append(Mutant(str(root), file, i + 1, ln + "\n", new + "\n"))
     return out
 
 

@@ -46,42 +46,17 @@ TESTS = [
     "tests/test_pbbl_wiring.py",
 ]
 # (before, after): the first occurrence on a line is replaced.
-OWN_OPS = [
-    (" + ", " - "),
-    (" - ", " + "),
-    (" * ", " / "),
-    (" / ", " * "),
-    ("**", "*"),
-    (" == ", " != "),
-    (" != ", " == "),
-    (" > ", " >= "),
-    (" >= ", " > "),
-    (" < ", " <= "),
-    (" <= ", " < "),
-    (" and ", " or "),
-    (" or ", " and "),
-    ("not ", ""),
-    ("True", "False"),
-    ("False", "True"),
-    ('"bias_hat"', '"bias"'),
+PBBL_OPS = [  # PBBL's own slips, tried before medcommon's generic OPERATORS on each line
+    ('"bias_hat"', '"bias"'),  # true bias labels fed where the pseudo labels belong
     (".labels", ".bias"),
-    ("argmax", "argmin"),
-    (".mean()", ".sum()"),
-    ("max(", "min("),
-    ("min(", "max("),
-    ("[:, 1]", "[:, 0]"),
     ("range(1, ", "range(2, "),
     ("(1, ", "(0, "),
     ("- 1", "- 2"),
-    ("1.0", "2.0"),
-    ("0.0", "1.0"),
-    ("log(", "exp("),
-    ("return ", "return None  # "),
 ]
 
 
 def make_mutants(per_line: int = 1):
-    ops = [*OWN_OPS, *(op for op in OPERATORS if op not in OWN_OPS)]
+    ops = [*PBBL_OPS, *OPERATORS]
     files = [f"pbbl_cxr/{t}" for t in TARGETS]
     return generated(PKG / "src", files, ops, per_line)
 
