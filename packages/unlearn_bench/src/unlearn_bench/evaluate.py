@@ -155,18 +155,10 @@ def token_stats(
     return logp, mu, var, mask
 
 
-@torch.no_grad()
-def answer_scores(
-    model, enc: Encoder, items: Sequence[dict], batch_size: int, mink_fraction: float
-) -> dict[str, np.ndarray]:
-    """Per item (teacher forcing on the answer and EOS): ``nll`` and the MIA attack scores.
-
-    Returns ``{"nll", "loss", "mink", "minkpp", "zlib"}``, each ``(N,)``; every attack
-    score is higher for "member" (``loss = -nll``; see the module docstring).
-    """
+def _teacher_forced(model, enc: Encoder, items: Sequence[dict], batch_size: int):
+    """Per batch of ``items``: ``(chunk, logits (B, T, V), labels (B, T))``, answers teacher-forced."""
     device = next(model.parameters()).device
     pad = enc.tokenizer.pad_token_id
-    out: dict[str, list[float]] = {k: [] for k in ("nll", "mink", "minkpp", "zlib")}
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         batch = collate([enc.encode(it) for it in chunk], pad)
@@ -177,7 +169,21 @@ def answer_scores(
             pixel_values=batch["pixel_values"],
             use_cache=False,
         ).logits
-        logp, mu, var, m = token_stats(logits, batch["labels"])
+        yield chunk, logits, batch["labels"]
+
+
+@torch.no_grad()
+def answer_scores(
+    model, enc: Encoder, items: Sequence[dict], batch_size: int, mink_fraction: float
+) -> dict[str, np.ndarray]:
+    """Per item (teacher forcing on the answer and EOS): ``nll`` and the MIA attack scores.
+
+    Returns ``{"nll", "loss", "mink", "minkpp", "zlib"}``, each ``(N,)``; every attack
+    score is higher for "member" (``loss = -nll``; see the module docstring).
+    """
+    out: dict[str, list[float]] = {k: [] for k in ("nll", "mink", "minkpp", "zlib")}
+    for chunk, logits, labels in _teacher_forced(model, enc, items, batch_size):
+        logp, mu, var, m = token_stats(logits, labels)
         for row, it in enumerate(chunk):
             keep = m[row]
             lp = logp[row][keep].double().cpu().numpy()
@@ -215,25 +221,14 @@ def truth_ratios(model, enc: Encoder, items: Sequence[dict], batch_size: int) ->
     mcq = [it for it in items if it["type"] == "mcq" and it.get("options")]
     if not mcq:
         return np.zeros(0)
-    device = next(model.parameters()).device
-    pad = enc.tokenizer.pad_token_id
     rows: list[tuple[int, bool, dict]] = []  # (item index, is the stored answer, item)
     for i, it in enumerate(mcq):
         stem = {**it, "question": mcq_stem(it)}
         for opt in it["options"]:
             rows.append((i, opt == it["answer_text"], {**stem, "answer": opt}))
     mean_lp = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        batch = collate([enc.encode(r[2]) for r in chunk], pad)
-        batch = {k: (v.to(device) if v is not None else None) for k, v in batch.items()}
-        logits = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            pixel_values=batch["pixel_values"],
-            use_cache=False,
-        ).logits
-        logp, mask = token_logprobs(logits, batch["labels"])
+    for _, logits, labels in _teacher_forced(model, enc, [r[2] for r in rows], batch_size):
+        logp, mask = token_logprobs(logits, labels)
         mean_lp += (logp.sum(-1) / mask.sum(-1).clamp(min=1)).double().cpu().tolist()
     true = np.full(len(mcq), np.nan)
     false: list[list[float]] = [[] for _ in mcq]
