@@ -64,6 +64,10 @@ BAD_DATA = {
                 "error: --heldout: site 'BMC' is also in --sites"),
     "nested field": (None, ["--set", "pga.nope=1"], "pga.nope: unknown config field"),
     "bad preset": (None, ["--preset", "huge"], "--preset"),
+    "bad smd preset": (None, ["--smd-preset", "huge"],
+                       "error: --smd-preset: unknown SMD preset 'huge'; choose from x0-16px"),
+    "bad spacing": (None, ["--set", "smd.timestep_spacing=middle"],
+                    "error: smd.timestep_spacing: 'middle' is not one of leading, trailing, linspace"),
 }  # fmt: skip
 
 
@@ -101,6 +105,10 @@ class TestContract(CLIContract):
         cases["unknown benchmark method"] = (
             ["benchmark", "--out", tmp / "bench", "--methods", "finetune,magic"],
             "unknown method 'magic'",
+        )
+        cases["unknown benchmark smd preset"] = (
+            ["benchmark", "--out", tmp / "bench2", "--smd-preset", "v-64px"],
+            "unknown SMD preset 'v-64px'",
         )
         return cases
 

@@ -89,3 +89,37 @@ def test_smd_denoising_step(precision, tmp_path):
     optimizer = torch.optim.Adam(smd.parameters(), lr=cfg.smd.lr)
     config = _config(precision, cfg.smd.batch_size)
     _fit_steps(smd, optimizer, dataset, _smd_step, config, tmp_path, "smg/smd")
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_smd_full_config_step(precision, tmp_path):
+    """The ``full`` preset's SMD as configured, never run on the CPU presets: 192 px,
+    a (64, 128, 256, 256) U-Net with attention, ε-prediction, batch 16, "trailing" DDIM
+    spacing; a few training steps (fp16: enough for the loss scaler to settle), then a
+    DDIM-2 sample of each site that must be finite, in range and of the right shape."""
+    cfg = preset_config("full")
+    size, batch = cfg.image_size, cfg.smd.batch_size
+    sites = [_site("A", batch, size, seed=5), _site("B", batch, size, seed=6)]
+    seed_everything(0)
+    smd = _smg(cfg, sites).smd
+    c = smd.config
+    assert (c.image_size, c.block_out_channels, c.attention) == (192, (64, 128, 256, 256), True)
+    assert (c.prediction_type, c.timestep_spacing) == ("epsilon", "trailing")
+    dataset = SliceDataset(sites, [0, 1])
+    optimizer = torch.optim.Adam(smd.parameters(), lr=cfg.smd.lr)
+    _fit_steps(
+        smd,
+        optimizer,
+        dataset,
+        _smd_step,
+        _config(precision, batch),
+        tmp_path,
+        "smg/smd-full",
+        peak_bound=40 * 2**30,
+    )
+    images, masks = smd.to(GPU_DEVICE).sample(
+        torch.tensor([0, 1]), steps=2, generator=torch.Generator().manual_seed(0)
+    )
+    assert images.shape == (2, 1, size, size) and masks.shape == (2, 1, size, size)
+    assert torch.isfinite(images).all() and images.min() >= 0 and images.max() <= 1
+    assert set(masks.unique().tolist()) <= {0, 1}

@@ -340,3 +340,42 @@ def test_sampling_runs_the_network_in_eval_mode() -> None:
     smd.train()
     smd.sample(torch.zeros(1).long(), steps=2)
     assert modes and not any(modes) and smd.training
+
+
+@pytest.mark.parametrize(
+    "spacing, want", [("trailing", [49, 39, 29, 19, 9]), ("leading", [40, 30, 20, 10, 0])]
+)
+def test_ddim_timestep_spacing_decides_where_sampling_starts(spacing, want) -> None:
+    """DDIM-5 of T = 50: "trailing" starts at t = T - 1 (pure noise, as training's last
+    step); "leading" (diffusers' default) starts at t = 40. The network is called at
+    exactly those timesteps."""
+    smd = _linear(timestep_spacing=spacing, prediction_type="sample")
+    seen = []
+
+    def oracle(x, t, site):
+        seen.append(int(t[0]))
+        return torch.zeros_like(x)
+
+    smd.forward = oracle
+    smd.sample(torch.tensor([0]), steps=5, generator=torch.Generator().manual_seed(0))
+    assert seen == want
+    with pytest.raises(InputError) as exc:
+        _linear(timestep_spacing="middle").sample(torch.tensor([0]), steps=2)
+    assert exc.value.where == "--set smd.timestep_spacing"
+
+
+def test_a_model_saved_before_timestep_spacing_samples_as_it_did(tmp_path) -> None:
+    """Saved SMD folders without ``timestep_spacing`` keep diffusers' "leading" spacing."""
+    import json
+
+    from medcommon.models import from_pretrained, save_pretrained
+
+    smd = _smd()
+    save_pretrained(smd, tmp_path / "m", smd.config)
+    cfg_file = tmp_path / "m" / "config.json"
+    raw = json.loads(cfg_file.read_text())
+    raw.pop("timestep_spacing")
+    cfg_file.write_text(json.dumps(raw))
+    old = from_pretrained(SiteModulatedDiffusion, tmp_path / "m")
+    assert old.config.timestep_spacing == "leading"
+    assert old.ddim_scheduler().config.timestep_spacing == "leading"

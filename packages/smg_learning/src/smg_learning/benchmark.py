@@ -41,7 +41,7 @@ from medcommon.report import (
 from medcommon.report.plots import plot_heatmap_panels
 from smg_learning import __version__
 from smg_learning.claims import claims_for
-from smg_learning.config import RunConfig, run_preset
+from smg_learning.config import RunConfig, run_preset, with_smd_preset
 from smg_learning.continual import train_continual
 from smg_learning.costs import site_classifier_accuracy, time_pga, time_samplers
 from smg_learning.data import load_continual
@@ -134,15 +134,19 @@ def run_benchmark(
     sites: tuple[str, ...] = (),
     heldout: tuple[str, ...] = (),
     select_grid: tuple[PGAChoice, ...] = PGA_GRID,
+    smd_preset: str | None = None,
 ) -> dict[str, Any]:
     """Run the comparison and write the results, report and plots to ``out``.
+
+    ``smd_preset``: a name in :data:`smg_learning.config.SMD_PRESETS` replacing the
+    preset's ``smd`` section (``--smd-preset``).
 
     ``select_grid``: the grid of the :data:`SELECTED` rows' selection (tests shrink it).
 
     ``methods`` defaults to :data:`DEMO_METHODS` for the ``demo`` preset, else every row.
     """
     out = Path(out)
-    cfg = run_preset(preset)
+    cfg = with_smd_preset(run_preset(preset), smd_preset)
     methods = check_methods(
         list(methods or (DEMO_METHODS if preset == "demo" else benchmark_methods()))
     )
@@ -226,6 +230,7 @@ def run_benchmark(
             "heldout": loaded.heldout,
             "task": loaded.task,
             "config": dataclasses.asdict(cfg),
+            "smd_preset": smd_preset,
         }
         if selection is not None:
             extra["pga_selection"] = selection
@@ -362,6 +367,41 @@ def paired_differences(
     ]
 
 
+#: replay's effect, reported as paired differences: (row, baseline)
+REPLAY_PAIRS = (
+    ("smd-replay", "finetune"),
+    ("replay-real", "finetune"),
+    ("smd-replay", "replay-real"),
+    ("smg", "smd-replay"),
+)
+
+
+def _paired_table(results: dict[str, Any], pairs: list[tuple[str, str]]) -> str:
+    """A markdown table of per-seed paired differences (mean ± sd, per seed) on both metrics."""
+    lines = [
+        "| row - baseline | memorizability: mean ± sd (per seed) "
+        "| generalizability: mean ± sd (per seed) |",
+        "|---|---|---|",
+    ]
+    for m, base in pairs:
+        cells = []
+        for metric in ("memorizability", "generalizability"):
+            d = paired_differences(results, m, base, metric)
+            sd = float(np.std(d, ddof=1)) if len(d) > 1 else float("nan")
+            per = ", ".join(f"{x:+.3f}" for x in d)
+            cells.append(f"{np.mean(d):+.4f} ± {sd:.4f} ({per})" if d else "n/a")
+        lines.append(f"| {m} - {base} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def _replay_section(results: dict[str, Any], methods: list[str]) -> list[tuple[str, str]]:
+    """Replay's effect: SMD replay and real replay against no replay, paired by seed."""
+    pairs = [(m, b) for m, b in REPLAY_PAIRS if m in methods and b in methods]
+    if not pairs:
+        return []
+    return [("Replay's effect, paired differences (same seed)", _paired_table(results, pairs))]
+
+
 def _pga_sections(results: dict[str, Any], methods: list[str]) -> list[tuple[str, str]]:
     """Alignment shares per PGA row, paired differences vs α = 0, and the selection."""
     out = []
@@ -382,21 +422,9 @@ def _pga_sections(results: dict[str, Any], methods: list[str]) -> list[tuple[str
         )
     if ALPHA0 in methods:
         pga_rows = [m for m in methods if m != ALPHA0 and (m == "smg" or m.startswith("smg-"))]
-        lines = [
-            f"| row - {ALPHA0} | memorizability: mean ± sd (per seed) "
-            "| generalizability: mean ± sd (per seed) |",
-            "|---|---|---|",
-        ]
-        for m in pga_rows:
-            cells = []
-            for metric in ("memorizability", "generalizability"):
-                d = paired_differences(results, m, ALPHA0, metric)
-                sd = float(np.std(d, ddof=1)) if len(d) > 1 else float("nan")
-                per = ", ".join(f"{x:+.3f}" for x in d)
-                cells.append(f"{np.mean(d):+.4f} ± {sd:.4f} ({per})" if d else "n/a")
-            lines.append(f"| {m} | {cells[0]} | {cells[1]} |")
         if pga_rows:
-            out.append(("Paired differences vs alpha = 0 (same seed)", "\n".join(lines)))
+            table = _paired_table(results, [(m, ALPHA0) for m in pga_rows])
+            out.append(("Paired differences vs alpha = 0 (same seed)", table))
     sel = results.get("extra", {}).get("pga_selection")
     if sel:
         lines = ["| inner_lr | estimator | virtual step | validation memorizability |"]
@@ -444,6 +472,10 @@ def _sections(results: dict[str, Any], methods: list[str]) -> list[tuple[str, st
         "ddim_downstream_dice",
     )
     add("downstream Dice of DDPM samples (same)", "ddpm_downstream_dice")
+    add(
+        "reference: the same judge on real test slices of the same sites",
+        "real_downstream_dice",
+    )
     add("site classifier accuracy on SMD samples", "site_acc_smd")
     add("site classifier accuracy on real test slices", "site_acc_real_test")
     add("chance", "site_chance")
@@ -470,6 +502,7 @@ def _sections(results: dict[str, Any], methods: list[str]) -> list[tuple[str, st
     costs = [("Costs and SMD quality", "\n".join(lines))] if len(lines) > 2 else []
     return [
         ("Setup", setup),
+        *_replay_section(results, methods),
         *_pga_sections(results, methods),
         *costs,
         ("Dice matrices (mean over seeds)", "\n".join(mats)),

@@ -100,6 +100,17 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         help="choose pga.inner_lr/estimator/virtual_step on a validation split of the "
         "training sites first (writes pga_selection.json)",
     )
+    _smd_preset_arg(p)
+
+
+def _smd_preset_arg(p: argparse.ArgumentParser) -> None:
+    from smg_learning.config import SMD_PRESETS
+
+    p.add_argument(
+        "--smd-preset",
+        default=None,
+        help=f"replace the preset's SMD section: {', '.join(SMD_PRESETS)} (default: the preset's)",
+    )
 
 
 @app.command("train", "train one strategy over the sites in sequence", args=_train_args)
@@ -122,6 +133,7 @@ def cmd_train(args) -> int:
         device=_device(args.device),
         quiet=args.quiet,
         select_pga=args.select_pga,
+        smd_preset=args.smd_preset,
     )
     if not args.quiet:
         _print_matrix(metrics)
@@ -221,6 +233,7 @@ def _benchmark_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--sites", default=None, help="training order (default: preset's)")
     p.add_argument("--heldout", default=None, help="held-out sites (default: preset's)")
+    _smd_preset_arg(p)
 
 
 @app.command("benchmark", "all strategies over seeds, plus cost ratios", args=_benchmark_args)
@@ -239,6 +252,7 @@ def cmd_benchmark(args) -> int:
         quiet=args.quiet,
         sites=_names(args.sites, "--sites"),
         heldout=_names(args.heldout, "--heldout"),
+        smd_preset=args.smd_preset,
     )
     print(f"wrote {args.out / 'results.json'}, {args.out / 'report.md'} and plots")
     return 0

@@ -56,7 +56,9 @@ class SMDConfig:
     """Site-Modulated Diffusion: a diffusers U-Net over image + mask, one prompt per site."""
 
     image_size: int = 0  # 0: the segmenter's image_size; samples are resized to it
-    prediction_type: Literal["epsilon", "sample"] = "epsilon"
+    prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
+    # DDIM timestep spacing: "trailing" starts sampling at t = T - 1 (see smd.SMDModelConfig)
+    timestep_spacing: Literal["leading", "trailing", "linspace"] = "trailing"
     block_out_channels: tuple[int, ...] = (64, 128, 256, 256)
     layers_per_block: int = 2
     norm_num_groups: int = 32
@@ -164,6 +166,52 @@ class RunConfig:
                 raise InputError(f"--set {name}", f"must be {need}")
 
 
+#: Named SMD settings (the ``smd`` section), applied on top of a run preset with
+#: ``--smd-preset NAME`` (``train`` and ``benchmark``) or :func:`with_smd_preset`.
+#:
+#: - ``x0-16px``: the ``small`` preset's SMD (and ``demo``'s, with fewer steps): 16 px,
+#:   x0-prediction, DDIM with diffusers' "leading" spacing, 64 replay pairs a site. A
+#:   smoke-test scale: cheap, blurry, upsampled to the segmenter's 32 px.
+#: - ``v-32px`` (issue #12): replay at the segmenter's own 32 px. v-prediction with the
+#:   cosine schedule (the target stays informative at both ends of the chain, where ε
+#:   is degenerate near t = T and x0 near t = 0), DDIM-20 with "trailing" spacing (the
+#:   first step is t = 999, pure noise, as in training), a (16, 32, 64) U-Net trained
+#:   1500 steps a site, and 128 replay pairs a site. Fixed before any benchmark run
+#:   with it; see ``benchmarks/smd-v32/``.
+SMD_PRESETS: dict[str, dict] = {
+    "x0-16px": dict(
+        image_size=16,
+        prediction_type="sample",
+        timestep_spacing="leading",
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        attention=False,
+        train_steps=400,
+        batch_size=16,
+        lr=2e-3,
+        ddim_steps=20,
+        replay_per_site=64,
+        beta_schedule="squaredcos_cap_v2",
+    ),
+    "v-32px": dict(
+        image_size=32,
+        prediction_type="v_prediction",
+        timestep_spacing="trailing",
+        block_out_channels=(16, 32, 64),
+        layers_per_block=1,
+        norm_num_groups=8,
+        attention=False,
+        train_steps=1500,
+        batch_size=16,
+        lr=1e-3,
+        ddim_steps=20,
+        replay_per_site=128,
+        beta_schedule="squaredcos_cap_v2",
+    ),
+}
+
+
 def run_preset(preset: str) -> RunConfig:
     """The config of a named preset (``tiny``, ``demo``, ``small`` or ``full``)."""
     full = RunConfig()
@@ -181,9 +229,9 @@ def run_preset(preset: str) -> RunConfig:
             smd=dict(train_steps=150, ddim_steps=10, replay_per_site=32),
         )
     if preset == "small":
-        # CPU scale-down: 32 px slices, a 3-level U-Net, 150 steps a site; the SMD is a
-        # (16, 32) diffusion U-Net at 16 px predicting x0 ("sample"), 400 steps a site,
-        # DDIM-20 replay upsampled to 32 px.
+        # CPU scale-down: 32 px slices, a 3-level U-Net, 150 steps a site; the SMD is
+        # SMD_PRESETS["x0-16px"]: a (16, 32) diffusion U-Net at 16 px predicting x0, 400
+        # steps a site, DDIM-20 ("leading" spacing) replay upsampled to 32 px.
         return replace_nested(
             full,
             image_size=32,
@@ -196,20 +244,7 @@ def run_preset(preset: str) -> RunConfig:
             replay_per_site=64,
             ewc_batches=4,
             log_every=25,
-            smd=dict(
-                image_size=16,
-                prediction_type="sample",
-                block_out_channels=(16, 32),
-                layers_per_block=1,
-                norm_num_groups=8,
-                attention=False,
-                train_steps=400,
-                batch_size=16,
-                lr=2e-3,
-                ddim_steps=20,
-                replay_per_site=64,
-                beta_schedule="squaredcos_cap_v2",
-            ),
+            smd=SMD_PRESETS["x0-16px"],
         )
     # tiny: seconds, for tests
     return replace_nested(
@@ -237,8 +272,20 @@ def run_preset(preset: str) -> RunConfig:
             replay_per_site=4,
             num_train_timesteps=100,
             beta_schedule="squaredcos_cap_v2",
+            timestep_spacing="leading",
         ),
     )
+
+
+def with_smd_preset(cfg: RunConfig, name: str | None) -> RunConfig:
+    """``cfg`` with its ``smd`` section replaced by :data:`SMD_PRESETS` ``[name]`` (None: as is)."""
+    if name is None:
+        return cfg
+    if name not in SMD_PRESETS:
+        raise InputError(
+            "--smd-preset", f"unknown SMD preset {name!r}; choose from {', '.join(SMD_PRESETS)}"
+        )
+    return replace_nested(cfg, smd=SMD_PRESETS[name])
 
 
 SMGConfig = RunConfig  # old name, kept for one release

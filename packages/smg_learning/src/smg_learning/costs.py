@@ -185,6 +185,13 @@ def time_samplers(
             for k in range(len(names))
         ]
         out[f"{name}_downstream_dice"] = sum(per) / len(per)
+    # the judge's own Dice on real test slices of the same sites: what "agree the way real
+    # pairs do" means in numbers (samples cannot be expected to score above it)
+    per = []
+    for name in names:
+        part = data.parts["test"][name]
+        per.append(_structure_dice(judge.predict(part.images), part.masks[:, 0], k_structures))
+    out["real_downstream_dice"] = sum(per) / len(per)
     out["ddim_over_ddpm_time"] = out["ddim_seconds"] / out["ddpm_seconds"]
     out["ddim_minus_ddpm_dice"] = out["ddim_downstream_dice"] - out["ddpm_downstream_dice"]
     out["ddim_steps"] = ddim_steps

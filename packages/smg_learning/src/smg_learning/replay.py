@@ -99,6 +99,7 @@ def smd_model_config(
         num_train_timesteps=s.num_train_timesteps,
         beta_schedule=s.beta_schedule,
         prediction_type=s.prediction_type,
+        timestep_spacing=s.timestep_spacing,
         site_names=tuple(sites),
         mask_channels=mask_channels,
     )

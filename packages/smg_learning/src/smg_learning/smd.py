@@ -42,9 +42,16 @@ class SMDModelConfig:
     prediction_type: str = "epsilon"
     site_names: tuple[str, ...] = ()
     mask_channels: int = 1  # one per nested structure (fundus: disc, cup)
+    # DDIM's timestep spacing (diffusers ``timestep_spacing``). "trailing" starts at
+    # t = T - 1, pure noise matching training's last step; "leading" (diffusers' default,
+    # and what models saved before this field sampled with) starts at T - T/steps
+    # (t = 950 for 20 steps of 1000), a noise level the chain never saw as a start
+    # (Lin et al., WACV 2024, "Common diffusion noise schedules and sample steps are flawed").
+    timestep_spacing: str = "leading"
 
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 
 def encode_mask(masks: torch.Tensor, channels: int = 1) -> torch.Tensor:
@@ -119,6 +126,15 @@ class SiteModulatedDiffusion(nn.Module):
             )
         return pt
 
+    def _timestep_spacing(self) -> str:
+        spacing = self.config.timestep_spacing
+        if spacing not in TIMESTEP_SPACINGS:
+            raise InputError(
+                "--set smd.timestep_spacing",
+                f"{spacing!r} is not one of {', '.join(TIMESTEP_SPACINGS)}",
+            )
+        return spacing
+
     def train_scheduler(self) -> DDPMScheduler:
         """The DDPM schedule of training (and of ancestral sampling)."""
         return DDPMScheduler(
@@ -129,13 +145,15 @@ class SiteModulatedDiffusion(nn.Module):
         )
 
     def ddim_scheduler(self) -> DDIMScheduler:
-        """The DDIM sampler on the training schedule, reading the same ``prediction_type``."""
+        """The DDIM sampler on the training schedule, reading the same ``prediction_type``
+        (and the model's ``timestep_spacing``)."""
         return DDIMScheduler(
             num_train_timesteps=self.config.num_train_timesteps,
             beta_schedule=self.config.beta_schedule,
             clip_sample=True,
             set_alpha_to_one=True,
             prediction_type=self._prediction_type(),
+            timestep_spacing=self._timestep_spacing(),
         )
 
     def training_inputs(

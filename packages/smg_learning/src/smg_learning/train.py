@@ -20,7 +20,7 @@ from medcommon.config import config_to_dict, resolve_config
 from medcommon.errors import InputError
 from medcommon.fs import write_json_atomic
 from medcommon.run import write_run_config
-from smg_learning.config import RunConfig, run_preset
+from smg_learning.config import RunConfig, run_preset, with_smd_preset
 from smg_learning.continual import train_continual
 from smg_learning.data import load_continual
 from smg_learning.replay import real_memory, resize_pairs, smd_memory, train_smd_stage
@@ -58,8 +58,12 @@ def train_run(
     device: str = "cpu",
     quiet: bool = True,
     select_pga: bool = False,
+    smd_preset: str | None = None,
 ) -> dict[str, Any]:
     """Train (or, with ``resume`` and an existing run, continue) one run; returns its metrics.
+
+    ``smd_preset``: a name in :data:`smg_learning.config.SMD_PRESETS` replacing the
+    preset's ``smd`` section (before ``config_file`` and ``overrides``; new runs only).
 
     ``method`` and ``seed`` default to ``smg`` and 0 for a new run; on resume they,
     the sites and the split are the run's, and a different value given is an error.
@@ -95,9 +99,8 @@ def train_run(
         seed = 0 if seed is None else seed
         STRATEGIES.get(method)
         require_fresh_out(out)
-        cfg = resolve_config(
-            RunConfig, base=run_preset(preset), file=config_file, overrides=overrides
-        )
+        base = with_smd_preset(run_preset(preset), smd_preset)
+        cfg = resolve_config(RunConfig, base=base, file=config_file, overrides=overrides)
         data = load_continual(data_dir, cfg, tuple(sites), tuple(heldout))
         if smd_from is not None and not (Path(smd_from) / "smd_stages").is_dir():
             raise InputError(smd_from, "not a run with SMD stages (no smd_stages/)")
