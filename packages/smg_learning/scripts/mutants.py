@@ -1,9 +1,11 @@
-"""Mutation testing of PGA and the strategies: one-line edits, one at a time.
+"""Mutation testing of PGA, SMD and the strategies: one-line edits, one at a time.
 
 Each mutant is ``(file, line number, old text, new text)``: the generic operator
-mutations below applied to every code line of ``pga.py`` and ``strategies/*.py``, plus
-named mutations of the alignment maths (an estimator's branch dropped, a Hessian
-role swapped, the measurement's reference changed). For each, the fast tests of that
+mutations below applied to every code line of ``pga.py``, ``smd.py`` and
+``strategies/*.py``, plus named mutations of the alignment maths (an estimator's branch
+dropped, a Hessian role swapped, the measurement's reference changed) and the five SMD
+breaks of issue #12 (training target swapped, DDIM reading another prediction type, the
+mask channel dropped, no noise added in training, the mask threshold inverted). For each, the fast tests of that
 file's group run with ``-x`` (cheapest first); a mutant is *killed* when they fail.
 Usage (from the repository root, the worktree's src folders on PYTHONPATH,
 OMP_NUM_THREADS=1)::
@@ -34,6 +36,7 @@ TESTS = {
         "test_strategy_steps.py",
         "test_ddp.py::test_pga_with_sizes_equals_pga_on_concatenated_domains",
     ],
+    "smd": ["test_smd.py"],
     "strategies": [
         "test_alignment.py",
         "test_strategy_steps.py",
@@ -81,15 +84,27 @@ NAMED = [
     ("pga_real.py", "estimator=cfg.pga.estimator,", 'estimator="first_order",'),
     ("pga_real.py", "measure=cfg.pga.measure,", "measure=False,"),
     ("base.py", "stage.setdefault(name, []).append(float(value))", "pass"),
+    # issue #12's five SMD breaks (each occurrence is its own mutant)
+    ("smd.py", "target = noise", "target = x0"),
+    ("smd.py", "target = x0", "target = noise"),
+    ("smd.py", "prediction_type=self._prediction_type(),", 'prediction_type="epsilon",'),
+    ("smd.py", "encode_mask(masks, self.config.mask_channels)", "images * 0 - 1"),
+    ("smd.py", "decode_mask(x[:, c:], mask_threshold)", "decode_mask(x[:, :c], mask_threshold)"),
+    ("smd.py", "xt = sched.add_noise(x0, noise, t)", "xt = x0"),
+    ("smd.py", "return (x > threshold)", "return (x < threshold)"),
+    ("smd.py", "timestep_spacing=self._timestep_spacing(),", ""),
 ]
 
 
+TOP = ("pga.py", "smd.py")  # modules at the package's top level (the rest: strategies/)
+
+
 def _path(rel: str) -> Path:
-    return SRC / rel if rel == "pga.py" else SRC / "strategies" / rel
+    return SRC / rel if rel in TOP else SRC / "strategies" / rel
 
 
 def _group(rel: str) -> str:
-    return "pga" if rel == "pga.py" else "strategies"
+    return rel.removesuffix(".py") if rel in TOP else "strategies"
 
 
 def _code_lines(path: Path):
@@ -117,7 +132,7 @@ def tests_of(m: Mutant) -> list[str]:
 
 
 def generate() -> list[Mutant]:
-    files = ["pga.py", *(p.name for p in sorted((SRC / "strategies").glob("*.py")))]
+    files = [*TOP, *(p.name for p in sorted((SRC / "strategies").glob("*.py")))]
     root = PKG / "src"
     out = []
     for rel in files:

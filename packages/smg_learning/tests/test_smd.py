@@ -213,7 +213,7 @@ def test_samplers_read_the_training_prediction_type(kind, sampler) -> None:
 
 
 def test_unknown_prediction_type_is_refused() -> None:
-    with pytest.raises(InputError, match="prediction_type"):
+    with pytest.raises(InputError, match="'velocity' is not one of epsilon, sample, v_prediction"):
         _linear(prediction_type="velocity").training_loss(
             torch.rand(1, 1, 16, 16), torch.zeros(1, 1, 16, 16, dtype=torch.long), torch.zeros(1)
         )
@@ -359,9 +359,29 @@ def test_ddim_timestep_spacing_decides_where_sampling_starts(spacing, want) -> N
     smd.forward = oracle
     smd.sample(torch.tensor([0]), steps=5, generator=torch.Generator().manual_seed(0))
     assert seen == want
-    with pytest.raises(InputError) as exc:
+    with pytest.raises(InputError, match="'middle' is not one of leading, trailing") as exc:
         _linear(timestep_spacing="middle").sample(torch.tensor([0]), steps=2)
     assert exc.value.where == "--set smd.timestep_spacing"
+
+
+def test_model_config_defaults_are_the_full_configuration() -> None:
+    """``SMDModelConfig()`` builds the ``full`` preset's SMD (what a folder missing a field
+    gets), except the DDIM spacing, which stays at what such older folders sampled with."""
+    from smg_learning.config import SMDConfig
+
+    model, run = SMDModelConfig(), SMDConfig()
+    for name in (
+        "block_out_channels",
+        "layers_per_block",
+        "norm_num_groups",
+        "attention",
+        "num_prompts",
+        "num_train_timesteps",
+        "beta_schedule",
+        "prediction_type",
+    ):
+        assert getattr(model, name) == getattr(run, name), name
+    assert (model.timestep_spacing, run.timestep_spacing) == ("leading", "trailing")
 
 
 def test_a_model_saved_before_timestep_spacing_samples_as_it_did(tmp_path) -> None:
