@@ -92,6 +92,10 @@ def test_benchmark_tiny_claims_and_shared_smd(tmp_path) -> None:
     assert rows["finetune"]["smd_seconds"] == 0
     report = (tmp_path / "b" / "report.md").read_text()
     assert report.index("## Claims") < report.index("![headline.png]")
+    # replay's effect and the PGA rows against alpha = 0, paired by seed, as text and figure
+    assert "paired.png" in saved["figures"]
+    for line in ("| smd-replay - finetune |", "| smg - smd-replay |", "| smg - smg-alpha0 |"):
+        assert line in report
 
 
 def test_selected_row_and_paired_differences(tmp_path) -> None:

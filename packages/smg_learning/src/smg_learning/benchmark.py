@@ -35,6 +35,7 @@ from medcommon.report import (
     plot_bars,
     plot_heatmap,
     plot_image_grid,
+    plot_intervals,
     write_report,
     write_results,
 )
@@ -276,6 +277,7 @@ def run_benchmark(
         out.mkdir(parents=True, exist_ok=True)
         figures = ["headline.png", "summary.png"] + [f"dice_{m}.png" for m in methods]
         figures += ["smd_samples.png"] if smd is not None else []
+        figures += ["paired.png"] if paired_pairs(methods) else []
         results = make_results(
             "smg-learning",
             __version__,
@@ -329,6 +331,8 @@ def _plots(out, results, runs, data, smd, methods, seeds) -> None:
             st = s["metrics"][metric]
             values.setdefault(metric, {})[s["method"]] = (st["mean"], st["std"])
     plot_bars(values, out / "summary.png", "Memorizability and generalizability", "Dice")
+    if paired_pairs(methods):
+        plot_paired(results, paired_pairs(methods), out / "paired.png")
     if smd is not None:
         g = torch.Generator().manual_seed(seeds[0])
         k = 3
@@ -394,9 +398,38 @@ def _paired_table(results: dict[str, Any], pairs: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def paired_pairs(methods: list[str]) -> list[tuple[str, str]]:
+    """The (row, baseline) pairs the report and ``paired.png`` show: replay's effect
+    (:data:`REPLAY_PAIRS`) and every PGA row against :data:`ALPHA0`."""
+    pairs = [(m, b) for m, b in REPLAY_PAIRS if m in methods and b in methods]
+    if ALPHA0 in methods:
+        pairs += [
+            (m, ALPHA0) for m in methods if m != ALPHA0 and (m == "smg" or m.startswith("smg-"))
+        ]
+    return pairs
+
+
+def plot_paired(results: dict[str, Any], pairs: list[tuple[str, str]], path: Path) -> Path:
+    """Forest plot of the paired differences: mean over seeds, bar from the lowest to the
+    highest seed, one row per pair, memorizability and generalizability side by side."""
+    groups = {}
+    for m, base in pairs:
+        groups[f"{m} - {base}"] = {
+            metric: (float(np.mean(d)), min(d), max(d))
+            for metric in ("memorizability", "generalizability")
+            if (d := paired_differences(results, m, base, metric))
+        }
+    return plot_intervals(
+        groups,
+        path,
+        f"Paired differences, mean and range over {len(results['seeds'])} seed(s)",
+        "Dice difference (row - baseline)",
+    )
+
+
 def _replay_section(results: dict[str, Any], methods: list[str]) -> list[tuple[str, str]]:
     """Replay's effect: SMD replay and real replay against no replay, paired by seed."""
-    pairs = [(m, b) for m, b in REPLAY_PAIRS if m in methods and b in methods]
+    pairs = [p for p in paired_pairs(methods) if p[1] != ALPHA0]
     if not pairs:
         return []
     return [("Replay's effect, paired differences (same seed)", _paired_table(results, pairs))]
@@ -420,11 +453,10 @@ def _pga_sections(results: dict[str, Any], methods: list[str]) -> list[tuple[str
                 ", per step, averaged per stage then over stages.\n\n" + "\n".join(lines),
             )
         )
-    if ALPHA0 in methods:
-        pga_rows = [m for m in methods if m != ALPHA0 and (m == "smg" or m.startswith("smg-"))]
-        if pga_rows:
-            table = _paired_table(results, [(m, ALPHA0) for m in pga_rows])
-            out.append(("Paired differences vs alpha = 0 (same seed)", table))
+    alpha0_pairs = [p for p in paired_pairs(methods) if p[1] == ALPHA0]
+    if alpha0_pairs:
+        table = _paired_table(results, alpha0_pairs)
+        out.append(("Paired differences vs alpha = 0 (same seed)", table))
     sel = results.get("extra", {}).get("pga_selection")
     if sel:
         lines = ["| inner_lr | estimator | virtual step | validation memorizability |"]
@@ -509,6 +541,6 @@ def _sections(results: dict[str, Any], methods: list[str]) -> list[tuple[str, st
         (
             "Plots",
             "`headline.png` (Dice matrices side by side), `summary.png`, "
-            "`dice_<method>.png`, `smd_samples.png`.",
+            "`dice_<method>.png`, `smd_samples.png`, `paired.png` (paired differences).",
         ),
     ]
