@@ -179,6 +179,27 @@ def test_synth_writes_both_layouts(tmp_path) -> None:
     assert img.ndim == 3 and img.shape[:2] == msk.shape and set(np.unique(msk)) == {0, 255}
 
 
+def test_smd_preset_sets_the_named_smd_fields(prostate_dir, tmp_path) -> None:
+    """``--smd-preset v-32px`` sets the fields it names (before ``--set``); the rest keep
+    the preset's; the saved SMD samples with trailing spacing and v-prediction."""
+    from medcommon.models import from_pretrained
+    from smg_learning.smd import SiteModulatedDiffusion
+
+    out = tmp_path / "run"
+    argv = ["train", "--data", prostate_dir, "--out", out, "--method", "smd-replay"]
+    argv += ["--sites", "RUNMC,BMC", "--smd-preset", "v-32px", "--set", "smd.replay_per_site=2"]
+    assert run([*argv, *TWO_STEPS]) == 0
+    smd = json.loads((out / "config.json").read_text())["config"]["smd"]
+    assert (smd["image_size"], smd["prediction_type"], smd["timestep_spacing"]) == (
+        32, "v_prediction", "trailing")  # fmt: skip
+    assert (smd["replay_per_site"], smd["train_steps"]) == (2, 2)  # --set wins
+    assert smd["num_train_timesteps"] == 100  # not named by v-32px: tiny's
+    model = from_pretrained(SiteModulatedDiffusion, out / "smd")
+    sched = model.ddim_scheduler()
+    assert (sched.config.timestep_spacing, sched.config.prediction_type) == (
+        "trailing", "v_prediction")  # fmt: skip
+
+
 def test_train_evaluate_sample(prostate_dir, tmp_path, capsys) -> None:
     out = tmp_path / "run"
     argv = ["train", "--data", prostate_dir, "--out", out, "--method", "smg"]

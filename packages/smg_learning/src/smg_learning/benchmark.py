@@ -139,8 +139,8 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Run the comparison and write the results, report and plots to ``out``.
 
-    ``smd_preset``: a name in :data:`smg_learning.config.SMD_PRESETS` replacing the
-    preset's ``smd`` section (``--smd-preset``).
+    ``smd_preset``: a name in :data:`smg_learning.config.SMD_PRESETS` whose fields
+    replace those of the preset's ``smd`` section (``--smd-preset``).
 
     ``select_grid``: the grid of the :data:`SELECTED` rows' selection (tests shrink it).
 

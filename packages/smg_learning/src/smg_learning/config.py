@@ -278,7 +278,9 @@ def run_preset(preset: str) -> RunConfig:
 
 
 def with_smd_preset(cfg: RunConfig, name: str | None) -> RunConfig:
-    """``cfg`` with its ``smd`` section replaced by :data:`SMD_PRESETS` ``[name]`` (None: as is)."""
+    """``cfg`` with the ``smd`` fields that :data:`SMD_PRESETS` ``[name]`` names set to its
+    values (None: ``cfg`` as is); fields it does not name (``num_prompts``,
+    ``num_train_timesteps``, ``mask_threshold``) keep ``cfg``'s values."""
     if name is None:
         return cfg
     if name not in SMD_PRESETS:

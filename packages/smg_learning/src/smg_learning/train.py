@@ -62,8 +62,8 @@ def train_run(
 ) -> dict[str, Any]:
     """Train (or, with ``resume`` and an existing run, continue) one run; returns its metrics.
 
-    ``smd_preset``: a name in :data:`smg_learning.config.SMD_PRESETS` replacing the
-    preset's ``smd`` section (before ``config_file`` and ``overrides``; new runs only).
+    ``smd_preset``: a name in :data:`smg_learning.config.SMD_PRESETS` whose fields
+    replace those of the preset's ``smd`` section (before ``config_file`` and ``overrides``; new runs only).
 
     ``method`` and ``seed`` default to ``smg`` and 0 for a new run; on resume they,
     the sites and the split are the run's, and a different value given is an error.
