@@ -210,6 +210,10 @@ SMD_PRESETS: dict[str, dict] = {
         beta_schedule="squaredcos_cap_v2",
     ),
 }
+#: ``v-32px-pool64``: ``v-32px`` with ``x0-16px``'s pool of 64 pairs a site, added after
+#: the ``v-32px`` run to separate the pool size from the other changes (protocol in
+#: ``benchmarks/smd-v32-pool64/PROTOCOL.md``, committed before its run).
+SMD_PRESETS["v-32px-pool64"] = {**SMD_PRESETS["v-32px"], "replay_per_site": 64}
 
 
 def run_preset(preset: str) -> RunConfig:
