@@ -74,6 +74,7 @@ def test_groupdro_step_upweights_the_worst_group():
     q = torch.softmax(0.5 * losses, 0)  # uniform start: q ∝ exp(eta * L_g)
     assert ctx.state["dro"].q.tolist() == pytest.approx(q.tolist(), rel=1e-5)
     assert out["loss"].item() == pytest.approx((q * losses).sum().item(), rel=1e-5)
+    assert out["q_max"].item() == pytest.approx(q.max().item(), rel=1e-5)  # the logged weight
 
 
 def test_lff_step_weights_debiased_ce_by_relative_difficulty():
@@ -94,6 +95,7 @@ def test_lff_step_weights_debiased_ce_by_relative_difficulty():
     w = norm(ce_b) / (norm(ce_b) + norm(ce_d))
     want = gce_loss(zb, batch["label"], 0.7).mean() + (ce_d * w).mean()
     assert out["loss"].item() == pytest.approx(want.item(), rel=1e-5)
+    assert out["lff_weight"].item() == pytest.approx(w.mean().item(), rel=1e-5)  # logged
 
 
 @pytest.fixture(scope="module")

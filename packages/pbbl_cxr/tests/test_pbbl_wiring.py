@@ -98,6 +98,19 @@ def _ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, 1) - logits.gather(1, y[:, None]).squeeze(1)
 
 
+def test_cross_fit_batch_guard_is_the_fold_models_training_size(splits):
+    """A batch of exactly the images a fold model trains on runs; one more is bad input."""
+    from medcommon.errors import InputError
+
+    train, valid = splits
+    n_fit = len(train) - int(torch.bincount(fold_ids(train.labels, 3, 0)).max())
+    ok = _cfg(pseudo_labels="cross-fit", folds=3, rounds=1, bias_steps=1, steps=1,
+              batch_size=n_fit, degenerate_response="none")  # fmt: skip
+    run_method("pbbl", RunContext(ok, train, valid, seed=0))
+    with pytest.raises(InputError, match=f"exceeds the {n_fit} images"):
+        run_method("pbbl", RunContext(replace(ok, batch_size=n_fit + 1), train, valid, seed=0))
+
+
 @pytest.mark.parametrize("mode", ["in-sample", "cross-fit"])
 def test_pbbl_stages_are_wired_as_described(mode, splits, monkeypatch):
     train, valid = splits

@@ -7,6 +7,8 @@ operators are medcommon's generic ones plus PBBL's own (bias labels swapped for
 pseudo labels, the wrong column, ...). Run from the repository root::
 
     python packages/pbbl_cxr/tests/scripts/mutants.py --out mutants.json [--per-line N]
+    # round 2: the survivors against the whole of test_methods.py (every method end to end)
+    python packages/pbbl_cxr/tests/scripts/mutants.py --rerun mutants.json --full --out r2.json
 
 Prints the kill rate and the surviving mutants (file:line, before -> after).
 """
@@ -67,6 +69,9 @@ if __name__ == "__main__":
         i = sys.argv.index("--per-line")
         per_line = int(sys.argv[i + 1])
         del sys.argv[i : i + 2]
+    full = "--full" in sys.argv
+    if full:
+        sys.argv.remove("--full")
     roots = {"medcommon": REPO / "packages/medcommon/src", "pbbl": PKG / "src"}
-    tests = [str(PKG / t) for t in TESTS]
+    tests = [str(PKG / t) for t in (*TESTS, *(["tests/test_methods.py"] if full else []))]
     sys.exit(main(lambda: make_mutants(per_line), tests, roots=roots, cwd=REPO))
