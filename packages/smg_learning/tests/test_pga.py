@@ -83,9 +83,11 @@ def test_first_order_update_matches_hand_derivation() -> None:
     assert out["loss"].item() == pytest.approx(value, rel=1e-12)
 
 
-def _mlp_grads(alpha: float, order: str) -> torch.Tensor:
+def _tiny_problem(hidden: int = 5):
+    """A tanh MLP 3 -> hidden -> 1 in float64 and three batches of 6: current, replay
+    (one site), shifted copy (the meta-test domain)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    model = nn.Sequential(nn.Linear(3, hidden), nn.Tanh(), nn.Linear(hidden, 1)).double()
     g = torch.Generator().manual_seed(1)
     batches = [
         (
@@ -94,6 +96,11 @@ def _mlp_grads(alpha: float, order: str) -> torch.Tensor:
         )
         for _ in range(3)
     ]
+    return model, batches
+
+
+def _mlp_grads(alpha: float, order: str) -> torch.Tensor:
+    model, batches = _tiny_problem(hidden=4)
     pga_objective(
         model,
         mse,
@@ -110,16 +117,7 @@ def _mlp_grads(alpha: float, order: str) -> torch.Tensor:
 
 def _inner_product_grad(alpha: float) -> torch.Tensor:
     """Gradient of the explicit alignment objective L_A + L_B - α<∇L_A, ∇L_B> (second order)."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
-    g = torch.Generator().manual_seed(1)
-    batches = [
-        (
-            torch.randn(6, 3, generator=g, dtype=torch.float64),
-            torch.randn(6, 1, generator=g, dtype=torch.float64),
-        )
-        for _ in range(3)
-    ]
+    model, batches = _tiny_problem(hidden=4)
     ps = list(model.parameters())
 
     def loss(i):
@@ -212,20 +210,6 @@ def test_shifted_copy_is_the_documented_style_applied_to_the_batch():
 # double backprop (create_graph=True), on a tiny tanh MLP in float64.
 
 BETA_MEM, BETA_GEN = 1.0, 0.5
-
-
-def _tiny_problem():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1)).double()
-    g = torch.Generator().manual_seed(1)
-    batches = [
-        (
-            torch.randn(6, 3, generator=g, dtype=torch.float64),
-            torch.randn(6, 1, generator=g, dtype=torch.float64),
-        )
-        for _ in range(3)
-    ]  # current, replay (one site), shifted copy (the meta-test domain)
-    return model, batches
 
 
 def _flat(xs) -> torch.Tensor:
