@@ -24,7 +24,7 @@ except ImportError:  # Python 3.10
 ROOT = Path(__file__).parent
 CORE = "medcommon"
 TORCH = os.environ.get("MEDAI_TORCH", "torch==2.13.0")
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "tests", "runtime"]
 nox.options.reuse_existing_virtualenvs = False
 
 
@@ -57,12 +57,23 @@ def _console_script(name: str) -> str:
     return next(iter(scripts))
 
 
+TESTKIT = ROOT / "tools" / "testkit"  # the shared suites and the mutation runner (tests only)
+
+
 def _install(session: nox.Session, *names: str, extra: str = "") -> None:
-    """Torch first (CPU wheel by default), then medcommon and the named packages, not editable."""
+    """Torch first (CPU wheel by default), then medcommon and the named packages, not editable;
+    with ``extra="[test]"`` also the test kit (never a dependency of a runtime package)."""
     session.install(*shlex.split(TORCH))
     targets = [CORE, *[n for n in names if n != CORE]]
     specs = [f"{ROOT / 'packages' / n}{extra}" for n in targets]
+    if extra == "[test]":
+        specs.append(str(TESTKIT))
     session.install(*specs)
+
+
+# Provenance (medcommon.provenance): the installed packages are copies, so the results
+# of a session name the checkout they came from through this variable.
+SOURCE_ENV = {"MEDAI_SOURCE_ROOT": str(ROOT)}
 
 
 # Wheels that some tests read data files from, installed without their dependencies
@@ -89,7 +100,7 @@ def _pytest(
         "-m",
         marker,
         *session.posargs,
-        env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")},
+        env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), **SOURCE_ENV},
         success_codes=list(success_codes),
     )
 
@@ -144,6 +155,32 @@ def tests_gpu(session: nox.Session, package: str) -> None:
     _pytest(session, package, "gpu")
 
 
+_RUNTIME_CHECK = """
+import importlib.util, sys
+assert importlib.util.find_spec("pytest") is None, "pytest is installed: not a runtime check"
+import medcommon, medcommon.cli, medcommon.run, medcommon.presets
+for name in sys.argv[1:]:
+    __import__(name + ".cli")
+print("imported without pytest:", ", ".join(["medcommon", *(n + ".cli" for n in sys.argv[1:])]))
+"""
+
+
+@nox.session
+def runtime(session: nox.Session) -> None:
+    """Every package as a user installs it (no test extras, no pytest): imports and
+    ``--version`` of every console script, and each package's presets load."""
+    _install(session, *PACKAGES)
+    session.run("python", "-c", _RUNTIME_CHECK, *METHOD_PACKAGES)
+    for name in PACKAGES:
+        session.run(_console_script(name), "--version")
+    for name in METHOD_PACKAGES:
+        session.run(
+            "python",
+            "-c",
+            f"from medcommon.presets import Presets; print('{name} presets:', Presets('{name}').names())",
+        )
+
+
 @nox.session(reuse_venv=True)
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check over the whole tree."""
@@ -179,6 +216,7 @@ def _run_benchmarks(
             "--out",
             str(target),
             "--quiet",
+            env=SOURCE_ENV,
         )
         seconds[name] = round(time.monotonic() - start, 1)
         done.append(target)

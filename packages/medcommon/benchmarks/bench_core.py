@@ -28,7 +28,6 @@ from medcommon import __version__
 from medcommon.data import ArrayCache
 from medcommon.io import read_image, write_image
 from medcommon.report import make_results, write_report, write_results
-from medcommon.testing import pydicom_test_file
 from medcommon.train import TrainConfig, Trainer, seed_everything
 
 
@@ -99,7 +98,9 @@ def our_loop(steps: int, batch: int, run_dir: Path) -> tuple[float, float]:
 
 
 def reader_throughput(tmp: Path, n_files: int = 40) -> dict[str, float]:
-    dicom = pydicom_test_file("CT_small.dcm")
+    import pydicom.data  # the file ships inside the pydicom wheel: never downloaded
+
+    dicom = Path(pydicom.data.__file__).parent / "test_files" / "CT_small.dcm"
     rng = np.random.default_rng(0)
     vols = []
     for i in range(n_files // 4):

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
+from medai_testkit import pydicom_test_file as shipped_dicom
 from medcommon import __version__
 from medcommon.cli import run_main
 from medcommon.cli.main import main
 from medcommon.errors import InputError
 from medcommon.report import make_results, write_results
-from medcommon.testing import pydicom_test_file as shipped_dicom
 
 
 def test_input_error_is_one_line_and_exit_2(capsys):
@@ -91,7 +91,7 @@ def test_report_combines_benchmark_folders(tmp_path, capsys):
 
 
 def test_require_fresh_out(tmp_path):
-    from medcommon.cli import require_fresh_out
+    from medcommon.run import require_fresh_out
 
     require_fresh_out(tmp_path / "new")  # absent: fine
     (tmp_path / "empty").mkdir()

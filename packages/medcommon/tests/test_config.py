@@ -43,13 +43,13 @@ def test_yaml_then_set_overrides_with_types(tmp_path):
             "model.dropout=0.1",
             "frozen=true",
             "backbone_weights=w.safetensors",
-            "train.select_metric=auc",
+            "train.log_every=3",
         ],
     )
     assert cfg.q == 0.5 and cfg.rounds == 3 and cfg.frozen is True
     assert cfg.sites == ("RUNMC", "BMC", "HK")
     assert cfg.model == Inner(width=16, dropout=0.1)
-    assert cfg.train.max_steps == 7 and cfg.train.select_metric == "auc"
+    assert cfg.train.max_steps == 7 and cfg.train.log_every == 3
     assert cfg.backbone_weights == "w.safetensors"
     # The saved form rebuilds an equal config.
     assert config_from_dict(MethodConfig, config_to_dict(cfg)) == cfg

@@ -1,7 +1,7 @@
-"""The shared suites of medcommon.testing, run on a toy console script built on medcommon.
+"""The shared suites of medai_testkit, run on a toy console script built on medcommon.
 
 The toy is a package in miniature: an :class:`App`, a method registry, a config
-dataclass, the :class:`Trainer`, and a run folder written by :mod:`medcommon.run`.
+dataclass, the :class:`Trainer`, and a run folder opened by :func:`medcommon.run.open_run`.
 Passing here shows the suites work; the ``Broken*`` variants show they can fail.
 """
 
@@ -15,12 +15,11 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from medcommon.cli import App, add_train_args, require_fresh_out
-from medcommon.config import resolve_config
+from medai_testkit import CLIContract, MethodProbe, MethodStepContract
+from medcommon.cli import App, add_train_args
 from medcommon.errors import InputError
 from medcommon.registry import Registry
-from medcommon.run import load_run, make_run_info, write_metrics, write_run_config
-from medcommon.testing import CLIContract, MethodProbe, MethodStepContract
+from medcommon.run import RunSpec, load_run, make_run_info, open_run, write_run_config
 from medcommon.train import TrainConfig, Trainer, seed_everything
 
 VERSION = "9.9.9"
@@ -69,43 +68,47 @@ app = App("toy", "A toy regression CLI.", VERSION)
 
 @app.command("train", "train one method", args=lambda p: add_train_args(p, METHODS, "sgd"))
 def cmd_train(args) -> int:
-    cfg = resolve_config(ToyConfig, file=args.config, overrides=args.overrides)
+    return train(app.spec(args))
+
+
+def train(spec: RunSpec) -> int:
+    """A package's train command in miniature: open the run, check inputs, header, fit."""
+    if spec.preset not in (None, "tiny", "small"):
+        raise InputError("--preset", f"unknown preset {spec.preset!r}; choose from tiny, small")
+    run = open_run(spec, ToyConfig, base=lambda s: ToyConfig(), resumable=("steps",))
+    METHODS.get(run.method)
     if "writes-before-checking" in BROKEN:
-        args.out.mkdir(parents=True, exist_ok=True)
-    data = _load_data(args.data)
-    if not args.resume:
-        require_fresh_out(args.out)
-    info = make_run_info(
-        "toy", VERSION, method=args.method, seed=args.seed, preset=args.preset, data=args.data
-    )
+        spec.out.mkdir(parents=True, exist_ok=True)
+    data = _load_data(spec.data)
+    cfg = run.cfg
     if "flat-config" in BROKEN:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+        spec.out.mkdir(parents=True, exist_ok=True)
+        (spec.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
     else:
-        write_run_config(args.out, info, cfg)
-    seed_everything(args.seed)
+        run.start()
+    seed_everything(run.seed)
     model = _net(cfg.width)
     trainer = Trainer(
         model,
-        METHODS.get(args.method)(model.parameters(), cfg.lr),
+        METHODS.get(run.method)(model.parameters(), cfg.lr),
         data,
         lambda m, b, ctx: torch.nn.functional.mse_loss(m(b[0]), b[1]),
         config=TrainConfig(max_steps=cfg.steps, batch_size=cfg.batch_size, checkpoint_every=1),
-        run_dir=args.out,
-        seed=args.seed,
+        run_dir=spec.out,
+        seed=run.seed,
         model_config={"width": cfg.width},
         device="cpu",
         quiet=True,
     )
-    if args.resume and "resume-restarts" in BROKEN:
+    if run.resumed and "resume-restarts" in BROKEN:
         # the classic bug: continue from the saved weights but restart the optimizer and count
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(str(args.out / "model" / "model.safetensors")))
+        model.load_state_dict(load_file(str(spec.out / "model" / "model.safetensors")))
         result = trainer.fit(resume=False)
     else:
-        result = trainer.fit(resume=args.resume)
-    write_metrics(args.out, {"steps": result.steps})
+        result = trainer.fit(resume=run.resumed)
+    run.finish({"steps": result.steps})
     return 0
 
 
@@ -240,7 +243,7 @@ def test_step_suite_catches_an_unseeded_step():
         Unseeded().test_step_is_deterministic_under_a_seed("sgd")
 
 
-# -- medcommon.run: the one schema and the earlier ones ---------------------------------
+# -- medcommon.run: the one schema, and opening a run --------------------------------
 
 
 def test_load_run_reads_the_schema_written(tmp_path):
@@ -248,7 +251,7 @@ def test_load_run_reads_the_schema_written(tmp_path):
         "toy", VERSION, method="adam", seed=3, preset="tiny", data=tmp_path, fold=2
     )
     write_run_config(tmp_path / "r", info, ToyConfig(lr=0.1))
-    run = load_run(tmp_path / "r", package="toy", config_class=ToyConfig)
+    run = load_run(tmp_path / "r", package="toy")
     assert run.info == info
     assert run.info.extra == {"fold": 2}
     assert run.config_as(ToyConfig) == ToyConfig(lr=0.1)
@@ -257,40 +260,77 @@ def test_load_run_reads_the_schema_written(tmp_path):
         load_run(tmp_path / "r", package="other")
 
 
-@pytest.mark.parametrize(
-    ("package", "files"),
-    [
-        (  # pbbl-cxr: method, seed, preset, data and data_options flattened into the config
-            "pbbl-cxr",
-            {"config.json": {"method": "pbbl", "seed": 1, "preset": "tiny", "data": "/d",
-                             "data_options": {"image_root": None}, "steps": 2, "lr": 0.1}},
-        ),
-        (  # brats-grading: method, seed, preset flattened
-            "brats-grading",
-            {"config.json": {"method": "pbbl", "seed": 1, "preset": "tiny", "steps": 2, "lr": 0.1}},
-        ),
-        (  # smg-learning: a pure config plus run.json
-            "smg-learning",
-            {"config.json": {"steps": 2, "lr": 0.1},
-             "run.json": {"package": "smg-learning", "version": "0.1.0", "method": "pbbl",
-                          "seed": 1, "preset": "tiny", "task": "prostate"}},
-        ),
-        (  # unlearn-bench: facts with the config nested under "config"
-            "unlearn-bench",
-            {"config.json": {"package": "unlearn-bench", "version": "0.1.0", "command": "unlearn",
-                             "method": "pbbl", "seed": 1, "data": "/d", "vanilla_model": "/v",
-                             "config": {"steps": 2, "lr": 0.1}}},
-        ),
-    ],
-)  # fmt: skip
-def test_load_run_reads_the_four_earlier_schemas(tmp_path, package, files):
-    for name, payload in files.items():
-        (tmp_path / name).write_text(json.dumps(payload))
-    run = load_run(tmp_path, package=package, config_class=ToyConfig)
-    assert run.schema.startswith("legacy-")
-    assert run.info.package == package
-    assert (run.info.method, run.info.seed) == ("pbbl", 1)
-    assert run.config_as(ToyConfig) == ToyConfig(steps=2, lr=0.1)
+def test_load_run_refuses_other_schemas(tmp_path):
+    # an unreleased earlier layout (config fields and run facts mixed): not read, named
+    (tmp_path / "config.json").write_text(json.dumps({"method": "sgd", "steps": 2}))
+    with pytest.raises(InputError, match="not a run header"):
+        load_run(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"schema": 2, "run": {}, "config": {}}))
+    with pytest.raises(InputError, match="schema 2"):
+        load_run(tmp_path)
+
+
+def _spec(tmp_path, **kw) -> RunSpec:
+    return RunSpec("toy", VERSION, "train", out=tmp_path / "run", data=tmp_path, **kw)
+
+
+def test_open_run_resolves_preset_file_and_overrides_then_writes_once(tmp_path):
+    run = open_run(
+        _spec(tmp_path, method="adam", overrides=("lr=0.2",)),
+        ToyConfig,
+        base=lambda s: ToyConfig(steps=9),
+    )
+    assert run.cfg == ToyConfig(steps=9, lr=0.2) and run.seed == 0 and not run.resumed
+    assert not (tmp_path / "run").exists()  # nothing written before start()
+    run.start(fold=1)
+    saved = load_run(tmp_path / "run", package="toy")
+    assert (saved.info.method, saved.info.seed, saved.info.extra) == ("adam", 0, {"fold": 1})
+    assert saved.config_as(ToyConfig) == ToyConfig(steps=9, lr=0.2)
+
+
+def test_open_run_resume_takes_the_run_and_allows_only_resumable_changes(tmp_path):
+    first = open_run(_spec(tmp_path, method="adam", seed=4), ToyConfig, base=lambda s: ToyConfig())
+    first.start()
+    header = (tmp_path / "run" / "config.json").read_text()
+    never = lambda s: pytest.fail("a resumed run must not read its preset again")  # noqa: E731
+    again = open_run(_spec(tmp_path, resume=True), ToyConfig, base=never, resumable=("steps",))
+    assert (again.method, again.seed, again.resumed) == ("adam", 4, True)
+    again.start()
+    assert (tmp_path / "run" / "config.json").read_text() == header  # unchanged: not rewritten
+    longer = open_run(
+        _spec(tmp_path, resume=True, overrides=("steps=8",)), ToyConfig, base=never,
+        resumable=("steps",),
+    )  # fmt: skip
+    longer.start()
+    assert load_run(tmp_path / "run").config_as(ToyConfig).steps == 8
+    for kw, where in (
+        ({"overrides": ("lr=0.5",)}, "--set lr"),
+        ({"method": "sgd"}, "--method"),
+        ({"seed": 5}, "--seed"),
+    ):
+        with pytest.raises(InputError, match=where):
+            open_run(_spec(tmp_path, resume=True, **kw), ToyConfig, base=never,
+                     resumable=("steps",))  # fmt: skip
+    with pytest.raises(InputError, match="a train run"):
+        open_run(
+            RunSpec("toy", VERSION, "unlearn", out=tmp_path / "run", resume=True),
+            ToyConfig,
+            base=never,
+        )
+
+
+def test_open_run_refuses_a_used_out_and_a_missing_resume(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "old.txt").write_text("keep me")
+    with pytest.raises(InputError, match="already exists and is not empty"):
+        open_run(_spec(tmp_path, method="sgd"), ToyConfig, base=lambda s: ToyConfig())
+    with pytest.raises(InputError, match="nothing to --resume"):
+        open_run(
+            RunSpec("toy", VERSION, "train", out=tmp_path / "nope", resume=True),
+            ToyConfig,
+            base=lambda s: ToyConfig(),
+        )
+    assert not (tmp_path / "nope").exists()
 
 
 def test_load_run_errors_name_the_folder(tmp_path):

@@ -16,10 +16,10 @@ import pydicom
 import pytest
 from pydicom.pixels import get_decoder
 
+from medai_testkit import pydicom_data_file, pydicom_test_file
 from medcommon.cli import run_main
 from medcommon.cli.main import main
 from medcommon.io import read_image, write_image
-from medcommon.testing import pydicom_data_file, pydicom_test_file
 
 
 def _require_decoder(path) -> None:

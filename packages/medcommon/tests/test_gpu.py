@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medcommon.testing import GPU_MARKS, GPU_PRECISIONS, GPU_STEPS, gpu_fit_steps
+from medai_testkit import GPU_MARKS, GPU_PRECISIONS, GPU_STEPS, gpu_fit_steps
 from medcommon.train import TrainConfig, seed_everything
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))

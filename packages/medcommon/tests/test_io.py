@@ -10,9 +10,9 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image as PILImage
 
+from medai_testkit import pydicom_test_file as shipped_dicom
 from medcommon.errors import InputError
 from medcommon.io import read_image, write_image
-from medcommon.testing import pydicom_test_file as shipped_dicom
 
 
 def test_ct_applies_rescale_slope_and_intercept():

@@ -1,4 +1,4 @@
-"""medcommon.mutation: mutants are made on code lines only, run on a copy, and scored."""
+"""medai_testkit.mutation: mutants are made on code lines only, run on a copy, and scored."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medcommon.mutation import generated, listed, regex_mutants, run_mutants
+from medai_testkit.mutation import generated, listed, regex_mutants, run_mutants
 
 TOY = '''\
 """A toy module."""

@@ -33,6 +33,13 @@ ROWS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _clean_checkout(monkeypatch):
+    """Results written as from a clean checkout, whatever state this tree is in."""
+    monkeypatch.setenv("MEDAI_GIT_COMMIT", "c" * 40)
+    monkeypatch.setenv("MEDAI_GIT_DIRTY", "0")
+
+
 def test_summary_is_mean_and_sample_std():
     res = make_results("pkg", "0.1.0", "tiny", [0, 1], ROWS)
     erm = res["summary"][0]

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from medai_testkit import ModelConformance
 from medcommon import synthetic as syn
 from medcommon.errors import InputError
 from medcommon.models import from_pretrained, save_pretrained
-from medcommon.testing import ModelConformance
 
 
 def test_ellipse_area_matches_formula():

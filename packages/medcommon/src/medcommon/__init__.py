@@ -9,8 +9,12 @@
 - :mod:`medcommon.report`: benchmark results, markdown tables and plots.
 - :mod:`medcommon.cli`: the shared command-line contract and error handling.
 - :mod:`medcommon.synthetic`: procedural shapes, textures and site shifts.
-- :mod:`medcommon.run`: the run folder (one ``config.json`` schema, ``load_run``).
-- :mod:`medcommon.testing`: shared test suites (models, the CLI contract, method steps).
+- :mod:`medcommon.presets`: presets as data files (``configs/<preset>.yaml``).
+- :mod:`medcommon.run`: the run folder (``RunSpec``, ``open_run``, one ``config.json`` schema).
+- :mod:`medcommon.provenance`: git commit, dirty tree, threads and versions of a result.
+
+The shared test suites and the mutation runner are a separate development
+distribution (``tools/testkit``, ``medai_testkit``): nothing here needs pytest.
 """
 
 from medcommon.errors import InputError

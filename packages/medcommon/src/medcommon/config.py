@@ -162,14 +162,32 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
     return tree
 
 
-def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+def merge_mappings(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``update``, nested mappings merged key by key (neither is changed)."""
     out = dict(base)
     for k, v in update.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _merge(dict(out[k]), v)
+            out[k] = merge_mappings(out[k], v)
         else:
             out[k] = v
     return out
+
+
+def read_yaml_mapping(path: str | Path, what: str, of: str) -> dict[str, Any]:
+    """A YAML file holding a mapping (empty: ``{}``); any other content is an :class:`InputError`.
+
+    ``what`` names the file in the not-found message, ``of`` what the mapping holds.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"{what} not found")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(path, f"invalid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(loaded, Mapping):
+        raise InputError(path, f"expected a mapping of {of}")
+    return dict(loaded)
 
 
 def resolve_config(
@@ -186,23 +204,14 @@ def resolve_config(
     """
     data = config_to_dict(base if base is not None else cls())
     if file is not None:
-        path = Path(file)
-        if not path.is_file():
-            raise InputError(path, "config file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise InputError(path, f"invalid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(loaded, Mapping):
-            raise InputError(path, "expected a mapping of config fields")
-        data = _merge(data, loaded)
+        data = merge_mappings(data, read_yaml_mapping(file, "config file", "config fields"))
     sets = parse_overrides(overrides)
     for key in sets:
         if key not in data:
             raise InputError(
                 f"--set {key}", f"unknown config field; valid fields: {', '.join(sorted(data))}"
             )
-    data = _merge(data, sets)
+    data = merge_mappings(data, sets)
     return config_from_dict(cls, data)
 
 

@@ -1,4 +1,4 @@
-"""The run folder: one schema for every package's ``train`` (and pipeline) commands.
+"""The run folder, and the one way a run command opens it.
 
 A run folder holds (README "Shared contract")::
 
@@ -8,33 +8,38 @@ A run folder holds (README "Shared contract")::
     RUN/checkpoint/     the last full training state (for --resume)
     RUN/metrics.json    what the run measured
 
-``config.json`` is written once, before training starts, and holds:
+A run command goes through three steps, the same in every package::
 
-- ``run``: who wrote the run and how: package, version, command, method, seed,
-  preset, data (absolute path), git commit of the code when it is a git checkout,
-  and an ``extra`` mapping for package-specific facts (a fold, the site order);
-- ``config``: the fully resolved config dataclass, as :func:`config_to_dict` gives it.
+    spec = app.spec(args)                          # the CLI: one RunSpec, built once
+    run = open_run(spec, RunConfig, base=preset)   # resolve + check; nothing written yet
+    ...                                            # the package reads and checks its inputs
+    run.start(task="prostate")                     # the header: config.json
+    ...                                            # train
+    run.finish(metrics)                            # metrics.json
 
-:func:`load_run` reads this schema and the four earlier ones (pbbl-cxr and
-brats-grading flattened method/seed/preset into the config; smg-learning wrote a
-pure config plus ``run.json``; unlearn-bench nested the config under ``"config"``
-beside its facts), so runs trained with an older version still evaluate.
+:func:`open_run` holds the rules every package shares: a new run needs a fresh
+``--out``; ``--resume`` needs an existing run of the same package and command, takes
+its method, seed, preset and config, and lets ``--config``/``--set`` change only the
+fields the package names as resumable (step counts, cadences).
+
+``config.json``'s ``run`` block says who wrote the run and how (package, version,
+command, method, seed, preset, data, the git commit and whether the tree was dirty,
+the time, and package facts in ``extra``); its ``config`` block is the fully resolved
+config dataclass (:func:`~medcommon.config.config_to_dict`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import functools
-import os
-import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
-from medcommon.config import config_from_dict, config_to_dict
+from medcommon.config import config_from_dict, config_to_dict, resolve_config
 from medcommon.errors import InputError
 from medcommon.fs import read_json, write_json_atomic
+from medcommon.provenance import git_state
 
 T = TypeVar("T")
 
@@ -44,8 +49,40 @@ METRICS_FILE = "metrics.json"
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoint"
 
-# Keys that the earlier flat schemas (pbbl-cxr, brats-grading) mixed into the config.
-_LEGACY_RUN_KEYS = ("package", "version", "command", "method", "seed", "preset", "data")
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """What a run command was asked to do: built once by the CLI (:meth:`App.spec
+    <medcommon.cli.App.spec>`), then passed whole.
+
+    For a new run the CLI fills in the default method, seed and preset; with
+    ``--resume`` they stay None unless given, and :func:`open_run` takes the run's own.
+    ``options`` holds the command's own flags (``--sites``, ``--model``, ...) by their
+    argparse names.
+    """
+
+    package: str
+    version: str
+    command: str
+    out: Path
+    data: Path | None = None
+    method: str | None = None
+    seed: int | None = None
+    preset: str | None = None
+    config_file: Path | None = None
+    overrides: tuple[str, ...] = ()
+    device: str = "auto"
+    resume: bool = False
+    quiet: bool = False
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def option(self, name: str, default: Any = None) -> Any:
+        """The command's own flag ``name`` (its argparse ``dest``), or ``default``."""
+        value = self.options.get(name)
+        return default if value is None else value
+
+    def replace(self, **changes: Any) -> RunSpec:
+        return dataclasses.replace(self, **changes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +97,7 @@ class RunInfo:
     preset: str | None = None
     data: str | None = None
     git_commit: str | None = None
+    git_dirty: bool | None = None
     created: str | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -73,14 +111,11 @@ class Run:
 
     ``config`` is the resolved config as a plain dict; :meth:`config_as` turns it
     into the package's dataclass (unknown keys are an :class:`InputError`).
-    ``schema`` is :data:`SCHEMA` for runs written by :func:`write_run_config`, and
-    ``"legacy-<package>"`` for runs of the earlier schemas.
     """
 
     path: Path
     info: RunInfo
     config: dict[str, Any]
-    schema: int | str = SCHEMA
 
     def config_as(self, cls: type[T]) -> T:
         """The config as the dataclass ``cls``."""
@@ -100,29 +135,6 @@ class Run:
         return read_json(path, METRICS_FILE) if path.is_file() else None
 
 
-@functools.lru_cache(maxsize=8)
-def git_commit(start: str | Path | None = None) -> str | None:
-    """The commit of the git checkout holding ``start`` (default: this file), else None.
-
-    ``MEDAI_GIT_COMMIT`` overrides it (for CI or installed wheels). Never raises:
-    a run must not fail because git is missing.
-    """
-    if os.environ.get("MEDAI_GIT_COMMIT"):
-        return os.environ["MEDAI_GIT_COMMIT"]
-    folder = Path(start) if start is not None else Path(__file__).resolve().parent
-    try:
-        proc = subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    sha = proc.stdout.strip()
-    return sha if proc.returncode == 0 and len(sha) == 40 else None
-
-
 def make_run_info(
     package: str,
     version: str,
@@ -132,10 +144,10 @@ def make_run_info(
     seed: int | None = None,
     preset: str | None = None,
     data: str | Path | None = None,
-    source: str | Path | None = None,
     **extra: Any,
 ) -> RunInfo:
-    """A :class:`RunInfo` stamped with the time and the git commit of ``source``'s checkout."""
+    """A :class:`RunInfo` stamped with the time and the code's git commit (and dirtiness)."""
+    commit, dirty = git_state()
     return RunInfo(
         package=package,
         version=version,
@@ -144,17 +156,15 @@ def make_run_info(
         seed=seed,
         preset=preset,
         data=str(Path(data).resolve()) if data is not None else None,
-        git_commit=git_commit(source),
+        git_commit=commit,
+        git_dirty=dirty,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         extra=dict(extra),
     )
 
 
 def write_run_config(out: str | Path, info: RunInfo, config: Any) -> Path:
-    """Write ``out/config.json`` (atomically) in the current schema; returns its path.
-
-    ``config`` is the resolved config dataclass (or an already converted dict).
-    """
+    """Write ``out/config.json`` (atomically) in the current schema; returns its path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = config if isinstance(config, Mapping) else config_to_dict(config)
@@ -170,18 +180,16 @@ def write_metrics(out: str | Path, metrics: Mapping[str, Any]) -> Path:
     return path
 
 
-def load_run(path: str | Path, package: str | None = None, config_class: type | None = None) -> Run:
-    """Read a run folder's ``config.json``, in the current or an earlier schema.
+def load_run(path: str | Path, package: str | None = None) -> Run:
+    """Read a run folder's ``config.json``.
 
     Args:
         path: the run folder.
         package: the package expected to have written it; a run of another package
             is an :class:`InputError` (evaluating a brats run with pbbl-cxr).
-        config_class: the package's config dataclass; with the flat earlier schemas
-            it decides which keys are config fields and which are run facts.
 
     Raises:
-        InputError: no folder, no ``config.json``, unreadable JSON, another package.
+        InputError: no folder, no ``config.json``, unreadable JSON, another schema or package.
     """
     run = Path(path)
     if not run.is_dir():
@@ -190,15 +198,14 @@ def load_run(path: str | Path, package: str | None = None, config_class: type | 
     if not cfg_path.is_file():
         raise InputError(run, f"not a run folder (no {CONFIG_FILE})")
     raw = read_json(cfg_path, CONFIG_FILE)
-    if not isinstance(raw, dict):
-        raise InputError(cfg_path, "expected a JSON object")
-    if isinstance(raw.get("run"), dict) and isinstance(raw.get("config"), dict):
-        loaded = Run(
-            run, _info_from_dict(raw["run"], cfg_path), raw["config"], raw.get("schema", SCHEMA)
-        )
-    else:
-        loaded = _load_legacy(run, raw, package, config_class)
-    if package is not None and loaded.info.package not in (package, "unknown"):
+    if not (
+        isinstance(raw, dict) and isinstance(raw.get("run"), dict) and "config" in raw
+    ) or not isinstance(raw["config"], dict):
+        raise InputError(cfg_path, 'not a run header (expected {"schema", "run", "config"})')
+    if raw.get("schema") != SCHEMA:
+        raise InputError(cfg_path, f"schema {raw.get('schema')!r}; this version reads {SCHEMA}")
+    loaded = Run(run, _info_from_dict(raw["run"], cfg_path), raw["config"])
+    if package is not None and loaded.info.package != package:
         raise InputError(run, f"a run of {loaded.info.package}, not of {package}")
     return loaded
 
@@ -210,45 +217,149 @@ def _info_from_dict(data: Mapping[str, Any], where: Path) -> RunInfo:
         raise InputError(where, f"run.{unknown[0]}: unknown run field")
     if "package" not in data or "version" not in data:
         raise InputError(where, "run block without package and version")
-    return RunInfo(**{k: v for k, v in data.items()})
+    return RunInfo(**dict(data))
 
 
-def _load_legacy(
-    run: Path, raw: dict[str, Any], package: str | None, config_class: type | None
-) -> Run:
-    """The four schemas written before :data:`SCHEMA` 1 (see the module docstring)."""
-    raw = dict(raw)
-    side = run / "run.json"
-    if side.is_file():  # smg-learning: pure config + run.json
-        facts = dict(read_json(side, "run.json"))
-        config = raw
-        label = "legacy-smg-learning"
-    elif isinstance(raw.get("config"), dict):  # unlearn-bench: facts + nested config
-        config = raw.pop("config")
-        facts = raw
-        label = "legacy-unlearn-bench"
-    else:  # pbbl-cxr, brats-grading: facts flattened into the config
-        field_names = {f.name for f in dataclasses.fields(config_class)} if config_class else set()
-        facts = {
-            k: raw.pop(k)
-            for k in list(raw)
-            if (k in _LEGACY_RUN_KEYS or (config_class and k not in field_names))
-            and k not in field_names
-        }
-        config = raw
-        label = f"legacy-{package or 'flat'}"
-    core = {k: facts.pop(k, None) for k in _LEGACY_RUN_KEYS}
-    info = RunInfo(
-        package=core["package"] or package or "unknown",
-        version=core["version"] or "unknown",
-        command=core["command"] or "train",
-        method=core["method"],
-        seed=core["seed"],
-        preset=core["preset"],
-        data=core["data"],
-        extra=facts,
-    )
-    return Run(run, info, config, label)
+# --------------------------------------------------------------------- opening a run
+def require_fresh_out(
+    out: Path, what: str = "run folder", hint: str = "pass --resume or choose another --out"
+) -> None:
+    """Refuse an existing non-empty ``out`` so earlier results are never mixed or overwritten."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(out, f"{what} already exists and is not empty ({hint})")
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def changed_fields(old: Any, new: Any) -> list[str]:
+    """Dotted names of the fields that differ between two configs (dataclasses or dicts)."""
+    a = _flat(old if isinstance(old, Mapping) else config_to_dict(old))
+    b = _flat(new if isinstance(new, Mapping) else config_to_dict(new))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+@dataclasses.dataclass
+class RunFolder(Generic[T]):
+    """A run opened by :func:`open_run`: its spec (method and seed filled in), its config,
+    and, on ``--resume``, the run read back (``saved``)."""
+
+    spec: RunSpec
+    cfg: T
+    saved: Run | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.spec.out
+
+    @property
+    def resumed(self) -> bool:
+        return self.saved is not None
+
+    @property
+    def method(self) -> str | None:
+        return self.spec.method
+
+    @property
+    def seed(self) -> int:
+        return int(self.spec.seed or 0)
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """The saved run's ``run.extra`` facts (empty for a new run)."""
+        return dict(self.saved.info.extra) if self.saved is not None else {}
+
+    def start(self, cfg: T | None = None, **extra: Any) -> T:
+        """Write the run's header, ``config.json``; returns the config as written.
+
+        A new run gets a new header with ``extra`` facts; a resumed run keeps its own
+        header, and its ``config`` block is rewritten only when the config changed
+        (``--set steps=N`` extends a finished run).
+        """
+        if cfg is not None:
+            self.cfg = cfg
+        if self.saved is None:
+            info = make_run_info(
+                self.spec.package,
+                self.spec.version,
+                self.spec.command,
+                method=self.spec.method,
+                seed=self.seed,
+                preset=self.spec.preset,
+                data=self.spec.data,
+                **extra,
+            )
+            write_run_config(self.path, info, self.cfg)
+        elif changed_fields(self.saved.config, self.cfg):
+            write_run_config(self.path, self.saved.info, self.cfg)
+        return self.cfg
+
+    def finish(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """Write ``metrics.json``; returns the metrics."""
+        write_metrics(self.path, metrics)
+        return dict(metrics)
+
+
+def open_run(
+    spec: RunSpec,
+    config_class: type[T],
+    *,
+    base: Callable[[RunSpec], T],
+    resumable: Iterable[str] = (),
+) -> RunFolder[T]:
+    """Resolve and check a run command's config; nothing is written yet.
+
+    New run: ``base(spec)`` (the preset, adjusted for the method) <- ``--config`` <-
+    ``--set``; ``spec.out`` must not exist or be empty.
+
+    ``--resume``: ``spec.out`` must hold a run of the same package and command; its
+    method, seed and preset are the run's (a different ``--method``/``--seed`` is an
+    error), its saved config is the base, and ``--config``/``--set`` may change only
+    the dotted fields in ``resumable``.
+
+    Raises:
+        InputError: any of the above; a bad config field or value.
+    """
+    if not spec.resume:
+        require_fresh_out(spec.out)
+        spec = spec.replace(seed=0 if spec.seed is None else spec.seed)
+        cfg = resolve_config(
+            config_class, base=base(spec), file=spec.config_file, overrides=spec.overrides
+        )
+        return RunFolder(spec, cfg)
+    if not spec.out.is_dir():
+        raise InputError(spec.out, "run folder not found (nothing to --resume)")
+    saved = load_run(spec.out, package=spec.package)
+    info = saved.info
+    if info.command != spec.command:
+        raise InputError(spec.out, f"a {info.command} run; resume it with `{info.command}`")
+    for flag, given, have in (
+        ("--method", spec.method, info.method),
+        ("--seed", spec.seed, info.seed),
+    ):
+        if given is not None and given != have:
+            raise InputError(flag, f"the run was started with {have!r}, not {given!r}")
+    if spec.preset is not None and info.preset is not None and spec.preset != info.preset:
+        raise InputError(
+            "--preset", f"the run was started with {info.preset!r}, not {spec.preset!r}"
+        )
+    spec = spec.replace(method=info.method, seed=info.seed, preset=info.preset)
+    old = saved.config_as(config_class)
+    cfg = resolve_config(config_class, base=old, file=spec.config_file, overrides=spec.overrides)
+    allowed = set(resumable)
+    fixed = [k for k in changed_fields(old, cfg) if k not in allowed]
+    if fixed:
+        may = ", ".join(sorted(allowed)) or "nothing"
+        raise InputError(f"--set {fixed[0]}", f"cannot change a resumed run's setting (only {may})")
+    return RunFolder(spec, cfg, saved)
 
 
 __all__ = [
@@ -258,10 +369,14 @@ __all__ = [
     "MODEL_DIR",
     "SCHEMA",
     "Run",
+    "RunFolder",
     "RunInfo",
-    "git_commit",
+    "RunSpec",
+    "changed_fields",
     "load_run",
     "make_run_info",
+    "open_run",
+    "require_fresh_out",
     "write_metrics",
     "write_run_config",
 ]

@@ -25,7 +25,7 @@ from medcommon.cli.args import (
     make_parser,
     subparsers,
 )
-from medcommon.cli.runner import fail, require_fresh_out, run_main
+from medcommon.cli.runner import fail, run_main
 
 __all__ = [
     "App",
@@ -42,7 +42,6 @@ __all__ = [
     "add_train_args",
     "fail",
     "make_parser",
-    "require_fresh_out",
     "run_main",
     "subparsers",
 ]

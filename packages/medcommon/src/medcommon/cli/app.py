@@ -7,7 +7,7 @@ Every package's ``cli.py`` reads as a table of its commands::
     @app.command("train", "train one method on a dataset folder",
                  args=lambda p: add_train_args(p, METHODS, "pbbl"))
     def cmd_train(args):
-        ...  # a thin call into the library
+        return train_run(app.spec(args))  # one RunSpec, passed whole
 
     main, entry, build_parser = app.main, app.entry, app.build_parser
 
@@ -18,10 +18,18 @@ and exit code 2 (:func:`~medcommon.cli.runner.run_main`).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from medcommon.cli.args import make_parser, subparsers
+from medcommon.run import RunSpec
+
+# The flags every run command shares (medcommon.cli.args.add_run_args): RunSpec fields.
+_SPEC_FLAGS = frozenset(
+    {"command", "data", "out", "method", "seed", "preset", "config", "overrides", "device",
+     "resume", "quiet", "checkpoint_every", "_default_method", "_default_preset"}
+)  # fmt: skip
 
 Handler = Callable[[argparse.Namespace], "int | None"]
 AddArgs = Callable[[argparse.ArgumentParser], None]
@@ -58,6 +66,57 @@ class App:
             return handler
 
         return register
+
+    def spec(
+        self, args: argparse.Namespace, shorthands: Mapping[str, str | None] | None = None
+    ) -> RunSpec:
+        """The :class:`~medcommon.run.RunSpec` of a parsed run command.
+
+        A new run gets the command's default method, seed 0 and its default preset
+        where none was given; ``--resume`` leaves them None (the run's own are used).
+        The device is resolved (``auto`` -> ``cuda`` or ``cpu``).
+
+        ``shorthands`` maps flags that set a config field to that field
+        (``{"fold": "fold", "dtype": "scale.dtype"}``): a given flag becomes the
+        override ``field=value``, before the ``--set`` ones (which win); a
+        ``store_true`` flag becomes ``field=true`` when given. ``--checkpoint-every``
+        is always the shorthand of ``checkpoint_every``. Every other flag goes to
+        ``options``.
+        """
+        from medcommon.train.accelerator import resolve_device
+
+        given = vars(args)
+        resume = bool(given.get("resume"))
+        short = {"checkpoint_every": "checkpoint_every", **(shorthands or {})}
+        overrides = []
+        for flag, field_name in short.items():
+            value = given.get(flag)
+            if value is None or value is False or field_name is None:
+                continue
+            text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+            overrides.append(f"{field_name}={'true' if value is True else text}")
+        overrides += list(given.get("overrides") or ())
+
+        def default(name: str, fallback):
+            value = given.get(name)
+            return value if value is not None or resume else fallback
+
+        return RunSpec(
+            package=self.prog,
+            version=self.version,
+            command=str(given.get("command")),
+            out=Path(given["out"]),
+            data=None if given.get("data") is None else Path(given["data"]),
+            method=default("method", given.get("_default_method")),
+            seed=default("seed", 0),
+            preset=default("preset", given.get("_default_preset")),
+            config_file=given.get("config"),
+            overrides=tuple(overrides),
+            device=resolve_device(str(given.get("device") or "auto")),
+            resume=resume,
+            quiet=bool(given.get("quiet")),
+            options={k: v for k, v in given.items() if k not in _SPEC_FLAGS and k not in short},
+        )
 
     def build_parser(self) -> argparse.ArgumentParser:
         """The full parser: ``--version`` and one sub-parser per registered command."""

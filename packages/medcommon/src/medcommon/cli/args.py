@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from medcommon.config import PRESETS, check_preset
+from medcommon.config import PRESETS
 from medcommon.registry import Registry
 
 
@@ -112,14 +112,15 @@ def add_methods_arg(
     )
 
 
-def add_preset_arg(p: argparse.ArgumentParser, default: str = "tiny") -> None:
-    """``--preset``, one of :data:`medcommon.config.PRESETS`."""
+def add_preset_arg(p: argparse.ArgumentParser, default: str | None = "tiny") -> None:
+    """``--preset NAME``: a preset file of the package (:mod:`medcommon.presets`), checked
+    when it is read: :data:`medcommon.config.PRESETS` or one of the package's own."""
     p.add_argument(
         "--preset",
         default=default,
-        action=_checked(check_preset),
-        metavar="{" + ",".join(PRESETS) + "}",
-        help=f"{', '.join(PRESETS)} (default {default})",
+        metavar="NAME",
+        help=f"{', '.join(PRESETS)} or another file in the package's configs/"
+        + (f" (default {default})" if default else ""),
     )
 
 
@@ -127,21 +128,42 @@ def add_train_args(
     p: argparse.ArgumentParser,
     methods: Registry | Sequence[str],
     default_method: str | None,
+    default_preset: str = "tiny",
 ) -> None:
-    """``--data --out --method --config --set --seed --device --resume --checkpoint-every --preset --quiet``."""
+    """``--data --out --method --config --set --seed --device --resume --checkpoint-every --preset --quiet``.
+
+    ``--method``, ``--seed`` and ``--preset`` parse to None when not given, so that
+    ``--resume`` takes the run's own; :meth:`medcommon.cli.App.spec` fills in the
+    defaults (``default_method``, 0, ``default_preset``) for a new run.
+    """
     p.add_argument("--data", type=Path, required=True, help="dataset folder")
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
-    add_method_arg(p, methods, default_method)
-    add_preset_arg(p)
-    add_config_args(p)
-    add_common_args(p)
-    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint")
+    add_run_args(p, methods, default_method, default_preset)
     p.add_argument(
         "--checkpoint-every",
         type=int,
         default=None,
         help="steps between checkpoints (default: config)",
     )
+
+
+def add_run_args(
+    p: argparse.ArgumentParser,
+    methods: Registry | Sequence[str] | None,
+    default_method: str | None,
+    default_preset: str | None,
+) -> None:
+    """What every run command shares: ``--method --preset --config --set --seed --device
+    --quiet --resume`` (``--method`` only with ``methods``); see :func:`add_train_args`."""
+    if methods is not None:
+        add_method_arg(p, methods, default_method)
+        p.set_defaults(method=None)
+    add_preset_arg(p, default_preset)
+    p.set_defaults(preset=None)
+    add_config_args(p)
+    add_common_args(p)
+    p.set_defaults(seed=None, _default_method=default_method, _default_preset=default_preset)
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint")
 
 
 def add_predict_args(p: argparse.ArgumentParser, inputs_help: str) -> None:

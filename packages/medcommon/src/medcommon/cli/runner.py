@@ -7,7 +7,6 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import NoReturn
 
 from medcommon.errors import InputError
@@ -16,15 +15,6 @@ from medcommon.errors import InputError
 def fail(where: str, problem: str) -> NoReturn:
     """Raise the :class:`InputError` that :func:`run_main` reports as ``error: where: problem``."""
     raise InputError(where, problem)
-
-
-def require_fresh_out(
-    out: Path, what: str = "run folder", hint: str = "pass --resume or choose another --out"
-) -> None:
-    """Refuse an existing non-empty ``out`` so earlier results are never mixed or overwritten."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(out, f"{what} already exists and is not empty ({hint})")
 
 
 def run_main(

@@ -6,7 +6,10 @@ holds. A claim that does not hold is reported as not holding, never dropped:
 ``results.json`` carries every claim::
 
     "claims": [{"claim", "method", "baseline", "metric", "value",
-                "baseline_value", "holds", "setting", "test"}]
+                "baseline_value", "holds", "setting", "test", "post_hoc"}]
+
+A claim written after its result is seen says so (``post_hoc=True``): it is reported,
+and never counted in a headline.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 CLAIM_KEYS = frozenset(
-    {"claim", "method", "baseline", "metric", "value", "baseline_value", "holds", "setting", "test"}
-)
+    {"claim", "method", "baseline", "metric", "value", "baseline_value", "holds", "setting",
+     "test", "post_hoc"}
+)  # fmt: skip
 """The keys every checked claim in ``results.json`` carries (``note`` is added when one is
 missing a value); packages' tests hold their benchmarks' claims to it."""
 
@@ -36,6 +40,8 @@ class Claim:
             ``"less"``: mean(baseline) − mean(method) > ``margin`` (lower is better);
             ``"within"``: |mean(method) − mean(baseline)| ≤ ``margin`` (no harm / a tie).
         margin: the threshold, in the metric's units.
+        post_hoc: written after its result was seen. Reported with its outcome, never
+            counted in a headline of claims that hold (:func:`headline_count`).
     """
 
     claim: str
@@ -45,6 +51,7 @@ class Claim:
     setting: str | None = None
     test: Literal["greater", "less", "within"] = "greater"
     margin: float = 0.0
+    post_hoc: bool = False
 
     def describe_test(self) -> str:
         """The threshold in words, e.g. ``"> +0.02"``, ``"within ±0.02"``."""
@@ -87,6 +94,7 @@ def check_claims(
             "holds": False,
             "setting": c.setting,
             "test": c.describe_test(),
+            "post_hoc": c.post_hoc,
         }
         assert set(row) == CLAIM_KEYS  # one schema: the row and the documented keys agree
         if value is None or base is None:
@@ -100,6 +108,12 @@ def check_claims(
             row["holds"] = abs(value - base) <= c.margin
         out.append(row)
     return out
+
+
+def headline_count(claims: Iterable[dict[str, Any]]) -> tuple[int, int]:
+    """``(holding, counted)`` over the claims a headline may count: not ``post_hoc``."""
+    counted = [c for c in claims if not c.get("post_hoc")]
+    return sum(bool(c["holds"]) for c in counted), len(counted)
 
 
 def _num(v: Any, digits: int) -> str:
@@ -128,7 +142,7 @@ def claims_table(
             f"{c['method']} {_num(c['value'], digits)}",
             f"{c['baseline']} {_num(c['baseline_value'], digits)}",
             c.get("test", ""),
-            "**yes**" if c["holds"] else "no",
+            ("**yes**" if c["holds"] else "no") + (" (post hoc)" if c.get("post_hoc") else ""),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -12,7 +12,8 @@ import numpy as np
 
 from medcommon.errors import InputError
 from medcommon.fs import read_json, write_json_atomic, write_text_atomic
-from medcommon.report.claims import Claim, check_claims, claims_table
+from medcommon.provenance import changed_since, provenance, source_root
+from medcommon.report.claims import Claim, check_claims, claims_table, headline_count
 
 REQUIRED_KEYS = ("package", "version", "preset", "seeds", "rows", "summary")
 
@@ -65,12 +66,16 @@ def make_results(
     extra: dict[str, Any] | None = None,
     claims: Iterable[Claim] | None = None,
     figures: Sequence[str] = (),
+    sources: Iterable[str | Path] = (),
 ) -> dict[str, Any]:
     """Assemble a ``results.json`` object (summary computed from ``rows``).
 
     ``claims`` (written in code before the run) are checked against the summary;
     every one is kept, holding or not. ``figures`` are plot file names inside the
-    benchmark folder, the one a newcomer should read first leading.
+    benchmark folder, the one a newcomer should read first leading. ``sources`` are the
+    repository paths of the claims and protocol files the run used
+    (:func:`medcommon.provenance.module_source`); with the git commit, a dirty tree,
+    the thread count and the torch version they make the ``provenance`` block.
     """
     for i, row in enumerate(rows):
         if "method" not in row or "metrics" not in row:
@@ -88,7 +93,27 @@ def make_results(
         results["figures"] = list(figures)
     if extra:
         results["extra"] = extra
+    results["provenance"] = provenance(sources)
     return results
+
+
+def provenance_warnings(results: dict[str, Any], root: Path | None = None) -> list[str]:
+    """What a reader of ``results`` should know about where it came from: a run made from a
+    dirty tree or outside a checkout, and claims or protocol files changed after its commit."""
+    prov = results.get("provenance")
+    if not prov:
+        return ["no provenance recorded (written before provenance was kept)"]
+    notes = []
+    commit = prov.get("git_commit")
+    if not commit:
+        notes.append("run outside a git checkout: commit unknown")
+    elif prov.get("git_dirty"):
+        notes.append(f"run from a dirty tree at {commit[:10]}")
+    root = root if root is not None else source_root()
+    for path in prov.get("sources") or {}:
+        if commit and changed_since(path, commit, root):
+            notes.append(f"{path} changed after the run's commit {commit[:10]}")
+    return notes
 
 
 def write_results(directory: str | Path, results: dict[str, Any]) -> Path:
@@ -175,9 +200,17 @@ def write_report(
         f"`{results['package']}` {results['version']}, preset `{results['preset']}`, seeds {seeds}. "
         f"Values are mean ± sample std over {spread_over}.\n",
     ]
+    prov = results.get("provenance")
+    if prov:
+        commit = (prov.get("git_commit") or "unknown")[:10]
+        state = {True: ", dirty tree", False: ""}.get(prov.get("git_dirty"), ", tree state unknown")
+        parts.append(
+            f"Code at commit `{commit}`{state}; {prov.get('threads')} CPU threads, "
+            f"torch {prov.get('torch')}.\n"
+        )
     if results.get("claims"):
         parts += [
-            "## Claims (thresholds fixed in code before the run)\n",
+            "## Claims (thresholds fixed in code; any written after the result says post hoc)\n",
             claims_table(results["claims"]),
         ]
     figures = results.get("figures") or []
@@ -216,10 +249,17 @@ def combine_reports(paths: Sequence[str | Path], relative_to: str | Path | None 
             return str(target)
 
     parts = ["# Combined benchmark report\n"]
+    warnings = {res["package"]: provenance_warnings(res) for _, res in loaded}
     claims = [(res["package"], c) for _, res in loaded for c in res.get("claims") or []]
     if claims:
-        n_hold = sum(bool(c["holds"]) for _, c in claims)
-        parts.append(f"## Headline: {n_hold} of {len(claims)} claims hold\n")
+        n_hold, n_counted = headline_count(c for _, c in claims)
+        parts.append(f"## Headline: {n_hold} of {n_counted} claims hold\n")
+        post_hoc = sum(bool(c.get("post_hoc")) for _, c in claims)
+        if post_hoc:
+            parts.append(
+                f"{post_hoc} claim(s) written after their result (post hoc) are listed, "
+                "not counted.\n"
+            )
         parts.append(
             "| package | claim | metric | method value | baseline value | holds |\n"
             "|---|---|---|---|---|---|"
@@ -228,10 +268,20 @@ def combine_reports(paths: Sequence[str | Path], relative_to: str | Path | None 
             value = "–" if c["value"] is None else f"{c['value']:.3f}"
             base_v = "–" if c["baseline_value"] is None else f"{c['baseline_value']:.3f}"
             where = f" ({c['setting']})" if c.get("setting") else ""
+            holds = "**yes**" if c["holds"] else "no"
+            if c.get("post_hoc"):
+                holds += " (post hoc, not counted)"
+            if warnings[package]:
+                holds += " †"
             parts.append(
                 f"| {package} | {c['claim']}{where} | {c['metric']} | {c['method']} {value} | "
-                f"{c['baseline']} {base_v} | {'**yes**' if c['holds'] else 'no'} |"
+                f"{c['baseline']} {base_v} | {holds} |"
             )
+        parts.append("")
+    flagged = {pkg: notes for pkg, notes in warnings.items() if notes}
+    if flagged:
+        parts.append("† Provenance:\n")
+        parts += [f"- {pkg}: {'; '.join(notes)}" for pkg, notes in flagged.items()]
         parts.append("")
     firsts = [(folder, res) for folder, res in loaded if res.get("figures")]
     if firsts:

@@ -2,8 +2,8 @@
 
 A method supplies ``step_fn(model, batch, ctx) -> loss`` (or a dict with a
 ``"loss"`` entry plus values to log); the loop owns devices, mixed precision,
-gradient accumulation, clipping, DDP, logging, evaluation, best-checkpoint
-selection, checkpoint/resume and progress bars.
+gradient accumulation, clipping, DDP, logging, evaluation (keeping the
+best weights is a method's ``state`` object), checkpoint/resume and progress bars.
 """
 
 from medcommon.train.config import TrainConfig

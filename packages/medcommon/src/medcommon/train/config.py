@@ -23,8 +23,6 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0
     checkpoint_every: int = 0
-    select_metric: str | None = None
-    select_mode: Literal["max", "min"] = "max"
     drop_last: bool = True
     find_unused_parameters: bool = False
     # With more than one process, BatchNorm layers normalise with the global batch's

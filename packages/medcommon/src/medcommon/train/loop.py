@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -64,8 +63,6 @@ class FitResult:
     steps: int
     train_seconds: float  # optimizer steps only: evaluation and checkpoint writing excluded
     final_metrics: dict[str, float] = field(default_factory=dict)
-    best_metrics: dict[str, float] = field(default_factory=dict)
-    best_step: int | None = None
     resumed_from: int | None = None
     eval_seconds: float = 0.0
 
@@ -213,21 +210,14 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return metrics
 
-    def _is_better(self, value: float, best: float | None) -> bool:
-        if math.isnan(value):
-            return False
-        if best is None:
-            return True
-        return value > best if self.config.select_mode == "max" else value < best
-
     def _save_model(self) -> None:
         if self.run_dir is None or self.model_config is None or not self.is_main:
             return
         save_pretrained(self._unwrapped, self.run_dir / self.model_dir, self.model_config)
 
     # ------------------------------------------------------------- checkpoint
-    def _checkpoint(self, step: int, best: dict[str, Any]) -> None:
-        """Save the full training state (``best`` carries selection and final metrics)."""
+    def _checkpoint(self, step: int, final: dict[str, float] | None = None) -> None:
+        """Save the full training state (``final``: the end-of-training evaluation)."""
         if self.checkpoint_dir is None or not self.config.save_checkpoints:
             return
         from accelerate.utils import gather_object
@@ -248,12 +238,12 @@ class Trainer:
                     "max_steps": self.config.max_steps,
                     "seed": self.seed,
                     "num_processes": self.accelerator.num_processes,
-                    "best": best,
+                    "final": final or {},
                 },
             )
         self.accelerator.wait_for_everyone()
 
-    def _resume(self) -> tuple[int, dict[str, Any]]:
+    def _resume(self) -> tuple[int, dict[str, float]]:
         ckpt = self.checkpoint_dir
         info = read_trainer_state(ckpt) if ckpt is not None else None
         if info is None:
@@ -275,7 +265,7 @@ class Trainer:
         )
         set_rng_state(rngs[self.accelerator.process_index])
         self._truncate_log(int(info["step"]))
-        return int(info["step"]), dict(info.get("best") or {})
+        return int(info["step"]), dict(info.get("final") or {})
 
     # ------------------------------------------------------------------- fit
     def fit(self, resume: bool = False) -> FitResult:
@@ -300,7 +290,7 @@ class Trainer:
 
     def _fit(self, resume: bool) -> FitResult:
         cfg = self.config
-        start, best = self._resume() if resume else (0, {})
+        start, final = self._resume() if resume else (0, {})
         resumed_from = start if resume and start > 0 else None
         if self.run_dir is not None and self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -362,12 +352,11 @@ class Trainer:
                 window.clear()
             if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.max_steps:
                 t_eval = time.perf_counter()
-                last_metrics = self._evaluate()
-                best = self._after_eval(done, last_metrics, best)
+                self._log_eval(done, self._evaluate())
                 eval_seconds += time.perf_counter() - t_eval
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
                 t_ckpt = time.perf_counter()
-                self._checkpoint(done, best)
+                self._checkpoint(done)
                 other_seconds += time.perf_counter() - t_ckpt
         bar.close()
         train_seconds = time.perf_counter() - t0 - eval_seconds - other_seconds
@@ -376,45 +365,25 @@ class Trainer:
             # The run had finished before: its outputs are on disk already.
             if self.run_dir is not None and not (self.run_dir / self.model_dir).exists():
                 self._save_model()
-            final = best.pop("final", {})
-            return FitResult(
-                cfg.max_steps, 0.0, final, best.get("metrics", final), best.get("step"), start
-            )
+            return FitResult(cfg.max_steps, 0.0, final, start)
         t_eval = time.perf_counter()
         last_metrics = self._evaluate() if self.eval_fn is not None else {}
-        best = self._after_eval(cfg.max_steps, last_metrics, best)
+        self._log_eval(cfg.max_steps, last_metrics)
         eval_seconds += time.perf_counter() - t_eval
-        if not cfg.select_metric or "value" not in best:
-            # No selection, or no evaluation ever gave a usable value: keep the final weights.
-            self._save_model()
-        self._checkpoint(cfg.max_steps, {**best, "final": last_metrics})
+        self._save_model()
+        self._checkpoint(cfg.max_steps, last_metrics)
         return FitResult(
             steps=cfg.max_steps,
             train_seconds=train_seconds,
             final_metrics=last_metrics,
-            best_metrics=best.get("metrics", last_metrics),
-            best_step=best.get("step", cfg.max_steps),
             resumed_from=resumed_from,
             eval_seconds=eval_seconds,
         )
 
-    def _after_eval(
-        self, step: int, metrics: dict[str, float], best: dict[str, Any]
-    ) -> dict[str, Any]:
-        if not metrics or not self.is_main:
-            return best
-        self._log({"step": step, "eval": metrics})
-        name = self.config.select_metric
-        if not name:
-            return {"step": step, "metrics": metrics}
-        if name not in metrics:
-            raise InputError(
-                "select_metric", f"{name!r} is not among the evaluated metrics {sorted(metrics)}"
-            )
-        if self._is_better(metrics[name], best.get("value")):
-            best = {"step": step, "value": metrics[name], "metrics": metrics}
-            self._save_model()
-        return best
+    def _log_eval(self, step: int, metrics: dict[str, float]) -> None:
+        """Log an evaluation; keeping the best weights is the method's (a ``state`` object)."""
+        if metrics and self.is_main:
+            self._log({"step": step, "eval": metrics})
 
     def unwrapped_model(self) -> torch.nn.Module:
         """The trained module without DDP or other wrappers."""

@@ -11,10 +11,23 @@ given fast tests run on that copy in a new process with ``-x``: the mutant is
   line of the target files, docstrings, comments, imports, decorators, messages and
   dataclass defaults skipped: :func:`generated`.
 
-Each package keeps a small script (its targets, tests and listed mutants) that calls
-:func:`main`; ``--list`` shows the mutants, ``--only`` filters them by file or name,
-``--rerun FILE`` runs only the survivors of an earlier run, and ``--out`` receives the
-results (JSON, written atomically after every mutant).
+One runner for every package, from the repository root::
+
+    python -m medai_testkit.mutation PACKAGE [--only S] [--list] [--out F] [--rerun F]
+                                             [--per-line N] [--full] [--timeout SECONDS]
+
+``PACKAGE`` is a folder under ``packages/``; its ``tests/mutants.py`` says what to
+mutate and which tests judge it, in two functions::
+
+    def make_mutants(src: Path, per_line: int = 1) -> list[Mutant]:
+        ...  # src is packages/<pkg>/src; listed mutants first, then generated ones
+    def tests_for(mutant: Mutant, full: bool) -> list[str]:
+        ...  # test paths relative to packages/<pkg>/, cheapest first
+
+``--list`` shows the mutants, ``--only`` filters them by file or name, ``--rerun FILE``
+runs only the survivors of an earlier run, ``--full`` asks the package for its wider
+test set, and ``--out`` receives the results (JSON, written atomically after every
+mutant).
 """
 
 from __future__ import annotations
@@ -281,27 +294,47 @@ def _summary(results: list[dict], seconds: float) -> dict:
     }
 
 
-def main(
-    make_mutants,
-    tests: Sequence[str] | Callable[[Mutant], Sequence[str]],
-    *,
-    roots: dict[str, Path],
-    cwd: Path,
-    argv: Sequence[str] | None = None,
-    default_out: str = "mutants.json",
-) -> int:
-    """The command line of a package's mutant script (module docstring).
+def load_spec(package_dir: Path):
+    """The module ``packages/<pkg>/tests/mutants.py`` (loaded by path: tests are no package)."""
+    import importlib.util
 
-    ``make_mutants()`` returns the package's mutants (listed first, then generated).
-    """
-    ap = argparse.ArgumentParser(description="mutation testing of the method's wiring")
+    path = package_dir / "tests" / "mutants.py"
+    if not path.is_file():
+        raise SystemExit(f"error: {path}: no mutant spec (make_mutants, tests_for)")
+    spec = importlib.util.spec_from_file_location(f"_mutants_{package_dir.name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name in ("make_mutants", "tests_for"):
+        if not callable(getattr(module, name, None)):
+            raise SystemExit(f"error: {path}: defines no {name}()")
+    return module
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line (module docstring)."""
+    ap = argparse.ArgumentParser(
+        prog="python -m medai_testkit.mutation", description="mutation testing of a method's wiring"
+    )
+    ap.add_argument("package", help="a folder under packages/, e.g. pbbl_cxr")
+    ap.add_argument("--root", default=".", help="the repository root (default: here)")
     ap.add_argument("--only", default="", help="only mutants whose file or name contains this")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
-    ap.add_argument("--out", default=default_out, help="results file (JSON)")
+    ap.add_argument("--out", default="mutants.json", help="results file (JSON)")
     ap.add_argument("--rerun", help="an earlier --out: run only the mutants that survived there")
+    ap.add_argument("--per-line", type=int, default=1, help="generated mutants per line")
+    ap.add_argument("--full", action="store_true", help="the package's wider test set")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per mutant")
     args = ap.parse_args(argv)
-    mutants = [m for m in make_mutants() if args.only in m.file or args.only in m.name]
+    repo = Path(args.root).resolve()
+    pkg = repo / "packages" / args.package
+    if not (pkg / "src").is_dir():
+        raise SystemExit(f"error: {pkg}: not a package folder (no src/)")
+    spec = load_spec(pkg)
+    mutants = [
+        m
+        for m in spec.make_mutants(pkg / "src", per_line=args.per_line)
+        if args.only in m.file or args.only in m.name
+    ]
     if args.rerun:
         old = json.loads(Path(args.rerun).read_text())["results"]
         alive = {(r["file"], r["line"], r["new"]) for r in old if not r["killed"]}
@@ -311,8 +344,15 @@ def main(
             print(f"{m.kind:9s} {m.label}")
         print(f"{len(mutants)} mutants")
         return 0
-    report = run_mutants(mutants, tests, roots=roots, cwd=cwd, timeout=args.timeout,
-                         out=Path(args.out))  # fmt: skip
+    roots = {"medcommon": repo / "packages/medcommon/src", args.package: pkg / "src"}
+    report = run_mutants(
+        mutants,
+        lambda m: [str(pkg / t) for t in spec.tests_for(m, args.full)],
+        roots=roots,
+        cwd=repo,
+        timeout=args.timeout,
+        out=Path(args.out),
+    )
     s = report["summary"]
     print(
         f"killed {s['killed']}/{s['mutants']} = {s['kill_rate']:.1%}; "
@@ -322,3 +362,7 @@ def main(
         if not r["killed"]:
             print(f"SURVIVED {r['file']}:{r['line']}: {r['old'].strip()}  ->  {r['new'].strip()}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

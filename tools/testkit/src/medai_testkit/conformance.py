@@ -1,4 +1,5 @@
-"""Shared test suites, adopted by subclassing in a package's tests.
+"""Shared test suites, adopted by subclassing in a package's tests (never imported by a
+runtime package: ``import medcommon`` does not need pytest).
 
 - :class:`ModelConformance`: forward gives finite tensors, every trainable
   parameter receives a finite gradient, seeded construction is deterministic,
@@ -17,8 +18,8 @@
   the package's method registry.
 - :class:`MethodStepContract`: every registered method's step lowers its loss on
   a fixed batch and is deterministic under a seed.
-- Helpers: :func:`run_torchrun` / :func:`assert_same_safetensors` for the
-  two-process checks (``nox -s ddp``), :func:`pydicom_test_file`.
+Helpers live beside them: :mod:`medai_testkit.distributed` (two-process checks),
+:mod:`medai_testkit.gpu` (the ``gpu`` steps), :mod:`medai_testkit.files` (real DICOMs).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 import torch
 
+from medai_testkit.distributed import assert_same_safetensors
 from medcommon.models import from_pretrained, save_pretrained
 
 
@@ -322,22 +323,32 @@ class CLIContract:
 
     def test_run_folder_round_trips(self, method, contract_data, tmp_path, capsys) -> None:
         from medcommon.config import config_to_dict
-        from medcommon.run import SCHEMA, load_run
+        from medcommon.run import CONFIG_FILE, SCHEMA, load_run
 
         out = tmp_path / "run"
         code, _, err = self.run(
             self.train_argv(contract_data, out, method, self.short_steps), capsys
         )
         assert code == 0, err[-3000:]
-        run = load_run(out, package=self.package, config_class=self.config_class)
-        assert run.schema == SCHEMA
+        assert json.loads((out / CONFIG_FILE).read_text()).get("schema") == SCHEMA
+        run = load_run(out, package=self.package)
         assert (run.info.package, run.info.version) == (self.package, self.version)
         assert run.info.method == method
         assert run.info.seed is not None
+        assert run.info.created is not None
         if self.config_class is not None:
             assert config_to_dict(run.config_as(self.config_class)) == run.config
         assert (out / self.weights_file).is_file(), f"no {self.weights_file}"
         assert run.metrics() is not None, "no metrics.json"
+
+    def test_resume_of_a_missing_run_is_exit_2_and_writes_nothing(
+        self, contract_data, tmp_path, capsys
+    ) -> None:
+        out = tmp_path / "never-trained"
+        argv = self.resume_argv(contract_data, out, self.methods[0], self.long_steps)
+        code, _, err = self.run(argv, capsys)
+        self.assert_one_line_error(code, err, "never-trained")
+        assert not out.exists(), "--resume of a missing run wrote a folder"
 
     def test_resume_equals_an_uninterrupted_run(
         self, method, contract_data, tmp_path, capsys
@@ -350,207 +361,3 @@ class CLIContract:
         code, _, err = self.run(self.train_argv(contract_data, b, method, self.long_steps), capsys)
         assert code == 0, err[-3000:]
         assert_same_safetensors(a / self.weights_file, b / self.weights_file, rtol=0, atol=0)
-
-
-# -- GPU steps (tests marked `gpu`, run by `nox -s tests_gpu`) ----------------------------
-
-GPU_ON_CPU = os.environ.get("MEDAI_GPU_TEST_ON_CPU") == "1"
-"""``MEDAI_GPU_TEST_ON_CPU=1`` rehearses the ``gpu`` tests on the CPU (bf16 only, no memory figure)."""
-GPU_DEVICE = "cpu" if GPU_ON_CPU else "cuda"
-GPU_MARKS = [] if GPU_ON_CPU else [pytest.mark.gpu]
-"""A test module's ``pytestmark``: ``gpu`` unless rehearsing on the CPU (the root conftest
-skips ``gpu`` tests where CUDA is absent)."""
-GPU_PRECISIONS = [
-    "bf16",
-    pytest.param("fp16", marks=pytest.mark.skipif(GPU_ON_CPU, reason="fp16 autocast needs CUDA")),
-]
-_AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# fp16: the gradient scaler skips the steps whose scaled gradients overflow while it
-# finds its scale (from 2**16, halving), so it gets more steps for the weights to move.
-GPU_STEPS = {"bf16": 3, "fp16": 6}
-
-
-def gpu_fit_steps(
-    model,
-    optimizer,
-    dataset,
-    step_fn,
-    config,
-    tmp_path,
-    tag: str,
-    peak_bound: int = 2 * 2**30,
-    **kw,
-):
-    """Run ``config.max_steps`` steps of medcommon's Trainer on GPU_DEVICE; check autocast, finite losses, moved weights.
-
-    Returns ``{"losses", "peak_bytes"}``; ``peak_bytes`` is ``torch.cuda.max_memory_allocated()``
-    over the last optimizer step (None on the CPU) and is also written to
-    ``tmp_path/gpu_memory.json``; it must stay under ``peak_bound`` (generous: the tiny
-    models need a few MiB, cuDNN and cuBLAS workspaces come on top).
-    """
-    if (
-        GPU_DEVICE == "cuda"
-        and config.mixed_precision == "bf16"
-        and not torch.cuda.is_bf16_supported()
-    ):
-        pytest.skip("this GPU has no bf16 support")
-    last = config.max_steps - 1
-    losses: list[float] = []
-    autocast: list[tuple[bool, torch.dtype]] = []
-
-    def step(m, batch, ctx):
-        if GPU_DEVICE == "cuda" and ctx.step == last and ctx.micro_step == 0:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        autocast.append(
-            (torch.is_autocast_enabled(GPU_DEVICE), torch.get_autocast_dtype(GPU_DEVICE))
-        )
-        out = step_fn(m, batch, ctx)
-        losses.append(float((out["loss"] if isinstance(out, dict) else out).detach()))
-        return out
-
-    before = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-    from medcommon.train import Trainer
-
-    Trainer(
-        model, optimizer, dataset, step, config=config, device=GPU_DEVICE, quiet=True, **kw
-    ).fit()
-    peak = None
-    if GPU_DEVICE == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-
-    assert autocast and all(
-        on and dt == _AUTOCAST_DTYPE[config.mixed_precision] for on, dt in autocast
-    )
-    assert len(losses) == config.max_steps * config.grad_accum_steps
-    assert all(torch.isfinite(torch.tensor(losses))), losses
-    after = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    assert all(torch.isfinite(p).all() for p in after.values())
-    assert any(not torch.equal(before[n], after[n]) for n in before), "no weight changed"
-    record = {"test": tag, "device": GPU_DEVICE, "precision": config.mixed_precision}
-    record.update(steps=config.max_steps, losses=losses, peak_bytes=peak)
-    (tmp_path / "gpu_memory.json").write_text(json.dumps(record, indent=2) + "\n")
-    if peak is not None:
-        print(f"{tag} {config.mixed_precision}: peak {peak / 2**20:.1f} MiB over one step")
-        assert 0 < peak < peak_bound
-    return {"losses": losses, "peak_bytes": peak}
-
-
-def pydicom_test_file(name: str):
-    """Path of a DICOM file shipped inside the pydicom wheel (never the downloadable extras).
-
-    ``pydicom.data.get_testdata_file`` tries to download files that are not
-    shipped; tests must not touch the network, so we look on disk only and skip
-    the test when the file is absent.
-    """
-    from pathlib import Path
-
-    import pydicom.data
-    import pytest
-
-    path = Path(pydicom.data.__file__).parent / "test_files" / name
-    if not path.is_file():  # pragma: no cover - depends on the pydicom build
-        pytest.skip(f"pydicom does not ship {name}")
-    return path
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now (for torchrun's ``--master_port``)."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# Signs in torchrun's stderr that the launch itself failed (rendezvous port
-# taken between free_port() and bind, a gloo socket reset on a loaded machine),
-# not the script under test. Such a run is retried once on a fresh port; a
-# failure of the script itself repeats and is returned as it is.
-_TRANSPORT_FAILURES = (
-    "Address already in use",
-    "EADDRINUSE",
-    "Connection refused",
-    "Connection reset by peer",
-    "gloo::IoException",
-    "Socket Timeout",
-    "DistNetworkError",
-    "(SIGABRT)",
-)
-
-
-def run_torchrun(
-    script_and_args, nproc: int = 2, timeout: float = 600, env=None, attempts: int = 2
-):
-    """Run ``python -m torch.distributed.run --nproc_per_node N script args...`` on CPU (gloo).
-
-    Returns the ``subprocess.CompletedProcess`` (stdout/stderr captured as text).
-    One OpenMP thread per process, so two processes fit two cores. The master
-    is 127.0.0.1 on a port free at launch; a launch that fails in the transport
-    (see ``_TRANSPORT_FAILURES``) is retried up to ``attempts`` times in all.
-    """
-    import os
-    import subprocess
-    import sys
-
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
-    for attempt in range(attempts):
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(nproc),
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(free_port()),
-            *map(str, script_and_args),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
-        transport = any(sign in proc.stderr for sign in _TRANSPORT_FAILURES)
-        if proc.returncode == 0 or not transport or attempt == attempts - 1:
-            return proc
-        print(f"run_torchrun: launch failed in the transport, retrying (attempt {attempt + 2})")
-    return proc  # pragma: no cover - the loop always returns
-
-
-def assert_same_safetensors(a, b, rtol: float = 1e-5, atol: float = 1e-6) -> None:
-    """Every tensor in safetensors file ``a`` equals the one of the same name in ``b``."""
-    from safetensors.torch import load_file
-
-    ta, tb = load_file(str(a)), load_file(str(b))
-    assert set(ta) == set(tb), f"different tensor names: {sorted(set(ta) ^ set(tb))[:10]}"
-    for name in ta:
-        torch.testing.assert_close(
-            ta[name], tb[name], rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}"
-        )
-
-
-def pydicom_data_file(name: str):
-    """Path of ``name`` from the installed ``pydicom-data`` package (the ``test`` extra).
-
-    Offline by construction: the file must already be in the package folder on
-    disk (else the test is skipped), and ``get_testdata_file`` is asked by exact
-    name with ``download=False``, because a miss or a pattern would otherwise
-    make pydicom try to download it.
-    """
-    from importlib import metadata
-    from pathlib import Path
-
-    import pytest
-    from pydicom.data import get_testdata_file
-
-    if any(c in name for c in "*?[]/\\"):
-        raise ValueError(f"exact file name expected, got {name!r}")
-    try:
-        folder = Path(metadata.distribution("pydicom-data").locate_file("data_store/data"))
-    except metadata.PackageNotFoundError:
-        pytest.skip("pydicom-data is not installed (pip install medcommon[test])")
-    if not (folder / name).is_file():
-        pytest.skip(f"pydicom-data does not hold {name}")
-    path = get_testdata_file(name, download=False)
-    if path is None:  # pragma: no cover - e.g. the file fails pydicom's hash check
-        pytest.skip(f"pydicom does not accept pydicom-data's {name}")
-    return Path(path)
