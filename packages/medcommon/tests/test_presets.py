@@ -43,6 +43,8 @@ def test_extends_merges_nested_sections_key_by_key(tmp_path):
     assert presets.section("demo", "synth") == {"n": 100}  # inherited, as a plain dict
     assert presets.section("full", "run", Run) == Run()  # absent: the paper's defaults
     assert presets.names() == ["demo", "full", "small"]  # _cpu is a base, not a preset
+    assert presets.chain("demo") == ["demo", "small", "_cpu"]
+    assert presets.sources("full") == ["packages/toy/configs/full.yaml"]
 
 
 def test_unknown_names_loops_and_fields_are_input_errors(tmp_path):

@@ -77,6 +77,20 @@ class Presets:
             raise InputError("--preset", f"unknown preset {name!r}; choose from {choices}")
         return _resolve(self.folder, name, ())
 
+    def chain(self, name: str) -> list[str]:
+        """The file names preset ``name`` is read from, itself first, then what it extends."""
+        self.tree(name)  # checks the name and the chain
+        names, current = [], name
+        while current is not None:
+            names.append(current)
+            current = _read(self.folder, current).get(EXTENDS)
+        return names
+
+    def sources(self, name: str) -> list[str]:
+        """Repository paths of the files preset ``name`` is read from, for provenance
+        (``packages/<pkg>/configs/<file>.yaml``, installed or not)."""
+        return [f"packages/{self.package}/configs/{n}.yaml" for n in self.chain(name)]
+
     def section(self, name: str, section: str, cls: type[T] | None = None) -> Any:
         """One section of preset ``name``: a ``cls`` instance, or a plain dict without ``cls``."""
         data = self.tree(name).get(section) or {}

@@ -235,7 +235,7 @@ def run_mutants(
     """Run every mutant on copies of the source ``roots`` (``{import root: src folder}``).
 
     ``roots`` lists every source folder the tests import (e.g. medcommon's and the
-    package's); each is copied once, a mutant edits its copy and is undone after its
+    package's ``src/``); each is copied once (with the ``configs/`` folder beside it), a mutant edits its copy and is undone after its
     run. ``tests`` is one list for all mutants, or a function giving each mutant its
     own (e.g. the tests of the file it edits). The unmutated tests must pass first
     (else every mutant would count as killed).
@@ -249,8 +249,12 @@ def run_mutants(
     try:
         copies = {}
         for key, src in roots.items():
-            copies[str(src)] = work / key
+            # packages/<pkg>/{src,configs} -> work/<key>/{src,configs}: the package finds
+            # its preset files beside src/ as in a checkout (medcommon.presets)
+            copies[str(src)] = work / key / "src"
             shutil.copytree(src, copies[str(src)], ignore=shutil.ignore_patterns("__pycache__"))
+            if (Path(src).parent / "configs").is_dir():
+                shutil.copytree(Path(src).parent / "configs", work / key / "configs")
         path = list(copies.values())
         tests_of = tests if callable(tests) else (lambda m: tests)
         every = list(dict.fromkeys(t for m in mutants for t in tests_of(m)))
