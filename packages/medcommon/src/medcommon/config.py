@@ -190,18 +190,45 @@ def read_yaml_mapping(path: str | Path, what: str, of: str) -> dict[str, Any]:
     return dict(loaded)
 
 
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Dotted names of the fields that differ between two configs as dicts
+    (:func:`config_to_dict`), e.g. ``["model.width", "steps"]``."""
+    a, b = _flat(old), _flat(new)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
 def resolve_config(
     cls: type[T],
     *,
-    base: T | None = None,
+    base: T | Mapping[str, Any] | None = None,
     file: str | Path | None = None,
     overrides: Iterable[str] = (),
+    changeable: Iterable[str] | None = None,
+    where: str = "",
 ) -> T:
     """Defaults (or ``base``) <- YAML ``file`` <- ``--set key=value`` overrides.
 
+    ``base`` is a ``cls`` instance or its :func:`config_to_dict` form (whose errors
+    start with ``where``, e.g. the file it was read from). ``changeable``
+    (dotted field names) restricts what the file and overrides may change from
+    ``base``, as when a run is resumed; None allows everything.
+
     Raises:
-        InputError: the file is unreadable or not a mapping, or a key or value is invalid.
+        InputError: the file is unreadable or not a mapping, a key or value is invalid,
+            or a field outside ``changeable`` changes.
     """
+    if isinstance(base, Mapping):
+        base = config_from_dict(cls, base, prefix=where)
     data = config_to_dict(base if base is not None else cls())
     if file is not None:
         data = merge_mappings(data, read_yaml_mapping(file, "config file", "config fields"))
@@ -212,7 +239,17 @@ def resolve_config(
                 f"--set {key}", f"unknown config field; valid fields: {', '.join(sorted(data))}"
             )
     data = merge_mappings(data, sets)
-    return config_from_dict(cls, data)
+    resolved = config_from_dict(cls, data)
+    if changeable is not None:
+        allowed = set(changeable)
+        before = config_to_dict(base if base is not None else cls())
+        fixed = [k for k in changed_fields(before, config_to_dict(resolved)) if k not in allowed]
+        if fixed:
+            may = ", ".join(sorted(allowed)) or "nothing"
+            raise InputError(
+                f"--set {fixed[0]}", f"cannot change a resumed run's setting (only {may})"
+            )
+    return resolved
 
 
 def replace_nested(cfg: T, **changes: Any) -> T:

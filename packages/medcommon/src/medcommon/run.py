@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from medcommon.config import config_from_dict, config_to_dict, resolve_config
+from medcommon.config import changed_fields, config_from_dict, config_to_dict, resolve_config
 from medcommon.errors import InputError
 from medcommon.fs import read_json, write_json_atomic
 from medcommon.provenance import git_state
@@ -58,7 +58,8 @@ class RunSpec:
     For a new run the CLI fills in the default method, seed and preset; with
     ``--resume`` they stay None unless given, and :func:`open_run` takes the run's own.
     ``options`` holds the command's own flags (``--sites``, ``--model``, ...) by their
-    argparse names.
+    argparse names. ``device`` is resolved on construction (``auto`` -> ``cuda`` or
+    ``cpu``; a CUDA device on a machine without one is an :class:`InputError`).
     """
 
     package: str
@@ -76,10 +77,12 @@ class RunSpec:
     quiet: bool = False
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
-    def option(self, name: str, default: Any = None) -> Any:
-        """The command's own flag ``name`` (its argparse ``dest``), or ``default``."""
-        value = self.options.get(name)
-        return default if value is None else value
+    def __post_init__(self) -> None:
+        from medcommon.train.accelerator import resolve_device
+
+        # a spec always names a device this machine has: auto -> cuda or cpu
+        object.__setattr__(self, "device", resolve_device(self.device))
+        object.__setattr__(self, "out", Path(self.out))
 
     def replace(self, **changes: Any) -> RunSpec:
         return dataclasses.replace(self, **changes)
@@ -100,9 +103,6 @@ class RunInfo:
     git_dirty: bool | None = None
     created: str | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,12 +164,19 @@ def make_run_info(
 
 
 def write_run_config(out: str | Path, info: RunInfo, config: Any) -> Path:
-    """Write ``out/config.json`` (atomically) in the current schema; returns its path."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Write ``out/config.json`` (atomically) in the current schema; returns its path.
+
+    ``config`` is the resolved config dataclass (or an already converted dict).
+    """
     cfg = config if isinstance(config, Mapping) else config_to_dict(config)
+    return _write_header(Path(out), info, cfg)
+
+
+def _write_header(out: Path, info: RunInfo, config: Mapping[str, Any]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
     path = out / CONFIG_FILE
-    write_json_atomic(path, {"schema": SCHEMA, "run": info.to_dict(), "config": dict(cfg)})
+    header = {"schema": SCHEMA, "run": dataclasses.asdict(info), "config": dict(config)}
+    write_json_atomic(path, header)
     return path
 
 
@@ -230,23 +237,6 @@ def require_fresh_out(
         raise InputError(out, f"{what} already exists and is not empty ({hint})")
 
 
-def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def changed_fields(old: Any, new: Any) -> list[str]:
-    """Dotted names of the fields that differ between two configs (dataclasses or dicts)."""
-    a = _flat(old if isinstance(old, Mapping) else config_to_dict(old))
-    b = _flat(new if isinstance(new, Mapping) else config_to_dict(new))
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-
-
 @dataclasses.dataclass
 class RunFolder(Generic[T]):
     """A run opened by :func:`open_run`: its spec (method and seed filled in), its config,
@@ -286,7 +276,9 @@ class RunFolder(Generic[T]):
         """
         if cfg is not None:
             self.cfg = cfg
-        if self.saved is None:
+        if self.saved is not None:
+            info = self.saved.info
+        else:
             info = make_run_info(
                 self.spec.package,
                 self.spec.version,
@@ -297,9 +289,9 @@ class RunFolder(Generic[T]):
                 data=self.spec.data,
                 **extra,
             )
-            write_run_config(self.path, info, self.cfg)
-        elif changed_fields(self.saved.config, self.cfg):
-            write_run_config(self.path, self.saved.info, self.cfg)
+        config = config_to_dict(self.cfg)
+        if self.saved is None or changed_fields(self.saved.config, config):
+            _write_header(self.path, info, config)
         return self.cfg
 
     def finish(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -310,12 +302,16 @@ class RunFolder(Generic[T]):
 
 def open_run(
     spec: RunSpec,
-    config_class: type[T],
+    config_class: type[T] | Callable[[RunSpec], type[T]],
     *,
     base: Callable[[RunSpec], T],
     resumable: Iterable[str] = (),
 ) -> RunFolder[T]:
     """Resolve and check a run command's config; nothing is written yet.
+
+    ``config_class`` is the config dataclass, or a function of the spec giving it
+    (called once the method is known: a resumed run's own), where methods have
+    configs of their own.
 
     New run: ``base(spec)`` (the preset, adjusted for the method) <- ``--config`` <-
     ``--set``; ``spec.out`` must not exist or be empty.
@@ -328,13 +324,29 @@ def open_run(
     Raises:
         InputError: any of the above; a bad config field or value.
     """
-    if not spec.resume:
+
+    saved = _resumed_run(spec) if spec.resume else None
+    if saved is None:
         require_fresh_out(spec.out)
         spec = spec.replace(seed=0 if spec.seed is None else spec.seed)
-        cfg = resolve_config(
-            config_class, base=base(spec), file=spec.config_file, overrides=spec.overrides
-        )
-        return RunFolder(spec, cfg)
+    else:
+        info = saved.info
+        spec = spec.replace(method=info.method, seed=info.seed, preset=info.preset)
+    cls = config_class if isinstance(config_class, type) else config_class(spec)
+    cfg = resolve_config(
+        cls,
+        base=base(spec) if saved is None else saved.config,
+        file=spec.config_file,
+        overrides=spec.overrides,
+        changeable=None if saved is None else tuple(resumable),
+        where="" if saved is None else f"{saved.path / CONFIG_FILE}: ",
+    )
+    return RunFolder(spec, cfg, saved)
+
+
+def _resumed_run(spec: RunSpec) -> Run:
+    """The run ``--resume`` continues: same package and command; a ``--method``,
+    ``--seed`` or ``--preset`` given must be the run's own."""
     if not spec.out.is_dir():
         raise InputError(spec.out, "run folder not found (nothing to --resume)")
     saved = load_run(spec.out, package=spec.package)
@@ -344,22 +356,11 @@ def open_run(
     for flag, given, have in (
         ("--method", spec.method, info.method),
         ("--seed", spec.seed, info.seed),
+        ("--preset", spec.preset, info.preset),
     ):
-        if given is not None and given != have:
+        if given is not None and have is not None and given != have:
             raise InputError(flag, f"the run was started with {have!r}, not {given!r}")
-    if spec.preset is not None and info.preset is not None and spec.preset != info.preset:
-        raise InputError(
-            "--preset", f"the run was started with {info.preset!r}, not {spec.preset!r}"
-        )
-    spec = spec.replace(method=info.method, seed=info.seed, preset=info.preset)
-    old = saved.config_as(config_class)
-    cfg = resolve_config(config_class, base=old, file=spec.config_file, overrides=spec.overrides)
-    allowed = set(resumable)
-    fixed = [k for k in changed_fields(old, cfg) if k not in allowed]
-    if fixed:
-        may = ", ".join(sorted(allowed)) or "nothing"
-        raise InputError(f"--set {fixed[0]}", f"cannot change a resumed run's setting (only {may})")
-    return RunFolder(spec, cfg, saved)
+    return saved
 
 
 __all__ = [
@@ -372,7 +373,6 @@ __all__ = [
     "RunFolder",
     "RunInfo",
     "RunSpec",
-    "changed_fields",
     "load_run",
     "make_run_info",
     "open_run",

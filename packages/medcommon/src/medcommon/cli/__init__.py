@@ -3,7 +3,7 @@
 - :class:`App` is the scaffold: ``--version``, commands registered by decorator, dispatch.
 - :func:`make_parser` builds an ``ArgumentParser`` whose usage errors print one
   ``error:`` line and exit 2.
-- :func:`add_train_args`, :func:`add_synth_args`, :func:`add_benchmark_args`,
+- :func:`add_train_args`, :func:`add_run_args`, :func:`add_synth_args`, :func:`add_benchmark_args`,
   :func:`add_evaluate_args` add the shared flags.
 - :func:`run_main` runs a command: :class:`~medcommon.errors.InputError` becomes
   ``error: <where>: <problem>`` on stderr and exit code 2, any other exception a
@@ -20,6 +20,7 @@ from medcommon.cli.args import (
     add_methods_arg,
     add_predict_args,
     add_preset_arg,
+    add_run_args,
     add_synth_args,
     add_train_args,
     make_parser,
@@ -38,6 +39,7 @@ __all__ = [
     "add_methods_arg",
     "add_predict_args",
     "add_preset_arg",
+    "add_run_args",
     "add_synth_args",
     "add_train_args",
     "fail",

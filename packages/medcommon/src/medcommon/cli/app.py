@@ -74,7 +74,7 @@ class App:
 
         A new run gets the command's default method, seed 0 and its default preset
         where none was given; ``--resume`` leaves them None (the run's own are used).
-        The device is resolved (``auto`` -> ``cuda`` or ``cpu``).
+        The spec resolves the device (``auto`` -> ``cuda`` or ``cpu``).
 
         ``shorthands`` maps flags that set a config field to that field
         (``{"fold": "fold", "dtype": "scale.dtype"}``): a given flag becomes the
@@ -83,8 +83,6 @@ class App:
         is always the shorthand of ``checkpoint_every``. Every other flag goes to
         ``options``.
         """
-        from medcommon.train.accelerator import resolve_device
-
         given = vars(args)
         resume = bool(given.get("resume"))
         short = {"checkpoint_every": "checkpoint_every", **(shorthands or {})}
@@ -112,7 +110,7 @@ class App:
             preset=default("preset", given.get("_default_preset")),
             config_file=given.get("config"),
             overrides=tuple(overrides),
-            device=resolve_device(str(given.get("device") or "auto")),
+            device=str(given.get("device") or "auto"),
             resume=resume,
             quiet=bool(given.get("quiet")),
             options={k: v for k, v in given.items() if k not in _SPEC_FLAGS and k not in short},
