@@ -16,8 +16,8 @@ import torch
 from medcommon.report import CLAIM_KEYS, make_results
 from pbbl_cxr.benchmark import (
     NO_SHORTCUT,
-    PRESET_SETTINGS,
     preset_methods,
+    preset_settings,
     row_config,
     run_benchmark,
     shortcut_setting,
@@ -56,7 +56,7 @@ def test_no_shortcut_setting_only_strengthens_the_lesion():
     assert (
         replace(easy, lesion_contrast=base.lesion_contrast, lesion_sigma=base.lesion_sigma) == base
     )
-    assert not NO_SHORTCUT.shortcut and NO_SHORTCUT in PRESET_SETTINGS["small"]
+    assert not NO_SHORTCUT.shortcut and NO_SHORTCUT in preset_settings("small")
 
 
 def test_pbbl_rows_select_with_and_without_bias_labels():
@@ -74,7 +74,7 @@ def test_pbbl_rows_select_with_and_without_bias_labels():
 
 
 def test_demo_declares_only_what_its_three_methods_answer():
-    names = [s.name for s in PRESET_SETTINGS["demo"]]
+    names = [s.name for s in preset_settings("demo")]
     claims = declared_claims(["gbp-0.95"], ["no-shortcut"], preset_methods("demo"))
     assert names == ["gbp-0.95", "no-shortcut"]
     assert [(c.baseline, c.setting, c.test) for c in claims] == [

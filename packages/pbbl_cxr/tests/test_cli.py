@@ -1,13 +1,14 @@
 """The console script: medcommon's shared contracts, then what is particular to pbbl-cxr.
 
-- :class:`TestContract` (``medcommon.testing.CLIContract``): --version, bad input is exit
+- :class:`TestContract` (``medai_testkit.CLIContract``): --version, bad input is exit
   2 with one line and nothing written, the run folder round-trips through
   ``medcommon.run``, resume equals an uninterrupted run, for every registered method;
   plus pbbl's own bad inputs (manifests, images, oracles, evaluate, benchmark, predict).
 - :class:`TestMethodSteps` (``MethodStepContract``): one step of each method's objective
   on a fixed batch lowers it and is deterministic under a seed.
-- Then: PBBL's run folder and evaluate, a run of the earlier flat schema, predict on
-  real radiographs and PNG folders, synth, build-splits, benchmark.
+- Then: PBBL's run folder and evaluate, a flat (pre-schema) ``config.json`` refused, the
+  run specification (presets by name, shorthands, data flags, what ``--resume`` may
+  change), predict on real radiographs and PNG folders, synth, build-splits, benchmark.
 """
 
 from __future__ import annotations
@@ -25,15 +26,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from medai_testkit import CLIContract, MethodProbe, MethodStepContract, pydicom_data_file
 from medcommon.cli import run_main
+from medcommon.config import replace_nested
 from medcommon.models import save_pretrained
 from medcommon.report import CLAIM_KEYS
-from medcommon.run import make_run_info, write_run_config
-from medcommon.testing import CLIContract, MethodProbe, MethodStepContract, pydicom_data_file
+from medcommon.run import load_run, make_run_info, write_run_config
 from medcommon.train import seed_everything
-from pbbl_cxr import __version__
+from pbbl_cxr import PACKAGE, __version__
+from pbbl_cxr.benchmark import method_names, preset_settings
 from pbbl_cxr.cli import main
-from pbbl_cxr.config import RunConfig, run_preset, synth_preset
+from pbbl_cxr.config import PRESETS, RunConfig, benchmark_preset, run_preset, synth_preset
 from pbbl_cxr.data import DataOptions, load_split
 from pbbl_cxr.evaluate import load_run_model, predict_probs
 from pbbl_cxr.losses import GroupDROWeights, LossEMA
@@ -47,7 +50,6 @@ from pbbl_cxr.methods import (
 )
 from pbbl_cxr.models import BiasedDebiasedPair, build_model
 from pbbl_cxr.pseudo import bias_prior, log_prior, pseudo_bias_labels
-from pbbl_cxr.run import load_pbbl_run
 from pbbl_cxr.synth import generate
 from pbbl_cxr.train import make_optimizer
 
@@ -234,7 +236,7 @@ def pbbl_run(tmp_path_factory, gbp_tiny: Path) -> Path:
 
 
 def test_pbbl_run_folder_and_evaluate(pbbl_run: Path, gbp_tiny: Path):
-    r = load_pbbl_run(pbbl_run)
+    r = load_run(pbbl_run, package=PACKAGE)
     assert r.info.extra["data_options"]["image_size"] == 24
     # default cross-fitting: one stage-1 model per fold (issue 10)
     want = ["bias-r1-f0", "bias-r1-f1", "bias-r1-f2", "debias"]
@@ -265,25 +267,113 @@ def test_resume_of_a_finished_pbbl_run_keeps_its_model(pbbl_run: Path, gbp_tiny:
     assert (out / "pseudo_bias.csv").read_text().count("\n") == 97  # header + 96 images
 
 
-def test_a_run_of_the_earlier_flat_schema_still_evaluates(pbbl_run: Path, gbp_tiny, tmp_path):
-    """pbbl-cxr 0.1 wrote RUN/config.json flat: run facts mixed into the RunConfig fields."""
+def test_a_flat_config_json_is_refused(pbbl_run: Path, gbp_tiny, tmp_path, capsys):
+    """A ``config.json`` without the run header (run facts mixed into the config fields, as
+    before the one schema) is no run folder: exit 2, one line naming the file."""
     from medcommon.config import config_to_dict
 
-    old = tmp_path / "old-run"
+    old = tmp_path / "flat-run"
     shutil.copytree(pbbl_run / "model", old / "model")
-    cfg = load_pbbl_run(pbbl_run).config_as(RunConfig)
+    cfg = load_run(pbbl_run, package=PACKAGE).config_as(RunConfig)
     flat = {"method": "pbbl", "seed": 0, "preset": "tiny", "data": str(gbp_tiny),
-            "data_options": {"label_column": None, "image_root": None, "image_size": 24},
             **config_to_dict(cfg)}  # fmt: skip
     (old / "config.json").write_text(json.dumps(flat))
-    r = load_pbbl_run(old)
-    assert r.schema == "legacy-pbbl-cxr" and (r.info.method, r.info.seed) == ("pbbl", 0)
-    assert r.info.extra["data_options"]["image_size"] == 24
-    assert r.config_as(RunConfig) == cfg
-    assert run(["evaluate", "--run", old, "--data", gbp_tiny, "--quiet"]) == 0
-    assert run(["evaluate", "--run", pbbl_run, "--data", gbp_tiny, "--quiet"]) == 0
-    new_eval = json.loads((pbbl_run / "eval-test.json").read_text())
-    assert json.loads((old / "eval-test.json").read_text()) == new_eval  # the same model
+    capsys.readouterr()
+    assert run(["evaluate", "--run", old, "--data", gbp_tiny, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"error: {old / 'config.json'}: not a run header "
+        + '(expected {"schema", "run", "config"})'
+    )
+    assert not (old / "eval-test.json").exists()
+
+
+# ------------------------------------------------------------------ the run specification
+def test_presets_by_name_shorthands_and_data_flags(gbp_tiny: Path, tmp_path: Path):
+    """``--preset`` takes any file of configs/ (the run section is its base config);
+    ``--checkpoint-every`` is the field ``checkpoint_every`` (a ``--set`` wins);
+    ``--label-column``/``--bias-column`` land in the run's data options."""
+    out = tmp_path / "run"
+    args = ["train", "--data", gbp_tiny, "--out", out, "--method", "erm", "--preset", "tiny",
+            *FAST, "--checkpoint-every", 1, "--label-column", "pneumothorax",
+            "--bias-column", "gender"]  # fmt: skip
+    assert run(args) == 0
+    r = load_run(out, package=PACKAGE)
+    cfg = r.config_as(RunConfig)
+    want = replace_nested(run_preset("tiny"), steps=2, bias_steps=2, eval_every=1)
+    assert cfg == replace_nested(want, checkpoint_every=1)
+    assert (r.info.preset, r.info.method, r.info.seed) == ("tiny", "erm", 0)
+    assert r.info.extra["data_options"]["label_column"] == "pneumothorax"
+    assert r.info.extra["data_options"]["bias_column"] == "gender"
+    out2 = tmp_path / "run2"
+    args2 = ["train", "--data", gbp_tiny, "--out", out2, "--method", "erm", *FAST,
+             "--checkpoint-every", 1, "--set", "checkpoint_every=3"]  # fmt: skip
+    assert run(args2) == 0
+    assert load_run(out2, package=PACKAGE).config_as(RunConfig).checkpoint_every == 3
+    assert load_run(out2, package=PACKAGE).info.preset == "tiny"  # the default preset
+
+
+def test_run_specification_errors_write_nothing(pbbl_run: Path, gbp_tiny, tmp_path, capsys):
+    """Unknown preset, missing --image-root, and a --resume changing a fixed setting
+    (or the method or seed) are one error line; nothing is written or changed."""
+    out = tmp_path / "run"
+    train = ["train", "--data", gbp_tiny, "--out", out, "--method", "erm", *FAST]
+    cases = {
+        "--preset": ([*train, "--preset", "huge"], "--preset: unknown preset 'huge'; choose "
+                     "from tiny, demo, small, full, gbp-paper, sbp-paper"),
+        "--image-root": ([*train, "--image-root", tmp_path / "nowhere"],
+                         f"{tmp_path / 'nowhere'}: --image-root folder not found"),
+    }  # fmt: skip
+    resumed = _copy(pbbl_run, tmp_path / "resumed")
+    before = {p: p.read_bytes() for p in resumed.rglob("*") if p.is_file()}
+    again = ["train", "--data", gbp_tiny, "--out", resumed, *FAST, "--resume"]
+    cases["resume: lr"] = ([*again, "--set", "lr=0.5"], "--set lr: cannot change a resumed run's")
+    cases["resume: method"] = ([*again, "--method", "erm"], "--method: the run was started with")
+    cases["resume: seed"] = ([*again, "--seed", "3"], "--seed: the run was started with 0, not 3")
+    for case, (argv, message) in cases.items():
+        capsys.readouterr()
+        assert run(argv) == 2, case
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and len(err.splitlines()) == 1, (case, err)
+        assert message in err, (case, err)
+    assert not out.exists()
+    assert {p: p.read_bytes() for p in resumed.rglob("*") if p.is_file()} == before
+
+
+def test_train_run_from_python_equals_the_console_script(gbp_tiny: Path, tmp_path: Path):
+    """A :class:`RunSpec` built in Python (device ``auto``, no seed) trains the model the
+    console script trains, and writes the same run header."""
+    from medcommon.run import RunSpec
+    from pbbl_cxr.run import train_run
+
+    cli, py = tmp_path / "cli", tmp_path / "py"
+    assert run(["train", "--data", gbp_tiny, "--out", cli, "--method", "lff", *FAST]) == 0
+    spec = RunSpec(PACKAGE, __version__, "train", out=py, data=gbp_tiny, method="lff",
+                   preset="tiny", overrides=("steps=2", "bias_steps=2", "eval_every=1"),
+                   quiet=True)  # fmt: skip
+    metrics = train_run(spec)
+    a, b = (load_file(str(d / "model" / "model.safetensors")) for d in (cli, py))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    saved = load_run(py, package=PACKAGE)
+    assert saved.metrics()["valid"] == metrics["valid"] == load_run(cli).metrics()["valid"]
+    assert (saved.info.method, saved.info.seed, saved.info.preset) == ("lff", 0, "tiny")
+    assert saved.config == load_run(cli).config
+
+
+def test_every_preset_file_loads_for_every_section():
+    """Every selectable preset (and the standard four) resolves every section to a
+    valid config; the bases are not selectable."""
+    names = PRESETS.names()
+    assert {"tiny", "demo", "small", "full", "gbp-paper", "sbp-paper"} <= set(names)
+    assert not any(n.startswith("_") for n in names)
+    for name in names:
+        run_preset(name).check()
+        synth_preset(name).check()
+        bench = benchmark_preset(name)
+        assert bench.kinds and bench.ratios and set(bench.kinds) <= {"gbp", "sbp"}
+        assert set(bench.methods) <= set(method_names()), name
+        assert preset_settings(name), name
 
 
 def test_pbbl_needs_no_bias_labels_and_still_selects(gbp_tiny, tmp_path, capsys):
@@ -293,7 +383,7 @@ def test_pbbl_needs_no_bias_labels_and_still_selects(gbp_tiny, tmp_path, capsys)
         _edit_csv(data / f"{name}.csv", lambda x: [",".join(r.split(",")[:2]) for r in x])
     assert run(["train", "--data", data, "--out", tmp_path / "ok", "--method", "pbbl", *FAST]) == 0
     assert "kept the final weights" not in capsys.readouterr().err
-    metrics = load_pbbl_run(tmp_path / "ok").metrics()
+    metrics = load_run(tmp_path / "ok", package=PACKAGE).metrics()
     assert metrics["selection"] == "best pseudo_balanced_auc on valid"
     assert "auc_balanced" not in metrics["valid"] and "pseudo_balanced_auc" in metrics["valid"]
 

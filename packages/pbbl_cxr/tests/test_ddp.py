@@ -26,7 +26,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medcommon.testing import assert_same_safetensors, run_torchrun
+from medai_testkit import assert_same_safetensors, run_torchrun
 
 pytestmark = pytest.mark.ddp
 

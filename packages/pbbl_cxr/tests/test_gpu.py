@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from medcommon.testing import GPU_MARKS, GPU_PRECISIONS, GPU_STEPS, gpu_fit_steps
+from medai_testkit import GPU_MARKS, GPU_PRECISIONS, GPU_STEPS, gpu_fit_steps
 from medcommon.train import TrainConfig, seed_everything
 from pbbl_cxr.config import run_preset
 from pbbl_cxr.data import DataOptions, load_split

@@ -1,4 +1,4 @@
-"""Model conformance (medcommon.testing) and local backbone weights."""
+"""Model conformance (medai_testkit) and local backbone weights."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from medai_testkit import ModelConformance
 from medcommon.errors import InputError
-from medcommon.testing import ModelConformance
 from pbbl_cxr.config import ModelConfig
 from pbbl_cxr.models import Classifier
 

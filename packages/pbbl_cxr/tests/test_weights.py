@@ -9,6 +9,7 @@ DenseNet-121 forward written in this file. Nothing is downloaded.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,20 +17,30 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from medcommon.config import resolve_config
 from medcommon.errors import InputError
-from pbbl_cxr.config import (
-    PAPER_PRESETS,
-    WEIGHT_PRESETS,
-    ModelConfig,
-    RunConfig,
-    run_preset,
-)
+from pbbl_cxr.config import ModelConfig, RunConfig, run_preset
 from pbbl_cxr.models import Classifier, read_state_dict
 
 BLOCKS = (6, 12, 24, 16)
 GROWTH, BN_SIZE, INIT = 32, 4, 64
-CONFIGS = Path(__file__).parents[1] / "configs"
+# The model fields each weight family's preset sets on top of full (their weights' input
+# conventions), stated here independently of configs/<name>.yaml.
+WEIGHT_FIELDS: dict[str, dict[str, object]] = {
+    # torchvision.models.densenet121(weights="IMAGENET1K_V1"): RGB, ImageNet mean/std.
+    "torchvision-imagenet": {
+        "arch": "densenet121",
+        "in_channels": 3,
+        "image_size": 224,
+        "input_norm": "imagenet",
+    },
+    # torchxrayvision.models.DenseNet(weights="densenet121-res224-all"): 1 channel, [-1024, 1024].
+    "torchxrayvision": {
+        "arch": "densenet121",
+        "in_channels": 1,
+        "image_size": 224,
+        "input_norm": "xrv",
+    },
+}
 
 
 def _bn(sd: dict, prefix: str, c: int, gen: torch.Generator, tracked: bool) -> None:
@@ -151,8 +162,8 @@ def test_torchvision_imagenet_file_gives_the_reference_forward(tmp_path: Path, o
     sd = torchvision_state(old_names=old_names)
     path = tmp_path / "densenet121.safetensors"
     save_file(sd, str(path))
-    cfg = ModelConfig(**{**WEIGHT_PRESETS["torchvision-imagenet"], "image_size": 64})
-    model = Classifier(ModelConfig(**{**cfg.__dict__, "backbone_weights": str(path)})).eval()
+    cfg = replace(run_preset("torchvision-imagenet").model, image_size=64)
+    model = Classifier(replace(cfg, backbone_weights=str(path))).eval()
     x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(1))
     # ImageNet normalisation by hand: gray repeated to RGB, torchvision's mean / std.
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -175,8 +186,9 @@ def test_torchxrayvision_file_gives_the_reference_forward(tmp_path: Path):
     sd["op_threshs"] = torch.rand(18)
     path = tmp_path / "xrv-all.pth"
     torch.save(sd, path)
-    fields = {**WEIGHT_PRESETS["torchxrayvision"], "image_size": 64, "backbone_weights": str(path)}
-    model = Classifier(ModelConfig(**fields, head="mlp", freeze_backbone=True)).eval()
+    xrv = run_preset("torchxrayvision").model
+    fields = {"image_size": 64, "backbone_weights": str(path), "head": "mlp"}
+    model = Classifier(replace(xrv, **fields, freeze_backbone=True)).eval()
     pixels = torch.randint(0, 256, (2, 1, 64, 64), generator=torch.Generator().manual_seed(2))
     x = pixels.float() / 255.0  # what pbbl_cxr.data feeds the model
     # xrv.utils.normalize(img, maxval=255): (2 * (img / maxval) - 1) * 1024
@@ -267,21 +279,18 @@ def test_imagenet_normalisation_needs_three_channels():
         RunConfig(model=ModelConfig(input_norm="imagenet")).check()
 
 
-@pytest.mark.parametrize("name", sorted(WEIGHT_PRESETS))
-def test_weight_preset_files_equal_the_presets(name: str):
+@pytest.mark.parametrize("name", sorted(WEIGHT_FIELDS))
+def test_weight_presets_are_full_with_their_weights_input_convention(name: str):
     full = run_preset("full")
-    from dataclasses import replace
-
-    expected = replace(full, model=replace(full.model, **WEIGHT_PRESETS[name]))
-    got = resolve_config(RunConfig, base=full, file=CONFIGS / f"{name}.yaml")
+    expected = replace(full, model=replace(full.model, **WEIGHT_FIELDS[name]))
+    got = run_preset(name)
     assert got == expected
     assert got.check() == expected
 
 
-@pytest.mark.parametrize("kind", sorted(PAPER_PRESETS))
-def test_paper_preset_files_equal_the_presets(kind: str):
-    got = resolve_config(RunConfig, base=run_preset("full"), file=CONFIGS / f"{kind}-paper.yaml")
-    assert got == PAPER_PRESETS[kind]
+@pytest.mark.parametrize("kind", ["gbp", "sbp"])
+def test_paper_presets_hold_the_authors_settings(kind: str):
+    got = run_preset(f"{kind}-paper")
     # The authors' numbers (LLYXC/PBBL main.py and config.py), stated here independently.
     steps, rounds, augment = {"gbp": (1000, 2, "crop-flip"), "sbp": (1360, 1, "flip")}[kind]
     assert (got.steps, got.rounds, got.augment, got.bias_steps) == (steps, rounds, augment, 1000)
@@ -293,5 +302,25 @@ def test_paper_preset_files_equal_the_presets(kind: str):
         True,
         "train",
     )
+    # Everything else is full's: the whole config, field by field.
+    authors_model = ModelConfig(
+        arch="densenet121",
+        image_size=224,
+        head="mlp",
+        mlp_hidden=(512, 512),
+        freeze_backbone=True,
+        input_norm="xrv",
+        backbone_bn="train",
+    )
+    expected = replace(
+        run_preset("full"),
+        model=authors_model,
+        steps=steps,
+        bias_steps=1000,
+        rounds=rounds,
+        augment=augment,
+        select_metric="",
+    )
+    assert got == expected and got.check() == expected
     # The tiny preset stays unaugmented.
     assert run_preset("tiny").augment == "none"

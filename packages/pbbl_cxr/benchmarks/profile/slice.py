@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from pbbl_cxr.benchmark import (
-    PRESET_SETTINGS,
     _run_methods,
     method_names,
+    preset_settings,
     synth_datasets,
 )
 from pbbl_cxr.config import run_preset
@@ -34,7 +34,7 @@ def clock() -> tuple[float, float]:
 
 
 def main(name: str, profile: bool) -> dict:
-    setting = next(s for s in PRESET_SETTINGS["small"] if s.name == name)
+    setting = next(s for s in preset_settings("small") if s.name == name)
     cfg, scfg = run_preset("small"), setting.synth_config("small")
     out: dict = {"setting": name}
     w0, c0 = clock()

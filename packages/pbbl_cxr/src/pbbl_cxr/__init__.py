@@ -2,7 +2,7 @@
 
 Table of contents:
 
-- :mod:`.config`     frozen dataclass configs and the ``tiny``/``small``/``full`` presets
+- :mod:`.config`     frozen dataclass configs; the presets are ``configs/<name>.yaml``
 - :mod:`.synth`      synthetic GbP/SbP-style datasets (subtle lesion label, easy global bias cue)
 - :mod:`.data`       split manifests (published CSV quirks, header detection, path remapping)
 - :mod:`.splits`     building biased, patient-disjoint splits from NIH / MIMIC metadata
@@ -13,7 +13,7 @@ Table of contents:
 - :mod:`.train`      one training stage on :class:`medcommon.train.Trainer`, best-model keeping
 - :mod:`.distributed` torchrun runs like one process: LfF / Group DRO state sync
 - :mod:`.evaluate`   AUC overall / aligned / conflicting / balanced, AP, group accuracies
-- :mod:`.run`        a ``train`` run folder (written and read through :mod:`medcommon.run`)
+- :mod:`.run`        a ``train`` run, start to finish (:func:`medcommon.run.open_run`)
 - :mod:`.predict`    p(y=1) of new DICOM/PNG/JPEG files with a trained run
 - :mod:`.benchmark`  all methods x GbP/SbP x bias ratios x seeds
 - :mod:`.cli`        the ``pbbl-cxr`` console script

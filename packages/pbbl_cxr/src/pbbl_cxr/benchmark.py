@@ -30,18 +30,24 @@ import torch
 from tqdm.auto import tqdm
 
 from medcommon.errors import InputError
+from medcommon.provenance import module_source
 from medcommon.report import make_results, plot_bars, plot_differences, write_report, write_results
 from medcommon.synthetic import to_uint
 from pbbl_cxr import __version__
 from pbbl_cxr.claims import PBBL, PBBL_ORACLE_SELECT, declared_claims
-from pbbl_cxr.config import RunConfig, SynthConfig, run_preset, synth_preset
+from pbbl_cxr.config import (
+    BenchmarkConfig,
+    RunConfig,
+    SynthConfig,
+    benchmark_preset,
+    run_preset,
+    synth_preset,
+)
 from pbbl_cxr.data import DataOptions, XrayDataset, load_split, to_unit_gray
 from pbbl_cxr.evaluate import evaluate_model
 from pbbl_cxr.methods import METHODS, RunContext, run_method
 from pbbl_cxr.synth import group_counts, render
 
-KINDS = ("gbp", "sbp")
-RATIOS = (0.9, 0.95, 0.99)
 REPORT_METRICS = (
     "auc",
     "auc_aligned",
@@ -90,13 +96,6 @@ NO_SHORTCUT = Setting(
 )
 """GbP layout, 90 % aligned, where the lesion is no harder than the bias."""
 
-SHORTCUT_SETTINGS = tuple(shortcut_setting(k, r) for k in KINDS for r in RATIOS)
-PRESET_SETTINGS = {
-    "tiny": (*SHORTCUT_SETTINGS, NO_SHORTCUT),
-    "demo": (shortcut_setting("gbp", 0.95), NO_SHORTCUT),
-    "small": (*SHORTCUT_SETTINGS, NO_SHORTCUT),
-    "full": (*SHORTCUT_SETTINGS, NO_SHORTCUT),
-}
 VARIANTS = {PBBL_ORACLE_SELECT: "pbbl"}
 """Benchmark rows that run a registered method under another config (see :func:`row_config`)."""
 
@@ -107,8 +106,8 @@ def method_names() -> list[str]:
 
 
 def preset_methods(preset: str) -> list[str]:
-    """The rows a preset runs by default: ``demo`` the fewest that make the central point."""
-    return list(HEADLINE_METHODS) if preset == "demo" else method_names()
+    """The rows a preset runs by default: its ``benchmark.methods``, else every row."""
+    return list(benchmark_preset(preset).methods) or method_names()
 
 
 def row_config(name: str, cfg: RunConfig) -> RunConfig:
@@ -276,13 +275,24 @@ def claim_section(
     return text, gaps
 
 
+def preset_settings(preset: str) -> list[Setting]:
+    """The settings of a preset's ``benchmark`` section: its grid, then the no-shortcut one."""
+    grid = benchmark_preset(preset)
+    chosen = [shortcut_setting(k, r) for k in grid.kinds for r in grid.ratios]
+    return [*chosen, NO_SHORTCUT] if grid.no_shortcut else chosen
+
+
 def resolve_settings(
     preset: str, kinds: Sequence[str] | None = None, ratios: Sequence[float] | None = None
 ) -> list[Setting]:
-    """The preset's settings, or the grid ``kinds`` x ``ratios`` when either is given."""
+    """The preset's settings, or the grid ``kinds`` x ``ratios`` when either is given (the
+    other then defaults to :class:`~pbbl_cxr.config.BenchmarkConfig`'s whole range)."""
     if kinds is None and ratios is None:
-        return list(PRESET_SETTINGS[preset])
-    return [shortcut_setting(k, r) for k in (kinds or KINDS) for r in (ratios or RATIOS)]
+        return preset_settings(preset)
+    every = BenchmarkConfig()
+    return [
+        shortcut_setting(k, r) for k in (kinds or every.kinds) for r in (ratios or every.ratios)
+    ]
 
 
 def run_benchmark(
@@ -303,7 +313,7 @@ def run_benchmark(
     """Run the comparison and write ``results.json``, ``report.md`` and plots to ``out``.
 
     Settings: ``settings`` if given, else the grid ``kinds`` x ``ratios`` if either is
-    given, else the preset's (:data:`PRESET_SETTINGS`). ``methods``: row names
+    given, else the preset's (:func:`preset_settings`). ``methods``: row names
     (:func:`method_names`; default :func:`preset_methods`). ``workers`` > 1 runs the
     synthetic (setting, seed) jobs in that many processes; each job is seeded on its
     own, so the rows do not depend on it.
@@ -344,7 +354,15 @@ def run_benchmark(
     no_shortcut = [s.name for s in chosen if not s.shortcut]
     claims = declared_claims(shortcut, no_shortcut, methods)
     results = make_results(
-        "pbbl-cxr", __version__, preset, seeds, rows, extra, claims=claims, figures=FIGURES
+        "pbbl-cxr",
+        __version__,
+        preset,
+        seeds,
+        rows,
+        extra,
+        claims=claims,
+        figures=FIGURES,
+        sources=[module_source("pbbl_cxr.claims")],
     )
     results["settings"] = [{**asdict(s), "synth": dict(s.synth)} for s in chosen]
     write_outputs(out, results)

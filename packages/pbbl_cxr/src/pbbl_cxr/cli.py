@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from medcommon.cli import (
@@ -24,12 +23,11 @@ from medcommon.cli import (
     add_train_args,
 )
 from medcommon.config import resolve_config
-from medcommon.errors import InputError
 from medcommon.train.accelerator import resolve_device
 from pbbl_cxr import __version__
 from pbbl_cxr.claims import PBBL_ORACLE_SELECT
 from pbbl_cxr.config import RunConfig, SynthConfig, run_preset, synth_preset
-from pbbl_cxr.data import DataOptions, parse_path_map
+from pbbl_cxr.data import data_options
 from pbbl_cxr.methods import METHODS
 
 app = App(
@@ -63,28 +61,6 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         metavar="OLD=NEW",
         help="rewrite an image-path prefix (repeatable), e.g. the published absolute paths",
     )
-
-
-def _data_options(args: argparse.Namespace, cfg: RunConfig) -> DataOptions:
-    if args.image_root is not None and not args.image_root.is_dir():
-        raise InputError(args.image_root, "--image-root folder not found")
-    return DataOptions(
-        label_column=args.label_column,
-        bias_column=args.bias_column,
-        image_root=args.image_root,
-        path_map=parse_path_map(args.path_map),
-        image_size=cfg.model.image_size,
-        num_classes=cfg.model.num_classes,
-    )
-
-
-def _run_config(args: argparse.Namespace) -> RunConfig:
-    cfg = resolve_config(
-        RunConfig, base=run_preset(args.preset), file=args.config, overrides=args.overrides
-    )
-    if getattr(args, "checkpoint_every", None) is not None:
-        cfg = replace(cfg, checkpoint_every=args.checkpoint_every)
-    return cfg.check()
 
 
 # ------------------------------------------------------------------------ commands
@@ -165,20 +141,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from pbbl_cxr.run import train_run
 
-    cfg = _run_config(args)
-    device = resolve_device(args.device)
-    metrics = train_run(
-        args.data,
-        args.out,
-        method=args.method,
-        cfg=cfg,
-        opts=_data_options(args, cfg),
-        seed=args.seed,
-        preset=args.preset,
-        device=device,
-        quiet=args.quiet,
-        resume=args.resume,
-    )
+    metrics = train_run(app.spec(args))
     if not args.quiet:
         shown = {k: v for k, v in metrics.items() if k not in ("method", "seed", "selection")}
         print(json.dumps(shown, default=str)[:2000])
@@ -196,11 +159,10 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     args=_evaluate_args,
 )
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pbbl_cxr.evaluate import evaluate_run, load_run_model
+    from pbbl_cxr.evaluate import evaluate_run
 
+    opts = data_options(vars(args))  # at the run model's image size (evaluate_run)
     device = resolve_device(args.device)
-    cfg = RunConfig(model=load_run_model(args.run).config)
-    opts = _data_options(args, cfg)
     result = evaluate_run(args.run, args.data, args.split, opts, device=device, quiet=args.quiet)
     print(json.dumps(result, indent=2))
     return 0
@@ -222,7 +184,8 @@ def _benchmark_args(p: argparse.ArgumentParser) -> None:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from pbbl_cxr.benchmark import run_benchmark
 
-    cfg = _run_config(args)
+    base = run_preset(args.preset)
+    cfg = resolve_config(RunConfig, base=base, file=args.config, overrides=args.overrides).check()
     results = run_benchmark(
         args.out,
         preset=args.preset,
@@ -235,7 +198,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         device=resolve_device(args.device),
         quiet=args.quiet,
         cfg=cfg,
-        opts=_data_options(args, cfg),
+        opts=data_options(vars(args)),  # at the model's image size (run_benchmark)
     )
     print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
     print(json.dumps(results.get("extra", {}), indent=2), file=sys.stderr)

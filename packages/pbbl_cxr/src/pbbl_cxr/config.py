@@ -1,9 +1,11 @@
-"""Frozen dataclass configs with the authors' defaults, and the ``tiny``/``demo``/``small``/``full`` presets.
+"""Frozen dataclass configs with the authors' defaults, and accessors of the preset files.
 
 Paper / authors' code defaults (LLYXC/PBBL): Adam (0.9, 0.999), lr 1e-4, weight decay
 5e-4, batch 256, GCE q = 0.7, 1000 steps per stage, a frozen DenseNet-121 with an MLP
-head 1024-512-512-2 at 224 px. The ``tiny``/``small`` presets shrink the model and data
-so that they run on a laptop CPU; ``full`` is the paper-scale setting.
+head 1024-512-512-2 at 224 px. The presets are data files, ``configs/<name>.yaml``
+(:mod:`medcommon.presets`): ``tiny``/``demo``/``small`` shrink the model and data so
+that they run on a laptop CPU; ``full`` is the paper-scale setting; ``gbp-paper`` and
+``sbp-paper`` are the authors' settings on top of ``full``.
 """
 
 from __future__ import annotations
@@ -11,9 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from medcommon.config import PRESETS as PRESETS  # re-exported: the package's presets
-from medcommon.config import check_preset as check_preset
 from medcommon.errors import InputError
+from medcommon.presets import Presets
 
 SELECT_METRICS = (
     "",
@@ -51,7 +52,7 @@ class ModelConfig:
     backbone_weights: str | None = None
     # How gray [0, 1] images are fed to the backbone (pbbl_cxr.models.normalize_input):
     # "none", "imagenet" (torchvision's mean/std, needs in_channels=3) or "xrv"
-    # (torchxrayvision's [-1024, 1024]). See WEIGHT_PRESETS.
+    # (torchxrayvision's [-1024, 1024]). See configs/torchxrayvision.yaml.
     input_norm: Literal["none", "imagenet", "xrv"] = "none"
     # Backbone BatchNorm while training: "auto" = eval if frozen else train; "train" keeps
     # batch statistics even when frozen (the authors' code); "eval" uses the stored ones.
@@ -193,118 +194,38 @@ class SynthConfig:
         return self
 
 
-_RUN_PRESETS = {
-    "tiny": RunConfig(
-        model=ModelConfig(width=8, image_size=24),
-        steps=6,
-        bias_steps=6,
-        batch_size=16,
-        lr=2e-3,
-        weight_decay=0.0,
-        eval_every=3,
-        log_every=2,
-    ),
-    # demo: small's model and optimiser, 0.6x the steps; ~2 min for ERM / PBBL / oracle on
-    # gbp-0.95 and no-shortcut x 3 seeds on a 2-core CPU (`nox -s demo`).
-    "demo": RunConfig(
-        model=ModelConfig(width=8, image_size=32),
-        steps=120,
-        bias_steps=60,
-        batch_size=64,
-        lr=2e-3,
-        weight_decay=0.0,
-        eval_every=40,
-        log_every=20,
-    ),
-    "small": RunConfig(
-        model=ModelConfig(width=8, image_size=32),
-        steps=200,
-        bias_steps=100,
-        batch_size=64,
-        lr=2e-3,
-        weight_decay=0.0,
-        eval_every=40,
-        log_every=20,
-    ),
-    "full": RunConfig(
-        model=ModelConfig(arch="densenet121", image_size=224),
-        steps=1000,
-        bias_steps=1000,
-        batch_size=256,
-        lr=1e-4,
-        weight_decay=5e-4,
-        eval_every=100,
-    ),
-}
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """What ``pbbl-cxr benchmark`` runs by default (:mod:`pbbl_cxr.benchmark`).
 
-_SYNTH_PRESETS = {
-    "tiny": SynthConfig(n_train=96, n_valid=32, n_test=32, image_size=24),
-    "demo": SynthConfig(n_train=2000, n_valid=400, n_test=800, image_size=32),
-    "small": SynthConfig(n_train=2000, n_valid=400, n_test=800, image_size=32),
-    "full": SynthConfig(n_train=1800, n_valid=600, n_test=1000, image_size=224),
-}
+    The synthetic settings are the grid ``kinds`` x ``ratios`` (GbP/SbP layout, share of
+    bias-aligned train samples), then, with ``no_shortcut``, the setting where the
+    lesion is as easy as the bias. ``methods`` are benchmark row names
+    (:func:`pbbl_cxr.benchmark.method_names`); empty means every row.
+    """
+
+    kinds: tuple[Literal["gbp", "sbp"], ...] = ("gbp", "sbp")
+    ratios: tuple[float, ...] = (0.9, 0.95, 0.99)
+    no_shortcut: bool = True
+    methods: tuple[str, ...] = ()
 
 
-# Backbone weight families: the ModelConfig fields their weights need (add
-# ``backbone_weights=<local file>``). Also shipped as ``configs/<name>.yaml``.
-WEIGHT_PRESETS: dict[str, dict[str, object]] = {
-    # torchvision.models.densenet121(weights="IMAGENET1K_V1"): RGB, ImageNet mean/std.
-    "torchvision-imagenet": {
-        "arch": "densenet121",
-        "in_channels": 3,
-        "image_size": 224,
-        "input_norm": "imagenet",
-    },
-    # torchxrayvision.models.DenseNet(weights="densenet121-res224-all"): 1 channel, [-1024, 1024].
-    "torchxrayvision": {
-        "arch": "densenet121",
-        "in_channels": 1,
-        "image_size": 224,
-        "input_norm": "xrv",
-    },
-}
-
-# The authors' settings (LLYXC/PBBL main.py, data/util.py, module/util.py): frozen
-# torchxrayvision DenseNet-121 with BatchNorm in train mode, MLP head 1024-512-512-2,
-# 1000 GCE steps per stage-1 round, final weights kept. GbP: 2 rounds, 1000 stage-2
-# steps, random resized crop + flip; SbP: 1 round, 1360 (= 34 x 40) steps, flip.
-# Also shipped as ``configs/gbp-paper.yaml`` / ``configs/sbp-paper.yaml`` (on ``--preset full``).
-_PAPER_MODEL = ModelConfig(
-    arch="densenet121",
-    image_size=224,
-    head="mlp",
-    mlp_hidden=(512, 512),
-    freeze_backbone=True,
-    input_norm="xrv",
-    backbone_bn="train",
-)
-PAPER_PRESETS: dict[str, RunConfig] = {
-    "gbp": replace(
-        _RUN_PRESETS["full"],
-        model=_PAPER_MODEL,
-        steps=1000,
-        bias_steps=1000,
-        rounds=2,
-        augment="crop-flip",
-        select_metric="",
-    ),
-    "sbp": replace(
-        _RUN_PRESETS["full"],
-        model=_PAPER_MODEL,
-        steps=1360,
-        bias_steps=1000,
-        rounds=1,
-        augment="flip",
-        select_metric="",
-    ),
-}
+PRESETS = Presets("pbbl_cxr")
+"""The preset files ``configs/<name>.yaml``: ``tiny``, ``demo``, ``small``, ``full``, the
+authors' ``gbp-paper`` / ``sbp-paper`` and the weight families ``torchxrayvision`` /
+``torchvision-imagenet``; sections ``run``, ``synth`` and ``benchmark``."""
 
 
 def run_preset(preset: str) -> RunConfig:
-    """The :class:`RunConfig` of a preset."""
-    return _RUN_PRESETS[check_preset(preset)]
+    """The :class:`RunConfig` of a preset (its ``run`` section)."""
+    return PRESETS.section(preset, "run", RunConfig)
 
 
 def synth_preset(preset: str, **changes) -> SynthConfig:
-    """The :class:`SynthConfig` of a preset, with ``changes`` applied."""
-    return replace(_SYNTH_PRESETS[check_preset(preset)], **changes)
+    """The :class:`SynthConfig` of a preset (its ``synth`` section), with ``changes`` applied."""
+    return replace(PRESETS.section(preset, "synth", SynthConfig), **changes)
+
+
+def benchmark_preset(preset: str) -> BenchmarkConfig:
+    """The :class:`BenchmarkConfig` of a preset (its ``benchmark`` section)."""
+    return PRESETS.section(preset, "benchmark", BenchmarkConfig)

@@ -23,9 +23,10 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,6 +73,24 @@ def parse_path_map(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
             raise InputError("--path-map", f"expected OLD=NEW, got {item!r}")
         out.append((old, new))
     return tuple(out)
+
+
+def data_options(
+    flags: Mapping[str, Any], image_size: int = 32, num_classes: int = 2
+) -> DataOptions:
+    """:class:`DataOptions` from the ``--label-column``, ``--bias-column``, ``--image-root``
+    and ``--path-map`` flags (``flags``: their argparse names, e.g. ``RunSpec.options``)."""
+    root = flags.get("image_root")
+    if root is not None and not Path(root).is_dir():
+        raise InputError(root, "--image-root folder not found")
+    return DataOptions(
+        label_column=flags.get("label_column"),
+        bias_column=flags.get("bias_column"),
+        image_root=None if root is None else Path(root),
+        path_map=parse_path_map(flags.get("path_map") or ()),
+        image_size=image_size,
+        num_classes=num_classes,
+    )
 
 
 def split_files(data_dir: str | Path, split: str) -> list[Path]:

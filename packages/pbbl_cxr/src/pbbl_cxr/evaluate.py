@@ -70,12 +70,10 @@ def evaluate_model(
 
 
 def load_run_model(run_dir: str | Path) -> Classifier:
-    """The model a ``train`` run kept (``RUN/model/``); runs of the earlier flat
-    ``config.json`` schema load too (:func:`medcommon.run.load_run`)."""
+    """The model a ``train`` run of pbbl-cxr kept (``RUN/model/``)."""
     from pbbl_cxr import PACKAGE
-    from pbbl_cxr.config import RunConfig
 
-    run = load_run(run_dir, package=PACKAGE, config_class=RunConfig)
+    run = load_run(run_dir, package=PACKAGE)
     if not run.model_dir.is_dir():
         raise InputError(run.path, "not a finished run folder (no model/)")
     return from_pretrained(Classifier, run.model_dir)

@@ -2,8 +2,8 @@
 
 The authors' code freezes torchxrayvision's pretrained DenseNet-121 ("all" weights) and
 trains an MLP head 1024-512-512-2 with BatchNorm left in train mode;
-:data:`pbbl_cxr.config.WEIGHT_PRESETS` ``["torchxrayvision"]`` plus
-``backbone_weights="xrv-all.safetensors"`` reproduces that from a local file.
+the ``gbp-paper``/``sbp-paper`` presets (``configs/*.yaml``) plus
+``backbone_weights="xrv-all.safetensors"`` reproduce that from a local file.
 Pretrained files in torchvision's or torchxrayvision's key naming are converted to
 MONAI's names by an exact key map (:func:`convert_densenet121_state`); nothing is
 downloaded and nothing is unpickled.

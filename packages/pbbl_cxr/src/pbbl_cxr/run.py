@@ -1,4 +1,4 @@
-"""A ``train`` run, start to finish, and its run folder (written through :mod:`medcommon.run`).
+"""A ``train`` run, start to finish, and its run folder (opened through :func:`medcommon.run.open_run`).
 
 ``RUN/`` holds (README "Shared contract")::
 
@@ -8,9 +8,6 @@
     model/            the kept classifier (config.json + model.safetensors)
     pseudo_bias.csv   PBBL only: path,label,bias,bias_hat of every train image
     metrics.json      valid metrics of the kept model, selection, timings, method facts
-
-Runs of the earlier flat ``config.json`` (method, seed, preset, data, data_options
-mixed into the config) still load with :func:`load_pbbl_run`.
 """
 
 from __future__ import annotations
@@ -19,23 +16,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medcommon.cli import require_fresh_out
 from medcommon.config import config_to_dict
 from medcommon.errors import InputError
 from medcommon.fs import write_text_atomic
 from medcommon.models import save_pretrained
-from medcommon.run import Run, load_run, make_run_info, write_metrics, write_run_config
-from pbbl_cxr import PACKAGE, __version__
-from pbbl_cxr.config import RunConfig, resolve_select_metric
-from pbbl_cxr.data import DataOptions, XrayDataset, load_split
+from medcommon.run import RunSpec, open_run
+from pbbl_cxr.config import RunConfig, resolve_select_metric, run_preset
+from pbbl_cxr.data import XrayDataset, data_options, load_split
 from pbbl_cxr.distributed import is_main_process
 from pbbl_cxr.methods import METHODS, RunContext, run_method
 from pbbl_cxr.models import saved_config
 
-
-def load_pbbl_run(path: str | Path) -> Run:
-    """A pbbl-cxr run folder, current or earlier schema (another package's run is refused)."""
-    return load_run(path, package=PACKAGE, config_class=RunConfig)
+RESUMABLE = ("steps", "bias_steps", "log_every", "checkpoint_every")
+"""The config fields ``--resume`` may change (``--set steps=N`` trains a finished run on)."""
 
 
 def _pseudo_bias_csv(train: XrayDataset, b_hat) -> str:
@@ -46,35 +39,27 @@ def _pseudo_bias_csv(train: XrayDataset, b_hat) -> str:
     return "\n".join(lines) + "\n"
 
 
-def train_run(
-    data: str | Path,
-    out: str | Path,
-    *,
-    method: str,
-    cfg: RunConfig,
-    opts: DataOptions,
-    seed: int = 0,
-    preset: str | None = None,
-    device: str = "cpu",
-    quiet: bool = True,
-    resume: bool = False,
-) -> dict[str, Any]:
-    """Train ``method`` on the dataset folder ``data`` into the run folder ``out``.
+def train_run(spec: RunSpec) -> dict[str, Any]:
+    """Train ``spec.method`` on the dataset folder ``spec.data`` into the run folder ``spec.out``.
 
-    Every input is checked (method, manifests, every image decoded, batch size, backbone
-    file) before anything is written, so bad input raises :class:`InputError` and leaves
-    no run folder. Returns the metrics written to ``RUN/metrics.json``.
+    The config is the preset's ``run`` section <- ``--config`` <- ``--set`` (on
+    ``--resume``, the run's own, :data:`RESUMABLE` fields changeable); the data options
+    are the ``--label-column``/``--bias-column``/``--image-root``/``--path-map`` flags
+    (``spec.options``). Every input is checked (config, method, manifests, every image
+    decoded, batch size, backbone file) before anything is written, so bad input raises
+    :class:`InputError` and leaves no run folder. Returns the metrics written to
+    ``RUN/metrics.json``.
     """
-    out = Path(out)
-    spec = METHODS.get(method)
-    if not resume:
-        require_fresh_out(out)
+    run = open_run(spec, RunConfig, base=lambda s: run_preset(s.preset), resumable=RESUMABLE)
+    cfg = run.cfg.check()
+    method = METHODS.get(run.method)
+    opts = data_options(spec.options, cfg.model.image_size, cfg.model.num_classes)
     if cfg.model.backbone_weights and not Path(cfg.model.backbone_weights).is_file():
         raise InputError(cfg.model.backbone_weights, "backbone weights file not found")
-    train = load_split(data, "train", opts, quiet=quiet)
-    valid = load_split(data, "valid", opts, quiet=quiet)
-    if spec.needs_bias and not train.has_bias:
-        raise InputError("--method", f"{method} needs a bias column in the train manifest")
+    train = load_split(spec.data, "train", opts, quiet=spec.quiet)
+    valid = load_split(spec.data, "valid", opts, quiet=spec.quiet)
+    if method.needs_bias and not train.has_bias:
+        raise InputError("--method", f"{run.method} needs a bias column in the train manifest")
     if cfg.batch_size > len(train):
         raise InputError(
             "--set batch_size", f"{cfg.batch_size} exceeds the {len(train)} training images"
@@ -82,18 +67,9 @@ def train_run(
     # All inputs are valid: from here on the run folder is written.
     main = is_main_process()
     if main:
-        info = make_run_info(
-            PACKAGE,
-            __version__,
-            method=method,
-            seed=seed,
-            preset=preset,
-            data=data,
-            data_options=config_to_dict(opts),
-        )
-        write_run_config(out, info, cfg)
-    ctx = RunContext(cfg, train, valid, out, seed, device, quiet, resume)
-    result = run_method(method, ctx)
+        run.start(cfg, data_options=config_to_dict(opts))
+    ctx = RunContext(cfg, train, valid, run.path, run.seed, spec.device, spec.quiet, run.resumed)
+    result = run_method(run.method, ctx)
     facts = {k: v for k, v in result.info.items() if k != "b_hat"}
     # the metric the method actually selected on ("auto" resolved; PBBL reports its own)
     metric = facts.pop("select_metric", None) or resolve_select_metric(cfg.select_metric, False)
@@ -104,19 +80,19 @@ def train_run(
             file=sys.stderr,
         )
     metrics = {
-        "method": method,
+        "method": run.method,
         "selection": f"best {metric} on valid" if selected else "final weights",
-        "seed": seed,
+        "seed": run.seed,
         "train_seconds": result.train_seconds,
         "valid": result.valid_metrics,
         "select_metric": metric,
         **facts,
     }
     if main:
-        save_pretrained(result.model, out / "model", saved_config(cfg.model))
+        save_pretrained(result.model, run.path / "model", saved_config(cfg.model))
         if "b_hat" in result.info:
             write_text_atomic(
-                out / "pseudo_bias.csv", _pseudo_bias_csv(train, result.info["b_hat"])
+                run.path / "pseudo_bias.csv", _pseudo_bias_csv(train, result.info["b_hat"])
             )
-        write_metrics(out, metrics)
+        run.finish(metrics)
     return metrics

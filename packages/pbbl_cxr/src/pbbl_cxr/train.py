@@ -29,10 +29,10 @@ from pbbl_cxr.evaluate import classification_metrics, predict_probs
 from pbbl_cxr.pseudo import pseudo_balanced_auc
 
 
-# medcommon-candidate: Trainer writes the best weights to disk only (and only with a
-# model_config), keeps the *last* weights in memory, and cannot save a sub-network of a
-# multi-network method (LfF keeps f_D). A `restore_best=True` / `kept_model=` option would
-# replace this keeper.
+# Best-weight keeping is method-side state, not a Trainer feature (issue #19): the
+# Trainer logs the evaluations and saves the final weights; the keeper, offered every
+# evaluation, holds the best weights of the network a method keeps (LfF: f_D only) and
+# is checkpointed with the Trainer's state, so --resume keeps them too.
 class BestKeeper:
     """Keeps the weights with the best validation metric; checkpointed as Trainer state."""
 

@@ -60,11 +60,6 @@ class Method:
     needs_bias: bool = False
     description: str = ""
 
-    @property
-    def summary(self) -> str:
-        """Old name of :attr:`description`, kept for one release."""
-        return self.description
-
 
 METHODS: Registry[Method] = Registry("method")
 
