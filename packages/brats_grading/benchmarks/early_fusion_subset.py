@@ -7,8 +7,8 @@ Usage (from the repository root; about 1 min on one core):
     python packages/brats_grading/benchmarks/early_fusion_subset.py \
         packages/brats_grading/benchmarks/small-heldout-seed7 DATA    # DATA = synth --seed 7
 
-It trains `early-fusion` with `model.modalities = (t1ce, flair)` on the benchmark's
-splits and seeds and prints the paired AUC differences against the 4-channel early
+It trains `early-fusion` with `model.modalities = (t1ce, flair)` at the benchmark's
+preset (`configs/<preset>.yaml`), on its splits and seeds, and prints the paired AUC differences against the 4-channel early
 fusion, single-t1ce and cmg rows of that benchmark's `results.json`.
 """
 
@@ -31,12 +31,12 @@ from medcommon.fs import read_json
 
 def main(bench: Path, data: Path | None) -> None:
     results = read_json(bench / "results.json")
-    folds = results["extra"]["folds"]
+    folds, preset = results["extra"]["folds"], results["preset"]
     with tempfile.TemporaryDirectory() as tmp:
         if data is None:  # the benchmark's own synthetic set
-            data = write_synthetic(Path(tmp) / "d", synth_preset("small"), "2019", seed=1234)
+            data = write_synthetic(Path(tmp) / "d", synth_preset(preset), "2019", seed=1234)
         _, cases = discover(data)
-        method, base = method_config("early-fusion", "small")
+        method, base = method_config("early-fusion", preset)
         arrays = load_cases(cases, base.shape)
     labels = [c.label for c in cases]
     index = {c.name: i for i, c in enumerate(cases)}
@@ -47,7 +47,7 @@ def main(bench: Path, data: Path | None) -> None:
             train = [index[n] for n in split["train"]]
             test = [index[n] for n in split["test"]]
             _, cfg = method_config(
-                "early-fusion", "small", overrides=[f"folds={folds}", f"fold={fold}"]
+                "early-fusion", preset, overrides=[f"folds={folds}", f"fold={fold}"]
             )
             cfg = replace_nested(cfg, model={"modalities": ("t1ce", "flair")})
             info = fit_method(

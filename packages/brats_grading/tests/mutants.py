@@ -1,5 +1,5 @@
 """Mutation testing of ``methods/*.py``, ``losses.py``, ``attention.py`` and the guidance
-variants (not collected by pytest), with :mod:`medcommon.mutation`.
+variants, for the one runner :mod:`medai_testkit.mutation` (not collected by pytest).
 
 Each mutant is one hand-written edit (old text -> new text, which must occur exactly
 once), applied to a copy of the sources; the fast wiring tests run with ``-x`` and a
@@ -7,26 +7,24 @@ mutant is killed when they fail. The first ten are the wirings named in issue 11
 rest are the other plausible one-line slips and the item-3 guidance variants. Run
 from the repository root::
 
-    OMP_NUM_THREADS=1 python packages/brats_grading/tests/mutants.py [--only TEXT] [--list]
+    OMP_NUM_THREADS=1 python -m medai_testkit.mutation brats_grading [--list] [--only TEXT]
+        [--out packages/brats_grading/benchmarks/mutation/mutants.json]
 """
 
-import sys
 from pathlib import Path
 
-from medcommon.mutation import listed, main
+from medai_testkit.mutation import Mutant, listed
 
-ROOT = Path(__file__).resolve().parents[3]
-SRC = ROOT / "packages/brats_grading/src"
-PKG = SRC / "brats_grading"
-T = "packages/brats_grading/tests/"
 TESTS = [
-    T + "test_wiring.py",
-    T + "test_methods.py",
-    T + "test_losses.py",
-    T + "test_model.py",
-    T + "test_cli.py::TestMethodSteps",
-    T + "test_cli.py::test_guided_step_keeps_the_teacher_fixed_and_uses_guidance",
+    "tests/test_wiring.py",
+    "tests/test_methods.py",
+    "tests/test_losses.py",
+    "tests/test_model.py",
+    "tests/test_cli.py::TestMethodSteps",
+    "tests/test_cli.py::test_guided_step_keeps_the_teacher_fixed_and_uses_guidance",
 ]
+"""The fast wiring tests every mutant runs against (paths relative to the package)."""
+
 MUTANTS = [
     # the five named in issue 11
     (
@@ -318,10 +316,11 @@ MUTANTS += [
 ]
 
 
-def make_mutants():
-    return [listed(SRC, f"brats_grading/{rel}", old, new, name) for name, rel, old, new in MUTANTS]
+def make_mutants(src: Path, per_line: int = 1) -> list[Mutant]:
+    """The listed mutants of ``src/brats_grading`` (no generated ones: ``per_line`` unused)."""
+    return [listed(src, f"brats_grading/{rel}", old, new, name) for name, rel, old, new in MUTANTS]
 
 
-if __name__ == "__main__":
-    roots = {"medcommon": ROOT / "packages/medcommon/src", "brats": SRC}
-    sys.exit(main(make_mutants, TESTS, roots=roots, cwd=ROOT, default_out="brats-mutants.json"))
+def tests_for(mutant: Mutant, full: bool) -> list[str]:
+    """:data:`TESTS`; with ``full``, the whole fast suite."""
+    return ["tests/"] if full else list(TESTS)

@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from brats_grading.benchmark import DEMO, benchmark_folds, benchmark_methods
+from brats_grading.benchmark import benchmark_folds, benchmark_methods
 from brats_grading.claims import CLAIMS, MARGIN, claims_for
-from brats_grading.config import run_preset, synth_preset
+from brats_grading.config import (
+    PRESETS,
+    BenchmarkConfig,
+    benchmark_preset,
+    run_preset,
+    synth_preset,
+)
 from brats_grading.data import discover, load_cases
 from brats_grading.evaluate import predict_proba, predict_with_branches
 from brats_grading.methods import METHODS
@@ -115,8 +121,10 @@ def test_a_failing_claim_is_kept_and_reported_as_not_holding():
 def test_demo_runs_the_central_claim_on_small_sizes_and_one_fold():
     assert run_preset("demo") == run_preset("small")
     assert synth_preset("demo") == synth_preset("small")
+    assert benchmark_preset("small") == BenchmarkConfig()  # every method, every fold
     methods = benchmark_methods("demo")
-    assert methods == list(DEMO["methods"]) == ["single-t1ce", "early-fusion", "cmg"]
+    assert methods == list(benchmark_preset("demo").methods)
+    assert methods == ["single-t1ce", "early-fusion", "cmg"]
     assert benchmark_folds("demo", 3) == [0]
     assert benchmark_folds("demo", 3, folds=3) == [0, 1, 2]  # --folds: every fold
     assert benchmark_methods("small") == METHODS.names()
@@ -126,3 +134,11 @@ def test_demo_runs_the_central_claim_on_small_sizes_and_one_fold():
         ("cmg", "single-t1ce"),
         ("cmg", "early-fusion"),
     ]
+
+
+def test_results_name_the_claims_and_preset_files_they_depend_on():
+    assert PRESETS.sources("demo") == [
+        "packages/brats_grading/configs/demo.yaml",
+        "packages/brats_grading/configs/small.yaml",  # demo extends small
+    ]
+    assert PRESETS.sources("tiny") == ["packages/brats_grading/configs/tiny.yaml"]

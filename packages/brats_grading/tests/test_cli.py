@@ -1,4 +1,4 @@
-"""The console script: the shared contracts (medcommon.testing), then what is BraTS-specific."""
+"""The console script: the shared contracts (medai_testkit), then what is BraTS-specific."""
 
 from __future__ import annotations
 
@@ -15,18 +15,25 @@ import torch
 from brats_grading import __version__
 from brats_grading.claims import CLAIMS, MARGIN
 from brats_grading.cli import main
-from brats_grading.config import RunConfig, synth_preset
+from brats_grading.config import (
+    PRESETS,
+    BenchmarkConfig,
+    RunConfig,
+    SynthConfig,
+    benchmark_preset,
+    run_preset,
+    synth_preset,
+)
 from brats_grading.data import class_weights
 from brats_grading.methods import METHODS
 from brats_grading.model import GradingNet
 from brats_grading.synth import write_synthetic
 from brats_grading.train import method_config, stage_optimizer
+from medai_testkit import CLIContract, MethodProbe, MethodStepContract
 from medcommon.cli import run_main
-from medcommon.config import config_to_dict
 from medcommon.io import read_image, write_image
 from medcommon.report import CLAIM_KEYS
-from medcommon.run import SCHEMA, load_run
-from medcommon.testing import CLIContract, MethodProbe, MethodStepContract
+from medcommon.run import load_run
 
 FAST = ["--set", "steps=2", "--set", "primary_steps=2", "--set", "batch_size=2", "--quiet"]
 
@@ -219,7 +226,7 @@ def test_every_layout_trains_one_fold_and_evaluates(tmp_path, capsys, data_root,
     argv = ["train", "--data", data, "--out", run_dir, "--folds", "2", "--fold", "1", *FAST]
     code, _, err = run(argv, capsys)
     assert code == 0, err
-    saved = load_run(run_dir, package="brats-grading", config_class=RunConfig)
+    saved = load_run(run_dir, package="brats-grading")
     assert saved.info.extra == {"layout": "2020" if layout == "2020" else "2019"}
     assert (saved.info.method, saved.config["fold"], saved.config["folds"]) == ("cmg", 1, 2)
     split = json.loads((run_dir / "split.json").read_text())
@@ -275,34 +282,77 @@ def test_predict_prints_and_writes_csv(trained, data_root, tmp_path, capsys):
     assert sorted(p.name for p in csv_path.parent.iterdir()) == ["pred.csv"]  # no temp left
 
 
-def test_a_run_in_the_old_flat_layout_still_evaluates_predicts_and_resumes(
+def test_fold_flags_are_shorthands_for_the_config_fields(data_root, tmp_path, capsys):
+    """``--folds 3 --fold 2`` set ``folds``/``fold``; a later ``--set`` of the same field wins."""
+    data = data_root / "2019"
+    code, _, err = run(["train", "--data", data, "--out", tmp_path / "a", "--folds", "3",
+                        "--fold", "2", *FAST], capsys)  # fmt: skip
+    assert code == 0, err
+    a = load_run(tmp_path / "a", package="brats-grading")
+    assert (a.config["folds"], a.config["fold"]) == (3, 2)
+    assert json.loads((tmp_path / "a" / "split.json").read_text())["fold"] == 2
+    code, _, err = run(["train", "--data", data, "--out", tmp_path / "b", "--fold", "1",
+                        "--set", "fold=0", *FAST], capsys)  # fmt: skip
+    assert code == 0, err
+    assert load_run(tmp_path / "b", package="brats-grading").config["fold"] == 0
+
+
+def test_resume_takes_the_runs_own_settings_and_changes_only_step_counts(
     trained, data_root, tmp_path, capsys
 ):
-    """Before medcommon.run, config.json was the config with method/seed/preset mixed in."""
-    old = tmp_path / "old"
-    shutil.copytree(trained, old)
-    new = json.loads((trained / "config.json").read_text())
-    flat = {"method": "cmg", "seed": 0, "preset": "tiny", **new["config"]}
-    del flat["schedule_steps"]  # a field the old layout did not have
-    (old / "config.json").write_text(json.dumps(flat))
-    (old / "eval-all.json").unlink()
-    legacy = load_run(old, package="brats-grading", config_class=RunConfig)
-    assert legacy.schema == "legacy-brats-grading"
-    assert (legacy.info.method, legacy.info.seed, legacy.info.preset) == ("cmg", 0, "tiny")
-    assert config_to_dict(legacy.config_as(RunConfig)) == new["config"]
-    data = data_root / "2019"
-    code, _, err = run(["evaluate", "--run", old, "--data", data, "--split", "all"], capsys)
+    """``--resume`` without ``--method``/``--seed``/``--preset`` continues the run as it
+    was started; a different seed, or a setting other than a step count or cadence,
+    is refused before anything is written."""
+    data, run_dir = data_root / "2019", tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    header = (run_dir / "config.json").read_text()
+    for extra, needle in (
+        (["--seed", "3"], "--seed: the run was started with 0, not 3"),
+        (["--set", "lr=0.1"], "--set lr: cannot change a resumed run's setting"),
+        (["--set", "model.dropout=0"], "--set model.dropout: cannot change"),
+    ):
+        code, _, err = run(["train", "--data", data, "--out", run_dir, "--resume", *extra], capsys)
+        assert code == 2 and needle in err, err
+    assert (run_dir / "config.json").read_text() == header
+    code, _, err = run(["train", "--data", data, "--out", run_dir, "--resume", "--quiet",
+                        "--set", "steps=3", "--set", "log_every=1"], capsys)  # fmt: skip
     assert code == 0, err
-    a = json.loads((old / "eval-all.json").read_text())["cases"]
-    assert a == json.loads((trained / "eval-all.json").read_text())["cases"]
-    case = sorted((data / "HGG").iterdir())[0]
-    code, out, err = run(["predict", "--run", old, case], capsys)
-    assert code == 0 and out.startswith(case.name), err
-    code, _, err = run(["train", "--data", data, "--out", old, "--resume", *FAST], capsys)
-    assert code == 0, err
-    assert load_run(old, package="brats-grading").schema == SCHEMA  # rewritten in the schema
-    code, _, err = run(["train", "--data", data, "--out", old, "--resume", "--seed", "3"], capsys)
-    assert code == 2 and "run was started with --method cmg --seed 0" in err
+    saved = load_run(run_dir, package="brats-grading")
+    assert (saved.info.method, saved.info.seed, saved.info.preset) == ("cmg", 0, "tiny")
+    assert (saved.config["steps"], saved.config["log_every"]) == (3, 1)
+    assert saved.metrics()["stages"][-1]["steps"] == 3
+
+
+@pytest.mark.parametrize("name", PRESETS.names())
+def test_every_preset_file_loads_every_section(name):
+    assert PRESETS.names() == ["demo", "full", "small", "tiny"]
+    for section, cls, accessor in (
+        ("run", RunConfig, run_preset),
+        ("synth", SynthConfig, synth_preset),
+        ("benchmark", BenchmarkConfig, benchmark_preset),
+    ):
+        assert isinstance(accessor(name), cls), section
+        assert PRESETS.section(name, section, cls) == accessor(name)
+    assert set(PRESETS.tree(name)) <= {"run", "synth", "benchmark"}
+    for m in benchmark_preset(name).methods:
+        METHODS.get(m)
+
+
+def test_presets_are_the_sizes_the_readme_states():
+    tiny, small, full = run_preset("tiny"), run_preset("small"), run_preset("full")
+    assert (tiny.shape, tiny.folds, tiny.steps, tiny.model.widths) == ((8, 16, 16), 2, 4, (4, 8))
+    assert (small.shape, small.folds, small.steps, small.batch_size) == ((16, 24, 24), 3, 80, 8)
+    assert small.model.widths == (8, 16, 16) and small.lr == pytest.approx(3e-3)
+    assert full == RunConfig()  # the paper-scale defaults
+    assert synth_preset("tiny") == SynthConfig(hgg=6, lgg=4, shape=(12, 24, 24))
+    assert synth_preset("full") == SynthConfig(hgg=259, lgg=76, shape=(64, 120, 120))
+
+
+def test_an_unknown_preset_is_one_error_line_listing_the_presets(tmp_path, capsys):
+    code, _, err = run(["synth", tmp_path / "d", "--preset", "huge", "--quiet"], capsys)
+    assert code == 2
+    assert "error: --preset: unknown preset 'huge'; choose from tiny, demo, small, full" in err
+    assert not (tmp_path / "d").exists()
 
 
 def test_benchmark_tiny(tmp_path, capsys):
@@ -331,6 +381,11 @@ def test_benchmark_tiny(tmp_path, capsys):
     # single-t1ce's training served as stage 1 of cmg, cmg-no-guidance and cmg-mid (the
     # last two also in their inner-validation fits): 5 hits per fold, 2 folds.
     assert res["extra"]["stages_reused"] == 2 * 5
+    # provenance: the claims and the preset file the run used
+    assert list(res["provenance"]["sources"]) == [
+        "packages/brats_grading/src/brats_grading/claims.py",
+        "packages/brats_grading/configs/tiny.yaml",
+    ]
 
 
 def _mean_auc(res, method):

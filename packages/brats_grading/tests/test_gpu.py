@@ -14,7 +14,7 @@ import torch
 from brats_grading.data import GradingDataset, class_weights
 from brats_grading.model import GradingNet
 from brats_grading.train import method_config
-from medcommon.testing import GPU_MARKS, GPU_ON_CPU, GPU_PRECISIONS, GPU_STEPS, gpu_fit_steps
+from medai_testkit import GPU_MARKS, GPU_ON_CPU, GPU_PRECISIONS, GPU_STEPS, gpu_fit_steps
 from medcommon.train import TrainConfig, seed_everything
 
 pytestmark = GPU_MARKS

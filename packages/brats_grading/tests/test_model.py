@@ -10,7 +10,7 @@ from brats_grading.config import MODALITIES, ModelConfig
 from brats_grading.mc3 import BasicBlock3d, MC3Backbone
 from brats_grading.model import GradingNet
 from brats_grading.train import reliability_weights
-from medcommon.testing import ModelConformance
+from medai_testkit import ModelConformance
 
 TINY = {"stem_channels": 4, "widths": (4, 8), "blocks": (1, 1), "attention_reduction": 2}
 

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 from replicas import PATIENTS, grade_of, names_2020, patient_groups, write_release
 
+from brats_grading import PACKAGE, __version__
 from brats_grading.cli import main
 from brats_grading.data import discover, make_split
 from brats_grading.train import train_run
 from medcommon.cli import run_main
+from medcommon.run import RunSpec
 
 YEARS = ("2018", "2019", "2020")
 FAST = ["steps=2", "primary_steps=2", "batch_size=2"]
@@ -72,9 +74,9 @@ def _run(argv, capsys):
 def test_a_2019_release_trains_and_its_patients_are_recognised_in_2020(releases, tmp_path, capsys):
     """Train on the 2019 folder (side files and all); evaluate and predict on 2020's."""
     run = tmp_path / "run"
-    metrics = train_run(
-        releases / "2019", run, "cmg", "tiny", overrides=FAST, folds=2, fold=0, quiet=True
-    )
+    spec = RunSpec(PACKAGE, __version__, "train", run, releases / "2019", method="cmg",
+                   preset="tiny", overrides=(*FAST, "folds=2", "fold=0"), quiet=True)  # fmt: skip
+    metrics = train_run(spec)
     assert set(metrics["test"]) >= {"auc", "accuracy"}
     split = json.loads((run / "split.json").read_text())
     trained = set(split["train"])

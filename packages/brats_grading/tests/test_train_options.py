@@ -7,13 +7,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from benchmark_scripts import load
 
+from brats_grading import PACKAGE, __version__
 from brats_grading import train as T
 from brats_grading.config import ModelConfig
 from brats_grading.evaluate import load_trained
 from brats_grading.methods import Method
 from brats_grading.model import GradingNet
 from brats_grading.train import fit_method, method_config, train_run
+from medcommon.run import RunSpec
 
 TINY = {"stem_channels": 4, "widths": (4, 8), "blocks": (1, 1), "attention_reduction": 2}
 
@@ -81,9 +84,9 @@ def test_a_fusion_that_falls_back_to_the_mean_says_so(data19, tmp_path, monkeypa
         T, "_branch_aucs", lambda model, x, y: dict.fromkeys(model.branch_names, 0.4)
     )
     run = tmp_path / "run"
-    metrics = train_run(
-        data19, run, "cmg", "tiny", overrides=["steps=1", "primary_steps=1"], quiet=True
-    )
+    spec = RunSpec(PACKAGE, __version__, "train", run, data19, method="cmg", preset="tiny",
+                   overrides=("steps=1", "primary_steps=1"), quiet=True)  # fmt: skip
+    metrics = train_run(spec)
     err = capfd.readouterr().err
     assert "warning: reliability fusion fell back to the plain mean" in err
     saved = json.loads((run / "metrics.json").read_text())
@@ -100,7 +103,7 @@ def test_a_fusion_that_falls_back_to_the_mean_says_so(data19, tmp_path, monkeypa
 
 def test_gpu_estimate_by_hand():
     """1 M parameters, 0.5 M trainable, a 100 MiB step peak at batch 1."""
-    from brats_grading.memprobe import gpu_estimate
+    gpu_estimate = load("memory/probe.py", "brats_memory_probe").gpu_estimate
 
     probe = {"params": 2**20, "trainable": 2**19, "step_peak_mb": 100.0, "precision": "no"}
     est = gpu_estimate(probe, batch=4)

@@ -3,17 +3,14 @@
 One row per (method, seed, fold) holds that fold's test metrics; the summary is the
 mean ± sample std over all folds and seeds. The claims of :mod:`brats_grading.claims`
 are checked on the summary; ``headline.png`` (AUC per method, every run a dot) leads
-the figures. The ``demo`` preset runs :data:`DEMO`: the central claim only. Throughput (training volumes per
-second, one volume = one case with its four sequences) of CMG and early fusion is
-measured in the same run. ``--memory-probe`` adds the peak memory of one
-``full``-preset training step (see :mod:`brats_grading.memprobe`).
+the figures. What a preset runs is its ``benchmark`` section
+(:class:`brats_grading.config.BenchmarkConfig`): ``demo`` runs the central claim only.
+Throughput (training volumes per second, one volume = one case with its four
+sequences) of CMG and early fusion is measured in the same run.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -25,7 +22,7 @@ import torch
 
 from brats_grading import __version__
 from brats_grading.claims import MARGIN, claims_for
-from brats_grading.config import synth_preset
+from brats_grading.config import PRESETS, benchmark_preset, synth_preset
 from brats_grading.data import discover, load_cases, make_split
 from brats_grading.evaluate import grading_metrics, predict_with_branches
 from brats_grading.methods import METHODS
@@ -34,6 +31,7 @@ from brats_grading.synth import write_synthetic
 from brats_grading.train import StageCache, fit_method, method_config
 from medcommon import metrics as M
 from medcommon.errors import InputError
+from medcommon.provenance import module_source
 from medcommon.report import (
     make_results,
     markdown_table,
@@ -46,14 +44,6 @@ from medcommon.report import (
 from medcommon.report.plots import plot_runs
 
 METRICS = ["auc", "accuracy", "sensitivity", "specificity", "f1"]
-
-DEMO = {"methods": ("single-t1ce", "early-fusion", "cmg"), "folds": (0,)}
-"""What ``--preset demo`` runs: CMG, the best single modality and early fusion (the
-central claim), on the ``small`` data and training sizes, fold 0 of 3 for each seed.
-One fold of three methods is about a seventh of ``small``'s training: with the
-package's three default seeds it fits the demo's two minutes on a 2-core CPU. The
-rows are exactly ``small``'s rows for those methods on fold 0 (same data, splits,
-seeds), so the demo is a window on the full benchmark, not independent evidence."""
 
 
 def attention_figure(model: GradingNet, x: np.ndarray, path: Path, branch: str) -> Path:
@@ -106,26 +96,18 @@ def _factor_hw(n: int, h: int, w: int) -> tuple[int, int]:
 
 
 def benchmark_methods(preset: str, methods: Sequence[str] | None = None) -> list[str]:
-    """The methods a run compares: ``methods`` if given, else all (``demo``: :data:`DEMO`'s)."""
+    """The methods a run compares: ``methods`` if given, else the preset's (default: all)."""
     if methods:
         return list(methods)
-    return list(DEMO["methods"]) if preset == "demo" else METHODS.names()
+    return list(benchmark_preset(preset).methods or METHODS.names())
 
 
 def benchmark_folds(preset: str, k: int, folds: int | None = None) -> list[int]:
-    """The folds a run evaluates: all ``k``, except ``demo`` without ``--folds`` (:data:`DEMO`'s)."""
-    if preset == "demo" and folds is None:
-        return [f for f in DEMO["folds"] if f < k]
+    """The folds a run evaluates: the preset's (default: all ``k``), all ``k`` with ``--folds``."""
+    chosen = benchmark_preset(preset).folds
+    if folds is None and chosen:
+        return [f for f in chosen if f < k]
     return list(range(k))
-
-
-def probe_memory(method: str = "cmg", timeout: float = 3600) -> dict[str, Any]:
-    """Run :mod:`brats_grading.memprobe` in a fresh process and return its JSON report."""
-    cmd = [sys.executable, "-m", "brats_grading.memprobe", "--method", method]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        return {"method": method, "error": proc.stderr.strip().splitlines()[-1:]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def run_benchmark(
@@ -138,13 +120,12 @@ def run_benchmark(
     quiet: bool = False,
     folds: int | None = None,
     methods: Sequence[str] | None = None,
-    memory_probe: bool = False,
 ) -> dict[str, Any]:
     """Run the comparison and write ``out/results.json``, ``out/report.md`` and plots.
 
     ``folds`` sets the number of folds K (default: the preset's); every fold runs,
-    except under ``demo`` without ``folds``, which runs :data:`DEMO`'s folds.
-    ``methods`` defaults to all methods (``demo``: :data:`DEMO`'s).
+    except that a preset naming its ``benchmark.folds`` (``demo``) runs those without
+    ``folds``. ``methods`` defaults to the preset's ``benchmark.methods`` (default: all).
     """
     methods = benchmark_methods(preset, methods)
     for m in methods:
@@ -221,13 +202,12 @@ def run_benchmark(
         extra["throughput_ratio_cmg_over_early_fusion"] = float(
             np.mean(throughput["cmg"]) / np.mean(throughput["early-fusion"])
         )
-    if memory_probe:
-        extra["memory_full_step"] = {m: probe_memory(m) for m in ("early-fusion", "cmg")}
     runs = _runs_text(fold_ids, k, len(seeds))
     figures = ["headline.png", "auc.png"]
     results = make_results(
         "brats-grading", __version__, preset, list(seeds), rows, extra,
         claims=claims_for(methods), figures=figures,
+        sources=[module_source("brats_grading.claims"), *PRESETS.sources(preset)],
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     summary = {s["method"]: s["metrics"] for s in results["summary"]}
@@ -399,11 +379,6 @@ def _sections(results: dict[str, Any], k: int, seeds: Sequence[int]) -> list[tup
             f"{extra['throughput_ratio_cmg_over_early_fusion']:.2f}"
         )
     sections.append(("Throughput", body))
-    if "memory_full_step" in extra:
-        mem = "\n".join(f"- {m}: {json.dumps(v)}" for m, v in extra["memory_full_step"].items())
-        sections.append(
-            ("Peak memory of one full-preset training step (CPU, batch 1, 4x128^3)", mem)
-        )
     aucs = {m: s["metrics"]["auc"]["mean"] for m, s in summary.items()}
     if "cmg" in aucs:
         verdict = [f"CMG AUC {aucs['cmg']:.3f}"]

@@ -1,4 +1,4 @@
-"""The ``brats-grading`` console script: synth, train, evaluate, predict, benchmark, grid.
+"""The ``brats-grading`` console script: synth, train, evaluate, predict, benchmark.
 
 A table of commands on :class:`medcommon.cli.App`; each ``cmd_*`` is a thin call
 into the library and prints a one-line summary. ``--method`` choices and help
@@ -48,11 +48,6 @@ def _benchmark_args(p) -> None:
     add_benchmark_args(p)
     p.add_argument("--folds", type=int, default=None, help="folds to run (default: preset)")
     add_methods_arg(p, METHODS)
-    p.add_argument(
-        "--memory-probe",
-        action="store_true",
-        help="also measure one full-preset step's peak memory (slow)",
-    )
 
 
 @app.command("synth", "write a synthetic BraTS-like training folder", args=_synth_args)
@@ -69,14 +64,9 @@ def cmd_synth(args) -> int:
 def cmd_train(args) -> int:
     from brats_grading.train import train_run
 
-    metrics = train_run(
-        args.data, args.out, args.method, args.preset, config_file=args.config,
-        overrides=args.overrides, folds=args.folds, fold=args.fold, seed=args.seed,
-        device=args.device, quiet=args.quiet, resume=args.resume,
-        checkpoint_every=args.checkpoint_every,
-    )  # fmt: skip
+    metrics = train_run(app.spec(args, shorthands={"folds": "folds", "fold": "fold"}))
     print(
-        f"{args.method} fold {metrics['fold']}/{metrics['folds']}: "
+        f"{metrics['method']} fold {metrics['fold']}/{metrics['folds']}: "
         + " ".join(f"{k}={v:.3f}" for k, v in metrics["test"].items())
     )
     return 0
@@ -121,46 +111,6 @@ def cmd_benchmark(args) -> int:
     run_benchmark(
         args.out, args.preset, args.seeds, data=args.data, device=args.device,
         quiet=args.quiet, folds=args.folds, methods=args.methods,
-        memory_probe=args.memory_probe,
-    )  # fmt: skip
-    print(f"wrote {args.out}/results.json and report.md")
-    return 0
-
-
-def _grid_args(p) -> None:
-    p.add_argument("--out", required=True, help="folder for results.json, report.md, figures")
-    p.add_argument(
-        "--preset", default="small", choices=("small", "tiny"),
-        help="small: the protocol of brats_grading/protocol.py; tiny: a smoke run",
-    )  # fmt: skip
-    add_methods_arg(p, METHODS)
-    p.add_argument("--workers", type=int, default=1, help="settings run in parallel processes")
-    p.add_argument("--settings", nargs="+", default=None, help="only these setting names")
-    p.add_argument("--quiet", action="store_true")
-
-
-@app.command(
-    "grid", "every method on every generator setting (issue #11 protocol)", args=_grid_args
-)
-def cmd_grid(args) -> int:
-    from brats_grading import protocol
-    from brats_grading.grid import run_grid
-    from medcommon.errors import InputError
-
-    settings = protocol.SETTINGS
-    if args.settings:
-        by_name = {s.name: s for s in settings}
-        unknown = [n for n in args.settings if n not in by_name]
-        if unknown:
-            raise InputError(
-                "--settings", f"unknown {unknown[0]!r}; choose from {', '.join(by_name)}"
-            )
-        settings = tuple(by_name[n] for n in args.settings)
-    if args.workers < 1:
-        raise InputError("--workers", "must be >= 1")
-    run_grid(
-        args.out, preset=args.preset, settings=settings, methods=args.methods,
-        workers=args.workers, quiet=args.quiet,
     )  # fmt: skip
     print(f"wrote {args.out}/results.json and report.md")
     return 0

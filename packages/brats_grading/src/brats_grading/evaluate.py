@@ -1,7 +1,6 @@
 """Evaluation and prediction: grade probabilities, metrics, ``evaluate`` and ``predict``.
 
-Run folders are read with :func:`medcommon.run.load_run`, so runs written in the
-package's earlier flat ``config.json`` layout still evaluate.
+Run folders are read with :func:`medcommon.run.load_run`.
 
 The decision threshold is 0.5 on P(HGG): the class-weighted loss already balances
 the two grades, so no threshold is tuned on test data.
@@ -96,8 +95,8 @@ class TrainedRun:
 
 
 def load_trained(run: Path, device: str = "cpu") -> TrainedRun:
-    """Read a finished run folder (current or earlier schema) and its model onto ``device``."""
-    loaded = load_run(run, package=PACKAGE, config_class=RunConfig)
+    """Read a finished run folder and its model onto ``device``."""
+    loaded = load_run(run, package=PACKAGE)
     for path in (loaded.path / "split.json", loaded.model_dir):
         if not path.exists():
             raise InputError(loaded.path, f"not a finished run folder (no {path.name})")

@@ -30,7 +30,7 @@ doubled the T1/T2 noise to 0.3 and narrowed the core radius to U(0.2, 0.23) afte
 CMG had lost on the generator before it; every change favoured CMG. The defaults
 here restore correlated cues, the original noise (0.15) and radius (U(0.19, 0.24)),
 and add weak T2 evidence, because that is what real BraTS looks like. The benchmark
-grid (:mod:`brats_grading.protocol`) covers correlation 0 / 0.3 / 0.6, T2 evidence
+grid (`benchmarks/grid/protocol.py`) covers correlation 0 / 0.3 / 0.6, T2 evidence
 none / weak and noise 0.15 / 0.3, fixed before its runs.
 
 Volumes are stored as int16 (intensity x 1000, as BraTS ships most files), with a

@@ -1,10 +1,10 @@
 """Training: a method's stages run on :class:`medcommon.train.Trainer`; the ``train`` command.
 
 :func:`fit_method` trains on in-memory arrays (used by the CLI and the benchmark);
-:func:`train_run` is the ``train`` command: it validates every input first (data,
-config, method, run folder), then writes ``RUN/config.json`` (:mod:`medcommon.run`),
-``RUN/split.json``, ``RUN/log.jsonl``, ``RUN/checkpoint/<stage>/``, ``RUN/model/``
-and ``RUN/metrics.json``.
+:func:`train_run` is the ``train`` command: it opens the run folder from its
+:class:`~medcommon.run.RunSpec` (:func:`medcommon.run.open_run`: config, ``--resume``),
+reads and checks every data file, then writes ``RUN/config.json``, ``RUN/split.json``,
+``RUN/log.jsonl``, ``RUN/checkpoint/<stage>/``, ``RUN/model/`` and ``RUN/metrics.json``.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from brats_grading import PACKAGE, __version__
 from brats_grading.config import RunConfig, run_preset
 from brats_grading.data import (
     GradingDataset,
@@ -32,12 +31,11 @@ from brats_grading.evaluate import grading_metrics, predict_proba, predict_with_
 from brats_grading.methods import METHODS, Method, Stage
 from brats_grading.model import GradingNet
 from medcommon import metrics as M
-from medcommon.cli import require_fresh_out
-from medcommon.config import replace_nested, resolve_config
+from medcommon.config import resolve_config
 from medcommon.data import patient_split
 from medcommon.errors import InputError
 from medcommon.fs import write_json_atomic
-from medcommon.run import load_run, make_run_info, write_metrics, write_run_config
+from medcommon.run import RunSpec, open_run
 from medcommon.train import TrainConfig, Trainer, seed_everything
 from medcommon.train.seeding import rng_state, set_rng_state
 
@@ -94,7 +92,7 @@ class StageCache:
             return None
         # Fields that only say which branches exist and how they are fused do not
         # change a branch's initial weights or its training.
-        model = replace_nested(
+        model = replace(
             cfg.model,
             inputs="branches", modality="t1ce", primary="t1ce", fusion="mean",
             primary_weight=0.5, branch_weights=(),
@@ -210,7 +208,7 @@ def fit_method(
     val_idx = train_idx[val]
     val_aucs = _branch_aucs(inner_info.model, arrays[val_idx], y_all[val_idx].tolist())
     weights = reliability_weights(val_aucs, cfg.model.modalities)
-    cfg = replace_nested(cfg, model={"branch_weights": weights})
+    cfg = replace(cfg, model=replace(cfg.model, branch_weights=weights))
     info = _fit(method, cfg, arrays, labels, train_idx, seed, run_dir, device, quiet, resume, cache)
     info.train_seconds += inner_info.train_seconds
     info.volumes += inner_info.volumes
@@ -336,76 +334,48 @@ def _fit(
     return info
 
 
-def train_run(
-    data: Path,
-    out: Path,
-    method: str,
-    preset: str,
-    *,
-    config_file: Path | None = None,
-    overrides: Sequence[str] = (),
-    folds: int | None = None,
-    fold: int | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    quiet: bool = False,
-    resume: bool = False,
-    checkpoint_every: int | None = None,
-) -> dict[str, Any]:
+RESUMABLE = ("steps", "primary_steps", "schedule_steps", "checkpoint_every", "log_every")
+"""The fields ``train --resume`` may change (``--set steps=N`` extends a finished run)."""
+
+
+def train_run(spec: RunSpec) -> dict[str, Any]:
     """The ``train`` command (see the module docstring); returns the metrics written.
 
-    ``folds``/``fold``/``checkpoint_every`` are ``--set`` overrides of those fields.
-    With ``resume`` the saved config of ``out`` is the base (the preset and the
-    method's adjustment are not applied again) and this call's ``config_file`` and
-    ``overrides`` apply on top, so ``--set steps=N`` extends a finished run.
+    The config is the preset adjusted by the method <- ``spec.config_file`` <-
+    ``spec.overrides``; with ``spec.resume`` it is the run's saved config, of which
+    only :data:`RESUMABLE` fields may change.
     """
-    from medcommon.train.accelerator import resolve_device
-
-    resolve_device(device)
-    overrides = list(overrides)
-    for key, value in (("folds", folds), ("fold", fold), ("checkpoint_every", checkpoint_every)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    m = METHODS.get(method)
-    out = Path(out)
-    if resume:
-        saved = load_run(out, package=PACKAGE, config_class=RunConfig)
-        if saved.info.method != method or saved.info.seed != seed:
-            raise InputError(
-                out,
-                f"run was started with --method {saved.info.method} --seed {saved.info.seed}",
-            )
-        cfg = resolve_config(
-            RunConfig, base=saved.config_as(RunConfig), file=config_file, overrides=overrides
-        )
-        preset = saved.info.preset or preset
-    else:
-        _, cfg = method_config(method, preset, config_file, overrides)
-        require_fresh_out(out)
+    run = open_run(
+        spec,
+        RunConfig,
+        base=lambda s: METHODS.get(s.method).adjust(run_preset(s.preset)),
+        resumable=RESUMABLE,
+    )
+    if spec.data is None:
+        raise InputError("--data", "train needs a dataset folder")
+    cfg, data = run.cfg, Path(spec.data)
     layout, cases = discover(data)
     split = make_split(cases, cfg.folds, cfg.fold, cfg.split_seed)
-    arrays = load_cases(cases, cfg.shape, quiet=quiet)  # reads and checks every file
+    arrays = load_cases(cases, cfg.shape, quiet=spec.quiet)  # reads and checks every file
     labels = [c.label for c in cases]
     index = {c.name: i for i, c in enumerate(cases)}
     train_idx = [index[n] for n in split["train"]]
     test_idx = [index[n] for n in split["test"]]
 
-    info = make_run_info(
-        PACKAGE, __version__, method=method, seed=seed, preset=preset, data=data, layout=layout
-    )
-    write_run_config(out, info, cfg)
+    run.start(layout=layout)
     write_json_atomic(
-        out / "split.json",
+        run.path / "split.json",
         {"layout": layout, "folds": cfg.folds, "fold": cfg.fold, "split_seed": cfg.split_seed,
-         "data": str(Path(data).resolve()), **split},
+         "data": str(data.resolve()), **split},
     )  # fmt: skip
     fit = fit_method(
-        m, cfg, arrays, labels, train_idx, patients=[c.patient for c in cases], seed=seed,
-        run_dir=out, device=device, quiet=quiet, resume=resume,
+        METHODS.get(run.method), cfg, arrays, labels, train_idx,
+        patients=[c.patient for c in cases], seed=run.seed, run_dir=run.path,
+        device=spec.device, quiet=spec.quiet, resume=run.resumed,
     )  # fmt: skip
     probs = predict_proba(fit.model, arrays[test_idx])
     metrics = {
-        "method": method,
+        "method": run.method,
         "fold": cfg.fold,
         "folds": cfg.folds,
         "test": grading_metrics([labels[i] for i in test_idx], probs),
@@ -417,5 +387,4 @@ def train_run(
         metrics["fusion"] = fit.fusion
         if "fallback" in fit.fusion:
             print(f"warning: {fit.fusion['fallback']}", file=sys.stderr)
-    write_metrics(out, metrics)
-    return metrics
+    return run.finish(metrics)

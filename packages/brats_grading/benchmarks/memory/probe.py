@@ -1,14 +1,15 @@
 """Peak memory of one ``full``-preset training step on the CPU (batch 1, the preset's shape).
 
-Run as ``python -m brats_grading.memprobe --method cmg [--precision bf16]
-[--checkpointing]``, each variant in a fresh process, so the process-wide peak is
-this step's. PyTorch allocates tensors outside Python's allocator, so
-``tracemalloc`` cannot see them; we use the kernel's resident-set high-water mark
-instead: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` after the step, minus the
-resident set (``psutil``) just before it (model, optimizer and input already
-built). For ``cmg`` the step is the stage-2 guided step (frozen primary forward +
-three secondary branches forward and backward + AdamW update), the heaviest step
-of the method.
+Run from the repository root as ``python packages/brats_grading/benchmarks/memory/probe.py
+--method cmg [--precision bf16] [--checkpointing]``, each variant in a fresh process,
+so the process-wide peak is this step's (until issue #19 this was the module
+``brats_grading.memprobe`` and ``benchmark --memory-probe``). PyTorch allocates
+tensors outside Python's allocator, so ``tracemalloc`` cannot see them; we use the
+kernel's resident-set high-water mark instead:
+``resource.getrusage(RUSAGE_SELF).ru_maxrss`` after the step, minus the resident set
+(``psutil``) just before it (model, optimizer and input already built). For ``cmg``
+the step is the stage-2 guided step (frozen primary forward + three secondary
+branches forward and backward + AdamW update), the heaviest step of the method.
 
 Alongside the RSS, ``saved_mb`` counts the bytes autograd keeps for the backward
 pass (``torch.autograd.graph.saved_tensors_hooks``, each storage once, the

@@ -1,7 +1,8 @@
 """The benchmark grid of issue #11: settings, runs, statistics and verdict rule.
 
 Fixed in code and committed before any of its runs (see the git history of this
-file); results are reported wherever they land.
+file; until issue #19 it was ``src/brats_grading/protocol.py``, commit 0019769);
+results are reported wherever they land. ``run.py`` beside it runs the grid.
 
 **Settings** (12): every combination of
 

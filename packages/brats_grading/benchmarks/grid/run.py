@@ -1,15 +1,27 @@
-"""``grid``: every method on every generator setting of :mod:`brats_grading.protocol`.
+"""The generator grid of issue #11: every method on every setting of ``protocol.py``.
 
-:func:`run_grid` trains and stores the out-of-fold P(HGG) of every (setting,
-method, seed) in ``results.json``; :func:`analyse` turns those predictions into
-seed-averaged pooled AUCs, paired bootstrap intervals and verdicts, so the
-statistics can be recomputed from the stored predictions without training again.
-Settings run in parallel worker processes (``workers``), one setting per task.
+From the repository root (about an hour on two CPU cores at ``--preset small``)::
+
+    python packages/brats_grading/benchmarks/grid/run.py --out DIR [--preset small|tiny]
+        [--workers N] [--settings NAME ...] [--methods M ...] [--quiet]
+
+:func:`run_grid` trains every (setting, method, seed) and writes ``DIR/results.json``
+(one row per trained fold, the summary, the analysis; the shared results schema of
+:mod:`medcommon.report`, readable by ``medcommon report``) and the out-of-fold P(HGG)
+of every case in ``DIR/predictions.json.gz``; :func:`analyse` turns those predictions
+into seed-averaged pooled AUCs, paired bootstrap intervals and verdicts, so the
+statistics can be recomputed from the stored predictions (:func:`load_grid`) without
+training again. Settings run in parallel worker processes (``--workers``), one
+setting per task. ``--preset tiny`` runs the same code on tiny data and models (tests).
 """
 
 from __future__ import annotations
 
+import argparse
+import gzip
+import importlib.util
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -24,7 +36,6 @@ import torch
 from tqdm.auto import tqdm
 
 from brats_grading import __version__
-from brats_grading import protocol as P
 from brats_grading.config import SynthConfig, synth_preset
 from brats_grading.data import discover, load_cases, make_split
 from brats_grading.evaluate import predict_with_branches
@@ -32,10 +43,41 @@ from brats_grading.methods import METHODS
 from brats_grading.synth import write_synthetic
 from brats_grading.train import StageCache, fit_method, method_config
 from medcommon import metrics as M
+from medcommon.cli import add_methods_arg, run_main
 from medcommon.errors import InputError
-from medcommon.fs import atomic_path
+from medcommon.fs import atomic_path, read_json
 from medcommon.metrics.bootstrap import bootstrap_aucs, percentile_ci
+from medcommon.report import make_results, write_results
 from medcommon.report.plots import plot_heatmap, plot_intervals
+
+HERE = Path(__file__).resolve().parent
+PROTOCOL = "packages/brats_grading/benchmarks/grid/protocol.py"
+PREDICTIONS = "predictions.json.gz"
+PER_CASE = ("labels", "cases", "oof")
+"""The per-case fields of a setting, stored in :data:`PREDICTIONS`, not in results.json."""
+
+
+def _load_protocol():
+    """``protocol.py`` beside this script, as the module ``brats_grid_protocol``."""
+    name = "brats_grid_protocol"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, HERE / "protocol.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+P = _load_protocol()
+
+
+def scale(preset: str) -> dict[str, Any]:
+    """The grid's sizes at ``preset``: ``small`` is the protocol's, ``tiny`` a smoke run."""
+    if preset == "small":
+        return {}
+    if preset == "tiny":
+        return {"synth": synth_preset("tiny"), "shape": (8, 16, 16), "steps": 4, "folds": 2}
+    raise InputError("--preset", "the grid runs at 'small' (the protocol) or 'tiny' (tests)")
 
 
 def run_setting(
@@ -53,7 +95,8 @@ def run_setting(
     """Train every method on one setting; returns its labels and out-of-fold predictions.
 
     ``oof[method]`` is ``(len(seeds), N)``: P(HGG) of each case from the model of the
-    fold that held it out. ``runs`` holds per-fold test AUCs and fusion fallbacks.
+    fold that held it out. ``rows`` holds one results row per trained fold: its test
+    AUC, whether the fusion fell back to the mean, its training seconds.
     """
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -71,7 +114,7 @@ def run_setting(
     _, base = method_config("cmg", preset, overrides=[*overrides, "fold=0"])
     splits = [make_split(cases, folds, f, base.split_seed) for f in range(folds)]
     oof = {m: np.full((len(seeds), len(cases)), np.nan) for m in methods}
-    runs: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     cache = StageCache()
     for si, seed in enumerate(seeds):
         for f, split in enumerate(splits):
@@ -86,9 +129,9 @@ def run_setting(
                 )  # fmt: skip
                 probs, _ = predict_with_branches(info.model, arrays[te])
                 oof[name][si, te] = probs
-                runs.append({
-                    "method": name, "seed": seed, "fold": f,
-                    "auc": M.auc([labels[i] for i in te], probs),
+                rows.append({
+                    "setting": setting.name, "method": name, "seed": seed, "fold": f,
+                    "metrics": {"auc": M.auc([labels[i] for i in te], probs)},
                     "fallback": "fallback" in (info.fusion or {}),
                     "train_seconds": info.train_seconds,
                 })  # fmt: skip
@@ -98,7 +141,7 @@ def run_setting(
         "labels": labels,
         "cases": [c.name for c in cases],
         "oof": {m: v.tolist() for m, v in oof.items()},
-        "runs": runs,
+        "rows": rows,
         "seconds": round(time.perf_counter() - t0, 1),
     }
 
@@ -119,7 +162,9 @@ def run_grid(
     bootstrap: int = P.BOOTSTRAP,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Run the grid and write ``out/results.json``, ``out/report.md`` and figures.
+    """Run the grid and write ``out/results.json``, ``out/predictions.json.gz``,
+    ``out/report.md`` and figures; returns the results with the predictions (as
+    :func:`load_grid` reads them back).
 
     ``preset="small"`` is the protocol's grid; ``"tiny"`` runs the same code on tiny
     data and models (tests). ``settings``/``methods``/``seeds`` narrow the run.
@@ -129,13 +174,7 @@ def run_grid(
         METHODS.get(m)
     if P.REFERENCE not in methods:
         raise InputError("--methods", f"the grid compares against {P.REFERENCE}: include it")
-    if preset == "tiny":
-        kwargs = dict(synth=synth_preset("tiny"), shape=(8, 16, 16), steps=4, folds=2)
-    elif preset == "small":
-        kwargs = {}
-    else:
-        raise InputError("--preset", "the grid runs at 'small' (the protocol) or 'tiny' (tests)")
-    kwargs |= {"seeds": tuple(seeds), "preset": preset}
+    kwargs = scale(preset) | {"seeds": tuple(seeds), "preset": preset}
     out = Path(out)
     t0 = time.perf_counter()
     tasks = [(s, methods, kwargs) for s in settings]
@@ -152,12 +191,12 @@ def run_grid(
             done.append(_run_one(task))
             bar.update()
     bar.close()
-    results = {
-        "package": "brats-grading",
-        "version": __version__,
+    rows = [row for s in done for row in s.pop("rows")]
+    results = make_results(
+        "brats-grading", __version__, preset, list(seeds), rows, sources=[PROTOCOL]
+    )
+    results |= {
         "kind": "grid",
-        "preset": preset,
-        "seeds": list(seeds),
         "methods": methods,
         "protocol": {
             "folds": kwargs.get("folds", P.FOLDS),
@@ -169,10 +208,34 @@ def run_grid(
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
     results["analysis"] = analyse(results, bootstrap=bootstrap)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "results.json") as tmp:
-        tmp.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    write_grid(out, results)
     write_grid_report(out, results)
+    return results
+
+
+def write_grid(out: str | Path, results: dict[str, Any]) -> None:
+    """``out/results.json`` without the settings' per-case fields (:data:`PER_CASE`), and
+    those in ``out/predictions.json.gz`` (gzip'd JSON ``{"settings": [{setting, labels,
+    cases, oof}]}``), each written atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    light = [{k: v for k, v in s.items() if k not in PER_CASE} for s in results["settings"]]
+    per_case = [
+        {"setting": s["setting"], **{k: s[k] for k in PER_CASE}} for s in results["settings"]
+    ]
+    data = json.dumps({"settings": per_case}, separators=(",", ":")).encode("utf-8")
+    with atomic_path(out / PREDICTIONS) as tmp:
+        tmp.write_bytes(gzip.compress(data, mtime=0))
+    write_results(out, {**results, "settings": light, "predictions": PREDICTIONS})
+
+
+def load_grid(folder: str | Path) -> dict[str, Any]:
+    """A grid's ``results.json`` with each setting's per-case predictions merged back in."""
+    folder = Path(folder)
+    results = read_json(folder / "results.json")
+    per_case = json.loads(gzip.decompress((folder / results["predictions"]).read_bytes()))
+    by_name = {s["setting"]: s for s in per_case["settings"]}
+    results["settings"] = [{**s, **by_name[s["setting"]]} for s in results["settings"]]
     return results
 
 
@@ -215,7 +278,7 @@ def write_grid_report(out: Path, results: dict[str, Any]) -> Path:
         f"`brats-grading` {results['version']}, preset `{results['preset']}`, seeds "
         f"{', '.join(map(str, results['seeds']))}, {results['protocol']['folds']} folds, "
         f"{len(settings)} settings x {len(methods)} methods; protocol fixed before the runs in "
-        f"`brats_grading/protocol.py`. AUC: mean over seeds of the pooled out-of-fold AUC; "
+        f"`benchmarks/grid/protocol.py`. AUC: mean over seeds of the pooled out-of-fold AUC; "
         f"[95% interval]: {results['protocol']['bootstrap']} stratified case resamples, shared by "
         f"all methods of a setting (paired). Wall time {results['wall_seconds'] / 60:.1f} min.",
         "",
@@ -273,8 +336,8 @@ def write_grid_report(out: Path, results: dict[str, Any]) -> Path:
     for s in settings:
         cells = [f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]" for v in (a[s]["auc"][m] for m in methods)]
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
-    fallbacks = sum(r["fallback"] for s in results["settings"] for r in s["runs"])
-    n_runs = sum(len(s["runs"]) for s in results["settings"])
+    fallbacks = sum(r["fallback"] for r in results["rows"])
+    n_runs = len(results["rows"])
     lines += [
         "",
         f"Reliability fusion fell back to the plain mean in {fallbacks} of {n_runs} runs.",
@@ -299,3 +362,37 @@ def write_grid_report(out: Path, results: dict[str, Any]) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line (module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True, help="folder for results and figures")
+    p.add_argument("--preset", default="small", choices=("small", "tiny"),
+                   help="small: the protocol; tiny: a smoke run")  # fmt: skip
+    add_methods_arg(p, METHODS)
+    p.add_argument("--workers", type=int, default=1, help="settings run in parallel processes")
+    p.add_argument("--settings", nargs="+", default=None, help="only these setting names")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    settings = P.SETTINGS
+    if args.settings:
+        by_name = {s.name: s for s in settings}
+        unknown = [n for n in args.settings if n not in by_name]
+        if unknown:
+            raise InputError(
+                "--settings", f"unknown {unknown[0]!r}; choose from {', '.join(by_name)}"
+            )
+        settings = tuple(by_name[n] for n in args.settings)
+    if args.workers < 1:
+        raise InputError("--workers", "must be >= 1")
+    run_grid(
+        args.out, preset=args.preset, settings=settings, methods=args.methods,
+        workers=args.workers, quiet=args.quiet,
+    )  # fmt: skip
+    print(f"wrote {args.out}/results.json, {PREDICTIONS} and report.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))
