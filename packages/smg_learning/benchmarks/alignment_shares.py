@@ -7,7 +7,7 @@ sites (real replay: no SMD to train), seed 0; each run's ``align_share`` (the no
 the PGA gradient minus the same objective's gradient at α = 0, over the PGA
 gradient's norm, per step, averaged per stage) is written per stage and overall.
 Only this training-side quantity is written (no test Dice: the PGA grid of
-:mod:`smg_learning.select` is set from it).
+``pga-select/pga_select.py`` is set from it).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from medcommon.config import replace_nested
-from smg_learning.benchmark import BENCH_SITES
+from smg_learning.benchmark import bench_preset
 from smg_learning.config import run_preset
 from smg_learning.continual import train_continual
 from smg_learning.data import load_continual
@@ -32,7 +32,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path(__file__).with_name("alignment_shares.json"))
     args = p.parse_args()
     cfg = run_preset(args.preset)
-    sites, held = BENCH_SITES[args.preset]
+    bench = bench_preset(args.preset)
+    sites, held = bench.sites, bench.heldout
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = load_continual(

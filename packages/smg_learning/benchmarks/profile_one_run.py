@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from smg_learning.benchmark import BENCH_SITES
+from smg_learning.benchmark import bench_preset
 from smg_learning.config import run_preset
 from smg_learning.continual import train_continual
 from smg_learning.data import load_continual
@@ -27,7 +27,8 @@ from smg_learning.synth import generate
 
 def main(out: str = "smd-replay.prof") -> None:
     cfg = run_preset("small")
-    sites, heldout = BENCH_SITES["small"]
+    bench = bench_preset("small")
+    sites, heldout = bench.sites, bench.heldout
     tmp = Path(tempfile.mkdtemp(prefix="smg-profile-"))
     t0 = time.perf_counter()
     data = generate(tmp / "data", task="prostate", preset="small", seed=0)

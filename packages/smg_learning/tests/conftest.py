@@ -1,8 +1,15 @@
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 
 from smg_learning.synth import generate
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="session")
@@ -14,3 +21,26 @@ def prostate_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def fundus_dir(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("syn") / "fundus", "fundus", "tiny", seed=0)
+
+
+def _experiment(folder: str, module: str):
+    """The module ``benchmarks/<folder>/<module>.py`` of an experiment (not part of the
+    package), imported as its script imports its siblings: with its folder on
+    ``sys.path``. Each folder's ``run.py`` gets a name of its own (``<folder>.run``)."""
+    path = BENCHMARKS / folder
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    if module != "run":
+        return importlib.import_module(module)
+    name = f"{folder}.run"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path / "run.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def experiment():
+    """``experiment(folder, module)``: an experiment's module (``benchmarks/<folder>/``)."""
+    return _experiment

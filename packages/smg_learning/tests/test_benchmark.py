@@ -10,9 +10,8 @@ from medcommon.config import PRESETS
 from medcommon.errors import InputError
 from medcommon.report import CLAIM_KEYS, make_results
 from smg_learning.benchmark import (
-    BENCH_SITES,
-    COST_SIZES,
-    DEMO_METHODS,
+    BenchSpec,
+    bench_preset,
     benchmark_methods,
     check_methods,
     row_setup,
@@ -20,13 +19,10 @@ from smg_learning.benchmark import (
 )
 from smg_learning.claims import CLAIMS, claims_for
 from smg_learning.config import run_preset
-from smg_learning.synth import SYNTH_PRESETS
 
 
-def test_every_preset_table_has_every_preset() -> None:
-    """``--preset demo`` must never fall through to another preset's sizes."""
-    for p in PRESETS:
-        assert p in BENCH_SITES and p in COST_SIZES and p in SYNTH_PRESETS
+def test_presets_differ_and_demo_is_small_with_fewer_steps() -> None:
+    """Every standard preset is its own setting; demo keeps small's models."""
     cfgs = {p: run_preset(p) for p in PRESETS}
     assert len({repr(c) for c in cfgs.values()}) == len(PRESETS)  # all different
     demo, small = cfgs["demo"], cfgs["small"]
@@ -39,8 +35,9 @@ def test_claims_name_benchmark_rows() -> None:
     rows = set(benchmark_methods())
     for c in CLAIMS:
         assert {c.method, c.baseline} <= rows, c.claim
-    assert [c.method for c in claims_for(DEMO_METHODS)][:2] == ["smg", "smg"]
-    assert all({c.method, c.baseline} <= set(DEMO_METHODS) for c in claims_for(DEMO_METHODS))
+    demo = bench_preset("demo").methods
+    assert [c.method for c in claims_for(demo)][:2] == ["smg", "smg"]
+    assert all({c.method, c.baseline} <= set(demo) for c in claims_for(demo))
     assert len(claims_for(benchmark_methods())) == len(CLAIMS)
 
 
@@ -74,8 +71,8 @@ def test_failing_claim_is_kept() -> None:
 
 
 def test_benchmark_tiny_claims_and_shared_smd(tmp_path) -> None:
-    methods = ["finetune", "smd-replay", "smg", "smg-alpha0"]
-    res = run_benchmark(tmp_path / "b", preset="tiny", seeds=[0], methods=methods)
+    methods = ("finetune", "smd-replay", "smg", "smg-alpha0")
+    res = run_benchmark(BenchSpec(tmp_path / "b", preset="tiny", seeds=(0,), methods=methods))
     saved = json.loads((tmp_path / "b" / "results.json").read_text())
     declared = claims_for(methods)
     assert len(saved["claims"]) == len(declared) == 7
@@ -96,35 +93,3 @@ def test_benchmark_tiny_claims_and_shared_smd(tmp_path) -> None:
     assert "paired.png" in saved["figures"]
     for line in ("| smd-replay - finetune |", "| smg - smd-replay |", "| smg - smg-alpha0 |"):
         assert line in report
-
-
-def test_selected_row_and_paired_differences(tmp_path) -> None:
-    """smg-select uses the choice made on inner validation; the report pairs rows with α = 0."""
-    from smg_learning.benchmark import paired_differences
-    from smg_learning.select import PGAChoice
-
-    grid = (PGAChoice(0.0), PGAChoice(0.1, "symmetric", "normalized"))
-    methods = ["smg-alpha0", "smg-select", "smg-sym"]
-    res = run_benchmark(
-        tmp_path / "b", preset="tiny", seeds=[0, 1], methods=methods, select_grid=grid
-    )
-    sel = res["extra"]["pga_selection"]
-    assert [s["inner_lr"] for s in sel["scores"]] == [0.0, 0.1]
-    best = max(range(2), key=lambda i: (sel["scores"][i]["val_memorizability"], -i))
-    assert sel["choice"]["inner_lr"] == grid[best].inner_lr
-    rows = {(r["method"], r["seed"]): r for r in res["rows"]}
-    # the selected row trains with the chosen config: at α = 0 it is smg-alpha0 itself
-    same = rows[("smg-select", 0)]["dice_matrix"] == rows[("smg-alpha0", 0)]["dice_matrix"]
-    assert same == (sel["choice"]["inner_lr"] == 0.0)
-    assert rows[("smg-sym", 0)]["align_share"] > 0
-    assert rows[("smg-alpha0", 0)]["align_share"] == pytest.approx(0.0, abs=1e-5)
-    d = paired_differences(res, "smg-sym", "smg-alpha0", "memorizability")
-    want = [
-        rows[("smg-sym", s)]["metrics"]["memorizability"]
-        - rows[("smg-alpha0", s)]["metrics"]["memorizability"]
-        for s in (0, 1)
-    ]
-    assert d == pytest.approx(want)
-    report = (tmp_path / "b" / "report.md").read_text()
-    for title in ("PGA alignment share", "Paired differences vs alpha = 0", "PGA selection"):
-        assert title in report

@@ -1,20 +1,21 @@
 """The console script: the shared contract over every strategy, each strategy's step, and
-the smg-specific commands (synth layouts, evaluate, sample, predict, benchmark, old runs)."""
+the smg-specific commands (synth layouts, shorthands, resume, evaluate, sample, predict, benchmark)."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from medai_testkit import CLIContract, MethodProbe, MethodStepContract
 from medcommon.cli import run_main
 from medcommon.io import read_image, write_image
 from medcommon.models import from_pretrained
 from medcommon.run import load_run
-from medcommon.testing import CLIContract, MethodProbe, MethodStepContract
 from smg_learning import __version__
 from smg_learning.cli import main
 from smg_learning.config import RunConfig, run_preset
@@ -26,6 +27,7 @@ from smg_learning.strategies import STRATEGIES, RunContext
 from smg_learning.synth import generate
 
 TWO_STEPS = ["--set", "steps_per_site=2", "--set", "smd.train_steps=2", "--quiet"]
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def run(argv: list) -> int:
@@ -63,9 +65,9 @@ BAD_DATA = {
     "overlap": (None, ["--sites", "RUNMC,BMC", "--heldout", "BMC"],
                 "error: --heldout: site 'BMC' is also in --sites"),
     "nested field": (None, ["--set", "pga.nope=1"], "pga.nope: unknown config field"),
-    "bad preset": (None, ["--preset", "huge"], "--preset"),
-    "bad smd preset": (None, ["--smd-preset", "huge"],
-                       "error: --smd-preset: unknown SMD preset 'huge'; choose from x0-16px"),
+    "bad preset": (None, ["--preset", "huge"],
+                   "error: --preset: unknown preset 'huge'; choose from tiny, demo, small, full"),
+    "missing config file": (None, ["--config", "no-such.yaml"], "no-such.yaml: config file not found"),
     "bad spacing": (None, ["--set", "smd.timestep_spacing=middle"],
                     "error: smd.timestep_spacing: 'middle' is not one of leading, trailing, linspace"),
 }  # fmt: skip
@@ -106,9 +108,13 @@ class TestContract(CLIContract):
             ["benchmark", "--out", tmp / "bench", "--methods", "finetune,magic"],
             "unknown method 'magic'",
         )
-        cases["unknown benchmark smd preset"] = (
-            ["benchmark", "--out", tmp / "bench2", "--smd-preset", "v-64px"],
-            "unknown SMD preset 'v-64px'",
+        cases["unknown benchmark config field"] = (
+            ["benchmark", "--out", tmp / "bench2", "--set", "smd.nope=1"],
+            "smd.nope: unknown config field",
+        )
+        cases["benchmark preset"] = (
+            ["benchmark", "--out", tmp / "bench3", "--preset", "huge"],
+            "error: --preset: unknown preset 'huge'",
         )
         return cases
 
@@ -179,25 +185,71 @@ def test_synth_writes_both_layouts(tmp_path) -> None:
     assert img.ndim == 3 and img.shape[:2] == msk.shape and set(np.unique(msk)) == {0, 255}
 
 
-def test_smd_preset_sets_the_named_smd_fields(prostate_dir, tmp_path) -> None:
-    """``--smd-preset v-32px`` sets the fields it names (before ``--set``); the rest keep
-    the preset's; the saved SMD samples with trailing spacing and v-prediction."""
+def test_smd_v32_overlay_sets_the_named_smd_fields(prostate_dir, tmp_path) -> None:
+    """``--config benchmarks/smd-v32/config.yaml`` sets the ``smd`` fields it names
+    (before ``--set``); the rest keep the preset's; the saved SMD samples with trailing
+    spacing and v-prediction."""
     from medcommon.models import from_pretrained
     from smg_learning.smd import SiteModulatedDiffusion
 
     out = tmp_path / "run"
     argv = ["train", "--data", prostate_dir, "--out", out, "--method", "smd-replay"]
-    argv += ["--sites", "RUNMC,BMC", "--smd-preset", "v-32px", "--set", "smd.replay_per_site=2"]
+    argv += ["--sites", "RUNMC,BMC", "--config", BENCHMARKS / "smd-v32" / "config.yaml"]
+    argv += ["--set", "smd.replay_per_site=2"]
     assert run([*argv, *TWO_STEPS]) == 0
     smd = json.loads((out / "config.json").read_text())["config"]["smd"]
     assert (smd["image_size"], smd["prediction_type"], smd["timestep_spacing"]) == (
         32, "v_prediction", "trailing")  # fmt: skip
     assert (smd["replay_per_site"], smd["train_steps"]) == (2, 2)  # --set wins
-    assert smd["num_train_timesteps"] == 100  # not named by v-32px: tiny's
+    assert smd["num_train_timesteps"] == 100  # not named by the overlay: tiny's
     model = from_pretrained(SiteModulatedDiffusion, out / "smd")
     sched = model.ddim_scheduler()
     assert (sched.config.timestep_spacing, sched.config.prediction_type) == (
         "trailing", "v_prediction")  # fmt: skip
+
+
+def test_sites_shorthands_set_the_config_fields(prostate_dir, tmp_path) -> None:
+    """``--sites``/``--heldout`` are the ``sites``/``heldout`` fields; a ``--set`` wins."""
+    out = tmp_path / "run"
+    argv = ["train", "--data", prostate_dir, "--out", out, "--method", "finetune"]
+    argv += ["--sites", "RUNMC,BMC", "--heldout", "I2CVB", "--set", "sites=BMC,RUNMC"]
+    assert run([*argv, *TWO_STEPS]) == 0
+    run_ = load_run(out, package="smg-learning")
+    assert (run_.config["sites"], run_.config["heldout"]) == (["BMC", "RUNMC"], ["I2CVB"])
+    assert (run_.info.extra["sites"], run_.info.preset) == (["BMC", "RUNMC"], "tiny")
+    # without them: every site trains, in the public order, and the config says so
+    assert run(["train", "--data", prostate_dir, "--out", tmp_path / "all", *TWO_STEPS]) == 0
+    assert load_run(tmp_path / "all").config["sites"] == ["RUNMC", "BMC", "I2CVB"]
+
+
+def test_resume_checks(prostate_dir, tmp_path, capsys) -> None:
+    """``--resume`` takes the run's method, seed, sites and split; anything but the step
+    counts and cadences is refused; a folder that is no run is an error, not a new run."""
+    argv = ["train", "--data", prostate_dir, "--method", "pga-real", "--sites", "RUNMC,BMC"]
+    out = tmp_path / "run"
+    assert run([*argv, "--out", out, *TWO_STEPS]) == 0
+    resume = ["train", "--data", prostate_dir, "--out", out, "--resume", "--quiet"]
+    for extra, expected in (
+        (["--seed", "3"], "error: --seed: the run was started with 0, not 3"),
+        (["--method", "smg"], "error: --method: the run was started with 'pga-real', not 'smg'"),
+        (["--set", "image_size=24"], "error: --set image_size: cannot change a resumed run's"),
+        (["--sites", "BMC,RUNMC"], "error: --set sites: cannot change a resumed run's setting"),
+    ):
+        capsys.readouterr()
+        assert run([*resume, *extra]) == 2, extra
+        assert expected in capsys.readouterr().err
+    # method, seed, sites and split come from the run; the steps are raised to 4
+    assert run([*resume, "--set", "steps_per_site=4"]) == 0
+    assert run([*argv, "--out", tmp_path / "new", "--set", "steps_per_site=4", "--quiet"]) == 0
+    wa, wb = weights(out / "model"), weights(tmp_path / "new" / "model")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert load_run(out).config["steps_per_site"] == 4
+    # a folder without config.json (e.g. killed before its header) is no run to resume
+    (tmp_path / "empty").mkdir()
+    capsys.readouterr()
+    assert run([*resume[:4], tmp_path / "empty", "--resume", "--quiet"]) == 2
+    assert "not a run folder (no config.json)" in capsys.readouterr().err
+    assert not any((tmp_path / "empty").iterdir())
 
 
 def test_train_evaluate_sample(prostate_dir, tmp_path, capsys) -> None:
@@ -244,40 +296,6 @@ def test_train_evaluate_sample(prostate_dir, tmp_path, capsys) -> None:
         assert run(["sample", "--run", out, *bad, "--out", tmp_path / "s2"]) == 2
         assert expected in capsys.readouterr().err
         assert not (tmp_path / "s2").exists()
-
-
-def test_an_old_layout_run_still_evaluates_and_resumes(prostate_dir, tmp_path, capsys) -> None:
-    """A run folder of the earlier layout (a pure config.json plus run.json), by hand."""
-    argv = ["train", "--data", prostate_dir, "--method", "pga-real", "--sites", "RUNMC,BMC"]
-    assert run([*argv, "--out", tmp_path / "old", *TWO_STEPS]) == 0
-    old = tmp_path / "old"
-    cfg = json.loads((old / "config.json").read_text())["config"]
-    assert cfg["pga"].pop("estimator") == "first_order"  # before issue #12: pga.order
-    for field in ("virtual_step", "measure"):
-        cfg["pga"].pop(field)
-    cfg["pga"]["order"] = "first"
-    (old / "config.json").write_text(json.dumps(cfg))  # what write_run_header wrote then
-    (old / "run.json").write_text(
-        json.dumps({"package": "smg-learning", "version": "0.1.0", "method": "pga-real",
-                    "seed": 0, "preset": "tiny", "task": "prostate", "channels": 1})
-    )  # fmt: skip
-    assert load_run(old).schema == "legacy-smg-learning"
-    assert run(["evaluate", "--run", old, "--data", prostate_dir, "--quiet"]) == 0
-    ev = json.loads((old / "eval-test.json").read_text())
-    assert ev["dice_matrix"] == json.loads((old / "metrics.json").read_text())["dice_matrix"]
-
-    capsys.readouterr()
-    assert run(["train", "--data", prostate_dir, "--out", old, "--resume", "--seed", "3"]) == 2
-    assert "--seed: the run was trained with 0, not 3" in capsys.readouterr().err
-    resume = ["train", "--data", prostate_dir, "--out", old, "--resume", "--quiet"]
-    assert run([*resume, "--set", "image_size=24"]) == 2
-    assert "cannot change a resumed run's setting" in capsys.readouterr().err
-    # method, seed and sites come from run.json and the config; the steps are raised to 4
-    assert run([*resume, "--set", "steps_per_site=4"]) == 0
-    assert run([*argv, "--out", tmp_path / "new", "--set", "steps_per_site=4", "--quiet"]) == 0
-    wa, wb = weights(old / "model"), weights(tmp_path / "new" / "model")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert load_run(old).config["steps_per_site"] == 4
 
 
 def test_resume_after_a_kill_inside_a_stage(tmp_path, prostate_dir, monkeypatch) -> None:
@@ -341,7 +359,25 @@ def test_benchmark_tiny(tmp_path) -> None:
     assert run([*argv, "--methods", "finetune,smg"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert {r["method"] for r in res["rows"]} == {"finetune", "smg"}
+    # the command measures no costs (benchmarks/costs/ does)
     for key in ("pga_over_plain", "first_over_exact", "ddim_over_ddpm_time", "site_acc_smd"):
-        assert key in res["extra"]
+        assert key not in res["extra"]
     for name in ("report.md", "summary.png", "dice_smg.png", "smd_samples.png"):
         assert (out / name).is_file()
+    claims = "packages/smg_learning/src/smg_learning/claims.py"
+    assert list(res["provenance"]["sources"]) == [claims]
+
+
+def test_benchmark_config_and_set_reach_every_row(tmp_path) -> None:
+    """``--config`` and ``--set`` change the rows' base config; the file is a source."""
+    out = tmp_path / "bench"
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("smd: {ddim_steps: 2}\nsteps_per_site: 3\n")
+    argv = ["benchmark", "--out", out, "--preset", "tiny", "--seeds", "0", "--quiet"]
+    argv += ["--methods", "finetune,smd-replay", "--config", overlay, "--set", "steps_per_site=2"]
+    assert run(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    cfg = res["extra"]["config"]
+    assert (cfg["smd"]["ddim_steps"], cfg["steps_per_site"]) == (2, 2)
+    assert res["extra"]["overrides"] == ["steps_per_site=2"]
+    assert str(overlay) in res["provenance"]["sources"]

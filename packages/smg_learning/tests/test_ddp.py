@@ -17,7 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medcommon.testing import assert_same_safetensors, run_torchrun
+from medai_testkit import assert_same_safetensors, run_torchrun
+from smg_learning.config import PGAConfig
 from smg_learning.pga import pga_objective, shift_domain
 from smg_learning.segmenter import SegLoss, Segmenter, SegmenterConfig
 
@@ -107,7 +108,8 @@ def test_pga_with_sizes_equals_pga_on_concatenated_domains(order: str) -> None:
 
     domains = [batch(4), batch(3), batch(1), batch(4)]
     replay = (torch.cat([domains[1][0], domains[2][0]]), torch.cat([domains[1][1], domains[2][1]]))
-    kw = dict(meta_test=[2, 3], replay=replay, inner_lr=0.05, beta_gen=0.7, estimator=order)
+    opts = PGAConfig(inner_lr=0.05, beta_gen=0.7, estimator=order, measure=False)
+    kw = dict(meta_test=[2, 3], replay=replay, options=opts)
     grads = []
     for sizes in (None, [4, 3, 1, 4]):
         model.zero_grad()

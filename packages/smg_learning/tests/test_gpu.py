@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from medcommon.testing import GPU_DEVICE, GPU_MARKS, GPU_PRECISIONS, GPU_STEPS, gpu_fit_steps
+from medai_testkit import GPU_DEVICE, GPU_MARKS, GPU_PRECISIONS, GPU_STEPS, gpu_fit_steps
 from medcommon.train import TrainConfig, seed_everything
-from smg_learning.config import preset_config
+from smg_learning.config import run_preset
 from smg_learning.data import ContinualData, SiteSlices, SliceDataset
 from smg_learning.replay import _smd_step
 from smg_learning.segmenter import Segmenter, SegmenterConfig
@@ -58,7 +58,7 @@ def _config(precision: str, batch_size: int) -> TrainConfig:
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_pga_step_with_replay(precision, tmp_path):
     """Site 2 of an ``smg`` run: PGA over current, replayed and shifted domains (virtual steps)."""
-    cfg = preset_config("tiny")
+    cfg = run_preset("tiny")
     size = cfg.image_size
     replay_images, replay_masks = _slices(cfg.replay_per_site, size, seed=1)
     site_b = _site("B", 8, size, seed=2)
@@ -80,7 +80,7 @@ def test_pga_step_with_replay(precision, tmp_path):
 def test_smd_denoising_step(precision, tmp_path):
     """The site-modulated diffusion model of an ``smg`` run and the step of its stages
     (``train_smd_stage``'s DDPM loss)."""
-    cfg = preset_config("tiny")
+    cfg = run_preset("tiny")
     sites = [_site("A", 8, cfg.image_size, seed=3), _site("B", 8, cfg.image_size, seed=4)]
     seed_everything(0)
     smd = _smg(cfg, sites).smd
@@ -97,7 +97,7 @@ def test_smd_full_config_step(precision, tmp_path):
     a (64, 128, 256, 256) U-Net with attention, ε-prediction, batch 16, "trailing" DDIM
     spacing; a few training steps (fp16: enough for the loss scaler to settle), then a
     DDIM-2 sample of each site that must be finite, in range and of the right shape."""
-    cfg = preset_config("full")
+    cfg = run_preset("full")
     size, batch = cfg.image_size, cfg.smd.batch_size
     sites = [_site("A", batch, size, seed=5), _site("B", batch, size, seed=6)]
     seed_everything(0)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from smg_learning.config import PGAConfig
 from smg_learning.pga import (
     adam_second_moment,
     pga_gradient,
@@ -51,11 +53,11 @@ def test_first_order_update_matches_hand_derivation() -> None:
         batches,
         meta_test=[2],
         replay=batches[1],
-        inner_lr=alpha,
-        beta_mem=beta_mem,
-        beta_gen=beta_gen,
-        estimator="first_order",
-    )
+        options=PGAConfig(
+            inner_lr=alpha, beta_mem=beta_mem, beta_gen=beta_gen, estimator="first_order",
+            measure=False,
+        ),
+    )  # fmt: skip
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     out["loss"].backward()
     opt.step()
@@ -107,10 +109,9 @@ def _mlp_grads(alpha: float, order: str) -> torch.Tensor:
         batches,
         meta_test=[2],
         replay=batches[1],
-        inner_lr=alpha,
-        beta_mem=1.0,
-        beta_gen=0.5,
-        estimator=order,
+        options=PGAConfig(
+            inner_lr=alpha, beta_mem=1.0, beta_gen=0.5, estimator=order, measure=False
+        ),
     )["loss"].backward()
     return torch.cat([p.grad.flatten() for p in model.parameters()])
 
@@ -169,7 +170,8 @@ def test_without_replay_or_meta_test_pga_is_the_plain_gradient() -> None:
     torch.manual_seed(0)
     model = nn.Linear(2, 1).double()
     x, y = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 1, dtype=torch.float64)
-    pga_objective(model, mse, [(x, y)], inner_lr=0.1)["loss"].backward()
+    opts = PGAConfig(inner_lr=0.1, beta_gen=1.0, measure=False)
+    pga_objective(model, mse, [(x, y)], options=opts)["loss"].backward()
     got = torch.cat([p.grad.flatten() for p in model.parameters()])
     model.zero_grad()
     mse(model(x), y).backward()
@@ -216,7 +218,9 @@ def _flat(xs) -> torch.Tensor:
     return torch.cat([x.flatten() for x in xs])
 
 
-def _alignment_part(estimator: str, alpha: float, **kw) -> torch.Tensor:
+def _alignment_part(
+    estimator: str, alpha: float, virtual_step: str = "sgd", second_moment=None
+) -> torch.Tensor:
     model, batches = _tiny_problem()
     out = pga_gradient(
         model,
@@ -224,13 +228,12 @@ def _alignment_part(estimator: str, alpha: float, **kw) -> torch.Tensor:
         batches,
         meta_test=[2],
         replay=batches[1],
-        inner_lr=alpha,
-        beta_mem=BETA_MEM,
-        beta_gen=BETA_GEN,
-        estimator=estimator,
-        measure=True,
-        **kw,
-    )
+        options=PGAConfig(
+            inner_lr=alpha, beta_mem=BETA_MEM, beta_gen=BETA_GEN, estimator=estimator,
+            virtual_step=virtual_step, measure=True,
+        ),
+        second_moment=second_moment,
+    )  # fmt: skip
     return _flat(out.alignment)
 
 
@@ -342,14 +345,15 @@ def test_gradient_at_alpha_zero_is_the_reweighted_loss(estimator: str) -> None:
     """``at_zero`` is ∇[L_cur + β_mem L_rep + β_gen (L_mtr + L_mte)], and at α = 0 the
     step's gradient equals it (no alignment part) for every estimator."""
     model, batches = _tiny_problem()
-    kw = dict(meta_test=[2], replay=batches[1], beta_mem=0.7, beta_gen=0.4, measure=True)
-    out = pga_gradient(model, mse, batches, inner_lr=0.05, estimator=estimator, **kw)
+    kw = dict(meta_test=[2], replay=batches[1])
+    opts = PGAConfig(inner_lr=0.05, beta_mem=0.7, beta_gen=0.4, estimator=estimator, measure=True)
+    out = pga_gradient(model, mse, batches, options=opts, **kw)
     ls = [mse(model(x), y) for x, y in batches]
     plain = ls[0] + 0.7 * ls[1] + 0.4 * ((ls[0] + ls[1]) / 2 + ls[2])
     want = _flat(torch.autograd.grad(plain, list(model.parameters())))
     torch.testing.assert_close(_flat(out.at_zero), want)
     assert out.logs["align_share"] > 0
-    zero = pga_gradient(model, mse, batches, inner_lr=0.0, estimator=estimator, **kw)
+    zero = pga_gradient(model, mse, batches, options=replace(opts, inner_lr=0.0), **kw)
     torch.testing.assert_close(_flat(zero.grad), want)
     assert zero.logs["align_norm"].item() == pytest.approx(0.0, abs=1e-12)
     # the logged share is ||grad - at_zero|| / ||grad||
@@ -368,12 +372,11 @@ def test_each_objective_switches_off_with_its_weight(betas) -> None:
         batches,
         meta_test=[2],
         replay=batches[1],
-        inner_lr=alpha,
-        beta_mem=betas[0],
-        beta_gen=betas[1],
-        estimator="symmetric",
-        measure=True,
-    )
+        options=PGAConfig(
+            inner_lr=alpha, beta_mem=betas[0], beta_gen=betas[1], estimator="symmetric",
+            measure=True,
+        ),
+    )  # fmt: skip
     ref = _reference(alpha, betas=betas)
     assert (_flat(out.alignment) - ref).norm() < 1e-2 * ref.norm()
     assert ("l_mem" in out.logs) == (betas[0] != 0) and ("l_gen" in out.logs) == (betas[1] != 0)
@@ -388,8 +391,8 @@ def test_reported_value_is_the_estimators_objective(estimator: str) -> None:
     model, batches = _tiny_problem()
     a, bm, bg = 0.05, 0.7, 0.4
     out = pga_objective(
-        model, mse, batches, meta_test=[2], replay=batches[1], inner_lr=a,
-        beta_mem=bm, beta_gen=bg, estimator=estimator,
+        model, mse, batches, meta_test=[2], replay=batches[1],
+        options=PGAConfig(inner_lr=a, beta_mem=bm, beta_gen=bg, estimator=estimator, measure=False),
     )  # fmt: skip
     names = [n for n, _ in model.named_parameters()]
     theta = [p.detach() for p in model.parameters()]

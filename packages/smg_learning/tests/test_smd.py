@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medai_testkit import ModelConformance
 from medcommon.errors import InputError
-from medcommon.testing import ModelConformance
 from smg_learning.segmenter import SegLoss, Segmenter, SegmenterConfig
 from smg_learning.smd import SiteModulatedDiffusion, SMDModelConfig
 

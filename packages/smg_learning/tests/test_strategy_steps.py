@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from medcommon.config import replace_nested
-from smg_learning.config import run_preset
+from smg_learning.config import PGAConfig, run_preset
 from smg_learning.data import load_continual
 from smg_learning.pga import adam_second_moment, pga_gradient, shift_domain, split_domains
 from smg_learning.segmenter import SegLoss, Segmenter, SegmenterConfig
@@ -89,21 +89,22 @@ def test_pga_step_is_pga_on_the_hand_built_domains(data, estimator, virtual_step
         domains,
         meta_test,
         (rx, ry),
-        inner_lr=0.05,
-        beta_mem=cfg.pga.beta_mem,
-        beta_gen=cfg.pga.beta_gen,
-        estimator=estimator,
-        virtual_step=virtual_step,
+        options=PGAConfig(
+            inner_lr=0.05, beta_mem=cfg.pga.beta_mem, beta_gen=cfg.pga.beta_gen,
+            estimator=estimator, virtual_step=virtual_step, measure=True,
+        ),
         second_moment=adam_second_moment(opt, params),
-        measure=True,
-    )
+    )  # fmt: skip
     torch.testing.assert_close(got, torch.cat([g.flatten() for g in want.grad]))
     assert float(out["align_share"]) == pytest.approx(float(want.logs["align_share"]), rel=1e-5)
     if virtual_step == "adam":  # and the optimiser's state mattered
         fresh = pga_gradient(
-            model, SegLoss(cfg.dice_weight), domains, meta_test, (rx, ry), inner_lr=0.05,
-            beta_mem=cfg.pga.beta_mem, beta_gen=cfg.pga.beta_gen, estimator=estimator,
-            virtual_step="adam", second_moment=None,
+            model, SegLoss(cfg.dice_weight), domains, meta_test, (rx, ry),
+            options=PGAConfig(
+                inner_lr=0.05, beta_mem=cfg.pga.beta_mem, beta_gen=cfg.pga.beta_gen,
+                estimator=estimator, virtual_step="adam", measure=False,
+            ),
+            second_moment=None,
         )  # fmt: skip
         assert not torch.allclose(got, torch.cat([g.flatten() for g in fresh.grad]))
 

@@ -1,26 +1,34 @@
 """``smg-learning benchmark``: every strategy over seeds on one multi-site dataset.
 
 Writes ``DIR/results.json`` (medcommon schema; ``claims`` checks :mod:`smg_learning.claims`,
-``extra`` holds the cost ratios), ``DIR/report.md``, the headline figure
+``provenance`` names the claims file's commit), ``DIR/report.md``, the headline figure
 (``DIR/headline.png``: the stage x site Dice matrices of ``finetune``, ``smg`` and
 ``joint`` side by side), a Dice-matrix heat map per row (``DIR/dice_<method>.png``), the
-summary bars (``DIR/summary.png``) and a grid of SMD samples beside real slices per site
-(``DIR/smd_samples.png``).
+summary bars (``DIR/summary.png``), the paired differences (``DIR/paired.png``) and a
+grid of SMD samples beside real slices per site (``DIR/smd_samples.png``).
 
-Rows are the registered strategies plus :data:`VARIANTS` (a strategy under a config
-change, e.g. ``smg-alpha0``: PGA without its alignment step). Work shared between rows
-of one seed: the synthetic data is generated and loaded once; every SMD-replay row
-(``smd-replay``, ``smg``, ``smg-alpha0``) replays from one SMD per seed, trained by the
-first of them and reused by the others (``smd_from``; its seconds are charged to each).
-The SMD is not taught the last training site (no row replays it); the cost measurements
-and ``smd_samples.png`` use this replay SMD, which knows the earlier training sites.
+Every row's config is the preset's ``run`` section <- ``--config`` <- ``--set``, then
+the row's own change: rows are the registered strategies plus :data:`VARIANTS` (a
+strategy under a config change, e.g. ``smg-alpha0``: PGA without its alignment step).
+The preset's ``benchmark`` section (:class:`BenchConfig`) gives the synthetic set's
+training order, held-out sites and default rows. Work shared between rows of one seed:
+the synthetic data is generated and loaded once; every SMD-replay row (``smd-replay``,
+``smg``, ``smg-alpha0``, ...) replays from one SMD per seed, trained by the first of them
+and reused by the others (``smd_from``; its seconds are charged to each). The SMD is not
+taught the last training site (no row replays it); ``smd_samples.png`` uses the first
+seed's replay SMD, which knows the earlier training sites.
+
+The steps (:func:`bench_config`, :func:`load_bench_data`, :func:`train_rows`,
+:func:`write_benchmark`) are public so that an experiment adds its own around them:
+``benchmarks/costs/`` measures cost ratios on the trained rows, ``benchmarks/pga-select/``
+adds a row whose PGA settings are chosen on inner validation.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
-import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +36,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from medcommon.config import replace_nested
+from medcommon.config import config_to_dict, replace_nested, resolve_config
 from medcommon.errors import InputError
+from medcommon.provenance import module_source
 from medcommon.report import (
+    Claim,
     make_results,
     plot_bars,
     plot_heatmap,
@@ -42,31 +52,37 @@ from medcommon.report import (
 from medcommon.report.plots import plot_heatmap_panels
 from smg_learning import __version__
 from smg_learning.claims import claims_for
-from smg_learning.config import RunConfig, run_preset, with_smd_preset
+from smg_learning.config import PRESETS, RunConfig, run_preset
 from smg_learning.continual import train_continual
-from smg_learning.costs import site_classifier_accuracy, time_pga, time_samplers
-from smg_learning.data import load_continual
+from smg_learning.data import ContinualData, load_continual
 from smg_learning.replay import resize_pairs
-from smg_learning.select import PGA_GRID, PGAChoice, apply_choice, select_pga
+from smg_learning.smd import SiteModulatedDiffusion
 from smg_learning.strategies import STRATEGIES
 from smg_learning.synth import generate
 
 METRICS = ["memorizability", "generalizability", "bwt", "hd95", "train_seconds"]
 
-#: training order and held-out sites of the synthetic benchmark, per preset
-BENCH_SITES = {
-    "tiny": (("RUNMC", "BMC"), ("I2CVB",)),
-    "demo": (("RUNMC", "BMC", "I2CVB"), ("UCL",)),
-    "small": (("RUNMC", "BMC", "I2CVB", "UCL"), ("BIDMC", "HK")),
-    "full": (("RUNMC", "BMC", "I2CVB", "UCL"), ("BIDMC", "HK")),
-}
-#: cost-measurement sizes per preset (sampler comparison and site classifier)
-COST_SIZES: dict[str, dict[str, int] | None] = {
-    "tiny": dict(ddim_steps=5, per_site=2, train_steps=5, clf_steps=10, clf_per_site=4),
-    "demo": None,  # the demo shows the claims only: no cost measurements
-    "small": dict(ddim_steps=50, per_site=16, train_steps=300, clf_steps=300, clf_per_site=32),
-    "full": dict(ddim_steps=50, per_site=32, train_steps=1000, clf_steps=1000, clf_per_site=64),
-}
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """The ``benchmark`` section of a preset file (defaults: ``small`` and ``full``).
+
+    ``sites``/``heldout``: the training order and held-out sites of the synthetic
+    prostate set (``fundus_*``: of the synthetic fundus set); ``methods``: the rows run
+    when ``--methods`` is not given (empty: every row).
+    """
+
+    sites: tuple[str, ...] = ("RUNMC", "BMC", "I2CVB", "UCL")
+    heldout: tuple[str, ...] = ("BIDMC", "HK")
+    methods: tuple[str, ...] = ()
+    fundus_sites: tuple[str, ...] = ("Domain1", "Domain2")
+    fundus_heldout: tuple[str, ...] = ("Domain3",)
+
+
+def bench_preset(name: str) -> BenchConfig:
+    """The ``benchmark`` section of preset ``name``."""
+    return PRESETS.section(name, "benchmark", BenchConfig)
+
 
 #: benchmark rows that are a registered strategy under a config change: name -> (strategy,
 #: ``replace_nested`` overrides). ``smg-alpha0``: the PGA objective with the virtual step
@@ -79,225 +95,256 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "smg-sym": ("smg", {"pga": {"estimator": "symmetric"}}),
     "smg-adam": ("smg", {"pga": {"virtual_step": "adam"}}),
 }
-#: rows whose ``pga`` settings are chosen by :func:`smg_learning.select.select_pga` on a
-#: validation split of the training sites' training cases (grid
-#: :data:`smg_learning.select.PGA_GRID`, α = 0 included), once per benchmark with the
-#: first seed, before any row is trained: name -> strategy
-SELECTED: dict[str, str] = {"smg-select": "smg"}
 #: the α = 0 row that the PGA variants are paired with in the report
 ALPHA0 = "smg-alpha0"
-#: the rows of the ``demo`` preset: the central claim (smg vs finetune) and SMD replay
-#: without PGA, which costs only segmenter steps (it trains the SMD that smg reuses)
-DEMO_METHODS = ("finetune", "smd-replay", "smg")
 #: the matrices of the headline figure, when present: the baseline, the method, the bound
 HEADLINE = ("finetune", "smg", "joint")
 
-
-def benchmark_methods() -> list[str]:
-    """Every row name: the registered strategies, then :data:`VARIANTS`."""
-    return [*STRATEGIES.names(), *VARIANTS, *SELECTED]
+Variants = Mapping[str, tuple[str, Mapping[str, Any]]]
 
 
-def check_methods(methods: list[str]) -> list[str]:
+def _names(text: str | None, flag: str) -> tuple[str, ...]:
+    """A comma-separated ``--methods``/``--sites`` value as names (None: none given)."""
+    if text is None:
+        return ()
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise InputError(flag, "expected a comma-separated list of names")
+    return names
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """What a benchmark was asked to do (the ``benchmark`` command's flags), passed whole.
+
+    ``methods``, ``sites`` and ``heldout`` empty: the preset's (``benchmark`` section).
+    """
+
+    out: Path
+    preset: str = "small"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    data: Path | None = None
+    task: str = "prostate"
+    methods: tuple[str, ...] = ()
+    sites: tuple[str, ...] = ()
+    heldout: tuple[str, ...] = ()
+    config_file: Path | None = None
+    overrides: tuple[str, ...] = ()
+    device: str = "cpu"
+    quiet: bool = True
+
+    @classmethod
+    def from_args(cls, args: Any) -> BenchSpec:
+        """The spec of parsed ``benchmark`` flags (``smg_learning.cli.benchmark_args``)."""
+        from medcommon.train.accelerator import resolve_device
+
+        return cls(
+            out=Path(args.out),
+            preset=args.preset,
+            seeds=tuple(args.seeds),
+            data=args.data,
+            task=args.task,
+            methods=_names(args.methods, "--methods"),
+            sites=_names(args.sites, "--sites"),
+            heldout=_names(args.heldout, "--heldout"),
+            config_file=args.config,
+            overrides=tuple(args.overrides or ()),
+            device=resolve_device(args.device),
+            quiet=args.quiet,
+        )
+
+
+def benchmark_methods(variants: Variants = VARIANTS) -> list[str]:
+    """Every row name: the registered strategies, then ``variants``."""
+    return [*STRATEGIES.names(), *variants]
+
+
+def check_methods(methods: Iterable[str], variants: Variants = VARIANTS) -> list[str]:
     """``methods`` if every name is a row name, else an :class:`InputError` on ``--methods``."""
-    known = benchmark_methods()
+    known = benchmark_methods(variants)
+    methods = list(methods)
     for m in methods:
         if m not in known:
             raise InputError("--methods", f"unknown method {m!r}; choose from {', '.join(known)}")
     return methods
 
 
-def row_setup(
-    method: str, cfg: RunConfig, selected: dict[str, Any] | None = None
-) -> tuple[str, RunConfig]:
-    """The strategy name and config of benchmark row ``method`` (``selected``: the
-    selection's ``pga`` choice, for :data:`SELECTED` rows)."""
-    if method in SELECTED:
-        if selected is None:
-            raise ValueError(f"row {method!r} needs the selection's choice")
-        return SELECTED[method], apply_choice(cfg, selected)
-    if method in VARIANTS:
-        strategy, overrides = VARIANTS[method]
+def row_setup(method: str, cfg: RunConfig, variants: Variants = VARIANTS) -> tuple[str, RunConfig]:
+    """The strategy name and config of benchmark row ``method``."""
+    if method in variants:
+        strategy, overrides = variants[method]
         return strategy, replace_nested(cfg, **overrides)
     return method, cfg
 
 
-def run_benchmark(
-    out: str | Path,
-    *,
-    preset: str = "small",
-    seeds: list[int] = (0, 1, 2),
-    data: str | Path | None = None,
-    task: str = "prostate",
-    methods: list[str] | None = None,
-    device: str = "cpu",
-    quiet: bool = True,
-    sites: tuple[str, ...] = (),
-    heldout: tuple[str, ...] = (),
-    select_grid: tuple[PGAChoice, ...] = PGA_GRID,
-    smd_preset: str | None = None,
-) -> dict[str, Any]:
-    """Run the comparison and write the results, report and plots to ``out``.
-
-    ``smd_preset``: a name in :data:`smg_learning.config.SMD_PRESETS` whose fields
-    replace those of the preset's ``smd`` section (``--smd-preset``).
-
-    ``select_grid``: the grid of the :data:`SELECTED` rows' selection (tests shrink it).
-
-    ``methods`` defaults to :data:`DEMO_METHODS` for the ``demo`` preset, else every row.
-    """
-    out = Path(out)
-    cfg = with_smd_preset(run_preset(preset), smd_preset)
-    methods = check_methods(
-        list(methods or (DEMO_METHODS if preset == "demo" else benchmark_methods()))
+def bench_config(spec: BenchSpec, variants: Variants = VARIANTS) -> tuple[RunConfig, list[str]]:
+    """The rows' base config (preset <- ``--config`` <- ``--set``) and the rows to run;
+    checks that ``spec.out`` holds no results yet."""
+    cfg = resolve_config(
+        RunConfig, base=run_preset(spec.preset), file=spec.config_file, overrides=spec.overrides
     )
-    if out.exists() and (out / "results.json").exists():
-        raise InputError(out, "already holds a results.json; choose another --out")
-    default_sites, default_held = BENCH_SITES[preset]
-    if data is None and task == "fundus":
-        default_sites, default_held = ("Domain1", "Domain2"), ("Domain3",)
-    with tempfile.TemporaryDirectory(prefix="smg-bench-") as tmp:
-        tmp = Path(tmp)
-        if data is None:
-            data = generate(tmp / "data", task=task, preset=preset, seed=0)
-            sites, heldout = sites or default_sites, heldout or default_held
-        loaded = load_continual(data, cfg, sites, heldout)
-        # protocol: the selection sees only the training sites' training cases, and runs
-        # before any benchmark row (see smg_learning.select)
-        selection = None
-        if any(m in SELECTED for m in methods):
-            strategies = {SELECTED[m] for m in methods if m in SELECTED}
-            if len(strategies) > 1:
-                raise ValueError("one selection per benchmark: the SELECTED rows share it")
-            selection = select_pga(
-                loaded,
-                cfg,
-                method=strategies.pop(),
-                grid=select_grid,
-                seed=seeds[0],
-                device=device,
-            )
-        rows, runs = [], {}
-        bar = tqdm(total=len(seeds) * len(methods), desc="benchmark", disable=quiet)
-        for seed in seeds:
-            smd_source = None  # (run folder, SMD config, seconds) of this seed's trained SMD
-            for method in methods:
-                strategy, row_cfg = row_setup(
-                    method, cfg, None if selection is None else selection["choice"]
-                )
-                uses_smd = STRATEGIES.get(strategy).replay == "smd"
-                smd_from = None
-                if uses_smd and smd_source is not None and smd_source[1] == row_cfg.smd:
-                    smd_from = smd_source[0]  # same data, seed, sites and SMD config
-                run_dir = tmp / f"run-{seed}-{method}"
-                run_dir.mkdir()
-                m = train_continual(
-                    loaded,
-                    row_cfg,
-                    strategy,
-                    run_dir,
-                    seed=seed,
-                    device=device,
-                    quiet=True,
-                    smd_from=smd_from,
-                    train_last_smd=False,  # the segmenter never replays the last site
-                )
-                m["method"] = method
-                if smd_from is not None:  # charge the row for the SMD it reused
-                    m["train_seconds"] += smd_source[2]
-                    m["smd_seconds"] = smd_source[2]
-                elif uses_smd and smd_source is None:
-                    smd_source = (run_dir, row_cfg.smd, m["smd_seconds"])
-                runs[(seed, method)] = {"dir": run_dir, "metrics": m}
-                rows.append(
-                    {
-                        "method": method,
-                        "seed": seed,
-                        "metrics": {k: m[k] for k in METRICS if k != "train_seconds"},
-                        "train_seconds": m["train_seconds"],
-                        "smd_seconds": m["smd_seconds"],
-                        "dice_matrix": m["dice_matrix"],
-                        # PGA rows: the alignment part's share of the update (mean per stage)
-                        "align_share": m.get("align_share"),
-                        "align_share_per_stage": m.get("align_share_per_stage"),
-                    }
-                )
-                bar.update(1)
-        bar.close()
-        for r in rows:
-            r["metrics"]["train_seconds"] = r["train_seconds"]
-        extra: dict[str, Any] = {
-            "sites": loaded.sites,
-            "heldout": loaded.heldout,
-            "task": loaded.task,
-            "config": dataclasses.asdict(cfg),
-            "smd_preset": smd_preset,
-        }
-        if selection is not None:
-            extra["pga_selection"] = selection
-        # cost ratios, measured once in this run (first seed)
-        t0 = time.perf_counter()
-        sizes = COST_SIZES[preset]
-        if sizes is not None:
-            extra.update(
-                time_pga(loaded, cfg, seed=seeds[0], repeats=5 if preset == "tiny" else 10)
-            )
-        smd = None
+    rows = spec.methods or bench_preset(spec.preset).methods or benchmark_methods(variants)
+    methods = check_methods(rows, variants)
+    if (spec.out / "results.json").exists():
+        raise InputError(spec.out, "already holds a results.json; choose another --out")
+    return cfg, methods
+
+
+def load_bench_data(spec: BenchSpec, cfg: RunConfig, workdir: Path) -> ContinualData:
+    """The benchmark's data: ``spec.data``, or the preset's synthetic set written to
+    ``workdir/data`` (seed 0) with the preset's training order and held-out sites."""
+    data, sites, heldout = spec.data, spec.sites, spec.heldout
+    if data is None:
+        bench = bench_preset(spec.preset)
+        fundus = spec.task == "fundus"
+        data = generate(workdir / "data", task=spec.task, preset=spec.preset, seed=0)
+        sites = sites or (bench.fundus_sites if fundus else bench.sites)
+        heldout = heldout or (bench.fundus_heldout if fundus else bench.heldout)
+    return load_continual(data, cfg, sites, heldout)
+
+
+@dataclass
+class BenchRuns:
+    """What :func:`train_rows` trained: one result row per (seed, method), and each run's
+    metrics (with the in-memory ``_model`` and ``_smd``) by (seed, method)."""
+
+    data: ContinualData
+    cfg: RunConfig
+    methods: list[str]
+    seeds: list[int]
+    rows: list[dict[str, Any]]
+    runs: dict[tuple[int, str], dict[str, Any]]
+
+    def smd(self) -> SiteModulatedDiffusion | None:
+        """The first seed's replay SMD (trained by its first SMD row), or None."""
+        for method in self.methods:
+            smd = self.runs[(self.seeds[0], method)]["_smd"]
+            if smd is not None:
+                return smd
+        return None
+
+
+def train_rows(
+    spec: BenchSpec,
+    data: ContinualData,
+    cfg: RunConfig,
+    methods: Sequence[str],
+    workdir: Path,
+    variants: Variants = VARIANTS,
+) -> BenchRuns:
+    """Train every row (``methods`` x ``spec.seeds``) in run folders under ``workdir``."""
+    rows, runs = [], {}
+    seeds = list(spec.seeds)
+    bar = tqdm(total=len(seeds) * len(methods), desc="benchmark", disable=spec.quiet)
+    for seed in seeds:
+        smd_source = None  # (run folder, SMD config, seconds) of this seed's trained SMD
         for method in methods:
-            if runs[(seeds[0], method)]["metrics"]["_smd"] is not None:
-                smd = runs[(seeds[0], method)]["metrics"]["_smd"]
-                break
-        if smd is not None and sizes is not None:
-            judge = None
-            if (seeds[0], "joint") in runs:
-                judge = runs[(seeds[0], "joint")]["metrics"]["_model"]
-            extra.update(
-                time_samplers(
-                    smd,
-                    loaded,
-                    cfg,
-                    judge=judge,
-                    ddim_steps=sizes["ddim_steps"],
-                    per_site=sizes["per_site"],
-                    train_steps=sizes["train_steps"],
-                    seed=seeds[0],
-                )
+            strategy, row_cfg = row_setup(method, cfg, variants)
+            uses_smd = STRATEGIES.get(strategy).replay == "smd"
+            smd_from = None
+            if uses_smd and smd_source is not None and smd_source[1] == row_cfg.smd:
+                smd_from = smd_source[0]  # same data, seed, sites and SMD config
+            run_dir = workdir / f"run-{seed}-{method}"
+            run_dir.mkdir()
+            m = train_continual(
+                data,
+                row_cfg,
+                strategy,
+                run_dir,
+                seed=seed,
+                device=spec.device,
+                quiet=True,
+                smd_from=smd_from,
+                train_last_smd=False,  # the segmenter never replays the last site
             )
-            extra.update(
-                site_classifier_accuracy(
-                    smd,
-                    loaded,
-                    cfg,
-                    per_site=sizes["clf_per_site"],
-                    steps=sizes["clf_steps"],
-                    seed=seeds[0],
-                )
+            m["method"] = method
+            if smd_from is not None:  # charge the row for the SMD it reused
+                m["train_seconds"] += smd_source[2]
+                m["smd_seconds"] = smd_source[2]
+            elif uses_smd and smd_source is None:
+                smd_source = (run_dir, row_cfg.smd, m["smd_seconds"])
+            runs[(seed, method)] = m
+            rows.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "metrics": {k: m[k] for k in METRICS},
+                    "train_seconds": m["train_seconds"],
+                    "smd_seconds": m["smd_seconds"],
+                    "dice_matrix": m["dice_matrix"],
+                    # PGA rows: the alignment part's share of the update (mean per stage)
+                    "align_share": m.get("align_share"),
+                    "align_share_per_stage": m.get("align_share_per_stage"),
+                }
             )
-        extra["cost_seconds"] = time.perf_counter() - t0
-        out.mkdir(parents=True, exist_ok=True)
-        figures = ["headline.png", "summary.png"] + [f"dice_{m}.png" for m in methods]
-        figures += ["smd_samples.png"] if smd is not None else []
-        figures += ["paired.png"] if paired_pairs(methods) else []
-        results = make_results(
-            "smg-learning",
-            __version__,
-            preset,
-            seeds,
-            rows,
-            extra=extra,
-            claims=claims_for(methods),
-            figures=figures,
-        )
-        write_results(out, results)
-        _plots(out, results, runs, loaded, smd, methods, seeds)
-        write_report(
-            out,
-            results,
-            "SMG-Learning benchmark",
-            sections=_sections(results, methods),
-            metrics=METRICS,
-        )
+            bar.update(1)
+    bar.close()
+    return BenchRuns(data, cfg, list(methods), seeds, rows, runs)
+
+
+def write_benchmark(
+    spec: BenchSpec,
+    bench: BenchRuns,
+    *,
+    extra: Mapping[str, Any] | None = None,
+    claims: Iterable[Claim] | None = None,
+    sections: Sequence[tuple[str, str]] = (),
+    sources: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Write ``results.json``, ``report.md`` and the plots to ``spec.out``; returns the results.
+
+    ``extra``: facts added to ``results["extra"]``; ``claims``: default
+    :func:`smg_learning.claims.claims_for` the rows; ``sections``: report sections
+    placed after the PGA sections; ``sources``: claims or protocol files besides
+    :mod:`smg_learning.claims` (and ``--config``) for the provenance block.
+    """
+    data, methods, seeds, smd = bench.data, bench.methods, bench.seeds, bench.smd()
+    out = spec.out
+    out.mkdir(parents=True, exist_ok=True)
+    figures = ["headline.png", "summary.png"] + [f"dice_{m}.png" for m in methods]
+    figures += ["smd_samples.png"] if smd is not None else []
+    figures += ["paired.png"] if paired_pairs(methods) else []
+    files = [module_source("smg_learning.claims"), *sources]
+    if spec.config_file is not None:
+        files.append(str(spec.config_file))
+    results = make_results(
+        "smg-learning",
+        __version__,
+        spec.preset,
+        seeds,
+        bench.rows,
+        extra={
+            "sites": data.sites,
+            "heldout": data.heldout,
+            "task": data.task,
+            "config": config_to_dict(bench.cfg),
+            "config_file": None if spec.config_file is None else str(spec.config_file),
+            "overrides": list(spec.overrides),
+            **(extra or {}),
+        },
+        claims=claims_for(methods) if claims is None else claims,
+        figures=figures,
+        sources=files,
+    )
+    write_results(out, results)
+    _plots(out, results, data, smd, methods, seeds)
+    write_report(
+        out,
+        results,
+        "SMG-Learning benchmark",
+        sections=_sections(results, methods, sections),
+        metrics=METRICS,
+    )
     return results
+
+
+def run_benchmark(spec: BenchSpec) -> dict[str, Any]:
+    """Run the comparison and write the results, report and plots to ``spec.out``."""
+    cfg, methods = bench_config(spec)
+    with tempfile.TemporaryDirectory(prefix="smg-bench-") as tmp:
+        data = load_bench_data(spec, cfg, Path(tmp))
+        bench = train_rows(spec, data, cfg, methods, Path(tmp))
+        return write_benchmark(spec, bench)
 
 
 def _mean_matrix(results: dict[str, Any], method: str) -> np.ndarray:
@@ -305,7 +352,7 @@ def _mean_matrix(results: dict[str, Any], method: str) -> np.ndarray:
     return np.mean(mats, axis=0)
 
 
-def _plots(out, results, runs, data, smd, methods, seeds) -> None:
+def _plots(out, results, data, smd, methods, seeds) -> None:
     stages = [f"after {s}" for s in data.sites]
     shown = [m for m in HEADLINE if m in methods] or methods[:3]
     heldout = f"; held out: {', '.join(data.heldout)}" if data.heldout else ""
@@ -436,7 +483,7 @@ def _replay_section(results: dict[str, Any], methods: list[str]) -> list[tuple[s
 
 
 def _pga_sections(results: dict[str, Any], methods: list[str]) -> list[tuple[str, str]]:
-    """Alignment shares per PGA row, paired differences vs α = 0, and the selection."""
+    """Alignment shares per PGA row, and paired differences vs α = 0."""
     out = []
     shares = {}
     for r in results["rows"]:
@@ -457,25 +504,6 @@ def _pga_sections(results: dict[str, Any], methods: list[str]) -> list[tuple[str
     if alpha0_pairs:
         table = _paired_table(results, alpha0_pairs)
         out.append(("Paired differences vs alpha = 0 (same seed)", table))
-    sel = results.get("extra", {}).get("pga_selection")
-    if sel:
-        lines = ["| inner_lr | estimator | virtual step | validation memorizability |"]
-        lines.append("|---|---|---|---|")
-        for sc in sel["scores"]:
-            lines.append(
-                f"| {sc['inner_lr']:g} | {sc['estimator']} | {sc['virtual_step']} "
-                f"| {sc['val_memorizability']:.4f} |"
-            )
-        c = sel["choice"]
-        out.append(
-            (
-                "PGA selection (inner validation, training sites' training cases only)",
-                f"Chosen for `smg-select`: inner_lr={c['inner_lr']:g}, {c['estimator']}, "
-                f"{c['virtual_step']} (method {sel['method']}, seed {sel['seed']}, "
-                f"{sel['val_fraction']:g} of each training site's training cases held out)."
-                "\n\n" + "\n".join(lines),
-            )
-        )
     return out
 
 
@@ -483,37 +511,10 @@ def smd_steps(results: dict[str, Any]) -> int:
     return int(results["extra"]["config"]["smd"]["ddim_steps"])
 
 
-def _sections(results: dict[str, Any], methods: list[str]) -> list[tuple[str, str]]:
+def _sections(
+    results: dict[str, Any], methods: list[str], extra: Sequence[tuple[str, str]] = ()
+) -> list[tuple[str, str]]:
     ex = results["extra"]
-    lines = ["| measured in the same run | value |", "|---|---|"]
-
-    def add(label: str, key: str, fmt: str = "{:.3f}") -> None:
-        if key in ex:
-            lines.append(f"| {label} | {fmt.format(ex[key])} |")
-
-    add("PGA step / plain step (same samples, goal <= 2)", "pga_over_plain", "{:.2f}")
-    add("first-order / exact PGA step time (goal <= 0.5)", "first_over_exact", "{:.2f}")
-    add(
-        f"DDIM-{ex.get('ddim_steps')} / DDPM-{ex.get('ddpm_steps')} sampling time (goal <= 0.05)",
-        "ddim_over_ddpm_time",
-        "{:.4f}",
-    )
-    add("downstream Dice, DDIM minus DDPM samples", "ddim_minus_ddpm_dice", "{:+.3f}")
-    add(
-        "downstream Dice of DDIM samples (generated mask vs joint model on the image)",
-        "ddim_downstream_dice",
-    )
-    add("downstream Dice of DDPM samples (same)", "ddpm_downstream_dice")
-    add(
-        "reference: the same judge on real test slices of the same sites",
-        "real_downstream_dice",
-    )
-    add("site classifier accuracy on SMD samples", "site_acc_smd")
-    add("site classifier accuracy on real test slices", "site_acc_real_test")
-    add("chance", "site_chance")
-    add("plain step seconds", "plain_step_s", "{:.4f}")
-    add("first-order PGA step seconds", "pga_step_s", "{:.4f}")
-    add("exact PGA step seconds", "pga_exact_step_s", "{:.4f}")
     mats = []
     for m in methods:
         mat = _mean_matrix(results, m)
@@ -531,12 +532,11 @@ def _sections(results: dict[str, Any], methods: list[str]) -> list[tuple[str, st
         "sites not yet trained (and held-out). BWT: mean of D[T, i] - D[i, i]. HD95 in pixels "
         "(training sites, last stage). train_seconds includes SMD training and replay sampling."
     )
-    costs = [("Costs and SMD quality", "\n".join(lines))] if len(lines) > 2 else []
     return [
         ("Setup", setup),
         *_replay_section(results, methods),
         *_pga_sections(results, methods),
-        *costs,
+        *extra,
         ("Dice matrices (mean over seeds)", "\n".join(mats)),
         (
             "Plots",

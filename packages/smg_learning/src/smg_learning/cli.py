@@ -13,11 +13,11 @@ from pathlib import Path
 from medcommon.cli import (
     App,
     add_benchmark_args,
+    add_config_args,
     add_evaluate_args,
     add_synth_args,
     add_train_args,
 )
-from medcommon.errors import InputError
 from smg_learning import __version__
 from smg_learning.strategies import STRATEGIES
 
@@ -29,16 +29,6 @@ app = App(
     "and its baselines.",
     __version__,
 )
-
-
-def _names(text: str | None, flag: str) -> tuple[str, ...]:
-    """A comma-separated ``--sites``/``--methods`` value as names (None: none given)."""
-    if text is None:
-        return ()
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    if not names:
-        raise InputError(flag, "expected a comma-separated list of names")
-    return names
 
 
 def _print_matrix(metrics: dict) -> None:
@@ -83,10 +73,12 @@ def cmd_synth(args) -> int:
 
 
 # ---------------------------------------------------------------------------- train
+#: flags that merely set a config field (comma lists): overrides before the ``--set`` ones
+TRAIN_SHORTHANDS = {"sites": "sites", "heldout": "heldout"}
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
     add_train_args(p, STRATEGIES, "smg")
-    # no silent defaults for these two, so --resume can take them from the run folder
-    p.set_defaults(method=None, seed=None)
     p.add_argument(
         "--sites", default=None, help="training order, e.g. RUNMC,BMC,I2CVB (default: all)"
     )
@@ -94,47 +86,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--smd-from", type=Path, default=None, help="reuse the SMD stages of another run"
     )
-    p.add_argument(
-        "--select-pga",
-        action="store_true",
-        help="choose pga.inner_lr/estimator/virtual_step on a validation split of the "
-        "training sites first (writes pga_selection.json)",
-    )
-    _smd_preset_arg(p)
-
-
-def _smd_preset_arg(p: argparse.ArgumentParser) -> None:
-    from smg_learning.config import SMD_PRESETS
-
-    p.add_argument(
-        "--smd-preset",
-        default=None,
-        help=f"replace the preset's SMD section: {', '.join(SMD_PRESETS)} (default: the preset's)",
-    )
 
 
 @app.command("train", "train one strategy over the sites in sequence", args=_train_args)
 def cmd_train(args) -> int:
     from smg_learning.train import train_run
 
-    metrics = train_run(
-        args.out,
-        args.data,
-        method=args.method,
-        seed=args.seed,
-        preset=args.preset,
-        config_file=args.config,
-        overrides=args.overrides,
-        sites=_names(args.sites, "--sites"),
-        heldout=_names(args.heldout, "--heldout"),
-        resume=args.resume,
-        checkpoint_every=args.checkpoint_every,
-        smd_from=args.smd_from,
-        device=_device(args.device),
-        quiet=args.quiet,
-        select_pga=args.select_pga,
-        smd_preset=args.smd_preset,
-    )
+    metrics = train_run(app.spec(args, shorthands=TRAIN_SHORTHANDS))
     if not args.quiet:
         _print_matrix(metrics)
     print(f"wrote {args.out}")
@@ -222,38 +180,26 @@ def cmd_predict(args) -> int:
 
 
 # ------------------------------------------------------------------------ benchmark
-def _benchmark_args(p: argparse.ArgumentParser) -> None:
+def benchmark_args(p: argparse.ArgumentParser) -> None:
+    """The ``benchmark`` flags (also parsed by the experiments in ``benchmarks/``)."""
     add_benchmark_args(p)
+    add_config_args(p)  # applied to every row's run config, before the row's own change
     p.add_argument("--task", default="prostate", choices=TASKS, help="synthetic task")
     p.add_argument(
         "--methods",
         default=None,
-        help=f"comma-separated subset of: {','.join(STRATEGIES.names())},smg-alpha0 "
-        "(default: all; demo preset: finetune,smd-replay,smg)",
+        help=f"comma-separated subset of: {','.join(STRATEGIES.names())},smg-alpha0,"
+        "smg-sym,smg-adam (default: the preset's rows; all but for demo)",
     )
     p.add_argument("--sites", default=None, help="training order (default: preset's)")
     p.add_argument("--heldout", default=None, help="held-out sites (default: preset's)")
-    _smd_preset_arg(p)
 
 
-@app.command("benchmark", "all strategies over seeds, plus cost ratios", args=_benchmark_args)
+@app.command("benchmark", "all strategies over seeds, with the claims checked", args=benchmark_args)
 def cmd_benchmark(args) -> int:
-    from smg_learning.benchmark import check_methods, run_benchmark
+    from smg_learning.benchmark import BenchSpec, run_benchmark
 
-    methods = check_methods(list(_names(args.methods, "--methods")))  # strategies and variants
-    run_benchmark(
-        args.out,
-        preset=args.preset,
-        seeds=args.seeds,
-        data=args.data,
-        task=args.task,
-        methods=methods or None,  # the preset's rows
-        device=_device(args.device),
-        quiet=args.quiet,
-        sites=_names(args.sites, "--sites"),
-        heldout=_names(args.heldout, "--heldout"),
-        smd_preset=args.smd_preset,
-    )
+    run_benchmark(BenchSpec.from_args(args))
     print(f"wrote {args.out / 'results.json'}, {args.out / 'report.md'} and plots")
     return 0
 

@@ -2,9 +2,12 @@
 
 ``RunConfig`` is everything ``smg-learning train`` uses; nested ``pga`` and ``smd``
 sections hold the Parallel Gradient Alignment and Site-Modulated Diffusion
-settings. Presets: ``tiny`` (unit tests, seconds), ``demo`` (the central claim in ~2
-minutes), ``small`` (the CPU benchmark, minutes), ``full`` (the paper-scale setting for
-a GPU and the public data).
+settings. Presets are data files, ``packages/smg_learning/configs/<preset>.yaml``
+(:mod:`medcommon.presets`): ``tiny`` (unit tests, seconds), ``demo`` (the central claim
+in ~2 minutes), ``small`` (the CPU benchmark, minutes), ``full`` (the paper-scale
+setting for a GPU and the public data: the defaults below). Each holds a ``run``
+section (a :class:`RunConfig`), a ``synth`` section (:class:`smg_learning.synth.SynthSpec`)
+and a ``benchmark`` section (:class:`smg_learning.benchmark.BenchConfig`).
 Override any field with ``--config F.yaml`` or ``--set key=value`` (dotted for
 nested fields, e.g. ``--set pga.inner_lr=0.02``).
 """
@@ -14,10 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from medcommon.config import PRESETS as PRESETS  # re-exported: the package's presets
-from medcommon.config import check_preset as check_preset
-from medcommon.config import replace_nested
 from medcommon.errors import InputError
+from medcommon.presets import Presets
+
+#: the package's preset files (``configs/*.yaml``)
+PRESETS = Presets("smg_learning")
 
 #: The public six-site prostate MRI set, in the order used by the group's framework.
 PROSTATE_SITES = ("RUNMC", "BMC", "I2CVB", "UCL", "BIDMC", "HK")
@@ -37,7 +41,9 @@ class PGAConfig:
     order), ``symmetric`` (both roles, the full alignment gradient to first order) or
     ``exact`` (second-order autograd); see :mod:`smg_learning.pga`. ``measure``: log
     the alignment part's share of each update (two extra backward passes a step for
-    ``first_order``/``exact``).
+    ``first_order``/``exact``). The object itself is the ``options`` of
+    :func:`smg_learning.pga.pga_objective`; ``shifted_copies``, ``meta_test_domains``
+    and ``shift_strength`` say how the strategy builds the domains it passes.
     """
 
     inner_lr: float = 0.01
@@ -166,133 +172,6 @@ class RunConfig:
                 raise InputError(f"--set {name}", f"must be {need}")
 
 
-#: Named SMD settings (the ``smd`` section), applied on top of a run preset with
-#: ``--smd-preset NAME`` (``train`` and ``benchmark``) or :func:`with_smd_preset`.
-#:
-#: - ``x0-16px``: the ``small`` preset's SMD (and ``demo``'s, with fewer steps): 16 px,
-#:   x0-prediction, DDIM with diffusers' "leading" spacing, 64 replay pairs a site. A
-#:   smoke-test scale: cheap, blurry, upsampled to the segmenter's 32 px.
-#: - ``v-32px`` (issue #12): replay at the segmenter's own 32 px. v-prediction with the
-#:   cosine schedule (the target stays informative at both ends of the chain, where ε
-#:   is degenerate near t = T and x0 near t = 0), DDIM-20 with "trailing" spacing (the
-#:   first step is t = 999, pure noise, as in training), a (16, 32, 64) U-Net trained
-#:   1500 steps a site, and 128 replay pairs a site. Fixed before any benchmark run
-#:   with it; see ``benchmarks/smd-v32/``.
-SMD_PRESETS: dict[str, dict] = {
-    "x0-16px": dict(
-        image_size=16,
-        prediction_type="sample",
-        timestep_spacing="leading",
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        norm_num_groups=8,
-        attention=False,
-        train_steps=400,
-        batch_size=16,
-        lr=2e-3,
-        ddim_steps=20,
-        replay_per_site=64,
-        beta_schedule="squaredcos_cap_v2",
-    ),
-    "v-32px": dict(
-        image_size=32,
-        prediction_type="v_prediction",
-        timestep_spacing="trailing",
-        block_out_channels=(16, 32, 64),
-        layers_per_block=1,
-        norm_num_groups=8,
-        attention=False,
-        train_steps=1500,
-        batch_size=16,
-        lr=1e-3,
-        ddim_steps=20,
-        replay_per_site=128,
-        beta_schedule="squaredcos_cap_v2",
-    ),
-}
-#: ``v-32px-pool64``: ``v-32px`` with ``x0-16px``'s pool of 64 pairs a site, added after
-#: the ``v-32px`` run to separate the pool size from the other changes (protocol in
-#: ``benchmarks/smd-v32-pool64/PROTOCOL.md``, committed before its run).
-SMD_PRESETS["v-32px-pool64"] = {**SMD_PRESETS["v-32px"], "replay_per_site": 64}
-
-
-def run_preset(preset: str) -> RunConfig:
-    """The config of a named preset (``tiny``, ``demo``, ``small`` or ``full``)."""
-    full = RunConfig()
-    if check_preset(preset) == "full":
-        return full
-    if preset == "demo":
-        # the small models with fewer steps: three training sites (benchmark.BENCH_SITES),
-        # 100 segmenter steps and 150 SMD steps a site, 32 replay pairs a site from DDIM-10,
-        # so ``benchmark --preset demo`` (finetune, smd-replay, smg x 3 seeds) takes ~2 min
-        return replace_nested(
-            run_preset("small"),
-            steps_per_site=100,
-            replay_per_site=32,
-            log_every=50,
-            smd=dict(train_steps=150, ddim_steps=10, replay_per_site=32),
-        )
-    if preset == "small":
-        # CPU scale-down: 32 px slices, a 3-level U-Net, 150 steps a site; the SMD is
-        # SMD_PRESETS["x0-16px"]: a (16, 32) diffusion U-Net at 16 px predicting x0, 400
-        # steps a site, DDIM-20 ("leading" spacing) replay upsampled to 32 px.
-        return replace_nested(
-            full,
-            image_size=32,
-            channels=(8, 16, 32),
-            num_res_units=1,
-            lr=2e-3,
-            steps_per_site=150,
-            batch_size=16,
-            replay_batch=16,
-            replay_per_site=64,
-            ewc_batches=4,
-            log_every=25,
-            smd=SMD_PRESETS["x0-16px"],
-        )
-    # tiny: seconds, for tests
-    return replace_nested(
-        full,
-        image_size=16,
-        channels=(4, 8),
-        num_res_units=0,
-        lr=2e-3,
-        steps_per_site=6,
-        batch_size=4,
-        replay_batch=4,
-        replay_per_site=4,
-        ewc_batches=1,
-        log_every=2,
-        smd=dict(
-            prediction_type="sample",
-            block_out_channels=(8, 16),
-            layers_per_block=1,
-            norm_num_groups=4,
-            attention=False,
-            train_steps=4,
-            batch_size=4,
-            lr=2e-3,
-            ddim_steps=3,
-            replay_per_site=4,
-            num_train_timesteps=100,
-            beta_schedule="squaredcos_cap_v2",
-            timestep_spacing="leading",
-        ),
-    )
-
-
-def with_smd_preset(cfg: RunConfig, name: str | None) -> RunConfig:
-    """``cfg`` with the ``smd`` fields that :data:`SMD_PRESETS` ``[name]`` names set to its
-    values (None: ``cfg`` as is); fields it does not name (``num_prompts``,
-    ``num_train_timesteps``, ``mask_threshold``) keep ``cfg``'s values."""
-    if name is None:
-        return cfg
-    if name not in SMD_PRESETS:
-        raise InputError(
-            "--smd-preset", f"unknown SMD preset {name!r}; choose from {', '.join(SMD_PRESETS)}"
-        )
-    return replace_nested(cfg, smd=SMD_PRESETS[name])
-
-
-SMGConfig = RunConfig  # old name, kept for one release
-preset_config = run_preset  # old name, kept for one release
+def run_preset(name: str) -> RunConfig:
+    """The ``run`` section of preset ``name`` (``configs/<name>.yaml``: tiny, demo, small, full)."""
+    return PRESETS.section(name, "run", RunConfig)

@@ -7,7 +7,7 @@ to ``RUN/stages/<name>/``) and every Dice-matrix column is evaluated; then the
 strategy updates its state (``end_stage``: EWC Fisher, LwF teacher, the SMD's stage
 ``smd-site-<name>`` saved to ``RUN/smd_stages/<name>/``).
 
-Run folder (header files: :mod:`smg_learning.run_io`): ``log.jsonl``,
+Run folder (header files: :mod:`smg_learning.train`): ``log.jsonl``,
 ``checkpoint/<stage>/``, ``stages/``, ``model/`` (last segmenter), ``smd/`` (last SMD,
 for ``smg-learning sample``), ``metrics.json`` (:func:`medcommon.run.write_metrics`).
 
@@ -50,7 +50,6 @@ def train_continual(
     device: str = "cpu",
     quiet: bool = True,
     resume: bool = False,
-    checkpoint_every: int | None = None,
     smd_from: str | Path | None = None,
     train_last_smd: bool = True,
 ) -> dict[str, Any]:
@@ -62,7 +61,7 @@ def train_continual(
     Args:
         data: loaded slices (:func:`smg_learning.data.load_continual`).
         out: the run folder (header files are written by
-            :func:`smg_learning.run_io.write_run_header`); None trains in memory.
+            :func:`smg_learning.train.train_run`); None trains in memory.
         smd_from: a finished run on the same data and sites whose per-stage SMD
             models (``smd_stages/``) are reused instead of training new ones.
         train_last_smd: also teach the SMD the last site (needed by ``sample`` for
@@ -80,7 +79,7 @@ def train_continual(
             out_channels=len(data.structures) + 1,  # background + nested structures
         )
     )
-    every = cfg.checkpoint_every if checkpoint_every is None else checkpoint_every
+    every = cfg.checkpoint_every
     run = RunContext(
         data=data,
         cfg=cfg,

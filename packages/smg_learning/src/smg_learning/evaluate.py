@@ -25,7 +25,7 @@ from medcommon.fs import write_json_atomic
 from medcommon.metrics import continual_summary, dice, hd95
 from medcommon.models import from_pretrained
 from smg_learning.data import ContinualData, SiteSlices, load_continual
-from smg_learning.run_io import open_run
+from smg_learning.run_io import read_run
 from smg_learning.segmenter import Segmenter
 
 
@@ -129,7 +129,7 @@ def evaluate_run(
 
     Writes ``RUN/eval-<split>.json`` and returns its content.
     """
-    saved = open_run(run)
+    saved = read_run(run)
     run, sites = saved.path, saved.sites
     if split not in ("train", "test"):
         raise InputError("--split", f"unknown split {split!r}; choose train or test")

@@ -19,7 +19,7 @@ aligns the two gradients without forming their inner product (MLDG, Li et al. 20
 The *alignment part* of a step is its gradient minus the gradient at ``α = 0`` (the
 plain re-weighted loss ``L_cur + β_mem L_rep + β_gen [L_mtr + L_mte]``). For one pair
 (A, B), with ``H`` the Hessians, the gradient of the explicit alignment term
-``-α <g_A, g_B>`` is ``-α (H_B g_A + H_A g_B)``. Estimators (``estimator=``):
+``-α <g_A, g_B>`` is ``-α (H_B g_A + H_A g_B)``. Estimators (``options.estimator``):
 
 - ``"exact"`` differentiates through the virtual step (``create_graph=True``):
   ``(I - α H_A) g_B(θ')``, whose alignment part is ``-α (H_B g_A + H_A g_B) + O(α²)``;
@@ -31,7 +31,7 @@ plain re-weighted loss ``L_cur + β_mem L_rep + β_gen [L_mtr + L_mte]``). For o
   roles. Its alignment part is ``-α (H_B g_A + H_A g_B) + O(α²)``, the full
   alignment gradient, with first derivatives only (two more passes per pair).
 
-Virtual steps (``virtual_step=``, :func:`virtual_displacement`): ``"sgd"``: ``α g``;
+Virtual steps (``options.virtual_step``, :func:`virtual_displacement`): ``"sgd"``: ``α g``;
 ``"adam"``: ``α g / (sqrt(v̂) + ε)`` with ``v̂`` the outer Adam's bias-corrected second
 moment (the virtual step in the optimiser's geometry; DomainBed's MLDG steps a fresh
 Adam clone, whose first step is ``α g / (|g| + ε)``, used here while Adam has no state);
@@ -50,9 +50,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from smg_learning.config import PGAConfig
+
 Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs, targets)
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Estimator = Literal["first_order", "symmetric", "exact"]
 VirtualStep = Literal["sgd", "adam", "normalized"]
 ESTIMATORS: tuple[str, ...] = ("first_order", "symmetric", "exact")
 VIRTUAL_STEPS: tuple[str, ...] = ("sgd", "adam", "normalized")
@@ -210,23 +211,21 @@ def pga_gradient(
     meta_test: Sequence[int] = (),
     replay: Batch | None = None,
     *,
-    inner_lr: float,
-    beta_mem: float = 1.0,
-    beta_gen: float = 1.0,
-    estimator: Estimator = "first_order",
-    virtual_step: VirtualStep = "sgd",
+    options: PGAConfig,
     second_moment: Sequence[torch.Tensor | None] | None = None,
     sizes: Sequence[int] | None = None,
     reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None,
-    measure: bool = False,
 ) -> PGAGradient:
     """The PGA gradient of one step (see :func:`pga_objective` for the arguments).
 
-    ``measure``: also compute the gradient at ``α = 0`` (two more backward passes for
-    ``first_order`` and ``exact``, none for ``symmetric``, which needs them anyway) and
-    log ``align_norm = ||grad - at_zero||``, ``update_norm = ||grad||`` and their ratio
-    ``align_share``. Under DDP these are this process's (before the final averaging).
+    ``options.measure``: also compute the gradient at ``α = 0`` (two more backward
+    passes for ``first_order`` and ``exact``, none for ``symmetric``, which needs them
+    anyway) and log ``align_norm = ||grad - at_zero||``, ``update_norm = ||grad||`` and
+    their ratio ``align_share``. Under DDP these are this process's (before the final
+    averaging).
     """
+    inner_lr, beta_mem, beta_gen = options.inner_lr, options.beta_mem, options.beta_gen
+    estimator, virtual_step, measure = options.estimator, options.virtual_step, options.measure
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")
     exact, symmetric = estimator == "exact", estimator == "symmetric"
@@ -347,15 +346,10 @@ def pga_objective(
     meta_test: Sequence[int] = (),
     replay: Batch | None = None,
     *,
-    inner_lr: float,
-    beta_mem: float = 1.0,
-    beta_gen: float = 1.0,
-    estimator: Estimator = "first_order",
-    virtual_step: VirtualStep = "sgd",
+    options: PGAConfig,
     second_moment: Sequence[torch.Tensor | None] | None = None,
     sizes: Sequence[int] | None = None,
     reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None,
-    measure: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The PGA objective for one step; call ``.backward()`` on ``out["loss"]``.
 
@@ -369,11 +363,18 @@ def pga_objective(
             arbitrary objective (the rest is meta-train); empty skips that objective.
         replay: the previous sites' replayed batch for the orientational objective
             (None on the first site skips it).
-        inner_lr: α, the virtual step size.
-        beta_mem, beta_gen: weights of the orientational and arbitrary objectives.
-        estimator: ``"first_order"``, ``"symmetric"`` or ``"exact"`` (module docstring).
-        virtual_step: ``"sgd"``, ``"adam"`` (with ``second_moment``, see
-            :func:`adam_second_moment`) or ``"normalized"`` (:func:`virtual_displacement`).
+        options: the PGA settings (:class:`~smg_learning.config.PGAConfig`, the run's
+            ``pga`` section): ``inner_lr`` (α, the virtual step size), ``beta_mem`` and
+            ``beta_gen`` (the weights of the orientational and arbitrary objectives),
+            ``estimator`` (``"first_order"``, ``"symmetric"`` or ``"exact"``; module
+            docstring), ``virtual_step`` (``"sgd"``, ``"adam"`` with ``second_moment``,
+            see :func:`adam_second_moment`, or ``"normalized"``,
+            :func:`virtual_displacement`) and ``measure`` (also log the alignment part's
+            size, :func:`pga_gradient`). Its domain fields (``shifted_copies``,
+            ``meta_test_domains``, ``shift_strength``) are the caller's: they say how
+            ``domains`` and ``meta_test`` are built.
+        second_moment: for ``options.virtual_step="adam"``: the outer Adam's bias-corrected
+            second moment per parameter tensor (None: a fresh Adam's first step).
         sizes: for DDP: each domain's global sample count, weighting the domains in
             the meta-train and meta-test losses (default: the batch lengths; losses
             over several domains are then taken on their concatenation).
@@ -382,7 +383,6 @@ def pga_objective(
             virtual-step gradients so that every process steps to the same ``θ'``.
             Each process's ``loss`` is then its share: its gradient, averaged over
             processes, is the gradient of the objective on the global batch.
-        measure: also log the alignment part's size (:func:`pga_gradient`).
 
     Returns:
         ``loss`` (its value is the objective; its gradient is PGA's), and the parts
@@ -395,15 +395,10 @@ def pga_objective(
         domains,
         meta_test,
         replay,
-        inner_lr=inner_lr,
-        beta_mem=beta_mem,
-        beta_gen=beta_gen,
-        estimator=estimator,
-        virtual_step=virtual_step,
+        options=options,
         second_moment=second_moment,
         sizes=sizes,
         reduce=reduce,
-        measure=measure,
     )
     params = [p for p in model.parameters() if p.requires_grad]
     # Σ<θ, G> - Σ<θ.detach(), G> is zero in value and has gradient G: the gradients

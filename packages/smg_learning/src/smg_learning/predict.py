@@ -36,7 +36,7 @@ from smg_learning.data import (
     segmenter_input,
     volume_channels,
 )
-from smg_learning.run_io import SavedRun, open_run
+from smg_learning.run_io import SavedRun, read_run
 from smg_learning.segmenter import Segmenter
 
 OUT_SUFFIX = {"prostate": "_mask.nii.gz", "fundus": "_mask.png"}
@@ -144,7 +144,7 @@ def predict_paths(
         InputError: the run has no model, a path is missing or of the wrong kind, an
             input is unreadable or malformed; nothing is written then.
     """
-    saved = open_run(run, need_split=False)
+    saved = read_run(run, need_split=False)
     task = saved.task
     if task not in OUT_SUFFIX:
         raise InputError(saved.path, f"unknown task {task!r} in the run")

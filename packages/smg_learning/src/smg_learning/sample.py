@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from medcommon.cli import require_fresh_out
 from medcommon.errors import InputError
 from medcommon.fs import atomic_dir, write_json_atomic
 from medcommon.io import write_image
 from medcommon.models import from_pretrained
+from medcommon.run import require_fresh_out
 from smg_learning.replay import resize_pairs
-from smg_learning.run_io import open_run
+from smg_learning.run_io import read_run
 from smg_learning.smd import SiteModulatedDiffusion
 
 SAMPLERS = ("ddim", "ddpm")
@@ -52,7 +52,7 @@ def sample_site(
         raise InputError("--steps", "must be >= 1")
     if sampler not in SAMPLERS:
         raise InputError("--sampler", f"unknown sampler {sampler!r}; choose ddim or ddpm")
-    cfg = open_run(run, need_split=False).cfg if (run / "config.json").is_file() else None
+    cfg = read_run(run, need_split=False).cfg
     smd = from_pretrained(SiteModulatedDiffusion, smd_dir).to(device)
     k = smd.site_index(site)
     require_fresh_out(out, "output folder", "choose another --out")
@@ -61,10 +61,9 @@ def sample_site(
         steps=steps,
         sampler=sampler,
         generator=torch.Generator().manual_seed(seed),
-        mask_threshold=cfg.smd.mask_threshold if cfg else 0.0,
+        mask_threshold=cfg.smd.mask_threshold,
     )
-    if cfg is not None:  # at the segmenter's resolution, as replayed
-        images, masks = resize_pairs(images, masks, cfg.image_size)
+    images, masks = resize_pairs(images, masks, cfg.image_size)  # as the segmenter replays them
     info = {
         "run": str(run),
         "site": site,

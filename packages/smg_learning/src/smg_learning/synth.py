@@ -23,7 +23,6 @@ import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from medcommon.config import check_preset
 from medcommon.errors import InputError
 from medcommon.fs import atomic_dir
 from medcommon.io import write_image
@@ -35,27 +34,20 @@ from medcommon.synthetic import (
     smooth_noise,
     to_uint,
 )
-from smg_learning.config import FUNDUS_SITES, PROSTATE_SITES
+from smg_learning.config import FUNDUS_SITES, PRESETS, PROSTATE_SITES
 
 Task = Literal["prostate", "fundus"]
 
 
 @dataclass(frozen=True)
 class SynthSpec:
-    """Size of a synthetic dataset."""
+    """Size of a synthetic dataset: the ``synth`` section of a preset file (defaults: ``full``)."""
 
-    sites: int
-    cases: int
-    slices: int
-    size: int
+    sites: int = 6
+    cases: int = 30
+    slices: int = 20
+    size: int = 128
 
-
-SYNTH_PRESETS = {
-    "tiny": SynthSpec(sites=3, cases=4, slices=4, size=24),
-    "demo": SynthSpec(sites=4, cases=10, slices=8, size=40),  # small's sizes, four sites
-    "small": SynthSpec(sites=6, cases=10, slices=8, size=40),
-    "full": SynthSpec(sites=6, cases=30, slices=20, size=128),
-}
 
 # Gland intensity minus surrounding-tissue intensity per site: the "intensity transfer".
 # Alternating polarity makes sequential fine-tuning forget (and held-out sites of
@@ -149,13 +141,12 @@ def generate(
     Returns:
         ``out``.
     """
-    check_preset(preset)
+    spec = PRESETS.section(preset, "synth", SynthSpec)
     if task not in ("prostate", "fundus"):
         raise InputError("--task", f"unknown task {task!r}; choose from prostate, fundus")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(out, "already exists and is not an empty folder")
-    spec = SYNTH_PRESETS[preset]
     names = PROSTATE_SITES if task == "prostate" else FUNDUS_SITES
     n = num_sites or (spec.sites if task == "prostate" else min(spec.sites, 4))
     if not 1 <= n <= len(names):

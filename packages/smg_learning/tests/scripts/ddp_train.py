@@ -3,7 +3,7 @@
 For each ``--methods`` entry (``NAME`` or ``NAME@exact`` for second-order PGA) rank 0
 writes the final segmenter to ``OUT/<entry>/model.safetensors`` (and the SMD of the SMD
 replay strategies to ``smd.safetensors``); the ddp tests compare
-one process with two (``medcommon.testing.run_torchrun``) at the same global batch.
+one process with two (``medai_testkit.run_torchrun``) at the same global batch.
 
 Left out of the file: the bias of a convolution followed by an instance norm without
 affine parameters. The norm subtracts each channel's mean, so the bias has no effect on

@@ -120,7 +120,7 @@ class Strategy:
     replay: ClassVar[Literal["none", "real", "smd"]] = "none"
     #: each stage trains on every site seen so far
     cumulative: ClassVar[bool] = False
-    #: the step is PGA's (its ``pga`` settings matter; :mod:`smg_learning.select`)
+    #: the step is PGA's (its ``pga`` settings matter; ``benchmarks/pga-select/`` checks it)
     uses_pga: ClassVar[bool] = False
     #: the SMD model of SMD-replay strategies (saved to ``RUN/smd``)
     smd: SiteModulatedDiffusion | None = None

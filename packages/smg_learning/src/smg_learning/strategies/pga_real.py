@@ -59,15 +59,10 @@ class PGAStep:
             domains,
             meta_test=split_domains(len(domains), cfg.pga.meta_test_domains, gen),
             replay=None if replay is None else replay[:2],
-            inner_lr=cfg.pga.inner_lr,
-            beta_mem=cfg.pga.beta_mem,
-            beta_gen=cfg.pga.beta_gen,
-            estimator=cfg.pga.estimator,
-            virtual_step=cfg.pga.virtual_step,
+            options=cfg.pga,
             second_moment=adam_second_moment(self.optimizer, params)
             if cfg.pga.virtual_step == "adam"
             else None,
-            measure=cfg.pga.measure,
             sizes=None if world == 1 else sizes,
             reduce=None
             if world == 1

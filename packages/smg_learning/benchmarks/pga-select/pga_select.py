@@ -1,5 +1,8 @@
 """Choosing PGA's α, estimator and virtual step on inner validation, never on test sites.
 
+An experiment (issue #12), not part of the package: ``run.py`` beside this file runs the
+benchmark with an ``smg-select`` row trained with the choice (``../demo-pga/``).
+
 :func:`select_pga` carves a validation split from each training site's *training*
 cases (patient-level, seeded), trains the PGA strategy over the training sites in
 order on the rest, once per grid point, and picks the point with the best validation

@@ -1,5 +1,8 @@
 """Cost and quality measurements reported beside the benchmark table.
 
+An experiment, not part of the package: ``run.py`` beside this file runs the benchmark
+and measures these on its rows (the first seed's replay SMD and ``joint`` model).
+
 - :func:`time_pga`: PGA step / plain step on the same samples, first-order / exact PGA.
 - :func:`time_samplers`: DDIM-k / DDPM-T sampling time and how well each sampler's
   generated masks agree with a real-data segmenter's reading of the generated images.
@@ -9,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from statistics import median
 
@@ -90,6 +94,12 @@ def time_pga(
         loss_fn(model(samples_x), samples_y).backward()
 
     def pga(estimator):
+        # the run's PGA weights and α with ``estimator``; the SGD virtual step and no
+        # alignment measurement, as the step time was always measured
+        options = dataclasses.replace(
+            cfg.pga, estimator=estimator, virtual_step="sgd", measure=False
+        )
+
         def run():
             model.zero_grad(set_to_none=True)
             pga_objective(
@@ -98,10 +108,7 @@ def time_pga(
                 domains,
                 meta_test,
                 replay,
-                inner_lr=cfg.pga.inner_lr,
-                beta_mem=cfg.pga.beta_mem,
-                beta_gen=cfg.pga.beta_gen,
-                estimator=estimator,
+                options=options,
             )["loss"].backward()
 
         return run
