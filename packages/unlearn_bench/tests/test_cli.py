@@ -1,4 +1,4 @@
-"""The console script: the shared contract (medcommon.testing), then what is unlearn-bench's own.
+"""The console script: the shared contract (medai_testkit), then what is unlearn-bench's own.
 
 The contract's "train" is ``finetune`` (method name ``finetune``) and ``unlearn --method M``
 from a vanilla run that ``make_data`` trains beside the dataset.
@@ -6,7 +6,6 @@ from a vanilla run that ``make_data`` trains beside the dataset.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -14,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from medai_testkit import CLIContract
 from medcommon.cli import run_main
 from medcommon.run import load_run
-from medcommon.testing import CLIContract
 from unlearn_bench import PACKAGE, __version__
-from unlearn_bench.cli import main
-from unlearn_bench.config import FinetuneConfig, SynthConfig, finetune_preset
+from unlearn_bench.cli import SCALE_FLAGS, app, build_parser, main
+from unlearn_bench.config import FinetuneConfig, SynthConfig
 from unlearn_bench.methods import METHODS
 
 FAST = ["--quiet", "--device", "cpu", "--set", "epochs=0.06", "--set", "batch_size=8"]
@@ -44,12 +43,13 @@ class TestContract(CLIContract):
     def make_data(self, root):
         """The tiny privacy dataset, and a 2-step vanilla run beside it for ``unlearn``."""
         from unlearn_bench.synth import generate
-        from unlearn_bench.train import finetune
+        from unlearn_bench.train import finetune, run_spec
 
         data = root / "data"
         generate(data, "privacy", SynthConfig(10, 2, 0.2, image_size=32), seed=0)
-        cfg = dataclasses.replace(finetune_preset("tiny"), epochs=0.1)
-        finetune(data, root / "vanilla", cfg, device="cpu", quiet=True)
+        spec = run_spec("finetune", root / "vanilla", data, preset="tiny",
+                        overrides=("epochs=0.1",), device="cpu", quiet=True)  # fmt: skip
+        finetune(spec)
         return data
 
     def train_argv(self, data, out, method, steps):
@@ -166,13 +166,15 @@ def test_generate(tmp_path, scenario):
 def test_finetune_run_folder(tiny_run):
     for f in ("log.jsonl", "model/tokenizer.json", "checkpoint/trainer_state.json"):
         assert (tiny_run / f).is_file(), f
-    run = load_run(tiny_run, package=PACKAGE, config_class=FinetuneConfig)
+    run = load_run(tiny_run, package=PACKAGE)
     assert run.metrics()["steps"] == 2  # 0.06 epoch of 240 questions at batch 8
-    assert (run.info.command, run.info.method, run.info.extra) == (
+    assert (run.info.command, run.info.method, run.info.preset, run.info.extra) == (
         "finetune",
         "finetune",
+        "tiny",
         {"init": "tiny"},
     )
+    assert run.config_as(FinetuneConfig).batch_size == 8  # the --set over the tiny preset
 
 
 def test_retrain_uses_retain_only_and_same_init(tmp_path, tiny_data, tiny_run):
@@ -205,8 +207,63 @@ def test_resume_refuses_another_command(tiny_data, tiny_run, capsys):
             "--method", "ga", "--resume", "--quiet", "--device", "cpu"]  # fmt: skip
     before = (tiny_run / "config.json").read_bytes()
     code, _, err = run(argv, capsys)
-    assert code == 2 and "cannot resume a finetune run of method finetune" in err
+    assert code == 2 and "a finetune run; resume it with `finetune`" in err
     assert (tiny_run / "config.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["finetune", "retrain", "unlearn"])
+def test_resume_of_a_missing_folder_is_an_error(command, tiny_data, tiny_run, tmp_path, capsys):
+    out = tmp_path / "never"
+    model = ["--model", tiny_run] if command == "unlearn" else []
+    argv = [command, *model, "--data", tiny_data, "--out", out, "--resume", *FAST]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and f"error: {out}: run folder not found" in err
+    assert not out.exists()
+
+
+def test_a_new_run_refuses_an_existing_out(tiny_data, tiny_run, capsys):
+    before = (tiny_run / "config.json").read_bytes()
+    code, _, err = run(["finetune", "--data", tiny_data, "--out", tiny_run, *FAST], capsys)
+    assert code == 2 and "already exists and is not empty" in err
+    assert (tiny_run / "config.json").read_bytes() == before
+
+
+def test_resume_changes_only_step_counts_and_cadences(tiny_data, tiny_run, capsys):
+    argv = ["finetune", "--data", tiny_data, "--out", tiny_run, "--resume", *FAST]
+    code, _, err = run([*argv, "--set", "lr=0.5"], capsys)
+    assert code == 2 and "--set lr: cannot change a resumed run's setting" in err
+    code, _, err = run([*argv, "--preset", "small"], capsys)
+    assert code == 2 and "the run was started with 'tiny', not 'small'" in err
+
+
+# ----------------------------------------------------------- the scale flags (shorthands)
+def test_scale_flags_are_shorthands_for_the_scale_group():
+    argv = ["unlearn", "--model", "m", "--data", "d", "--out", "o", "--dtype", "bfloat16",
+            "--lora", "--adapter-only", "--grad-accum", "2", "--grad-checkpointing",
+            "--set", "scale.grad_accum_steps=4"]  # fmt: skip
+    spec = app.spec(build_parser().parse_args(argv), shorthands=SCALE_FLAGS)
+    assert spec.overrides == (
+        "scale.dtype=bfloat16",
+        "scale.lora=true",
+        "scale.save_adapter_only=true",
+        "scale.grad_accum_steps=2",
+        "scale.gradient_checkpointing=true",
+        "scale.grad_accum_steps=4",  # --set comes last, so it wins
+    )
+    assert spec.options["model"] == Path("m") and not set(SCALE_FLAGS) & set(spec.options)
+    assert (spec.method, spec.seed, spec.preset) == ("npo", 0, None)  # preset: chosen later
+    plain = app.spec(build_parser().parse_args(argv[:7]), shorthands=SCALE_FLAGS)
+    assert plain.overrides == ()  # flags not given set nothing
+
+
+def test_scale_flags_reach_the_run_config(tiny_data, tiny_run, tmp_path):
+    out = tmp_path / "accum"
+    argv = ["unlearn", "--model", tiny_run, "--data", tiny_data, "--out", out, "--method",
+            "ga", "--grad-accum", "2", "--dtype", "float32", *FAST]  # fmt: skip
+    assert main([str(a) for a in argv]) == 0
+    run = load_run(out, package=PACKAGE)
+    assert run.config["scale"]["grad_accum_steps"] == 2
+    assert run.config["scale"]["dtype"] == "float32" and run.info.preset == "tiny"
 
 
 # ------------------------------------------------------------------------- evaluate
@@ -239,33 +296,6 @@ def test_evaluate_writes_all_metrics(tiny_data, tiny_run, ga_run):
     one = ["evaluate", "--run", tiny_run, "--data", tiny_data, "--split", "forget", *EVAL]
     assert main([str(a) for a in one]) == 0
     assert set(json.loads((tiny_run / "eval-forget.json").read_text())["subsets"]) == {"forget"}
-
-
-def test_runs_in_the_earlier_layout_still_evaluate(tmp_path, tiny_data, tiny_run, ga_run):
-    """config.json as unlearn-bench 0.1.0 wrote it: run facts beside a nested "config"."""
-    old = {"package": "unlearn-bench", "version": "0.1.0", "data": str(tiny_data), "seed": 0}
-    runs = {}
-    for name, src, facts in (
-        ("unlearn", ga_run, {"command": "unlearn", "method": "ga",
-                             "vanilla_model": str((tiny_run / "model").resolve())}),
-        ("finetune", tiny_run, {"command": "finetune", "init": "tiny"}),
-    ):  # fmt: skip
-        runs[name] = tmp_path / name
-        shutil.copytree(src / "model", runs[name] / "model")
-        cfg = json.loads((src / "config.json").read_text())["config"]
-        (runs[name] / "config.json").write_text(json.dumps({**old, **facts, "config": cfg}))
-        assert load_run(runs[name], package=PACKAGE).schema == "legacy-unlearn-bench"
-    for run_dir in (ga_run, runs["unlearn"], runs["finetune"]):
-        assert (
-            main([str(a) for a in ["evaluate", "--run", run_dir, "--data", tiny_data, *EVAL]]) == 0
-        )
-    new, legacy, legacy_ft = (
-        json.loads((r / "eval-all.json").read_text())
-        for r in (ga_run, runs["unlearn"], runs["finetune"])
-    )
-    # the vanilla model is found in the old config as in the new one: the same UES
-    assert legacy["subsets"] == new["subsets"] and legacy["ues_vanilla"] == new["ues_vanilla"]
-    assert legacy_ft["ues"] == 0.0  # an old finetune run is still its own vanilla
 
 
 # ------------------------------------------------------------------------ pipelines

@@ -20,7 +20,7 @@ import json
 
 import pytest
 
-from medcommon.testing import assert_same_safetensors, run_torchrun
+from medai_testkit import assert_same_safetensors, run_torchrun
 from unlearn_bench.cli import main
 
 pytestmark = pytest.mark.ddp

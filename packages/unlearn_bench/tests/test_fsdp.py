@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from medcommon.testing import run_torchrun
+from medai_testkit import run_torchrun
 
 pytestmark = pytest.mark.ddp
 
-CONFIG = Path(__file__).parents[1] / "configs" / "accelerate_fsdp.yaml"
+CONFIG = Path(__file__).parents[1] / "configs" / "accelerate" / "fsdp.yaml"
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 LAYERS = ["LlamaDecoderLayer", "CLIPEncoderLayer"]
 

@@ -13,9 +13,9 @@ from functools import partial
 import pytest
 import torch
 
-from medcommon.testing import GPU_DEVICE, GPU_MARKS, GPU_PRECISIONS, GPU_STEPS, gpu_fit_steps
+from medai_testkit import GPU_DEVICE, GPU_MARKS, GPU_PRECISIONS, GPU_STEPS, gpu_fit_steps
 from medcommon.train import TrainConfig, seed_everything
-from unlearn_bench.config import preset_finetune
+from unlearn_bench.config import finetune_preset
 from unlearn_bench.data import (
     EncodedSet,
     Encoder,
@@ -39,7 +39,7 @@ def tiny(tiny_data):
     """``(model, encoder, data)``: a fresh tiny Llava (seed 0) and its encoder."""
     data = check_dataset(tiny_data)
     seed_everything(0)
-    model, processor = build_tiny(preset_finetune("tiny").model, corpus_texts(data))
+    model, processor = build_tiny(finetune_preset("tiny").model, corpus_texts(data))
     return model, Encoder(processor, tiny_data), data
 
 
@@ -58,7 +58,7 @@ def test_finetune_step(precision, tiny, tmp_path):
     """The vanilla model's answer NLL on forget + retain, as ``unlearn_bench.train.finetune``."""
     base, enc, data = tiny
     model = copy.deepcopy(base).train()
-    cfg = preset_finetune("tiny")
+    cfg = finetune_preset("tiny")
     encoded = [enc.encode(it) for it in data["forget"] + data["retain"]]
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 

@@ -1,5 +1,5 @@
 """Every registered method: a finite loss with gradients on the tiny model, a step that lowers it
-(medcommon.testing.MethodStepContract), all generated from the registry."""
+(medai_testkit.MethodStepContract), all generated from the registry."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from medai_testkit import MethodProbe, MethodStepContract
 from medcommon.errors import InputError
-from medcommon.testing import MethodProbe, MethodStepContract
 from medcommon.train import seed_everything
 from unlearn_bench.config import TinyModelConfig
 from unlearn_bench.data import Encoder, check_dataset, collate, corpus_texts, idk_answer

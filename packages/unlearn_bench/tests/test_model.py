@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import LlavaForConditionalGeneration
 
+from medai_testkit import ModelConformance
 from medcommon.errors import InputError
-from medcommon.testing import ModelConformance
 from medcommon.train import seed_everything
 from unlearn_bench.config import TinyModelConfig
 from unlearn_bench.data import Encoder, check_dataset, collate, corpus_texts, format_prompt

@@ -175,7 +175,8 @@ def test_npo_lora_on_llava_hf_checkpoint(dtype, compute, checkpoints, tiny_data,
     assert sum(p.numel() for p in model.parameters()) == sum(v.numel() for v in before.values())
     # With no --preset, a real checkpoint gets the paper's settings (MLLMU-Bench: 1 epoch).
     cfg = json.loads((out / "config.json").read_text())["config"]
-    assert cfg["lora"] is True and cfg["epochs"] == 1.0 and cfg["batch_size"] == 4
+    assert cfg["scale"]["lora"] is True and cfg["epochs"] == 1.0 and cfg["batch_size"] == 4
+    assert json.loads((out / "config.json").read_text())["run"]["preset"] == "full"
 
 
 def test_adapter_only_merges_to_the_same_model(checkpoints, tiny_data, tmp_path):
@@ -210,16 +211,13 @@ def test_divergence_exits_2_and_leaves_nothing(checkpoints, tiny_data, tmp_path,
 
 
 def test_trainable_weights_are_float32_masters(checkpoints):
-    from types import SimpleNamespace
-
+    from unlearn_bench.config import ScaleConfig
     from unlearn_bench.model import load_llava
     from unlearn_bench.scale import prepare_trainable
 
     model, _ = load_llava(checkpoints["bfloat16"], dtype=torch.bfloat16)
-    cfg = SimpleNamespace(
-        lora=True, lora_r=16, lora_alpha=16, lora_dropout=0.05, gradient_checkpointing=False
-    )
-    peft_model = prepare_trainable(model, cfg, "bfloat16")
+    scale = ScaleConfig(lora=True, lora_r=16, lora_alpha=16, lora_dropout=0.05)
+    peft_model = prepare_trainable(model, scale, "bfloat16")
     trainable = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
     assert trainable and all(
         "lora_" in n and p.dtype == torch.float32 for n, p in trainable.items()

@@ -73,16 +73,19 @@ def test_full_sequence_loss_is_the_mean_over_every_non_pad_token(tiny):
 def test_loss_tokens_is_a_config_switch():
     from medcommon.config import resolve_config
     from unlearn_bench.config import FinetuneConfig, finetune_preset
-    from unlearn_bench.methods import method_config
+
+    def method_config(name, overrides):  # what unlearn resolves: the preset <- --set
+        cls = METHODS.get(name)
+        return resolve_config(cls.config_class, base=cls.preset_config("tiny"), overrides=overrides)
 
     assert finetune_preset("full").loss_tokens == "answer"  # the default is unchanged
     cfg = resolve_config(
         FinetuneConfig, base=finetune_preset("tiny"), overrides=["loss_tokens=full"]
     )
     assert cfg.loss_tokens == "full"
-    assert method_config("npo", "tiny", overrides=["loss_tokens=full"]).loss_tokens == "full"
+    assert method_config("npo", ["loss_tokens=full"]).loss_tokens == "full"
     with pytest.raises(InputError, match="loss_tokens"):
-        method_config("ga", "tiny", overrides=["loss_tokens=prompt"])
+        method_config("ga", ["loss_tokens=prompt"])
 
 
 @torch.no_grad()

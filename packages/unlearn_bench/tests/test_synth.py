@@ -120,12 +120,9 @@ def test_user_image_folder(tmp_path):
         )
 
 
-def test_old_config_names_are_aliases_of_the_new():
+def test_the_tiny_preset_dataset_size():
     from unlearn_bench import config
 
-    assert config.DataConfig is SynthConfig and config.preset_data is config.synth_preset
-    assert config.preset_finetune is config.finetune_preset
-    assert config.preset_eval is config.eval_preset
     assert config.synth_preset("tiny") == SynthConfig(n_entities=10, n_general=2, image_size=32)
 
 

@@ -22,29 +22,27 @@ import numpy as np
 import torch
 
 from medcommon.errors import InputError
+from medcommon.provenance import module_source
 from medcommon.report import make_results, plot_bars, write_report, write_results
+from medcommon.run import require_fresh_out
 from unlearn_bench import PACKAGE, __version__
 from unlearn_bench.claims import claims_for
 from unlearn_bench.config import (
+    PRESETS,
+    SCENARIOS,
     SynthConfig,
+    benchmark_preset,
     check_forget_ratio,
-    check_preset,
     eval_preset,
-    finetune_preset,
     synth_preset,
 )
 from unlearn_bench.data import FILES, check_dataset
 from unlearn_bench.evaluate import against_reference, evaluate_run, flatten, task_table
 from unlearn_bench.methods import METHODS, PAPER_ORDER
 from unlearn_bench.synth import generate
-from unlearn_bench.train import finetune, unlearn
+from unlearn_bench.train import finetune, run_spec, unlearn
 from unlearn_bench.ues import knowledge_score
 
-SCENARIOS = ("privacy", "incorrectness")
-# The demo's plan: the fewest runs that make the central point on one scenario: vanilla,
-# the gold retrained model, NPO (the central claim) and GA (NPO without its bounded loss).
-DEMO_METHODS = ("npo", "ga")
-DEMO_SCENARIOS = ("privacy",)
 HEADLINE = "headline.png"
 SUBSETS = ("forget", "test", "retain", "general")
 TABLE = [
@@ -91,21 +89,21 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Run the benchmark into ``out``; returns the ``results.json`` object.
 
-    ``methods`` / ``scenarios`` default to every method and scenario, except under the
-    ``demo`` preset (:data:`DEMO_METHODS` on :data:`DEMO_SCENARIOS`). The claims of
+    ``methods`` / ``scenarios`` default to the preset's ``benchmark`` section: every
+    method and scenario, except under ``demo`` (NPO and GA on privacy). The claims of
     :mod:`unlearn_bench.claims` that the run can check are checked and kept in results.json.
     ``workers`` > 1 runs that many (scenario, seed) pieces at once, each in its own
     process with an equal share of torch's threads (one core each under
     ``OMP_NUM_THREADS=1``); None: one per CPU core, at most one per piece. Every piece
     seeds itself, so the rows are the same as with one worker, in the same order.
     """
-    check_preset(preset)
+    plan = benchmark_preset(preset)
     if workers is not None and workers < 1:
         raise InputError("--workers", f"must be at least 1, got {workers}")
     if scenarios is None:
-        scenarios = DEMO_SCENARIOS if preset == "demo" else SCENARIOS
+        scenarios = plan.scenarios
     if not methods:
-        methods = DEMO_METHODS if preset == "demo" else PAPER_ORDER
+        methods = plan.methods or PAPER_ORDER
     for s in scenarios:
         if s not in SCENARIOS:
             raise InputError(
@@ -121,6 +119,7 @@ def run_benchmark(
         meta = Path(data) / "dataset.json"
         scenarios = [json.loads(meta.read_text())["scenario"] if meta.is_file() else "custom"]
     out = Path(out)
+    require_fresh_out(out / "runs", "benchmark runs folder", "choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     jobs = [
         _Piece(scenario, seed, preset, methods, dcfg, data, out, device, quiet)
@@ -142,6 +141,7 @@ def run_benchmark(
         extra,
         claims=claims_for(methods, scenarios),
         figures=figures,
+        sources=[module_source("unlearn_bench.claims"), *PRESETS.sources(preset)],
     )
     write_results(out, results)
     _plots(out, results, scenarios)
@@ -192,18 +192,17 @@ def _run_piece(job: _Piece) -> list[dict[str, Any]]:
     as a reference (its PrivLeak against itself is 0 by definition).
     """
     scenario, seed, quiet, device = job.scenario, job.seed, job.quiet, job.device
-    fcfg, ecfg = finetune_preset(job.preset), eval_preset(job.preset)
+    ecfg = eval_preset(job.preset)
     data = job.data
     ddir = Path(data) if data is not None else job.out / "data" / f"{scenario}-s{seed}"
     if data is None:
         generate(ddir, scenario, job.dcfg, seed=seed)
     runs = job.out / "runs" / scenario / f"s{seed}"
+    common = {"seed": seed, "preset": job.preset, "device": device, "quiet": quiet}
     _say(quiet, f"[{scenario} seed {seed}] finetune vanilla")
-    van_m = finetune(ddir, runs / "vanilla", fcfg, seed=seed, device=device, quiet=quiet)
+    van_m = finetune(run_spec("finetune", runs / "vanilla", ddir, **common))
     _say(quiet, f"[{scenario} seed {seed}] retrain (retain only)")
-    gold_m = finetune(
-        ddir, runs / "retrain", fcfg, seed=seed, retain_only=True, device=device, quiet=quiet
-    )
+    gold_m = finetune(run_spec("retrain", runs / "retrain", ddir, **common))
     van = evaluate_run(runs / "vanilla", ddir, ecfg, device=device, quiet=quiet)
     gold = evaluate_run(
         runs / "retrain",
@@ -232,17 +231,8 @@ def _run_piece(job: _Piece) -> list[dict[str, Any]]:
     ]
     for m in job.methods:
         _say(quiet, f"[{scenario} seed {seed}] unlearn {m}")
-        cls = METHODS.get(m)
-        um = unlearn(
-            runs / "vanilla" / "model",
-            ddir,
-            runs / m,
-            m,
-            cls.preset_config(job.preset),
-            seed=seed,
-            device=device,
-            quiet=quiet,
-        )
+        vanilla = {"model": runs / "vanilla" / "model"}
+        um = unlearn(run_spec("unlearn", runs / m, ddir, method=m, options=vanilla, **common))
         res = evaluate_run(
             runs / m, ddir, ecfg, reference=runs / "retrain", device=device, quiet=quiet
         )

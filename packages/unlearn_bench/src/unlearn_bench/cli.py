@@ -1,9 +1,11 @@
 """The ``unlearn-bench`` console script: generate, finetune, retrain, unlearn, evaluate,
 predict, benchmark.
 
-A table of commands on :class:`medcommon.cli.App`; each ``cmd_*`` resolves its config
-and makes one call into the library. ``unlearn --method`` and ``benchmark --methods``
-are validated against, and documented from, :data:`unlearn_bench.methods.METHODS`.
+A table of commands on :class:`medcommon.cli.App`; each ``cmd_*`` makes one call into
+the library. The run commands (``finetune``, ``retrain``, ``unlearn``) pass one
+:class:`medcommon.run.RunSpec` (``app.spec(args)``) to :mod:`unlearn_bench.train`.
+``unlearn --method`` and ``benchmark --methods`` are validated against, and documented
+from, :data:`unlearn_bench.methods.METHODS`.
 """
 
 from __future__ import annotations
@@ -14,12 +16,11 @@ from pathlib import Path
 from medcommon.cli import (
     App,
     add_benchmark_args,
-    add_common_args,
     add_config_args,
     add_evaluate_args,
-    add_method_arg,
     add_methods_arg,
     add_preset_arg,
+    add_run_args,
     add_synth_args,
 )
 from unlearn_bench import __version__
@@ -34,13 +35,6 @@ app = App(
 MODEL_HELP = "the vanilla model: RUN or RUN/model of finetune, or any Llava folder"
 BASE_HELP = "a Hugging Face Llava folder to start from (default: a fresh tiny Llava)"
 DATA_HELP = "dataset folder written by generate, or an MLLMU-Bench folder (or its forget_N)"
-
-
-def _data(path: Path) -> Path:
-    """``--data``: a dataset folder as is; an MLLMU-Bench folder converted (once, cached)."""
-    from unlearn_bench.mllmu import dataset_folder
-
-    return dataset_folder(path)
 
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
@@ -65,14 +59,27 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 
 def _preset_arg(p: argparse.ArgumentParser, real: str) -> None:
     """``--preset`` without a fixed default: :func:`unlearn_bench.config.choose_preset` picks it."""
-    add_preset_arg(p)
-    p.set_defaults(preset=None)
+    add_preset_arg(p, None)
+    _preset_help(p, real)
+
+
+def _preset_help(p: argparse.ArgumentParser, real: str) -> None:
     action = next(a for a in p._actions if a.dest == "preset")
-    action.help = f"tiny, small or full (default: full {real}, else tiny)"
+    action.help = f"a preset: tiny, demo, small or full (default: full {real}, else tiny)"
+
+
+# The precision, LoRA and memory flags: shorthands for --set of the scale group's fields.
+SCALE_FLAGS = {
+    "dtype": "scale.dtype",
+    "lora": "scale.lora",
+    "adapter_only": "scale.save_adapter_only",
+    "grad_accum": "scale.grad_accum_steps",
+    "grad_checkpointing": "scale.gradient_checkpointing",
+}
 
 
 def _scale_args(p: argparse.ArgumentParser) -> None:
-    """Precision, LoRA and memory flags: shorthands for ``--set`` of the same config fields."""
+    """The flags of :data:`SCALE_FLAGS` (a later ``--set`` of the same field wins)."""
     g = p.add_argument_group("precision and memory (real checkpoints)")
     g.add_argument(
         "--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
@@ -91,31 +98,16 @@ def _scale_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _scale_overrides(args) -> list[str]:
-    """The flags of :func:`_scale_args` as ``key=value`` overrides (a later ``--set`` wins)."""
-    sets = [f"dtype={args.dtype}"] if args.dtype else []
-    sets += ["lora=true"] if args.lora else []
-    sets += ["save_adapter_only=true"] if args.adapter_only else []
-    sets += [f"grad_accum_steps={args.grad_accum}"] if args.grad_accum is not None else []
-    sets += ["gradient_checkpointing=true"] if args.grad_checkpointing else []
-    return [*sets, *args.overrides]
-
-
 def _run_args(p: argparse.ArgumentParser, model_help: str, model_required: bool) -> None:
-    """``--data --out --model --preset --config --set --seed --device --quiet --resume``."""
+    """``--data --out --model [--method] --preset --config --set --seed --device --quiet --resume``
+    and the scale flags; ``--method``/``--seed``/``--preset`` default to the run's own on ``--resume``."""
     p.add_argument("--data", type=Path, required=True, help=DATA_HELP)
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
     p.add_argument("--model", type=Path, required=model_required, default=None, help=model_help)
-    _preset_arg(p, "with --model" if not model_required else "for a real checkpoint")
-    add_config_args(p)
-    add_common_args(p)
-    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint")
+    methods = METHODS if model_required else None  # unlearn: --method (default npo)
+    add_run_args(p, methods, "npo" if methods else None, None)
+    _preset_help(p, "with --model" if not model_required else "for a real checkpoint")
     _scale_args(p)
-
-
-def _unlearn_args(p: argparse.ArgumentParser) -> None:
-    _run_args(p, MODEL_HELP, True)
-    add_method_arg(p, METHODS, "npo")
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
@@ -184,20 +176,14 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _train(args, retain_only: bool) -> int:
-    from unlearn_bench.config import choose_preset, resolve_finetune
-    from unlearn_bench.train import finetune
-
-    preset = choose_preset(args.preset, real_model=args.model is not None)
-    cfg = resolve_finetune(preset, args.config, _scale_overrides(args))
-    m = finetune(
-        _data(args.data), args.out, cfg, seed=args.seed, model_path=args.model, retain_only=retain_only,
-        device=args.device, quiet=args.quiet, resume=args.resume,
-    )  # fmt: skip
+def _done(args, m: dict) -> int:
+    """Print what a run command did (unless ``--quiet``)."""
     if not args.quiet:
-        print(
-            f"{m['command']}: {m['steps']} steps in {m['train_seconds']:.1f}s -> {args.out / 'model'}"
-        )
+        if m["command"] == "unlearn":
+            what, seconds = f"unlearn {m['method']}", f"{m['train_seconds']:.2f}"
+        else:
+            what, seconds = m["command"], f"{m['train_seconds']:.1f}"
+        print(f"{what}: {m['steps']} steps in {seconds}s -> {args.out / 'model'}")
     return 0
 
 
@@ -207,7 +193,9 @@ def _train(args, retain_only: bool) -> int:
     args=lambda p: _run_args(p, BASE_HELP, False),
 )
 def cmd_finetune(args) -> int:
-    return _train(args, retain_only=False)
+    from unlearn_bench.train import finetune
+
+    return _done(args, finetune(app.spec(args, shorthands=SCALE_FLAGS)))
 
 
 @app.command(
@@ -216,38 +204,33 @@ def cmd_finetune(args) -> int:
     args=lambda p: _run_args(p, BASE_HELP, False),
 )
 def cmd_retrain(args) -> int:
-    return _train(args, retain_only=True)
+    from unlearn_bench.train import finetune
+
+    return _done(args, finetune(app.spec(args, shorthands=SCALE_FLAGS)))
 
 
-@app.command("unlearn", "apply an unlearning method to a vanilla model", args=_unlearn_args)
+@app.command(
+    "unlearn",
+    "apply an unlearning method to a vanilla model",
+    args=lambda p: _run_args(p, MODEL_HELP, True),
+)
 def cmd_unlearn(args) -> int:
-    from unlearn_bench.config import choose_preset
-    from unlearn_bench.methods import method_config
-    from unlearn_bench.train import is_tiny_lineage, unlearn
+    from unlearn_bench.train import unlearn
 
-    preset = choose_preset(args.preset, real_model=not is_tiny_lineage(args.model))
-    cfg = method_config(args.method, preset, args.config, _scale_overrides(args))
-    m = unlearn(
-        args.model, _data(args.data), args.out, args.method, cfg, seed=args.seed, device=args.device,
-        quiet=args.quiet, resume=args.resume,
-    )  # fmt: skip
-    if not args.quiet:
-        print(
-            f"unlearn {args.method}: {m['steps']} steps in {m['train_seconds']:.2f}s -> {args.out / 'model'}"
-        )
-    return 0
+    return _done(args, unlearn(app.spec(args, shorthands=SCALE_FLAGS)))
 
 
 @app.command("evaluate", "per-subset metrics, MIA, PrivLeak and UES of a run", args=_evaluate_args)
 def cmd_evaluate(args) -> int:
     from unlearn_bench.config import choose_preset, resolve_eval
     from unlearn_bench.evaluate import evaluate_run, summary_lines
+    from unlearn_bench.mllmu import dataset_folder
     from unlearn_bench.train import is_tiny_lineage
 
     preset = choose_preset(args.preset, real_model=not is_tiny_lineage(args.run))
     cfg = resolve_eval(preset, args.config, args.overrides)
     res = evaluate_run(
-        args.run, _data(args.data), cfg, split=args.split, vanilla=args.vanilla, reference=args.reference,
+        args.run, dataset_folder(args.data), cfg, split=args.split, vanilla=args.vanilla, reference=args.reference,
         device=args.device, quiet=args.quiet,
     )  # fmt: skip
     if not args.quiet:

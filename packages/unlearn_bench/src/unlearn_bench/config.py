@@ -1,27 +1,30 @@
-"""Dataclass configs with the paper's defaults and the ``tiny`` / ``demo`` / ``small`` / ``full`` presets.
+"""Dataclass configs with the paper's defaults; the presets are data files.
 
 The defaults of every class are the paper-scale values (MLLMU-Bench: LLaVA-1.5-7B,
 fine-tune lr 2e-5 for 5 epochs at batch 4; unlearn 1 epoch at lr 2e-5; generation
-up to 50 new tokens). ``tiny`` and ``small`` scale them down for a CPU: a
-0.18 M-parameter (small: 0.50 M) Llava, 32x32 images, more epochs and a larger learning rate so
-that the tiny model memorises its training set in seconds to a minute.
+up to 50 new tokens). The presets (``configs/<name>.yaml``, read by
+:class:`medcommon.presets.Presets`) change them per section: ``synth``, ``finetune``,
+``eval``, ``unlearn`` (every method), ``methods.<name>`` (one method) and ``benchmark``.
+``tiny``, ``demo`` and ``small`` scale them down for a CPU: a 0.18 M-parameter (small:
+0.50 M) Llava, 32x32 images, more epochs and a larger learning rate so that the tiny
+model memorises its training set in seconds to a minute; ``full`` is the paper's values.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from medcommon.config import PRESETS as PRESETS  # re-exported: the package's presets
-from medcommon.config import check_preset as check_preset
-from medcommon.config import resolve_config
+from medcommon.config import config_from_dict, merge_mappings, resolve_config
 from medcommon.errors import InputError
+from medcommon.presets import Presets
 
-Scenario = Literal["privacy", "incorrectness"]
+PRESETS = Presets("unlearn_bench")
+SCENARIOS = ("privacy", "incorrectness")
 T = TypeVar("T")
 
 
@@ -54,6 +57,22 @@ class TinyModelConfig:
 
 
 @dataclass(frozen=True)
+class ScaleConfig:
+    """Training a real checkpoint at scale (:mod:`unlearn_bench.scale`): precision, LoRA,
+    memory savers. The ``scale`` group of both :class:`FinetuneConfig` and
+    :class:`~unlearn_bench.methods.UnlearnConfig` (``--set scale.lora=true``)."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # bf16 autocast on GPU
+    lora: bool = False  # MLLMU-Bench: r=16, alpha=16, dropout 0.05 on the LM's linear layers
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    save_adapter_only: bool = False  # RUN/model = the peft adapter, not the merged Llava
+    grad_accum_steps: int = 1  # micro-batches per optimizer step (batch_size is the global batch)
+    gradient_checkpointing: bool = False
+
+
+@dataclass(frozen=True)
 class FinetuneConfig:
     """Vanilla fine-tuning on forget + retain (and retraining on retain only)."""
 
@@ -69,15 +88,7 @@ class FinetuneConfig:
     # "answer": the NLL counts the answer tokens (and EOS); "full": every non-padding token of
     # prompt and answer, as MLLMU-Bench's finetune.py (labels = input_ids, padding -100).
     loss_tokens: Literal["answer", "full"] = "answer"
-    # Real checkpoints at scale (unlearn_bench.scale): precision, LoRA, memory savers.
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # bf16 autocast on GPU
-    lora: bool = False  # MLLMU-Bench: r=16, alpha=16, dropout 0.05 on the LM's linear layers
-    lora_r: int = 16
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    save_adapter_only: bool = False  # RUN/model = the peft adapter, not the merged Llava
-    grad_accum_steps: int = 1  # micro-batches per optimizer step (batch_size is the global batch)
-    gradient_checkpointing: bool = False
+    scale: ScaleConfig = ScaleConfig()
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,14 @@ class EvalConfig:
     max_items: int = 0  # per subset; 0 = all (a deterministic subsample otherwise)
 
 
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """What the ``benchmark`` command runs by default (``--scenarios``/``--methods`` win)."""
+
+    scenarios: tuple[str, ...] = SCENARIOS
+    methods: tuple[str, ...] = ()  # () = every method, in the paper's order (methods.PAPER_ORDER)
+
+
 def choose_preset(preset: str | None, real_model: bool) -> str:
     """The preset a command runs with: the one asked for, else ``full`` for a real model.
 
@@ -97,77 +116,45 @@ def choose_preset(preset: str | None, real_model: bool) -> str:
     one) gets the paper-scale settings, not ``tiny``'s lr 1e-3 and 24 eval questions.
     """
     if preset is not None:
-        check_preset(preset)
         return preset
     return "full" if real_model else "tiny"
 
 
-def preset_entry(table: Mapping[str, T], preset: str, what: str) -> T:
-    """``table[preset]``: an unknown preset is an :class:`InputError`, never a silent default.
-
-    ``what`` names the table in the message (e.g. ``"fine-tuning"``); a known preset that
-    the table lacks is a bug, reported as one.
-    """
-    check_preset(preset)
-    if preset not in table:
-        raise KeyError(f"the {what} preset table has no {preset!r} entry")
-    return table[preset]
-
-
-def check_tables(tables: Mapping[str, Mapping[str, object]]) -> None:
-    """Every preset table has exactly one entry per preset in :data:`PRESETS` (at import)."""
-    for what, table in tables.items():
-        if set(table) != set(PRESETS):
-            raise AssertionError(
-                f"the {what} preset table covers {sorted(table)}, not the presets {list(PRESETS)}"
-            )
-
-
-# tiny: seconds, for tests. demo: the benchmark's central point (vanilla, retrain, NPO,
-# GA on the privacy scenario, 3 seeds) in about two minutes on 2 CPU cores: half small's
-# entities (forget 10% = 2 of 15), the narrower tiny model, 30 epochs so that it memorises
-# (a trial at 20 entities and 15 epochs left vanilla's forget MCQ accuracy at 0.38-0.56).
-# small: every method and scenario in about 15 minutes. full: the paper's values.
-FINETUNE_PRESETS: dict[str, FinetuneConfig] = {
-    "tiny": FinetuneConfig(lr=3e-3, epochs=2.0, batch_size=8, log_every=5),
-    "demo": FinetuneConfig(lr=3e-3, epochs=30.0, batch_size=16, log_every=25),
-    "small": FinetuneConfig(
-        model=TinyModelConfig(hidden_size=128, intermediate_size=256),
-        lr=3e-3,
-        epochs=25.0,
-        batch_size=16,
-        log_every=25,
-    ),
-    "full": FinetuneConfig(),
-}
-SYNTH_PRESETS: dict[str, SynthConfig] = {
-    "tiny": SynthConfig(n_entities=10, n_general=2, image_size=32),
-    "demo": SynthConfig(n_entities=15, n_general=4, image_size=32),
-    "small": SynthConfig(n_entities=30, n_general=4, image_size=32),
-    "full": SynthConfig(),
-}
-EVAL_PRESETS: dict[str, EvalConfig] = {
-    "tiny": EvalConfig(max_new_tokens=8, batch_size=32, max_items=24),
-    "demo": EvalConfig(max_new_tokens=16, batch_size=64, max_items=120),
-    "small": EvalConfig(max_new_tokens=16, batch_size=64, max_items=240),
-    "full": EvalConfig(),
-}
-check_tables({"fine-tuning": FINETUNE_PRESETS, "synth": SYNTH_PRESETS, "evaluation": EVAL_PRESETS})
+def synth_preset(preset: str) -> SynthConfig:
+    """Dataset size of a preset (its ``synth`` section)."""
+    return PRESETS.section(preset, "synth", SynthConfig)
 
 
 def finetune_preset(preset: str) -> FinetuneConfig:
-    """Fine-tuning config of a preset (``full`` = the paper's values)."""
-    return preset_entry(FINETUNE_PRESETS, preset, "fine-tuning")
-
-
-def synth_preset(preset: str) -> SynthConfig:
-    """Dataset size of a preset."""
-    return preset_entry(SYNTH_PRESETS, preset, "synth")
+    """Fine-tuning config of a preset (its ``finetune`` section; ``full`` = the paper's values)."""
+    return PRESETS.section(preset, "finetune", FinetuneConfig)
 
 
 def eval_preset(preset: str) -> EvalConfig:
-    """Evaluation config of a preset."""
-    return preset_entry(EVAL_PRESETS, preset, "evaluation")
+    """Evaluation config of a preset (its ``eval`` section)."""
+    return PRESETS.section(preset, "eval", EvalConfig)
+
+
+def benchmark_preset(preset: str) -> BenchmarkConfig:
+    """The benchmark's default scenarios and methods under a preset (its ``benchmark`` section)."""
+    return PRESETS.section(preset, "benchmark", BenchmarkConfig)
+
+
+def unlearn_preset(preset: str, cls: type[T], method: str | None, known: Collection[str]) -> T:
+    """An unlearning method's config: the ``unlearn`` section (every method), then the
+    ``methods.<method>`` changes on top, as ``cls``. A ``methods`` entry naming none of
+    the ``known`` methods is an :class:`InputError` (a misspelt name is never ignored)."""
+    where = PRESETS.folder / f"{preset}.yaml"
+    per_method = PRESETS.section(preset, "methods")
+    for name, changes in per_method.items():
+        if name not in known:
+            raise InputError(
+                where, f"methods.{name}: unknown method; choose from {', '.join(known)}"
+            )
+        if not isinstance(changes, dict):
+            raise InputError(where, f"methods.{name}: expected a mapping")
+    data = merge_mappings(PRESETS.section(preset, "unlearn"), per_method.get(method) or {})
+    return config_from_dict(cls, data, prefix=f"{where}: ")
 
 
 def resolve_synth(
@@ -181,15 +168,6 @@ def resolve_synth(
     if forget_ratio is not None:
         base = dataclasses.replace(base, forget_ratio=forget_ratio)
     return resolve_config(SynthConfig, base=base, file=file, overrides=overrides)
-
-
-def resolve_finetune(
-    preset: str, file: str | Path | None = None, overrides: Iterable[str] = ()
-) -> FinetuneConfig:
-    """The ``finetune`` / ``retrain`` config: preset <- ``--config`` <- ``--set``."""
-    return resolve_config(
-        FinetuneConfig, base=finetune_preset(preset), file=file, overrides=overrides
-    )
 
 
 def resolve_eval(
@@ -218,10 +196,3 @@ def check_forget_ratio(ratio: float, n_entities: int) -> None:
             "--forget-ratio",
             f"{ratio} of {n_entities} entities gives {n_forget} to forget; need 1..{n_entities - 1}",
         )
-
-
-# Old names, kept for one release (the package's own code uses the new ones).
-DataConfig = SynthConfig  # old name, kept for one release
-preset_data = synth_preset  # old name, kept for one release
-preset_finetune = finetune_preset  # old name, kept for one release
-preset_eval = eval_preset  # old name, kept for one release

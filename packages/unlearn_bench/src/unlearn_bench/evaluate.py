@@ -455,7 +455,7 @@ def evaluate_run(
     model_dir = check_llava_dir(run / "model" if (run / "model").is_dir() else run)
     run = model_dir.parent if model_dir.name == "model" else run
     data = check_dataset(data_dir, subsets)
-    # A run folder (this or the earlier layout) says what it is; a bare Llava folder does not.
+    # A run folder says what it is; a bare Llava folder does not.
     command = None
     if model_dir != run and (run / "config.json").is_file():
         info = load_run(run, package=PACKAGE).info

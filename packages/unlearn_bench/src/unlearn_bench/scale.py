@@ -1,6 +1,10 @@
 """Training a real checkpoint: precision, LoRA, gradient checkpointing, divergence.
 
-- **Precision** (``dtype``): the trainable parameters are always float32 (master
+The settings are one group, :class:`~unlearn_bench.config.ScaleConfig` (``scale.*`` of
+the finetune and unlearn configs; ``--dtype --lora --adapter-only --grad-accum
+--grad-checkpointing`` set them).
+
+- **Precision** (``scale.dtype``): the trainable parameters are always float32 (master
   weights: an Adam update of 2e-5 on a weight of 0.02 is below half a float16/bfloat16
   ulp, so low-precision weights silently stop moving, and float16 overflows). ``bfloat16``
   and ``float16`` run the forward under autocast and keep the *frozen* weights (the
@@ -10,7 +14,7 @@
 - **LoRA** (``peft``), MLLMU-Bench's recipe: r=16, alpha=16, dropout 0.05 on every
   linear layer of the language model except ``lm_head``; the vision tower and the
   projector are frozen. The run's ``model/`` is the merged Llava, or with
-  ``save_adapter_only`` a peft adapter folder that :func:`unlearn_bench.model.load_llava`
+  ``scale.save_adapter_only`` a peft adapter folder that :func:`unlearn_bench.model.load_llava`
   merges onto its base when read.
 """
 
@@ -23,6 +27,7 @@ from typing import Any
 import torch
 
 from medcommon.errors import InputError
+from unlearn_bench.config import ScaleConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # The language model's linear layers (Llama attention + MLP): MLLMU-Bench's
@@ -33,9 +38,11 @@ LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_p
 def resolve_dtype(name: str, device: str) -> str:
     """``auto`` -> ``bfloat16`` on a CUDA device with bf16 support, else ``float32``."""
     if name not in DTYPES:
-        raise InputError("dtype", f"unknown dtype {name!r}; use {', '.join(DTYPES)}")
+        raise InputError("scale.dtype", f"unknown dtype {name!r}; use {', '.join(DTYPES)}")
     if name == "float16" and not str(device).startswith("cuda"):
-        raise InputError("dtype", "float16 autocast needs CUDA; use bfloat16 or float32 on the CPU")
+        raise InputError(
+            "scale.dtype", "float16 autocast needs CUDA; use bfloat16 or float32 on the CPU"
+        )
     if name != "auto":
         return name
     if str(device).startswith("cuda") and torch.cuda.is_bf16_supported():
@@ -57,39 +64,50 @@ def apply_lora(model: torch.nn.Module, r: int, alpha: int, dropout: float):
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
-        raise InputError("lora", "LoRA needs peft (pip install peft)") from None
+        raise InputError("scale.lora", "LoRA needs peft (pip install peft)") from None
     if r < 1:
-        raise InputError("lora_r", f"must be >= 1, got {r}")
+        raise InputError("scale.lora_r", f"must be >= 1, got {r}")
     cfg = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS, bias="none"
     )
     return get_peft_model(model, cfg)
 
 
-def prepare_trainable(model: torch.nn.Module, cfg: Any, dtype: str) -> torch.nn.Module:
+def check_scale(scale: ScaleConfig, base: Path | None) -> None:
+    """The group's fields agree with each other and with ``base`` (the ``--model`` folder or None)."""
+    if scale.grad_accum_steps < 1:
+        raise InputError("scale.grad_accum_steps", f"must be >= 1, got {scale.grad_accum_steps}")
+    if scale.save_adapter_only and not scale.lora:
+        raise InputError("scale.save_adapter_only", "needs lora=true (there is no adapter to save)")
+    if scale.save_adapter_only and base is None:
+        raise InputError(
+            "scale.save_adapter_only", "needs --model: an adapter is saved against a base"
+        )
+
+
+def prepare_trainable(model: torch.nn.Module, scale: ScaleConfig, dtype: str) -> torch.nn.Module:
     """Frozen weights in ``dtype``, trainable ones in float32; LoRA and checkpointing applied.
 
-    ``cfg`` carries ``lora``, ``lora_r``, ``lora_alpha``, ``lora_dropout`` and
-    ``gradient_checkpointing``. Returns the module to train (a ``PeftModel`` with LoRA).
+    Returns the module to train (a ``PeftModel`` with ``scale.lora``).
     """
     model.to(torch_dtype(dtype))  # frozen parts stay here; trainable ones are upcast below
-    if cfg.lora:
-        model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    if scale.lora:
+        model = apply_lora(model, scale.lora_r, scale.lora_alpha, scale.lora_dropout)
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()  # fp32 master weights
-    if cfg.gradient_checkpointing:
+    if scale.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad (frozen embeddings).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model
 
 
-def finish_trainable(model: torch.nn.Module, cfg: Any, save_dtype: torch.dtype):
+def finish_trainable(model: torch.nn.Module, scale: ScaleConfig, save_dtype: torch.dtype):
     """The model to save: LoRA merged (unless adapter-only), in the checkpoint's dtype."""
-    if cfg.lora and not cfg.save_adapter_only:
+    if scale.lora and not scale.save_adapter_only:
         model = model.merge_and_unload()
-    if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
+    if scale.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
         model.gradient_checkpointing_disable()
     model.to(save_dtype)
     model.config.use_cache = True
@@ -123,7 +141,7 @@ def divergence_error(command: str, exc: BaseException, kept: bool = False) -> In
 
 
 # --------------------------------------------------------------------------- FSDP
-FSDP_CONFIG = "configs/accelerate_fsdp.yaml"  # in the package's folder (beside src/)
+FSDP_CONFIG = "configs/accelerate/fsdp.yaml"  # in the package's folder (beside src/)
 
 
 def fsdp_layer_names(config_file: str | Path) -> list[str]:

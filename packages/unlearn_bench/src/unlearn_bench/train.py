@@ -7,12 +7,15 @@
 - ``unlearn``: a method from :data:`unlearn_bench.methods.METHODS` applied to a
   vanilla model, on the forget set (and retain, for methods that regularise on it).
 
-Each writes ``RUN/config.json``, ``RUN/log.jsonl``, ``RUN/checkpoint/``,
-``RUN/model/`` (a Hugging Face Llava folder with its processor) and ``RUN/metrics.json``.
-``config.json`` is :mod:`medcommon.run`'s schema: ``run.command`` is the pipeline step,
-``run.method`` the unlearning method (``finetune`` / ``retrain`` for those two), and
-``run.extra`` holds ``init`` (finetune, retrain: ``tiny`` or the Llava folder started
-from) or ``vanilla_model`` (unlearn: the folder the method started from).
+Each takes one :class:`medcommon.run.RunSpec` (the CLI's ``App.spec``, or
+:func:`run_spec` from Python), opens the run folder with :func:`medcommon.run.open_run`
+(a fresh ``--out``, or ``--resume`` of the same command, method and seed) and writes
+``RUN/config.json``, ``RUN/log.jsonl``, ``RUN/checkpoint/``, ``RUN/model/`` (a Hugging
+Face Llava folder with its processor) and ``RUN/metrics.json``. In ``config.json``,
+``run.command`` is the pipeline step, ``run.method`` the unlearning method
+(``finetune`` / ``retrain`` for those two), and ``run.extra`` holds ``init`` (finetune,
+retrain: ``tiny`` or the Llava folder started from) or ``vanilla_model`` (unlearn: the
+folder the method started from).
 """
 
 from __future__ import annotations
@@ -28,11 +31,10 @@ from typing import Any
 import torch
 
 from medcommon.errors import InputError
-from medcommon.run import RunInfo, load_run, make_run_info, write_metrics, write_run_config
+from medcommon.run import RunFolder, RunSpec, load_run, open_run
 from medcommon.train import TrainConfig, Trainer, seed_everything
-from medcommon.train.accelerator import resolve_device
 from unlearn_bench import PACKAGE, __version__
-from unlearn_bench.config import FinetuneConfig
+from unlearn_bench.config import FinetuneConfig, ScaleConfig, choose_preset, finetune_preset
 from unlearn_bench.data import (
     FILES,
     EncodedSet,
@@ -45,6 +47,7 @@ from unlearn_bench.data import (
 )
 from unlearn_bench.losses import nll
 from unlearn_bench.methods import METHODS, Forwards, forward
+from unlearn_bench.mllmu import dataset_folder
 from unlearn_bench.model import (
     build_tiny,
     check_llava_dir,
@@ -56,6 +59,7 @@ from unlearn_bench.model import (
 from unlearn_bench.scale import (
     Diverged,
     check_finite,
+    check_scale,
     divergence_error,
     finish_trainable,
     mixed_precision,
@@ -70,6 +74,9 @@ from unlearn_bench.synth import TRAIN_SPLITS
 # reads the encoder's last hidden state), the layers above RMU's steered layer.
 # find_unused_parameters lets DDP reduce zeros for them instead of failing.
 _DDP_UNUSED = True
+# What --resume may change (with --set): how long to train and how often to log / checkpoint.
+FINETUNE_RESUMABLE = ("epochs", "log_every", "checkpoint_every")
+UNLEARN_RESUMABLE = ("epochs", "log_every")
 
 
 def is_tiny_lineage(path: str | Path) -> bool:
@@ -125,55 +132,41 @@ def _finetune_step(model, batch, ctx):
     return {"loss": nll(forward(model, batch).logits, batch["labels"], ddp=True)}
 
 
-def _check_resumable(out: Path, command: str, method: str, seed: int) -> None:
-    """``--resume`` continues the same run: same command, method and seed (read with load_run)."""
-    if not (out / "config.json").is_file():
-        return  # nothing written yet: --resume starts from step 0
-    saved = load_run(out, package=PACKAGE).info
-    # runs of the earlier layout have no method for finetune / retrain: it is the command
-    if (saved.command, saved.method or saved.command, saved.seed) != (command, method, seed):
-        raise InputError(
-            out,
-            f"cannot resume a {saved.command} run of method {saved.method} with seed "
-            f"{saved.seed} as {command} {method} with seed {seed}",
-        )
-
-
-def _start(trainer: Trainer, out: Path, info: RunInfo, cfg: Any) -> None:
+def _start(trainer: Trainer, run: RunFolder, **extra: Any) -> None:
     """Write ``RUN/config.json`` (main process only under DDP) before the first step."""
     if trainer.accelerator.is_main_process:
-        write_run_config(out, info, cfg)
+        run.start(**extra)
     trainer.accelerator.wait_for_everyone()
 
 
 def _finish(
     trainer: Trainer,
+    run: RunFolder,
     model: Any,
     processor: Any,
-    out: Path,
     metrics: dict[str, Any],
-    cfg: Any,
+    scale: ScaleConfig,
     save_dtype: torch.dtype,
     base: Path | None,
 ) -> None:
     """Write ``RUN/model`` and ``RUN/metrics.json`` (main process only under DDP).
 
     ``RUN/model`` is the trained Llava in the checkpoint's dtype (LoRA merged), or with
-    ``save_adapter_only`` the peft adapter of the base folder ``base``.
+    ``scale.save_adapter_only`` the peft adapter of the base folder ``base``.
     """
     # medcommon-candidate: a Trainer hook (e.g. ``save_fn(model, dir)``) so the loop can write
     # a Hugging Face folder itself; model_config=None + this function is the workaround.
     if _is_fsdp(trainer):
-        _finish_fsdp(trainer, model, processor, out, metrics, save_dtype)
+        _finish_fsdp(trainer, run, model, processor, metrics, save_dtype)
         return
     check_finite(model, metrics["steps"])
     if trainer.accelerator.is_main_process:
-        final = finish_trainable(model, cfg, save_dtype)
-        if cfg.lora and cfg.save_adapter_only:
-            save_adapter(final, processor, base, out / "model")
+        final = finish_trainable(model, scale, save_dtype)
+        if scale.lora and scale.save_adapter_only:
+            save_adapter(final, processor, base, run.path / "model")
         else:
-            save_llava(final, processor, out / "model")
-        write_metrics(out, metrics)
+            save_llava(final, processor, run.path / "model")
+        run.finish(metrics)
     trainer.accelerator.wait_for_everyone()
 
 
@@ -186,7 +179,7 @@ def _is_fsdp(trainer: Trainer | None = None) -> bool:
     return trainer.accelerator.distributed_type == DistributedType.FSDP
 
 
-def _finish_fsdp(trainer, model, processor, out, metrics, save_dtype) -> None:
+def _finish_fsdp(trainer, run, model, processor, metrics, save_dtype) -> None:
     """Under ``accelerate launch`` with FSDP: gather the full state dict, rank 0 writes it.
 
     Not run here (accelerate builds FSDP only on GPUs); the sharded arithmetic itself
@@ -199,31 +192,31 @@ def _finish_fsdp(trainer, model, processor, out, metrics, save_dtype) -> None:
             if v.is_floating_point() and not torch.isfinite(v).all():
                 raise Diverged(f"weight {name} is not finite after step {metrics['steps']}")
         model.config.use_cache = True
-        save_llava(model, processor, out / "model", state_dict=state)
-        write_metrics(out, metrics)
+        save_llava(model, processor, run.path / "model", state_dict=state)
+        run.finish(metrics)
     trainer.accelerator.wait_for_everyone()
 
 
-def _check_fsdp(trainer: Trainer, cfg: Any, resume: bool) -> None:
+def _check_fsdp(trainer: Trainer, scale: ScaleConfig, resume: bool) -> None:
     """FSDP runs full-parameter training from scratch (what the 7B table needs it for)."""
     if not _is_fsdp(trainer):
         return
-    if cfg.lora:
-        raise InputError("lora", "LoRA under FSDP is not supported; a 7B LoRA run fits one GPU")
+    if scale.lora:
+        raise InputError(
+            "scale.lora", "LoRA under FSDP is not supported; a 7B LoRA run fits one GPU"
+        )
     if resume:
         raise InputError("--resume", "not supported under FSDP (no checkpoint is written)")
 
 
-def _guarded_finish(
-    trainer, model, processor, out, metrics, cfg, save_dtype, base, existed, resume
-):
+def _guarded_finish(trainer, run, model, processor, metrics, scale, save_dtype, base, existed):
     """:func:`_finish`, cleaning up like :func:`_fit_or_clean` if the last weights are not finite."""
     try:
-        _finish(trainer, model, processor, out, metrics, cfg, save_dtype, base)
+        _finish(trainer, run, model, processor, metrics, scale, save_dtype, base)
     except Diverged as exc:
-        if trainer.accelerator.is_main_process and not resume:
-            _discard(out, existed)
-        raise divergence_error(metrics["command"], exc, kept=resume) from None
+        if trainer.accelerator.is_main_process and not run.resumed:
+            _discard(run.path, existed)
+        raise divergence_error(metrics["command"], exc, kept=run.resumed) from None
 
 
 def _fit_or_clean(trainer: Trainer, command: str, out: Path, existed: bool, resume: bool):
@@ -250,37 +243,45 @@ def _discard(out: Path, existed: bool) -> None:
         shutil.rmtree(out / name, ignore_errors=True)
 
 
-def _check_scale(cfg: Any, base: Path | None) -> None:
-    if cfg.grad_accum_steps < 1:
-        raise InputError("grad_accum_steps", f"must be >= 1, got {cfg.grad_accum_steps}")
-    if cfg.save_adapter_only and not cfg.lora:
-        raise InputError("save_adapter_only", "needs lora=true (there is no adapter to save)")
-    if cfg.save_adapter_only and base is None:
-        raise InputError("save_adapter_only", "needs --model: an adapter is saved against a base")
+def run_spec(command: str, out: str | Path, data: str | Path, **fields: Any) -> RunSpec:
+    """A :class:`RunSpec` for :func:`finetune` / :func:`unlearn` called from Python.
+
+    ``fields`` are the other :class:`RunSpec` fields (``method``, ``seed``, ``preset``,
+    ``overrides``, ``device``, ``quiet``, ``resume``, ``options={"model": PATH}``).
+    """
+    return RunSpec(PACKAGE, __version__, command, Path(out), Path(data), **fields)
 
 
-def finetune(
-    data_dir: str | Path,
-    out: str | Path,
-    cfg: FinetuneConfig,
-    *,
-    seed: int = 0,
-    model_path: str | Path | None = None,
-    retain_only: bool = False,
-    device: str = "auto",
-    quiet: bool = False,
-    resume: bool = False,
-) -> dict[str, Any]:
-    """Train the vanilla model (or, with ``retain_only``, the retrained gold model)."""
-    data_dir, out = Path(data_dir), Path(out)
-    command = "retrain" if retain_only else "finetune"
+def _prepared(spec: RunSpec, real_model: bool) -> RunSpec:
+    """``spec`` with its dataset folder (an MLLMU-Bench folder converted) and, for a new
+    run without ``--preset``, the preset :func:`~unlearn_bench.config.choose_preset` picks."""
+    preset = spec.preset if spec.resume else choose_preset(spec.preset, real_model)
+    return spec.replace(data=dataset_folder(spec.data), preset=preset)
+
+
+def finetune(spec: RunSpec) -> dict[str, Any]:
+    """Train the vanilla model (command ``finetune``), or the retrained gold model on
+    retain only (command ``retrain``); returns the run's metrics.
+
+    ``spec.options["model"]``: a Llava folder to start from (default: a fresh tiny Llava).
+    """
+    command = spec.command
+    if command not in ("finetune", "retrain"):
+        raise ValueError(f"finetune runs the finetune or retrain command, not {command!r}")
+    model_path = spec.options.get("model")
+    spec = _prepared(spec, real_model=model_path is not None).replace(method=command)
+    run = open_run(
+        spec,
+        FinetuneConfig,
+        base=lambda s: finetune_preset(s.preset),
+        resumable=FINETUNE_RESUMABLE,
+    )
+    cfg, data_dir, out, seed = run.cfg, run.spec.data, run.path, run.seed
     data = check_dataset(data_dir, FILES)
     model_dir = check_llava_dir(model_path) if model_path is not None else None
-    device = resolve_device(device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    _check_scale(cfg, model_dir)
-    if resume:
-        _check_resumable(out, command, command, seed)
+    device = spec.device
+    dtype = resolve_dtype(cfg.scale.dtype, device)
+    check_scale(cfg.scale, model_dir)
     existed = out.exists()
     seed_everything(seed)
     if model_dir is not None:
@@ -289,22 +290,14 @@ def finetune(
     else:  # the tokenizer sees every split, so finetune and retrain share one initialisation
         model, processor = build_tiny(cfg.model, corpus_texts(data))
         save_dtype = torch.float32
-    model = prepare_trainable(model, cfg, dtype)
+    model = prepare_trainable(model, cfg.scale, dtype)
     enc = Encoder(processor, data_dir)
     # the training QA, never the evaluation probes (forget / retain)
+    retain_only = command == "retrain"
     items = data["retain_train"] if retain_only else data["forget_train"] + data["retain_train"]
     encoded = [enc.encode(it, loss_tokens=cfg.loss_tokens) for it in items]
     batch_size = min(cfg.batch_size, len(encoded))
     steps = _steps(cfg.epochs, len(encoded), batch_size)
-    info = make_run_info(
-        PACKAGE,
-        __version__,
-        command,
-        method=command,
-        seed=seed,
-        data=data_dir,
-        init=str(model_dir.resolve()) if model_dir else "tiny",
-    )
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = None
@@ -320,7 +313,7 @@ def finetune(
         config=TrainConfig(
             max_steps=steps,
             batch_size=batch_size,
-            grad_accum_steps=cfg.grad_accum_steps,
+            grad_accum_steps=cfg.scale.grad_accum_steps,
             max_grad_norm=cfg.max_grad_norm,
             mixed_precision=mixed_precision(dtype),
             log_every=cfg.log_every,
@@ -333,11 +326,11 @@ def finetune(
         scheduler=scheduler,
         collate_fn=partial(collate, pad_id=processor.tokenizer.pad_token_id),
         device=device,
-        quiet=quiet,
+        quiet=spec.quiet,
     )
-    _check_fsdp(trainer, cfg, resume)
-    _start(trainer, out, info, cfg)
-    result = _fit_or_clean(trainer, command, out, existed, resume)
+    _check_fsdp(trainer, cfg.scale, run.resumed)
+    _start(trainer, run, init=str(model_dir.resolve()) if model_dir else "tiny")
+    result = _fit_or_clean(trainer, command, out, existed, run.resumed)
     metrics = {
         "command": command,
         "steps": result.steps,
@@ -346,33 +339,32 @@ def finetune(
         "dtype": dtype,
     }
     _guarded_finish(
-        trainer, model, processor, out, metrics, cfg, save_dtype, model_dir, existed, resume
+        trainer, run, model, processor, metrics, cfg.scale, save_dtype, model_dir, existed
     )
     return metrics
 
 
-def unlearn(
-    model_path: str | Path,
-    data_dir: str | Path,
-    out: str | Path,
-    method_name: str,
-    cfg: Any,
-    *,
-    seed: int = 0,
-    device: str = "auto",
-    quiet: bool = False,
-    resume: bool = False,
-) -> dict[str, Any]:
-    """Apply an unlearning method to the vanilla model at ``model_path``."""
-    data_dir, out = Path(data_dir), Path(out)
+def unlearn(spec: RunSpec) -> dict[str, Any]:
+    """Apply method ``spec.method`` to the vanilla model ``spec.options["model"]``
+    (``RUN`` or ``RUN/model`` of finetune, or any Llava folder); returns the run's metrics."""
+    model_path = spec.options.get("model")
+    if model_path is None:
+        raise InputError("--model", "unlearn needs the vanilla model to start from")
+    spec = _prepared(spec, real_model=not is_tiny_lineage(model_path))
+    run = open_run(
+        spec,
+        lambda s: METHODS.get(s.method).config_class,
+        base=lambda s: METHODS.get(s.method).preset_config(s.preset),
+        resumable=UNLEARN_RESUMABLE,
+    )
+    cfg, data_dir, out, seed = run.cfg, run.spec.data, run.path, run.seed
+    method_name = run.method
     cls = METHODS.get(method_name)
     data = check_dataset(data_dir, TRAIN_SPLITS)
     model_dir = check_llava_dir(model_path)
-    device = resolve_device(device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    _check_scale(cfg, model_dir)
-    if resume:
-        _check_resumable(out, "unlearn", method_name, seed)
+    device = spec.device
+    dtype = resolve_dtype(cfg.scale.dtype, device)
+    check_scale(cfg.scale, model_dir)
     existed = out.exists()
     seed_everything(seed)
     model, processor = load_llava(model_dir, dtype=torch_dtype(dtype))
@@ -380,7 +372,7 @@ def unlearn(
     ref = None
     if cls.needs_reference:  # frozen, in the compute dtype (bf16 halves its memory)
         ref = reference_model(model, getattr(cfg, "npo_reference", "vanilla"), dtype)
-    model = prepare_trainable(model, cfg, dtype)
+    model = prepare_trainable(model, cfg.scale, dtype)
     method = cls(cfg, ref=ref, seed=seed)
     method.setup(model)
     enc = Encoder(processor, data_dir)
@@ -395,15 +387,6 @@ def unlearn(
         dataset, collate_fn = EncodedSet(forget), partial(collate, pad_id=pad)
     batch_size = min(cfg.batch_size, len(forget))
     steps = _steps(cfg.epochs, len(forget), batch_size)
-    info = make_run_info(
-        PACKAGE,
-        __version__,
-        "unlearn",
-        method=method_name,
-        seed=seed,
-        data=data_dir,
-        vanilla_model=str(model_dir.resolve()),
-    )
     trainer = Trainer(
         Forwards(model),  # forget and retain in one call per step: what DDP accepts
         torch.optim.AdamW(
@@ -414,7 +397,7 @@ def unlearn(
         config=TrainConfig(
             max_steps=steps,
             batch_size=batch_size,
-            grad_accum_steps=cfg.grad_accum_steps,
+            grad_accum_steps=cfg.scale.grad_accum_steps,
             max_grad_norm=cfg.max_grad_norm,
             mixed_precision=mixed_precision(dtype),
             log_every=cfg.log_every,
@@ -426,15 +409,15 @@ def unlearn(
         collate_fn=collate_fn,
         stage=None,
         device=device,
-        quiet=quiet,
+        quiet=spec.quiet,
     )
     if ref is not None:
         # Never inside DDP: every process holds the same frozen copy (loaded from the same
         # folder, before any step) on its own device and runs it on its share of the batch.
         method.ref = ref.to(trainer.accelerator.device)
-    _check_fsdp(trainer, cfg, resume)
-    _start(trainer, out, info, cfg)
-    result = _fit_or_clean(trainer, "unlearn", out, existed, resume)
+    _check_fsdp(trainer, cfg.scale, run.resumed)
+    _start(trainer, run, vanilla_model=str(model_dir.resolve()))
+    result = _fit_or_clean(trainer, "unlearn", out, existed, run.resumed)
     metrics = {
         "command": "unlearn",
         "method": method_name,
@@ -444,6 +427,6 @@ def unlearn(
         "dtype": dtype,
     }
     _guarded_finish(
-        trainer, model, processor, out, metrics, cfg, save_dtype, model_dir, existed, resume
+        trainer, run, model, processor, metrics, cfg.scale, save_dtype, model_dir, existed
     )
     return metrics

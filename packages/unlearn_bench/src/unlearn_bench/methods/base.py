@@ -7,15 +7,14 @@ config dataclass and a :class:`Method` subclass overriding :meth:`Method.loss`,
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from medcommon.registry import Registry
-from unlearn_bench.config import PRESETS, check_tables, preset_entry
+from unlearn_bench.config import ScaleConfig, unlearn_preset
 
 METHODS: Registry[type[Method]] = Registry("method")
 
@@ -32,25 +31,7 @@ class UnlearnConfig:
     # "answer": losses count answer tokens; "full": every non-padding token (MLLMU-Bench's
     # baselines, whose labels are the whole input with the padding masked).
     loss_tokens: Literal["answer", "full"] = "answer"
-    # Real checkpoints at scale (unlearn_bench.scale): precision, LoRA, memory savers.
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # bf16 autocast on GPU
-    lora: bool = False  # MLLMU-Bench: r=16, alpha=16, dropout 0.05 on the LM's linear layers
-    lora_r: int = 16
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    save_adapter_only: bool = False  # RUN/model = the peft adapter, not the merged Llava
-    grad_accum_steps: int = 1  # micro-batches per optimizer step (batch_size is the global batch)
-    gradient_checkpointing: bool = False
-
-
-# tiny/demo/small: the tiny model needs a far larger step than a LoRA-tuned 7B model.
-PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
-    "tiny": {"lr": 1e-3, "epochs": 1.0, "batch_size": 8, "log_every": 2},
-    "demo": {"lr": 1e-4, "epochs": 3.0, "batch_size": 8},
-    "small": {"lr": 1e-4, "epochs": 3.0, "batch_size": 8},
-    "full": {},
-}
-check_tables({"unlearning": PRESET_OVERRIDES})
+    scale: ScaleConfig = field(default_factory=ScaleConfig)  # precision, LoRA, memory savers
 
 
 def forward(model: torch.nn.Module, batch: dict[str, Any], hidden: bool = False):
@@ -106,15 +87,12 @@ class Method:
         config_class: the method's frozen config dataclass.
         needs_reference: a frozen copy of the vanilla model is passed as ``ref``.
         uses_retain: batches are ``{"forget": ..., "retain": ...}`` instead of forget only.
-        preset_overrides: per-preset changes on top of :data:`PRESET_OVERRIDES` (a preset
-            it leaves out gets the common entry only); unknown preset names are an error.
         description: one line for ``METHODS.describe(name)`` and the CLI help.
     """
 
     config_class: ClassVar[type] = UnlearnConfig
     needs_reference: ClassVar[bool] = False
     uses_retain: ClassVar[bool] = False
-    preset_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
     description: ClassVar[str] = ""
 
     def __init__(self, cfg: Any, ref: torch.nn.Module | None = None, seed: int = 0) -> None:
@@ -124,13 +102,10 @@ class Method:
 
     @classmethod
     def preset_config(cls, preset: str) -> Any:
-        """The method's config for a preset (``full`` = the paper's defaults)."""
-        common = preset_entry(PRESET_OVERRIDES, preset, "unlearning")
-        stray = set(cls.preset_overrides) - set(PRESETS)
-        if stray:  # a misspelt preset key would otherwise be ignored without a word
-            raise KeyError(f"{cls.__name__}.preset_overrides has unknown presets {sorted(stray)}")
-        changes = {**common, **cls.preset_overrides.get(preset, {})}
-        return dataclasses.replace(cls.config_class(), **changes)
+        """The method's config for a preset: its ``unlearn`` section, then its
+        ``methods.<name>`` changes (``full`` = the paper's defaults)."""
+        name = next((n for n in METHODS if METHODS.get(n) is cls), None)
+        return unlearn_preset(preset, cls.config_class, name, METHODS.names())
 
     def forget_answer(self, item: dict[str, Any]) -> str | None:
         """The answer to train the forget question toward (None keeps the original)."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import ClassVar
 
 import torch
 
@@ -42,12 +41,6 @@ class RMU(Method):
     config_class = RMUConfig
     uses_retain = True
     needs_reference = True
-    preset_overrides: ClassVar[dict[str, dict[str, float]]] = {
-        # the activation MSE needs a larger step than the NLL-based methods at this scale
-        "tiny": {"lr": 1e-3, "steering_coeff": 20.0, "alpha": 1.0},
-        "demo": {"lr": 1e-3, "steering_coeff": 20.0, "alpha": 1.0},
-        "small": {"lr": 1e-3, "steering_coeff": 20.0, "alpha": 1.0},
-    }
 
     def setup(self, model):
         text = model.config.text_config

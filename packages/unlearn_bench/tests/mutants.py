@@ -1,28 +1,22 @@
-"""Mutation testing of the loss/method/metric wiring: one-line edits, one at a time.
+"""Mutation testing of the loss/method/metric wiring, for ``python -m medai_testkit.mutation``.
 
-Each mutant is ``(file, line number, old text, new text)``: the generic operator
-mutations below applied to every code line of ``losses.py``, ``methods/*.py`` and the
-metric part of ``evaluate.py`` (plus the named mutations of issue 13 in ``data.py`` and
-``medcommon/metrics/privacy.py``). For each, the fast tests of that file run with
-``-x``; a mutant is *killed* when they fail. Usage (from the repository root, with the
-worktree's src folders on PYTHONPATH)::
+Each mutant is one line edit: the generic regex rules below applied to every code line
+of ``losses.py``, ``methods/*.py`` (not ``__init__``/``base``) and the metric part of
+``evaluate.py`` (from ``token_stats`` to ``evaluate_run``), plus the named mutations of
+issue 13 in those files, ``data.py`` and ``medcommon/metrics/privacy.py``. For each,
+the fast tests of its file's group run with ``-x``; a mutant is *killed* when they
+fail. From the repository root::
 
-    python packages/unlearn_bench/scripts/mutants.py [--only SUBSTRING] [--list]
-
-Prints one line per mutant and the kill rate; writes the results to ``--out``
-(``--rerun FILE`` runs only the survivors of an earlier results file). The runner is
-:mod:`medcommon.mutation`'s: every mutant edits a copy of the sources, never the tree.
+    OMP_NUM_THREADS=1 python -m medai_testkit.mutation unlearn_bench [--list] [--only S] [--full]
+        [--out packages/unlearn_bench/benchmarks/mutation/results.json]
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from medcommon.mutation import Mutant, listed, main, regex_mutants
+from medai_testkit.mutation import Mutant, listed, regex_mutants
 
-ROOT = Path(__file__).resolve().parents[3]
-PKG = ROOT / "packages/unlearn_bench"
-SRC = PKG / "src/unlearn_bench"
 TESTS = {
     "losses": ["test_losses.py", "test_methods.py", "test_data.py"],
     "methods": ["test_methods.py", "test_losses.py", "test_recipe.py"],
@@ -101,35 +95,15 @@ NAMED = [
 ]
 
 
-MEDCOMMON = ROOT / "packages/medcommon/src"
-ROOTS = {"medcommon": MEDCOMMON, "unlearn": PKG / "src"}
-
-
-def _where(rel: str) -> tuple[Path, str]:
+def _where(src: Path, rel: str) -> tuple[Path, str]:
     """(source root, path relative to it) of a file named as in TESTS/NAMED."""
-    if rel == "privacy.py":
-        return MEDCOMMON, "medcommon/metrics/privacy.py"
-    return PKG / "src", f"unlearn_bench/{rel}"
-
-
-def _path(rel: str) -> Path:
-    root, file = _where(rel)
-    return root / file
-
-
-def _group(rel: str) -> str:
-    if rel.startswith("methods/"):
-        return "methods"
-    return Path(rel).stem
-
-
-def tests_of(m: Mutant) -> list[str]:
-    rel = m.file.removeprefix("unlearn_bench/").removeprefix("medcommon/metrics/")
-    return [str(PKG / "tests" / t) for t in TESTS[_group(rel)]]
+    if rel == "privacy.py":  # medcommon's, beside this package under packages/
+        return src.parents[1] / "medcommon" / "src", "medcommon/metrics/privacy.py"
+    return src, f"unlearn_bench/{rel}"
 
 
 def _code_lines(path: Path, rel: str):
-    """(number, line) of the lines to mutate: code, not docstrings/comments/imports."""
+    """(0-based index, line) of the lines to mutate: code, not docstrings/comments/imports."""
     lines = path.read_text().splitlines()
     in_doc = False
     start, stop = 0, len(lines)
@@ -150,25 +124,26 @@ def _code_lines(path: Path, rel: str):
         yield i, ln
 
 
-def generate() -> list[Mutant]:
-    files = [
-        "losses.py",
-        *(f"methods/{p.name}" for p in sorted((SRC / "methods").glob("*.py"))),
-        "evaluate.py",
-    ]
+def make_mutants(src: Path, per_line: int = 1) -> list[Mutant]:
+    """Every rule matching a line gives a mutant (``per_line`` does not apply to these rules)."""
+    methods = sorted((src / "unlearn_bench" / "methods").glob("*.py"))
+    files = ["losses.py", *(f"methods/{p.name}" for p in methods), "evaluate.py"]
     out = []
     for rel in files:
         if rel in ("methods/__init__.py", "methods/base.py"):
             continue
-        root, file = _where(rel)
-        out += regex_mutants(root, file, _code_lines(_path(rel), rel), RULES)
+        root, file = _where(src, rel)
+        out += regex_mutants(root, file, _code_lines(root / file, rel), RULES)
     for rel, old, new in NAMED:
-        root, file = _where(rel)
+        root, file = _where(src, rel)
         out.append(listed(root, file, old, new, f"named: {rel}: {new.strip()}"))
     return out
 
 
-if __name__ == "__main__":
-    raise SystemExit(
-        main(generate, tests_of, roots=ROOTS, cwd=ROOT, default_out="/tmp/unlearn-mutants.json")
-    )
+def tests_for(mutant: Mutant, full: bool) -> list[str]:
+    """The fast tests of the mutated file's group (``full``: the whole fast suite)."""
+    if full:
+        return ["tests"]
+    rel = mutant.file.removeprefix("unlearn_bench/").removeprefix("medcommon/metrics/")
+    group = "methods" if rel.startswith("methods/") else Path(rel).stem
+    return [f"tests/{t}" for t in TESTS[group]]
