@@ -36,6 +36,7 @@ from medcommon.synthetic import to_uint
 from pbbl_cxr import __version__
 from pbbl_cxr.claims import PBBL, PBBL_ORACLE_SELECT, declared_claims
 from pbbl_cxr.config import (
+    PRESETS,
     BenchmarkConfig,
     RunConfig,
     SynthConfig,
@@ -362,7 +363,7 @@ def run_benchmark(
         extra,
         claims=claims,
         figures=FIGURES,
-        sources=[module_source("pbbl_cxr.claims")],
+        sources=[module_source("pbbl_cxr.claims"), *PRESETS.sources(preset)],
     )
     results["settings"] = [{**asdict(s), "synth": dict(s.synth)} for s in chosen]
     write_outputs(out, results)

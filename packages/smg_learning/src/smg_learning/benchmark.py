@@ -304,7 +304,7 @@ def write_benchmark(
     figures = ["headline.png", "summary.png"] + [f"dice_{m}.png" for m in methods]
     figures += ["smd_samples.png"] if smd is not None else []
     figures += ["paired.png"] if paired_pairs(methods) else []
-    files = [module_source("smg_learning.claims"), *sources]
+    files = [module_source("smg_learning.claims"), *PRESETS.sources(spec.preset), *sources]
     if spec.config_file is not None:
         files.append(str(spec.config_file))
     results = make_results(
