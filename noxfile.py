@@ -252,6 +252,36 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def reproduce(session: nox.Session) -> None:
+    """Rerun the demo and compare every metric with the committed
+    ``packages/<pkg>/benchmarks/demo/results.json`` (``medcommon compare``, tolerance 0):
+    the largest difference per package, and a failure when any value or claim differs.
+    ``-- --tolerance X`` relaxes the check."""
+    tolerance = (
+        session.posargs[session.posargs.index("--tolerance") + 1]
+        if ("--tolerance" in session.posargs)
+        else "0"
+    )
+    _install(session, *PACKAGES)
+    out = ROOT / "reproduce-results"
+    out.mkdir(exist_ok=True)
+    dirs, seconds = _run_benchmarks(session, out, "demo", None)
+    failed = []
+    for name, folder in zip(METHOD_PACKAGES, dirs):
+        committed = ROOT / "packages" / name / "benchmarks" / "demo"
+        session.log(f"{name}: committed {committed} vs rerun {folder} ({seconds[name]:.0f} s)")
+        try:
+            session.run(
+                "medcommon", "compare", str(committed), str(folder), "--tolerance", tolerance
+            )
+        except nox.command.CommandFailed:
+            failed.append(name)
+    session.log(f"demo wall time: {sum(seconds.values()):.0f} s ({seconds})")
+    if failed:
+        session.error(f"the demo does not reproduce its committed results: {', '.join(failed)}")
+
+
+@nox.session(default=False)
 def demo(session: nox.Session) -> None:
     """Each method package's benchmark at preset `demo` (its central claim, minutes on a laptop
     CPU), then the combined report: the headline table of claims first, one figure per package."""

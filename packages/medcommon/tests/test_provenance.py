@@ -9,8 +9,9 @@ from medcommon.provenance import changed_since, git_state, module_source, proven
 from medcommon.report import Claim, combine_reports, make_results, write_results
 
 ROWS = [
-    {"method": "pbbl", "seed": 0, "metrics": {"auc": 0.8}},
-    {"method": "erm", "seed": 0, "metrics": {"auc": 0.6}},
+    {"method": m, "seed": s, "metrics": {"auc": v + 0.01 * s}}
+    for s in range(3)
+    for m, v in (("pbbl", 0.8), ("erm", 0.6))
 ]
 
 
@@ -52,7 +53,7 @@ def test_results_carry_provenance_and_post_hoc_claims_are_not_counted(tmp_path, 
     write_results(tmp_path, res)
     text = combine_reports([tmp_path])
     assert "## Headline: 1 of 2 claims hold" in text
-    assert "post hoc, not counted" in text
+    assert "(post hoc), not counted" in text
     assert "run from a dirty tree at bbbbbbbbbb" in text
 
 

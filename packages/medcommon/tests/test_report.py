@@ -111,39 +111,62 @@ def test_plots_are_png_files(tmp_path):
 
 
 def _claim_rows():
+    # paired differences new - old per seed: 0.20, 0.21, 0.19, 0.20 (mean 0.2, sd 0.00816)
     rows = []
-    for seed, (m, b) in enumerate([(0.90, 0.70), (0.80, 0.72), (0.85, 0.74)]):
+    for seed, (m, b) in enumerate([(0.90, 0.70), (0.81, 0.60), (0.85, 0.66), (0.82, 0.62)]):
         rows.append({"method": "new", "seed": seed, "setting": "s1", "metrics": {"auc": m}})
         rows.append({"method": "old", "seed": seed, "setting": "s1", "metrics": {"auc": b}})
     return rows
 
 
-def test_claims_are_checked_and_kept_when_they_fail():
+def test_paired_interval_against_a_hand_computation():
+    from medcommon.report.claims import interval
+
+    # mean 0.2, sd 0.1, n 3: 0.2 ± t(0.975, 2) * 0.1 / sqrt(3), t = 4.302652729911275
+    lo, hi = interval([0.1, 0.2, 0.3])
+    half = 4.302652729911275 * 0.1 / 3**0.5
+    assert (lo, hi) == (pytest.approx(0.2 - half), pytest.approx(0.2 + half))
+
+
+def test_claims_are_decided_on_paired_intervals_and_kept_when_they_fail():
     from medcommon.report import Claim, make_results
 
+    # interval of the differences: 0.2 ± 3.1824 * 0.00816 / 2 = [0.187, 0.213]
     claims = [
-        Claim("new beats old", "new", "old", "auc", setting="s1", margin=0.1),  # 0.85 - 0.72
-        Claim("new beats old by a lot", "new", "old", "auc", setting="s1", margin=0.2),
+        Claim("new beats old", "new", "old", "auc", setting="s1", margin=0.1),
+        Claim("new beats old by a lot", "new", "old", "auc", setting="s1", margin=0.25),
+        Claim("new beats old by exactly the mean", "new", "old", "auc", setting="s1", margin=0.2),
         Claim("no harm", "new", "old", "auc", setting="s1", test="within", margin=0.02),
+        Claim(
+            "a tie at a wide margin", "new", "old", "auc", setting="s1", test="within", margin=0.3
+        ),
         Claim("lower is better", "old", "new", "auc", setting="s1", test="less", margin=0.1),
         Claim("missing method", "ghost", "old", "auc", setting="s1"),
     ]
-    res = make_results("pkg", "1", "tiny", [0, 1, 2], _claim_rows(), claims=claims)
+    res = make_results("pkg", "1", "tiny", [0, 1, 2, 3], _claim_rows(), claims=claims)
     got = {c["claim"]: c for c in res["claims"]}
-    assert len(res["claims"]) == 5, "a failing claim must not be dropped"
-    assert got["new beats old"]["value"] == pytest.approx(0.85)
-    assert got["new beats old"]["baseline_value"] == pytest.approx(0.72)
-    assert [got[k]["holds"] for k in got] == [True, False, False, True, False]
-    assert got["missing method"]["value"] is None and "ghost" in got["missing method"]["note"]
-    assert set(got["no harm"]) >= {
-        "claim",
-        "method",
-        "baseline",
-        "metric",
-        "value",
-        "baseline_value",
-        "holds",
-    }
+    assert len(res["claims"]) == 7, "a failing claim must not be dropped"
+    assert got["new beats old"]["value"] == pytest.approx(0.845)
+    assert got["new beats old"]["baseline_value"] == pytest.approx(0.645)
+    assert got["new beats old"]["difference"] == pytest.approx(0.2)
+    assert got["new beats old"]["pairs"] == 4
+    lo, hi = got["new beats old"]["interval"]
+    assert (lo, hi) == (pytest.approx(0.18701, abs=1e-4), pytest.approx(0.21299, abs=1e-4))
+    assert [got[k]["decision"] for k in got] == [
+        "holds", "fails", "undecided", "fails", "holds", "holds", "undecided"
+    ]  # fmt: skip
+    assert [got[k]["holds"] for k in got] == [True, False, False, False, True, True, False]
+    assert got["missing method"]["value"] is None and "too few" in got["missing method"]["note"]
+
+
+def test_one_seed_is_undecided_never_a_verdict():
+    from medcommon.report import Claim, make_results
+
+    rows = [r for r in _claim_rows() if r["seed"] == 0]
+    res = make_results(
+        "pkg", "1", "tiny", [0], rows, claims=[Claim("c", "new", "old", "auc", "s1")]
+    )
+    assert res["claims"][0]["decision"] == "undecided" and res["claims"][0]["pairs"] == 1
 
 
 def test_report_and_combined_report_lead_with_claims_and_figures(tmp_path):
@@ -155,16 +178,48 @@ def test_report_and_combined_report_lead_with_claims_and_figures(tmp_path):
     claims = [
         Claim("new beats old", "new", "old", "auc", setting="s1"),
         Claim("tie", "new", "old", "auc", setting="s1", test="within", margin=0.01),
+        Claim("a big gain", "new", "old", "auc", setting="s1", margin=0.2),
     ]
     res = make_results(
-        "pkg", "1", "tiny", [0, 1, 2], _claim_rows(), claims=claims, figures=["headline.png"]
+        "pkg", "1", "tiny", [0, 1, 2, 3], _claim_rows(), claims=claims, figures=["headline.png"]
     )
     write_results(folder, res)
     text = write_report(folder, res, "Pkg").read_text()
     assert text.index("## Claims") < text.index("| setting | method |")
     assert "![headline.png](headline.png)" in text
     combined = combine_reports([folder], relative_to=tmp_path / "bench")
-    assert combined.index("## Headline: 1 of 2 claims hold") < combined.index("## pkg 1")
-    assert "| pkg | new beats old (s1) | auc | new 0.850 | old 0.720 | **yes** |" in combined
-    assert "| pkg | tie (s1) | auc | new 0.850 | old 0.720 | no |" in combined
+    assert combined.index("## Headline: 1 of 3 claims hold (1 undecided)") < combined.index(
+        "## pkg 1"
+    )
+    assert "| pkg | new beats old (s1) | auc | new 0.845 | old 0.645 | **yes** |" in combined
+    assert "| pkg | tie (s1) | auc | new 0.845 | old 0.645 | no |" in combined
+    assert "| pkg | a big gain (s1) | auc | new 0.845 | old 0.645 | undecided |" in combined
+    assert "+0.200 [+0.187, +0.213] (n=4)" in text
     assert "(pkg/headline.png)" in combined
+
+
+def test_compare_finds_every_differing_value_and_decision(tmp_path, capsys):
+    from medcommon.cli import run_main
+    from medcommon.cli.main import DIFFER, main
+    from medcommon.report import Claim, make_results, write_results
+    from medcommon.report.compare import compare
+
+    claims = [Claim("new beats old", "new", "old", "auc", setting="s1", margin=0.1)]
+    rows = _claim_rows()
+    a = make_results("pkg", "1", "tiny", [0, 1, 2, 3], rows, claims=claims)
+    moved = [dict(r, metrics={"auc": r["metrics"]["auc"] - 0.15 * (r["method"] == "new")})
+             for r in rows]  # fmt: skip
+    b = make_results("pkg", "1", "tiny", [0, 1, 2, 3], moved, claims=claims)
+    for r in b["rows"]:
+        r["train_seconds"] = 99.0  # timings are the machine's, never compared
+    res = compare(a, b)
+    assert res["max_abs"] == pytest.approx(0.15)
+    assert len(res["differences"]) == 4 and res["missing"] == []
+    assert res["claims"] == ["claim 'new beats olds1': A holds / B fails"]
+    assert compare(a, a)["max_abs"] == 0 and not compare(a, a)["differences"]
+    write_results(tmp_path / "a", a)
+    write_results(tmp_path / "b", b)
+    assert run_main(main, ["compare", str(tmp_path / "a"), str(tmp_path / "a")]) == 0
+    assert run_main(main, ["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == DIFFER
+    assert "largest absolute difference 0.15" in capsys.readouterr().out
+    assert run_main(main, ["compare", str(tmp_path / "a"), str(tmp_path / "nope")]) == 2

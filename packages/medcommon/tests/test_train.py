@@ -330,3 +330,36 @@ def test_trainer_uses_global_batchnorm_only_with_several_processes(monkeypatch, 
     want = GlobalBatchNorm if processes > 1 and switch else None
     assert all((k is want) if want else k is not GlobalBatchNorm for k in seen[0])
     assert _bn_kinds(model) == [torch.nn.BatchNorm2d, torch.nn.BatchNorm1d]
+
+
+_THREADED_SUM = """
+import sys, torch
+from medcommon.train import fix_threads
+fix_threads(int(sys.argv[1]))
+g = torch.Generator().manual_seed(0)
+x = torch.randn(4_000_000, generator=g, dtype=torch.float32)
+w = torch.randn(512, 512, generator=g)
+y = (w @ torch.randn(512, 256, generator=g)).sum(0)
+print(torch.get_num_threads(), x.sum().item(), y.tolist())
+"""
+
+
+def test_fix_threads_makes_numbers_independent_of_the_environment():
+    def run(env_threads: str, pinned: int) -> str:
+        env = {**os.environ, "OMP_NUM_THREADS": env_threads, "MKL_NUM_THREADS": env_threads}
+        proc = subprocess.run(
+            [sys.executable, "-c", _THREADED_SUM, str(pinned)],
+            capture_output=True, text=True, env=env, check=True,
+        )  # fmt: skip
+        return proc.stdout
+
+    one, three = run("1", 2), run("3", 2)
+    assert one == three  # the environment's thread count no longer reaches the numbers
+    assert one.split()[0] == "2"
+
+
+def test_fix_threads_refuses_zero():
+    from medcommon.train import fix_threads
+
+    with pytest.raises(InputError, match="--threads"):
+        fix_threads(0)

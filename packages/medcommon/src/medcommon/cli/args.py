@@ -11,6 +11,10 @@ from typing import NoReturn
 from medcommon.config import PRESETS
 from medcommon.registry import Registry
 
+BENCHMARK_THREADS = 2
+"""CPU threads per benchmark process unless ``--threads`` says otherwise
+(:func:`medcommon.train.fix_threads` pins them)."""
+
 
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one ``error:`` line and exit code 2."""
@@ -201,7 +205,7 @@ def add_evaluate_args(
 
 
 def add_benchmark_args(p: argparse.ArgumentParser) -> None:
-    """``--out --preset --seeds --data --device --quiet``."""
+    """``--out --preset --seeds --data --device --threads --quiet``."""
     p.add_argument(
         "--out", type=Path, required=True, help="folder for results.json, report.md, plots"
     )
@@ -211,4 +215,11 @@ def add_benchmark_args(p: argparse.ArgumentParser) -> None:
         "--data", type=Path, default=None, help="a real dataset instead of synthetic data"
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=BENCHMARK_THREADS,
+        help="CPU threads per process, pinned whatever OMP_NUM_THREADS says, so that the "
+        f"numbers do not depend on the machine (default {BENCHMARK_THREADS}; recorded)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -1,4 +1,5 @@
-"""The ``medcommon`` console script: ``inspect`` an image, combine benchmark ``report``s."""
+"""The ``medcommon`` console script: ``inspect`` an image, combine benchmark ``report``s,
+``compare`` two benchmark results."""
 
 from __future__ import annotations
 
@@ -42,7 +43,25 @@ def _report(dirs: Sequence[Path], out: Path | None) -> int:
     return 0
 
 
-app = App("medcommon", "Shared tools: inspect images, combine benchmark reports.", __version__)
+DIFFER = 3
+"""``compare``'s exit code when the results differ (1 and 2 keep their contract meanings)."""
+
+
+def _compare(a: Path, b: Path, tolerance: float, show: int) -> int:
+    from medcommon.report import load_results
+    from medcommon.report.compare import compare, row_count, summary_lines
+
+    first, second = load_results(a), load_results(b)
+    res = compare(first, second)
+    print("\n".join(summary_lines(res, row_count(first), show)))
+    return DIFFER if res["max_abs"] > tolerance or res["missing"] or res["claims"] else 0
+
+
+app = App(
+    "medcommon",
+    "Shared tools: inspect images, combine and compare benchmark results.",
+    __version__,
+)
 
 
 def _inspect_args(p) -> None:
@@ -53,6 +72,24 @@ def _inspect_args(p) -> None:
 def _report_args(p) -> None:
     p.add_argument("dirs", type=Path, nargs="+")
     p.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
+
+
+def _compare_args(p) -> None:
+    p.add_argument("a", type=Path, help="a results.json (or the folder holding it)")
+    p.add_argument("b", type=Path, help="the results.json to compare it with")
+    p.add_argument(
+        "--tolerance", type=float, default=0.0, help="largest allowed difference (default 0)"
+    )
+    p.add_argument("--show", type=int, default=10, help="differences to list (default 10)")
+
+
+@app.command(
+    "compare",
+    "compare two results.json metric by metric (exit 3 if they differ beyond --tolerance)",
+    args=_compare_args,
+)
+def cmd_compare(args) -> int:
+    return _compare(args.a, args.b, args.tolerance, args.show)
 
 
 @app.command("inspect", "print what the loader sees in an image file", args=_inspect_args)

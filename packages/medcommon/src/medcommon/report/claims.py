@@ -1,12 +1,23 @@
 """Claims as data: what a benchmark sets out to show, written in code before it runs.
 
 A :class:`Claim` names a method, a baseline, a metric and a threshold. After the
-runs, :func:`check_claims` fills in the measured values and whether the claim
-holds. A claim that does not hold is reported as not holding, never dropped:
+runs, :func:`check_claims` decides it on the **paired** per-seed differences
+(method − baseline on the same seed, fold and setting), with a 95 % t-interval over
+the pairs, never on one mean against a margin:
+
+- ``holds``: the whole interval is on the claim's side of the margin;
+- ``fails``: the whole interval is on the other side;
+- ``undecided``: the interval straddles the margin (too few seeds for the spread), or
+  fewer than two pairs exist. Noise cannot flip such a claim between runs: it stays
+  undecided until more seeds narrow the interval.
+
+A claim that does not hold is reported as not holding, never dropped:
 ``results.json`` carries every claim::
 
-    "claims": [{"claim", "method", "baseline", "metric", "value",
-                "baseline_value", "holds", "setting", "test", "post_hoc"}]
+    "claims": [{"claim", "method", "baseline", "metric", "setting", "test", "post_hoc",
+                "value", "baseline_value",             # means over the rows, for reading
+                "difference", "interval", "pairs",     # the paired evidence
+                "decision", "holds"}]                  # holds == (decision == "holds")
 
 A claim written after its result is seen says so (``post_hoc=True``): it is reported,
 and never counted in a headline.
@@ -19,12 +30,22 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
+import numpy as np
+
 CLAIM_KEYS = frozenset(
     {"claim", "method", "baseline", "metric", "value", "baseline_value", "holds", "setting",
-     "test", "post_hoc"}
+     "test", "post_hoc", "difference", "interval", "pairs", "decision"}
 )  # fmt: skip
-"""The keys every checked claim in ``results.json`` carries (``note`` is added when one is
-missing a value); packages' tests hold their benchmarks' claims to it."""
+"""The keys every checked claim in ``results.json`` carries (``note`` is added when one
+cannot be decided for want of data); packages' tests hold their claims to it."""
+
+CONFIDENCE = 0.95
+"""Two-sided level of the t-interval over paired differences."""
+
+PAIR_FIELDS = ("seed", "fold", "scenario", "site")
+"""Row fields that identify a pair besides ``setting`` (the claim's) and ``method``."""
+
+Decision = Literal["holds", "fails", "undecided"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,9 +57,12 @@ class Claim:
         method, baseline: method names as in the benchmark's rows.
         metric: a metric name in the rows' ``metrics``.
         setting: the rows' ``setting`` the claim is about (None: rows without one).
-        test: ``"greater"``: mean(method) − mean(baseline) > ``margin``;
-            ``"less"``: mean(baseline) − mean(method) > ``margin`` (lower is better);
-            ``"within"``: |mean(method) − mean(baseline)| ≤ ``margin`` (no harm / a tie).
+        test: on the paired differences d = method − baseline, with interval [lo, hi]:
+            ``"greater"``: holds when lo > ``margin``, fails when hi < ``margin``;
+            ``"less"`` (lower is better): holds when hi < −``margin``, fails when
+            lo > −``margin``;
+            ``"within"`` (no harm / a tie): holds when [lo, hi] ⊂ [−margin, margin],
+            fails when the interval lies wholly outside it.
         margin: the threshold, in the metric's units.
         post_hoc: written after its result was seen. Reported with its outcome, never
             counted in a headline of claims that hold (:func:`headline_count`).
@@ -72,40 +96,85 @@ def _mean(summary: Sequence[dict[str, Any]], method: str, setting: str | None, m
     return None
 
 
-def check_claims(
-    claims: Iterable[Claim], summary: Sequence[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """Each claim with its measured ``value``, ``baseline_value`` and ``holds``.
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-    A claim whose method or baseline has no finite value for the metric does not
-    hold (``value`` or ``baseline_value`` is None), and says so in ``note``.
-    """
+
+def paired_differences(rows: Iterable[dict[str, Any]], claim: Claim) -> list[float]:
+    """method − baseline of ``claim.metric`` on every pair of rows that share the claim's
+    setting and the :data:`PAIR_FIELDS` (seed, fold, ...), in a stable order."""
+    sides: dict[tuple, list[float | None]] = {}
+    for row in rows:
+        if (row.get("setting") or None) != (claim.setting or None):
+            continue
+        if row["method"] not in (claim.method, claim.baseline):
+            continue
+        value = row.get("metrics", {}).get(claim.metric)
+        if not _finite(value):
+            continue
+        key = tuple(str(row.get(f)) for f in PAIR_FIELDS)
+        pair = sides.setdefault(key, [None, None])
+        pair[0 if row["method"] == claim.method else 1] = float(value)
+    return [a - b for _, (a, b) in sorted(sides.items()) if a is not None and b is not None]
+
+
+def interval(diffs: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The two-sided t-interval of the mean of ``diffs`` (at least two values)."""
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=float)
+    half = stats.t.ppf(0.5 + confidence / 2, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)
+    return float(d.mean() - half), float(d.mean() + half)
+
+
+def decide(claim: Claim, lo: float, hi: float) -> Decision:
+    """The decision of ``claim`` given the interval [lo, hi] of method − baseline."""
+    m = claim.margin
+    if claim.test == "greater":
+        return "holds" if lo > m else "fails" if hi < m else "undecided"
+    if claim.test == "less":
+        return "holds" if hi < -m else "fails" if lo > -m else "undecided"
+    if -m <= lo and hi <= m:
+        return "holds"
+    return "fails" if lo > m or hi < -m else "undecided"
+
+
+def check_claims(
+    claims: Iterable[Claim],
+    summary: Sequence[dict[str, Any]],
+    rows: Sequence[dict[str, Any]] = (),
+) -> list[dict[str, Any]]:
+    """Each claim with its means, paired evidence and decision (module docstring)."""
     out = []
     for c in claims:
-        value = _mean(summary, c.method, c.setting, c.metric)
-        base = _mean(summary, c.baseline, c.setting, c.metric)
+        diffs = paired_differences(rows, c)
         row: dict[str, Any] = {
             "claim": c.claim,
             "method": c.method,
             "baseline": c.baseline,
             "metric": c.metric,
-            "value": value,
-            "baseline_value": base,
-            "holds": False,
             "setting": c.setting,
             "test": c.describe_test(),
             "post_hoc": c.post_hoc,
+            "value": _mean(summary, c.method, c.setting, c.metric),
+            "baseline_value": _mean(summary, c.baseline, c.setting, c.metric),
+            "difference": float(np.mean(diffs)) if diffs else None,
+            "interval": None,
+            "pairs": len(diffs),
+            "decision": "undecided",
+            "holds": False,
         }
         assert set(row) == CLAIM_KEYS  # one schema: the row and the documented keys agree
-        if value is None or base is None:
-            missing = c.method if value is None else c.baseline
-            row["note"] = f"no finite {c.metric} for {missing}"
-        elif c.test == "greater":
-            row["holds"] = value - base > c.margin
-        elif c.test == "less":
-            row["holds"] = base - value > c.margin
+        if len(diffs) < 2:
+            row["note"] = (
+                f"{len(diffs)} paired value(s) of {c.metric} for {c.method} and {c.baseline}: "
+                "too few to decide"
+            )
         else:
-            row["holds"] = abs(value - base) <= c.margin
+            lo, hi = interval(diffs)
+            row["interval"] = [lo, hi]
+            row["decision"] = decide(c, lo, hi)
+            row["holds"] = row["decision"] == "holds"
         out.append(row)
     return out
 
@@ -120,6 +189,23 @@ def _num(v: Any, digits: int) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
+def _evidence(c: dict[str, Any], digits: int) -> str:
+    if c.get("difference") is None:
+        return "–"
+    text = f"{c['difference']:+.{digits}f}"
+    if c.get("interval"):
+        lo, hi = c["interval"]
+        text += f" [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+    return f"{text} (n={c.get('pairs', 0)})"
+
+
+def verdict(c: dict[str, Any]) -> str:
+    """The claim's decision as a table cell: **yes**, no or undecided (post hoc marked)."""
+    decision = c.get("decision") or ("holds" if c["holds"] else "fails")
+    cell = {"holds": "**yes**", "fails": "no", "undecided": "undecided"}[decision]
+    return cell + (" (post hoc)" if c.get("post_hoc") else "")
+
+
 def claims_table(
     claims: Sequence[dict[str, Any]], package: str | None = None, digits: int = 3
 ) -> str:
@@ -130,6 +216,7 @@ def claims_table(
         "metric",
         "method value",
         "baseline value",
+        f"paired difference [{CONFIDENCE:.0%} interval]",
         "test",
         "holds",
     ]
@@ -141,8 +228,9 @@ def claims_table(
             c["metric"],
             f"{c['method']} {_num(c['value'], digits)}",
             f"{c['baseline']} {_num(c['baseline_value'], digits)}",
+            _evidence(c, digits),
             c.get("test", ""),
-            ("**yes**" if c["holds"] else "no") + (" (post hoc)" if c.get("post_hoc") else ""),
+            verdict(c),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

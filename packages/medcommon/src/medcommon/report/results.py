@@ -13,7 +13,7 @@ import numpy as np
 from medcommon.errors import InputError
 from medcommon.fs import read_json, write_json_atomic, write_text_atomic
 from medcommon.provenance import changed_since, provenance, source_root
-from medcommon.report.claims import Claim, check_claims, claims_table, headline_count
+from medcommon.report.claims import Claim, check_claims, claims_table, headline_count, verdict
 
 REQUIRED_KEYS = ("package", "version", "preset", "seeds", "rows", "summary")
 
@@ -88,7 +88,7 @@ def make_results(
         "rows": list(rows),
         "summary": summarise(rows),
     }
-    results["claims"] = check_claims(claims or (), results["summary"])
+    results["claims"] = check_claims(claims or (), results["summary"], results["rows"])
     if figures:
         results["figures"] = list(figures)
     if extra:
@@ -211,6 +211,9 @@ def write_report(
     if results.get("claims"):
         parts += [
             "## Claims (thresholds fixed in code; any written after the result says post hoc)\n",
+            "Decided on the paired per-seed differences with a 95 % t-interval: a claim holds "
+            "when the whole interval clears its margin, fails when it lies on the other side, "
+            "and is undecided when it straddles the margin.\n",
             claims_table(results["claims"]),
         ]
     figures = results.get("figures") or []
@@ -253,7 +256,19 @@ def combine_reports(paths: Sequence[str | Path], relative_to: str | Path | None 
     claims = [(res["package"], c) for _, res in loaded for c in res.get("claims") or []]
     if claims:
         n_hold, n_counted = headline_count(c for _, c in claims)
-        parts.append(f"## Headline: {n_hold} of {n_counted} claims hold\n")
+        undecided = sum(
+            c.get("decision") == "undecided" and not c.get("post_hoc") for _, c in claims
+        )
+        parts.append(
+            f"## Headline: {n_hold} of {n_counted} claims hold"
+            + (f" ({undecided} undecided)" if undecided else "")
+            + "\n"
+        )
+        parts.append(
+            "Each claim is decided on the paired per-seed differences (method − baseline) "
+            "with a 95 % t-interval: it holds only when the whole interval clears the "
+            "margin, and is undecided when the interval straddles it.\n"
+        )
         post_hoc = sum(bool(c.get("post_hoc")) for _, c in claims)
         if post_hoc:
             parts.append(
@@ -268,9 +283,9 @@ def combine_reports(paths: Sequence[str | Path], relative_to: str | Path | None 
             value = "–" if c["value"] is None else f"{c['value']:.3f}"
             base_v = "–" if c["baseline_value"] is None else f"{c['baseline_value']:.3f}"
             where = f" ({c['setting']})" if c.get("setting") else ""
-            holds = "**yes**" if c["holds"] else "no"
+            holds = verdict(c)
             if c.get("post_hoc"):
-                holds += " (post hoc, not counted)"
+                holds += ", not counted"
             if warnings[package]:
                 holds += " †"
             parts.append(

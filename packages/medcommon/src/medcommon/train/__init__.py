@@ -9,7 +9,7 @@ best weights is a method's ``state`` object), checkpoint/resume and progress bar
 from medcommon.train.config import TrainConfig
 from medcommon.train.loop import FitResult, StepContext, Trainer
 from medcommon.train.sampling import EpochBatchSampler
-from medcommon.train.seeding import seed_everything
+from medcommon.train.seeding import fix_threads, seed_everything
 
 __all__ = [
     "EpochBatchSampler",
@@ -17,5 +17,6 @@ __all__ = [
     "StepContext",
     "TrainConfig",
     "Trainer",
+    "fix_threads",
     "seed_everything",
 ]

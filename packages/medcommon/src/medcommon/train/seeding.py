@@ -1,7 +1,14 @@
-"""Seeding and RNG state capture for reproducible and resumable runs."""
+"""Seeding, thread pinning and RNG state capture for reproducible and resumable runs.
+
+A CPU run's numbers depend on its seed *and* on how many threads split its reductions
+(a sum over 2 threads adds in another order than over 1): :func:`fix_threads` pins
+the count, whatever ``OMP_NUM_THREADS`` says, so a benchmark gives the same numbers
+on any machine, under any load, and records the count it used.
+"""
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -19,6 +26,33 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     if deterministic:
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+
+
+def fix_threads(threads: int) -> int:
+    """Pin this process to ``threads`` CPU threads and deterministic kernels; returns it.
+
+    torch's intra-op pool, the BLAS/OpenMP pools of NumPy and SciPy (threadpoolctl),
+    and ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` for processes started from here;
+    ``torch.use_deterministic_algorithms`` (warn-only: an op without a deterministic
+    kernel warns instead of failing) and ``CUBLAS_WORKSPACE_CONFIG`` for CUDA. Call it
+    first in every benchmark process and worker (a worker pool's ``initializer``).
+    """
+    from medcommon.errors import InputError
+
+    if threads < 1:
+        raise InputError("--threads", f"must be at least 1, got {threads}")
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except ImportError:  # pragma: no cover - scikit-learn brings threadpoolctl
+        pass
+    return threads
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,30 +1,23 @@
-"""Compare two benchmark ``results.json`` files metric by metric: ``python tools/compare_results.py A B``.
+"""Compare two benchmark ``results.json`` metric by metric (``medcommon compare A B``).
 
 Rows are matched by their identifying fields (setting, method, seed, fold, scenario);
 every numeric value under ``metrics`` (nested dicts flattened with dots) is compared.
 Timings (names holding ``seconds``, ``per_second``, ``time`` or ``peak``) are skipped:
 they measure the machine, not the method. Claims are compared by their verdicts.
 
-Prints the largest absolute difference, the rows and metrics that differ, and exits
-1 when any difference exceeds ``--tolerance`` (default 0: bit-identical), or when a
-row or claim is missing on one side.
+:func:`compare` returns the largest absolute difference, the values that differ, rows
+or metrics present on one side only, and claims whose decision differs; the
+``medcommon compare`` command prints them and exits 3 when any difference exceeds
+``--tolerance`` (default 0: bit-identical) or anything is missing or decided otherwise.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 ROW_KEYS = ("setting", "scenario", "method", "seed", "fold")
 TIMING = ("seconds", "per_second", "time", "peak")
-
-
-def _load(path: Path) -> dict[str, Any]:
-    path = path / "results.json" if path.is_dir() else path
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, float]:
@@ -46,6 +39,10 @@ def _rows(results: dict[str, Any]) -> dict[tuple, dict[str, float]]:
     return rows
 
 
+def _decision(claim: dict[str, Any]) -> str:
+    return str(claim.get("decision") or ("holds" if claim.get("holds") else "fails"))
+
+
 def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """``{"max_abs", "differences": [(row, metric, a, b)], "missing": [...], "claims": [...]}``."""
     ra, rb = _rows(a), _rows(b)
@@ -63,8 +60,8 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             if d > 0:
                 diffs.append((dict(key), name, x, y))
                 worst = max(worst, d)
-    ca = {c["claim"] + str(c.get("setting")): c["holds"] for c in a.get("claims", [])}
-    cb = {c["claim"] + str(c.get("setting")): c["holds"] for c in b.get("claims", [])}
+    ca = {c["claim"] + str(c.get("setting")): _decision(c) for c in a.get("claims", [])}
+    cb = {c["claim"] + str(c.get("setting")): _decision(c) for c in b.get("claims", [])}
     claims = [
         f"claim {k!r}: A {ca.get(k)} / B {cb.get(k)}"
         for k in sorted(ca.keys() | cb.keys())
@@ -73,28 +70,21 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {"max_abs": worst, "differences": diffs, "missing": missing, "claims": claims}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("a", type=Path)
-    parser.add_argument("b", type=Path)
-    parser.add_argument("--tolerance", type=float, default=0.0)
-    parser.add_argument("--show", type=int, default=10, help="differences to list")
-    args = parser.parse_args()
-    res = compare(_load(args.a), _load(args.b))
-    n_rows = len(_rows(_load(args.a)))
-    print(
-        f"{n_rows} rows; largest absolute difference {res['max_abs']:.3g}; "
-        f"{len(res['differences'])} metric values differ; {len(res['claims'])} claim verdicts differ"
-    )
-    for row, name, x, y in sorted(res["differences"], key=lambda t: -abs(t[2] - t[3]))[
-        : args.show
-    ]:
-        print(f"  {row} {name}: {x!r} vs {y!r}")
-    for line in [*res["missing"], *res["claims"]]:
-        print(f"  {line}")
-    bad = res["max_abs"] > args.tolerance or res["missing"] or res["claims"]
-    return 1 if bad else 0
+def summary_lines(res: dict[str, Any], rows: int, show: int = 10) -> list[str]:
+    """What ``medcommon compare`` prints for a :func:`compare` result."""
+    lines = [
+        f"{rows} rows; largest absolute difference {res['max_abs']:.3g}; "
+        f"{len(res['differences'])} metric values differ; {len(res['claims'])} claim "
+        "decisions differ"
+    ]
+    worst = sorted(res["differences"], key=lambda t: -abs(t[2] - t[3]))[:show]
+    lines += [f"  {row} {name}: {x!r} vs {y!r}" for row, name, x, y in worst]
+    lines += [f"  {line}" for line in [*res["missing"], *res["claims"]]]
+    return lines
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def row_count(results: dict[str, Any]) -> int:
+    return len(_rows(results))
+
+
+__all__ = ["compare", "row_count", "summary_lines"]
