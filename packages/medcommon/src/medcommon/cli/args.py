@@ -11,9 +11,11 @@ from typing import NoReturn
 from medcommon.config import PRESETS
 from medcommon.registry import Registry
 
-BENCHMARK_THREADS = 2
+BENCHMARK_THREADS = 1
 """CPU threads per benchmark process unless ``--threads`` says otherwise
-(:func:`medcommon.train.fix_threads` pins them)."""
+(:func:`medcommon.train.fix_threads` pins them). One: a benchmark parallelises over
+worker processes where it has them, and two threads on a loaded 2-core machine spin
+in OpenMP waits (measured: a tiny benchmark 13 s at 1 thread, 87 s at 2)."""
 
 
 class _Parser(argparse.ArgumentParser):

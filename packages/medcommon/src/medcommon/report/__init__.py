@@ -22,6 +22,7 @@ from medcommon.report.claims import (
     Claim,
     check_claims,
     claims_table,
+    headline_count,
     paired_differences,
 )
 from medcommon.report.plots import (
@@ -48,6 +49,7 @@ __all__ = [
     "check_claims",
     "claims_table",
     "combine_reports",
+    "headline_count",
     "load_results",
     "make_results",
     "markdown_table",

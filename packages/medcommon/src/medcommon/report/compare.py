@@ -1,7 +1,8 @@
 """Compare two benchmark ``results.json`` metric by metric (``medcommon compare A B``).
 
 Rows are matched by their identifying fields (setting, method, seed, fold, scenario);
-every numeric value under ``metrics`` (nested dicts flattened with dots) is compared.
+every numeric value of a row (its ``metrics`` and any other numeric field, such as a
+per-stage list; nested dicts and lists flattened with dots) is compared.
 Timings (names holding ``seconds``, ``per_second``, ``time`` or ``peak``) are skipped:
 they measure the machine, not the method. Claims are compared by their verdicts.
 
@@ -25,17 +26,22 @@ def _flat(d: Any, prefix: str = "") -> dict[str, float]:
     if isinstance(d, dict):
         for k, v in d.items():
             out.update(_flat(v, f"{prefix}{k}."))
+    elif isinstance(d, (list, tuple)):
+        for i, v in enumerate(d):
+            out.update(_flat(v, f"{prefix}{i}."))
     elif isinstance(d, (int, float)) and not isinstance(d, bool):
         out[prefix[:-1]] = float(d)
     return out
 
 
 def _rows(results: dict[str, Any]) -> dict[tuple, dict[str, float]]:
+    """Every numeric value of each row (metrics and any other numeric field, nested dicts and
+    lists flattened with dots), timings left out, keyed by the row's identifying fields."""
     rows = {}
     for row in results.get("rows", []):
         key = tuple((k, row[k]) for k in ROW_KEYS if k in row)
-        metrics = _flat(row.get("metrics", {}))
-        rows[key] = {k: v for k, v in metrics.items() if not any(t in k for t in TIMING)}
+        values = _flat({k: v for k, v in row.items() if k not in ROW_KEYS})
+        rows[key] = {k: v for k, v in values.items() if not any(t in k for t in TIMING)}
     return rows
 
 

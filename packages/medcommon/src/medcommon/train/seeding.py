@@ -43,6 +43,8 @@ def fix_threads(threads: int) -> int:
         raise InputError("--threads", f"must be at least 1, got {threads}")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
+    # idle OpenMP threads of child processes sleep instead of spinning (read at start-up)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
