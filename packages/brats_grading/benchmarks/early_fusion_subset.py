@@ -6,15 +6,21 @@ Usage (from the repository root; about 1 min on one core):
         packages/brats_grading/benchmarks/small                       # seed-1234 data
     python packages/brats_grading/benchmarks/early_fusion_subset.py \
         packages/brats_grading/benchmarks/small-heldout-seed7 DATA    # DATA = synth --seed 7
+        [--threads N]
 
 It trains `early-fusion` with `model.modalities = (t1ce, flair)` at the benchmark's
 preset (`configs/<preset>.yaml`), on its splits and seeds, and prints the paired AUC differences against the 4-channel early
 fusion, single-t1ce and cmg rows of that benchmark's `results.json`.
+
+The pairing is exact only on the benchmark's CPU thread count: the process pins
+`--threads` (default: the benchmark's recorded `provenance.threads`; 1 for the
+committed `small` runs, which predate that record and ran with `OMP_NUM_THREADS=1`)
+with `medcommon.train.fix_threads`, whatever `OMP_NUM_THREADS` says.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
 from pathlib import Path
 
@@ -27,10 +33,17 @@ from brats_grading.synth import write_synthetic
 from brats_grading.train import fit_method, method_config
 from medcommon.config import replace_nested
 from medcommon.fs import read_json
+from medcommon.train import fix_threads
+
+UNRECORDED_THREADS = 1
+"""Threads of a benchmark whose results.json has no ``provenance.threads`` (the
+committed ``small`` runs: ``OMP_NUM_THREADS=1``, README)."""
 
 
-def main(bench: Path, data: Path | None) -> None:
+def main(bench: Path, data: Path | None, threads: int | None = None) -> None:
     results = read_json(bench / "results.json")
+    recorded = (results.get("provenance") or {}).get("threads") or UNRECORDED_THREADS
+    fix_threads(recorded if threads is None else threads)
     folds, preset = results["extra"]["folds"], results["preset"]
     with tempfile.TemporaryDirectory() as tmp:
         if data is None:  # the benchmark's own synthetic set
@@ -66,4 +79,12 @@ def main(bench: Path, data: Path | None) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bench", type=Path, help="a benchmark folder holding results.json")
+    parser.add_argument(
+        "data", type=Path, nargs="?", default=None, help="its data (default: synthetic)"
+    )
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads, pinned (default: the benchmark's recorded count)")  # fmt: skip
+    args = parser.parse_args()
+    main(args.bench, args.data, args.threads)

@@ -244,7 +244,7 @@ def test_every_layout_trains_one_fold_and_evaluates(tmp_path, capsys, data_root,
     code, _, err = run(["evaluate", "--run", run_dir, "--data", data], capsys)
     assert code == 0, err
     ev = json.loads((run_dir / "eval-test.json").read_text())
-    for key in ("accuracy", "auc", "sensitivity", "specificity", "f1"):
+    for key in ("accuracy", "auc", "sensitivity", "specificity", "f1", "brier"):
         assert math.isfinite(ev[key]), key
         assert ev[key] == pytest.approx(metrics["test"][key], rel=1e-6, abs=1e-9), key
 
@@ -358,10 +358,13 @@ def test_an_unknown_preset_is_one_error_line_listing_the_presets(tmp_path, capsy
 def test_benchmark_tiny(tmp_path, capsys):
     out = tmp_path / "bench"
     code, _, err = run(
-        ["benchmark", "--out", out, "--preset", "tiny", "--seeds", "0", "--quiet"], capsys
-    )
+        ["benchmark", "--out", out, "--preset", "tiny", "--seeds", "0", "--threads", "1",
+         "--quiet"],
+        capsys,
+    )  # fmt: skip
     assert code == 0, err
     res = json.loads((out / "results.json").read_text())
+    assert res["provenance"]["threads"] == 1  # --threads, pinned and recorded
     assert {r["method"] for r in res["rows"]} == set(METHODS.names())
     assert len(res["rows"]) == len(METHODS.names()) * 2  # 2 folds x 1 seed
     assert "throughput_ratio_cmg_over_early_fusion" in res["extra"]
@@ -369,10 +372,19 @@ def test_benchmark_tiny(tmp_path, capsys):
     assert (out / "attention.png").is_file() and (out / "paired.png").is_file()
     # Claims as data: one entry per declared claim, holding or not, with every key.
     assert [c["claim"] for c in res["claims"]] == [c.claim for c in CLAIMS]
+    # Each is decided on the paired differences CMG − baseline of the test AUC, one per
+    # (seed, fold), with a 95 % interval against MARGIN.
     for c in res["claims"]:
         assert set(c) >= CLAIM_KEYS and isinstance(c["holds"], bool)
         assert c["value"] == pytest.approx(_mean_auc(res, c["method"]))
-        assert c["holds"] == (c["value"] - c["baseline_value"] > MARGIN)
+        d = _paired_auc(res, c["method"], c["baseline"])
+        assert c["pairs"] == len(d) == 2  # 2 folds x 1 seed
+        assert c["difference"] == pytest.approx(np.mean(d))
+        lo, hi = c["interval"]
+        assert lo <= np.mean(d) <= hi
+        expected = "holds" if lo > MARGIN else "fails" if hi < MARGIN else "undecided"
+        assert c["decision"] == expected
+        assert c["holds"] == (expected == "holds")
     # The headline figure leads, and every listed figure was written.
     assert res["figures"][0] == "headline.png"
     assert all((out / f).is_file() for f in res["figures"])
@@ -390,3 +402,10 @@ def test_benchmark_tiny(tmp_path, capsys):
 
 def _mean_auc(res, method):
     return float(np.mean([r["metrics"]["auc"] for r in res["rows"] if r["method"] == method]))
+
+
+def _paired_auc(res, method, baseline):
+    """AUC(method) − AUC(baseline) per (seed, fold) run of both."""
+    auc = {(r["method"], r["seed"], r["fold"]): r["metrics"]["auc"] for r in res["rows"]}
+    runs = sorted((s, f) for m, s, f in auc if m == method)
+    return [auc[method, s, f] - auc[baseline, s, f] for s, f in runs]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import f1_score, recall_score, roc_auc_score
+from sklearn.metrics import brier_score_loss, f1_score, recall_score, roc_auc_score
 
 from brats_grading.evaluate import grading_metrics
 
@@ -20,6 +20,7 @@ def test_grading_metrics_match_sklearn():
     assert m["specificity"] == pytest.approx(recall_score(y, pred, pos_label=0))
     assert m["f1"] == pytest.approx(f1_score(y, pred))
     assert m["accuracy"] == pytest.approx(np.mean(pred == y))
+    assert m["brier"] == pytest.approx(brier_score_loss(y, p))
 
 
 def test_paired_differences_table_by_seed_and_fold():

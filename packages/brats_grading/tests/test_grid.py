@@ -93,6 +93,7 @@ def test_results_json_is_a_results_file_and_the_predictions_are_gzipped(tiny_gri
     [
         (["--settings", "rho9-t2none-noisebaseline"], "--settings: unknown"),
         (["--workers", "0"], "--workers: must be >= 1"),
+        (["--threads", "0"], "--threads: must be at least 1"),
         (["--preset", "tiny", "--methods", "single-t1ce"], "--methods: the grid compares"),
     ],
 )

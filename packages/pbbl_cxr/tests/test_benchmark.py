@@ -1,5 +1,6 @@
-"""The benchmark: in-memory data equal to the PNG round trip, claims checked and kept,
-the PBBL selection rows, the preset's settings and methods, workers not changing rows.
+"""The benchmark: in-memory data equal to the PNG round trip, claims decided on paired
+per-seed differences and kept, the PBBL selection rows, the preset's settings and
+methods, the numbers independent of the environment's thread count and of workers.
 
 (The CLI smoke runs are in ``test_cli.py``: ``test_benchmark_smoke``.)
 """
@@ -7,6 +8,9 @@ the PBBL selection rows, the preset's settings and methods, workers not changing
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +18,7 @@ import pytest
 import torch
 
 from medcommon.report import CLAIM_KEYS, make_results
+from medcommon.report.compare import compare
 from pbbl_cxr.benchmark import (
     NO_SHORTCUT,
     preset_methods,
@@ -93,54 +98,72 @@ def _row(method: str, setting: str, seed: int, conflicting: float, balanced: flo
     }
 
 
-def test_claims_on_fabricated_rows_hold_or_fail_by_their_thresholds_and_are_all_kept(
+SEED_EFFECT = (-0.04, -0.02, 0.0, 0.02, 0.04)
+"""Added to every method's metrics on a seed (an easier or harder dataset): pairing removes it."""
+NOISE = (-0.01, 0.005, 0.0, 0.01, -0.005)
+"""PBBL's own per-seed spread: mean 0, so the paired 95 % interval is mean ± 0.0098."""
+
+
+def test_claims_on_fabricated_rows_are_decided_on_paired_differences_and_all_kept(
     tmp_path: Path,
 ):
-    """Hand-made means around each threshold; every claim is in results.json and report.md."""
+    """Hand-made rows over 5 seeds: each claim's paired PBBL − baseline differences on its
+    metric and setting sit 0.03 beyond its threshold (holds / fails) or on it (undecided),
+    while the other metric points the other way, so a claim wired to the wrong method,
+    metric, setting, test or threshold gets another decision. Every claim is kept."""
     s, ns = "gbp-0.95", "no-shortcut"
-    means = {  # (setting, method): (conflicting AUC, balanced AUC), seeds 0 and 1 at mean ± 0.01
-        (s, "erm"): (0.50, 0.70),
-        (s, "pbbl"): (0.50 + BEATS + 0.01, 0.80),  # beats ERM: holds
-        (s, "bbs-oracle"): (0.50 + BEATS + 0.01 + NEAR + 0.02, 0.90),  # not near: fails
-        (s, "lff"): (0.60, 0.80 - BEATS + 0.01),  # PBBL +0.04 balanced: fails
-        (s, "gce"): (0.0, 0.50),  # holds
-        (s, "pbbl-oracle-select"): (0.50 + BEATS + 0.01 - NEAR + 0.01, 0.80),  # within: holds
-        (ns, "erm"): (1.0, 1.0),
-        (ns, "pbbl"): (1.0 - NO_HARM - 0.01, 0.9),  # harm above 0.02: fails
+    pbbl = {s: (0.70, 0.70), ns: (0.90, 0.90)}  # (conflicting AUC, balanced AUC)
+    gaps = {  # (setting, baseline): PBBL − baseline in (conflicting, balanced) AUC
+        (s, "erm"): (BEATS + 0.03, -0.2),  # > BEATS on conflicting: holds
+        (s, "bbs-oracle"): (-(NEAR + 0.03), 0.0),  # outside ±NEAR: fails
+        (s, "lff"): (0.3, BEATS - 0.03),  # below BEATS on balanced: fails
+        (s, "gce"): (0.5, BEATS),  # on the margin: undecided
+        (s, "pbbl-oracle-select"): (NEAR - 0.03, 0.3),  # inside ±NEAR: holds
+        (ns, "erm"): (-NO_HARM, 0.0),  # on the no-harm bound: undecided
     }
-    rows = [
-        _row(m, st, seed, c + d, b + d)
-        for (st, m), (c, b) in means.items()
-        for seed, d in ((0, -0.01), (1, 0.01))
-    ]
-    methods = sorted({m for _, m in means})
+    rows = []
+    for seed, (effect, noise) in enumerate(zip(SEED_EFFECT, NOISE)):
+        for st, (c, b) in pbbl.items():
+            rows.append(_row("pbbl", st, seed, c + effect + noise, b + effect + noise))
+        for (st, m), (dc, db) in gaps.items():
+            c, b = pbbl[st]
+            rows.append(_row(m, st, seed, c - dc + effect, b - db + effect))
+    methods = sorted({r["method"] for r in rows})
     claims = declared_claims([s], [ns], methods)
-    results = make_results("pbbl-cxr", "0", "tiny", [0, 1], rows, claims=claims)
+    results = make_results("pbbl-cxr", "0", "tiny", list(range(5)), rows, claims=claims)
     results["settings"] = []
     write_outputs(tmp_path, results)
     saved = json.loads((tmp_path / "results.json").read_text())["claims"]
     assert len(saved) == len(claims) == 6
     assert all(set(c) >= CLAIM_KEYS for c in saved)
-    holds = {(c["baseline"], c["setting"]): c["holds"] for c in saved}
-    assert holds == {
-        ("erm", s): True,
-        ("bbs-oracle", s): False,
-        ("lff", s): False,
-        ("gce", s): True,
-        ("pbbl-oracle-select", s): True,
-        ("erm", ns): False,
+    assert all(c["method"] == "pbbl" and c["pairs"] == 5 for c in saved)
+    decisions = {(c["baseline"], c["setting"], c["metric"]): c["decision"] for c in saved}
+    assert decisions == {
+        ("erm", s, "auc_conflicting"): "holds",
+        ("bbs-oracle", s, "auc_conflicting"): "fails",
+        ("lff", s, "auc_balanced"): "fails",
+        ("gce", s, "auc_balanced"): "undecided",
+        ("pbbl-oracle-select", s, "auc_conflicting"): "holds",
+        ("erm", ns, "auc_conflicting"): "undecided",
     }
+    assert all(c["holds"] == (c["decision"] == "holds") for c in saved)
     first = next(c for c in saved if c["baseline"] == "erm" and c["setting"] == s)
-    assert first["value"] == pytest.approx(0.56) and first["baseline_value"] == pytest.approx(0.5)
+    assert first["value"] == pytest.approx(0.70) and first["baseline_value"] == pytest.approx(0.62)
+    assert first["difference"] == pytest.approx(BEATS + 0.03)
+    lo, hi = first["interval"]  # the seed effect (±0.04) cancels in the pairs
+    assert BEATS < lo < BEATS + 0.03 < hi and hi - lo == pytest.approx(0.0196, abs=1e-3)
     report = (tmp_path / "report.md").read_text()
-    assert report.count("| no |") == 3 and "PBBL does no harm" in report
+    assert report.count("| no |") == 2 and report.count("| undecided |") == 2
+    assert "PBBL does no harm" in report and "paired per-seed differences" in report
 
 
 def test_run_benchmark_writes_a_claim_per_declared_claim(tmp_path: Path):
     """A tiny run over one shortcut and the no-shortcut setting, every row."""
     cfg = replace(run_preset("tiny"), steps=2, bias_steps=2, eval_every=1)
     settings = [shortcut_setting("gbp", 0.9), NO_SHORTCUT]
-    results = run_benchmark(tmp_path, preset="tiny", seeds=[0], cfg=cfg, settings=settings)
+    results = run_benchmark(
+        tmp_path, preset="tiny", seeds=[0], cfg=cfg, settings=settings, threads=1
+    )
     methods = preset_methods("tiny")
     assert [r["method"] for r in results["rows"]] == methods * 2
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -159,6 +182,43 @@ def test_run_benchmark_writes_a_claim_per_declared_claim(tmp_path: Path):
 def test_workers_do_not_change_the_rows(tmp_path: Path):
     cfg = replace(run_preset("tiny"), steps=2, bias_steps=2, eval_every=1)
     kw = dict(preset="tiny", seeds=[0, 1], cfg=cfg, methods=["erm"], kinds=["sbp"], ratios=[0.9])
+    kw |= dict(threads=1)  # the pytest process keeps its one thread
     one = run_benchmark(tmp_path / "one", workers=1, **kw)
     two = run_benchmark(tmp_path / "two", workers=2, **kw)
     assert [r["metrics"] for r in one["rows"]] == [r["metrics"] for r in two["rows"]]
+
+
+# Long and steep enough (lr 0.02, 40 stage-2 steps) that a float sum split over another
+# number of threads moves a test AUC: with fix_threads(threads) in run_benchmark commented
+# out, 13 metric values of the PBBL rows differ between the two runs below.
+REPRO = ["--preset", "tiny", "--seeds", "0", "1", "--kinds", "gbp", "--ratios", "0.9",
+         "--methods", "erm", "pbbl", "--threads", "1", "--quiet",
+         "--set", "lr=0.02", "--set", "steps=40", "--set", "bias_steps=6",
+         "--set", "eval_every=10"]  # fmt: skip
+
+
+def _benchmark(out: Path, omp_threads: str, workers: int) -> dict:
+    """``pbbl-cxr benchmark`` in a fresh process under ``OMP_NUM_THREADS=omp_threads``."""
+    env = {**os.environ, "OMP_NUM_THREADS": omp_threads, "MKL_NUM_THREADS": omp_threads}
+    cmd = [sys.executable, "-m", "pbbl_cxr.cli", "benchmark", "--out", str(out), *REPRO]
+    proc = subprocess.run(
+        [*cmd, "--workers", str(workers)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "results.json").read_text())
+
+
+def test_numbers_do_not_depend_on_the_environment_or_workers(tmp_path: Path):
+    """Issue #25: the same command under OMP_NUM_THREADS=3 in one process and under
+    OMP_NUM_THREADS=1 with two spawned workers gives bit-identical metrics and claims.
+
+    The one-process run has the main process's pinning to thank (3 threads otherwise),
+    the two-worker run the workers' (inherited or their own initializer)."""
+    one = _benchmark(tmp_path / "one", "3", workers=1)
+    two = _benchmark(tmp_path / "two", "1", workers=2)
+    assert len(one["rows"]) == 4 and len(one["claims"]) == 1
+    assert one["claims"][0]["pairs"] == 2  # a decision that could differ, not "too few"
+    diff = compare(one, two)
+    assert diff["differences"] == [] and diff["max_abs"] == 0
+    assert diff["missing"] == [] and diff["claims"] == []
+    assert one["provenance"]["threads"] == two["provenance"]["threads"] == 1  # recorded

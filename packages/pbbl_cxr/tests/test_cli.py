@@ -123,7 +123,17 @@ class TestContract(CLIContract):
         scan = tmp / "scan.png"
         scan.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
         good = data / "images" / "test_00000.png"
-        bench = ["benchmark", "--out", tmp / "bench", "--preset", "tiny", "--seeds", "0"]
+        bench = [
+            "benchmark",
+            "--out",
+            tmp / "bench",
+            "--preset",
+            "tiny",
+            "--seeds",
+            "0",
+            "--threads",
+            "1",
+        ]
         return {
             "missing image": (train(missing), f"{missing / 'train.csv'}:6: image not found: "
                                               f"{missing / 'images' / 'train_00004.png'}"),
@@ -148,6 +158,8 @@ class TestContract(CLIContract):
                                                 f"{broken / 'test.csv'}:2: image not found: "
                                                 f"{broken / 'images' / 'nothing.png'}"),
             "benchmark: unknown method": ([*bench, "--methods", "erm", "magic"], "'magic'"),
+            "benchmark: no threads": ([*bench, "--threads", "0"],
+                                      "--threads: must be at least 1, got 0"),
             "predict: unreadable image": (["predict", "--run", fresh, good, scan, "--out",
                                            tmp / "p.csv"], f"error: {scan}: "),
             "predict: missing file": (["predict", "--run", fresh, tmp / "nope.dcm"],
@@ -504,11 +516,12 @@ def test_build_splits_sbp(tmp_path: Path):
 def test_benchmark_smoke(tmp_path: Path):
     out = tmp_path / "bench"
     args = ["benchmark", "--out", out, "--preset", "tiny", "--seeds", "0", "--kinds", "gbp"]
-    fast = ["--set", "steps=2", "--set", "bias_steps=2", "--quiet"]
+    fast = ["--set", "steps=2", "--set", "bias_steps=2", "--threads", "1", "--quiet"]
     assert run([*args, "--ratios", "0.9", *fast]) == 0
     results = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in results["rows"]] == [*METHODS.names(), "pbbl-oracle-select"]
     assert results["rows"][0]["setting"] == "gbp-0.9"
+    assert results["provenance"]["threads"] == 1  # --threads, pinned and recorded
     assert len(results["claims"]) == 5  # the declared claims of one shortcut setting
     assert all(set(c) >= CLAIM_KEYS for c in results["claims"])
     assert results["extra"]["stage2_step_over_erm_step"] > 0
@@ -520,7 +533,7 @@ def test_benchmark_smoke(tmp_path: Path):
 def test_benchmark_on_a_dataset_folder(tmp_path: Path, sbp_tiny: Path):
     out = tmp_path / "bench"
     args = ["benchmark", "--out", out, "--preset", "tiny", "--seeds", "0", "--data", sbp_tiny]
-    assert run([*args, "--methods", "erm", "pbbl", *FAST]) == 0
+    assert run([*args, "--methods", "erm", "pbbl", "--threads", "1", *FAST]) == 0
     results = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in results["rows"]] == ["erm", "pbbl"]
     assert results["rows"][0]["setting"] == "data"

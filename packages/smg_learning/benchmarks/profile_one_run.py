@@ -3,7 +3,11 @@
 ``smd-replay`` is the row that trains the SMD (the other SMD rows reuse it), so it holds
 most of the benchmark's time. Usage (from the repository root)::
 
-    OMP_NUM_THREADS=1 python packages/smg_learning/benchmarks/profile_one_run.py [OUT.prof]
+    python packages/smg_learning/benchmarks/profile_one_run.py [OUT.prof] [--threads 1]
+
+The process's CPU threads are pinned to ``--threads`` whatever ``OMP_NUM_THREADS``
+says; the default, 1, is the count ``profile.md`` was measured with
+(``OMP_NUM_THREADS=1`` then).
 
 Prints the synthetic-data and loading seconds, the run's time split and the top entries
 by cumulative time; the findings are in ``benchmarks/profile.md``.
@@ -11,13 +15,14 @@ by cumulative time; the findings are in ``benchmarks/profile.md``.
 
 from __future__ import annotations
 
+import argparse
 import cProfile
 import pstats
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from medcommon.train import fix_threads
 from smg_learning.benchmark import bench_preset
 from smg_learning.config import run_preset
 from smg_learning.continual import train_continual
@@ -25,7 +30,8 @@ from smg_learning.data import load_continual
 from smg_learning.synth import generate
 
 
-def main(out: str = "smd-replay.prof") -> None:
+def main(out: str = "smd-replay.prof", threads: int = 1) -> None:
+    fix_threads(threads)
     cfg = run_preset("small")
     bench = bench_preset("small")
     sites, heldout = bench.sites, bench.heldout
@@ -46,4 +52,8 @@ def main(out: str = "smd-replay.prof") -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", default="smd-replay.prof", help="the profile file")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads, pinned (default 1)")
+    args = parser.parse_args()
+    main(args.out, args.threads)

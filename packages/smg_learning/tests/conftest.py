@@ -2,14 +2,40 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from smg_learning.synth import generate
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    """A benchmark run in this process pins its threads (``medcommon.train.fix_threads``:
+    torch, BLAS, the ``*_NUM_THREADS`` variables, deterministic algorithms); put them back
+    after each test so that the next one runs as the test command set it up."""
+    from threadpoolctl import threadpool_limits
+
+    blas = threadpool_limits(limits=None)  # remembers the current limits
+    env = {k: os.environ.get(k) for k in THREAD_VARS}
+    threads = torch.get_num_threads()
+    det = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    blas.restore_original_limits()
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(det, warn_only=warn_only)
 
 
 @pytest.fixture(scope="session")

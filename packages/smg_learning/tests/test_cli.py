@@ -356,16 +356,18 @@ def test_fundus_train_sample_predict(tmp_path, fundus_dir) -> None:
 def test_benchmark_tiny(tmp_path) -> None:
     out = tmp_path / "bench"
     argv = ["benchmark", "--out", out, "--preset", "tiny", "--seeds", "0", "--quiet"]
-    assert run([*argv, "--methods", "finetune,smg"]) == 0
+    assert run([*argv, "--methods", "finetune,smg", "--threads", "1"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert {r["method"] for r in res["rows"]} == {"finetune", "smg"}
+    assert res["provenance"]["threads"] == 1  # pinned by --threads and recorded
     # the command measures no costs (benchmarks/costs/ does)
     for key in ("pga_over_plain", "first_over_exact", "ddim_over_ddpm_time", "site_acc_smd"):
         assert key not in res["extra"]
     for name in ("report.md", "summary.png", "dice_smg.png", "smd_samples.png"):
         assert (out / name).is_file()
     claims = "packages/smg_learning/src/smg_learning/claims.py"
-    assert list(res["provenance"]["sources"]) == [claims]
+    preset = "packages/smg_learning/configs/tiny.yaml"  # the preset file (PRESETS.sources)
+    assert list(res["provenance"]["sources"]) == [claims, preset]
 
 
 def test_benchmark_config_and_set_reach_every_row(tmp_path) -> None:
@@ -375,6 +377,7 @@ def test_benchmark_config_and_set_reach_every_row(tmp_path) -> None:
     overlay.write_text("smd: {ddim_steps: 2}\nsteps_per_site: 3\n")
     argv = ["benchmark", "--out", out, "--preset", "tiny", "--seeds", "0", "--quiet"]
     argv += ["--methods", "finetune,smd-replay", "--config", overlay, "--set", "steps_per_site=2"]
+    argv += ["--threads", "1"]
     assert run(argv) == 0
     res = json.loads((out / "results.json").read_text())
     cfg = res["extra"]["config"]

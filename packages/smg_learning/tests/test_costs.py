@@ -53,6 +53,8 @@ def test_costs_run_measures_beside_a_tiny_benchmark(experiment, tmp_path, capsys
         "--quiet",
         "--methods",
         "finetune,smg",
+        "--threads",
+        "1",
     ]
     assert run_main(run.main, [str(a) for a in argv]) == 0
     res = json.loads((out / "results.json").read_text())

@@ -16,7 +16,7 @@ from medai_testkit import GPU_DEVICE, GPU_MARKS, GPU_PRECISIONS, GPU_STEPS, gpu_
 from medcommon.train import TrainConfig, seed_everything
 from smg_learning.config import run_preset
 from smg_learning.data import ContinualData, SiteSlices, SliceDataset
-from smg_learning.replay import _smd_step
+from smg_learning.replay import smd_step
 from smg_learning.segmenter import Segmenter, SegmenterConfig
 from smg_learning.strategies import STRATEGIES, ReplayMemory, RunContext, Strategy
 
@@ -88,7 +88,7 @@ def test_smd_denoising_step(precision, tmp_path):
     dataset = SliceDataset(sites, [0, 1])
     optimizer = torch.optim.Adam(smd.parameters(), lr=cfg.smd.lr)
     config = _config(precision, cfg.smd.batch_size)
-    _fit_steps(smd, optimizer, dataset, _smd_step, config, tmp_path, "smg/smd")
+    _fit_steps(smd, optimizer, dataset, smd_step(0, 0), config, tmp_path, "smg/smd")
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -111,7 +111,7 @@ def test_smd_full_config_step(precision, tmp_path):
         smd,
         optimizer,
         dataset,
-        _smd_step,
+        smd_step(0, 0),
         _config(precision, batch),
         tmp_path,
         "smg/smd-full",

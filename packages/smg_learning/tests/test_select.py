@@ -81,7 +81,7 @@ def test_selected_row_and_paired_differences(sel, experiment, tmp_path) -> None:
     run = experiment("pga-select", "run")
     grid = (sel.PGAChoice(0.0), sel.PGAChoice(0.1, "symmetric", "normalized"))
     methods = ("smg-alpha0", "smg-select", "smg-sym")
-    spec = BenchSpec(tmp_path / "b", preset="tiny", seeds=(0, 1), methods=methods)
+    spec = BenchSpec(tmp_path / "b", preset="tiny", seeds=(0, 1), methods=methods, threads=1)
     res = run.run_select_benchmark(spec, grid=grid)
     chosen = res["extra"]["pga_selection"]
     assert [s["inner_lr"] for s in chosen["scores"]] == [0.0, 0.1]

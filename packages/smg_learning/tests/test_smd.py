@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from medai_testkit import ModelConformance
 from medcommon.errors import InputError
+from smg_learning.replay import smd_noise_generator, smd_step
 from smg_learning.segmenter import SegLoss, Segmenter, SegmenterConfig
 from smg_learning.smd import SiteModulatedDiffusion, SMDModelConfig
 
@@ -275,6 +278,37 @@ def test_ddp_share_draws_the_global_batch_rows() -> None:
         )
         for a, b in zip(part, whole):
             torch.testing.assert_close(a, b[2 * rank : 2 * rank + 2])
+    # the same with the run's generator (the training step's): each process builds it alike
+    whole = smd.training_inputs(images, masks, generator=smd_noise_generator(0, 1, 2))
+    for rank in (0, 1):
+        rows = slice(2 * rank, 2 * rank + 2)
+        gen = smd_noise_generator(0, 1, 2)
+        part = smd.training_inputs(images[rows], masks[rows], (rank, 2), gen)
+        for a, b in zip(part, whole):
+            torch.testing.assert_close(a, b[rows])
+
+
+def test_training_noise_is_a_function_of_seed_stage_step_and_micro_batch() -> None:
+    """The SMD's DDPM noise and timesteps come from :func:`smd_noise_generator`, never
+    the global RNG: the same (seed, stage, step, micro-batch) gives the same loss
+    whatever was drawn before (model init, other rows), and each key its own draw."""
+    smd = _linear()
+    batch = {
+        "image": torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0)),
+        "mask": torch.zeros(4, 1, 16, 16, dtype=torch.long),
+        "site": torch.tensor([0, 0, 1, 1]),
+    }
+    one = SimpleNamespace(process_index=0, num_processes=1)
+
+    def loss(seed: int, stage: int, step: int, micro: int = 0, global_seed: int = 0) -> float:
+        torch.manual_seed(global_seed)  # whatever the global stream holds
+        ctx = SimpleNamespace(step=step, micro_step=micro, accelerator=one)
+        return smd_step(seed, stage)(smd, batch, ctx).item()
+
+    ref = loss(0, 1, 2)
+    assert loss(0, 1, 2, global_seed=123) == ref
+    others = [loss(1, 1, 2), loss(0, 0, 2), loss(0, 1, 3), loss(0, 1, 2, micro=1)]
+    assert all(v != ref for v in others) and len(set(others)) == len(others)
 
 
 def test_sampling_clips_x0_keeps_the_mode_and_batches() -> None:

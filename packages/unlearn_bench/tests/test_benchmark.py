@@ -1,18 +1,25 @@
-"""The benchmark: presets (every preset file loads for every section), its claims, a tiny end-to-end run."""
+"""The benchmark: presets (every preset file loads for every section), its claims, a tiny
+end-to-end run, and the same numbers whatever OMP_NUM_THREADS or the number of workers."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
+import torch
 
 from medcommon.cli import run_main
 from medcommon.errors import InputError
 from medcommon.presets import Presets
 from medcommon.report import CLAIM_KEYS, make_results
+from medcommon.report.claims import headline_count
+from medcommon.report.compare import compare, row_count, summary_lines
 from unlearn_bench import config
-from unlearn_bench.benchmark import run_benchmark
-from unlearn_bench.claims import claims_for, declared_claims
+from unlearn_bench.benchmark import default_workers, worker_pool
+from unlearn_bench.claims import LEARNED, claims_for, declared_claims
 from unlearn_bench.cli import main
 from unlearn_bench.methods import METHODS, PAPER_ORDER
 from unlearn_bench.methods.base import Method, UnlearnConfig
@@ -128,40 +135,109 @@ def test_demo_checks_its_central_claims():
     assert claims_for(PAPER_ORDER, ("privacy", "incorrectness")) == declared_claims()
 
 
-def _row(method, forget, retain, seed=0):
+def test_learned_claims_are_post_hoc_and_declared_ones_are_not():
+    # LEARNED was written after the first demo run had shown its result (claims.py)
+    assert LEARNED and all(c.post_hoc for c in LEARNED)
+    assert all(not c.post_hoc for c in declared_claims() if c not in LEARNED)
+    assert declared_claims()[-len(LEARNED) :] == LEARNED
+
+
+JITTER = (0.00, 0.01, -0.01, 0.02)  # a seed's draw moves every model of that seed alike
+
+
+def _row(method, seed, forget, retain, cloze=None):
     metrics = {"forget_mcq_acc": forget, "retain_mcq_acc": retain}
+    if cloze is not None:
+        metrics["forget_cloze_acc"] = cloze
     return {"setting": "privacy", "seed": seed, "method": method, "metrics": metrics}
 
 
-def test_a_failing_claim_is_kept_and_reported_false():
-    # fabricated rows: NPO forgets nothing (0.80 -> 0.78, under the 0.10 margin) and keeps
-    # retain (0.70 vs 0.72): the "forgets" claim fails, the "keeps utility" claim holds
-    rows = [_row("vanilla", 0.80, 0.72), _row("retrain", 0.30, 0.74),
-            _row("npo", 0.78, 0.70), _row("ga", 0.30, 0.50)]  # fmt: skip
-    claims = claims_for(["npo", "ga"], ["privacy"])
-    res = make_results("unlearn-bench", "0", "demo", [0], rows, claims=claims)
-    assert len(res["claims"]) == len(claims)
-    by = {(c["method"], c["baseline"], c["metric"]): c for c in res["claims"]}
+def _seed_rows(seed, j):
+    e = (0.0, 0.005, -0.005, 0.0)[seed]  # NPO's own noise on forget accuracy
+    return [
+        _row("vanilla", seed, 0.80 + j, 0.72 + j, 0.65 + j),
+        _row("retrain", seed, 0.30 + j, 0.74 + j),
+        _row("npo", seed, 0.78 + j + e, 0.70 + j, 0.40 + j),
+        _row("ga", seed, 0.30, 0.50 + j),
+    ]
+
+
+def _checked(rows, methods=("npo", "ga")):
+    claims = claims_for(list(methods), ["privacy"])
+    res = make_results("unlearn-bench", "0", "demo", sorted({r["seed"] for r in rows}), rows,
+                       claims=claims)  # fmt: skip
+    assert len(res["claims"]) == len(claims)  # every claim kept, holding or not
+    for c in res["claims"]:
+        assert set(c) >= CLAIM_KEYS
+        assert c["holds"] is (c["decision"] == "holds")
+    return {(c["method"], c["baseline"], c["metric"]): c for c in res["claims"]}
+
+
+def test_claims_are_decided_on_paired_seed_differences():
+    # fabricated rows, 4 seeds: NPO forgets nothing (forget 0.80 -> 0.78, every seed, so the
+    # paired interval lies wholly above the -0.10 margin) and keeps retain (-0.02, within
+    # +-0.10); the "forgets" claim fails, the "keeps utility" claim holds
+    rows = [r for seed, j in enumerate(JITTER) for r in _seed_rows(seed, j)]
+    by = _checked(rows)
     forgets = by[("npo", "vanilla", "forget_mcq_acc")]
-    assert forgets["holds"] is False and forgets["value"] == pytest.approx(0.78)
-    assert by[("npo", "vanilla", "retain_mcq_acc")]["holds"] is True
-    assert by[("npo", "ga", "retain_mcq_acc")]["holds"] is True  # 0.70 > 0.50
-    assert by[("retrain", "vanilla", "forget_mcq_acc")]["holds"] is True  # 0.30 < 0.80 - 0.10
+    assert forgets["setting"] == "privacy" and forgets["test"] == "< −0.1"
+    assert forgets["post_hoc"] is False
+    assert forgets["decision"] == "fails" and forgets["pairs"] == 4
+    assert forgets["value"] == pytest.approx(0.785)
+    assert forgets["difference"] == pytest.approx(-0.02)
+    lo, hi = forgets["interval"]
+    assert -0.10 < lo < -0.02 < hi < 0  # well clear of the margin, on the wrong side
+    kept = by[("npo", "vanilla", "retain_mcq_acc")]
+    assert kept["test"] == "within ±0.1" and kept["decision"] == "holds"
+    assert kept["difference"] == pytest.approx(-0.02)
+    gold = by[("npo", "retrain", "forget_mcq_acc")]  # 0.78 vs 0.30: far outside +-0.10
+    assert gold["test"] == "within ±0.1" and gold["decision"] == "fails"
+    ablation = by[("npo", "ga", "retain_mcq_acc")]  # +0.20 on every seed, margin 0
+    assert ablation["test"] == "> +0" and ablation["decision"] == "holds"
+    sanity = by[("retrain", "vanilla", "forget_mcq_acc")]  # -0.50 < -0.10
+    assert sanity["decision"] == "holds"
+    learned = by[("npo", "vanilla", "forget_cloze_acc")]  # -0.25 < -0.10, but post hoc
+    assert learned["decision"] == "holds" and learned["post_hoc"] is True
+    assert headline_count(by.values()) == (3, 5)  # the post hoc claim is never counted
+
+
+def test_a_claim_whose_seeds_disagree_is_undecided():
+    # NPO vs GA on retain: +0.30 on seed 0, -0.10 on seed 1. The mean (+0.10) clears the
+    # 0 margin, which the old rule called "holds"; the paired interval straddles it
+    rows = [*_seed_rows(0, 0.0), *_seed_rows(1, 0.0)]
+    rows[3]["metrics"]["retain_mcq_acc"] = 0.40  # ga, seed 0: npo 0.70 - 0.40 = +0.30
+    rows[7]["metrics"]["retain_mcq_acc"] = 0.80  # ga, seed 1: npo 0.70 - 0.80 = -0.10
+    by = _checked(rows)
+    ablation = by[("npo", "ga", "retain_mcq_acc")]
+    assert ablation["difference"] == pytest.approx(0.10) and ablation["pairs"] == 2
+    assert ablation["decision"] == "undecided" and ablation["holds"] is False
+    lo, hi = ablation["interval"]
+    assert lo < 0 < hi
+
+
+def test_one_seed_decides_no_claim():
+    by = _checked(_seed_rows(0, 0.0))  # one pair per claim: no interval
+    assert all(c["decision"] == "undecided" and c["pairs"] == 1 for c in by.values())
+    assert all("too few" in c["note"] for c in by.values())
 
 
 # ------------------------------------------------------------------------ end to end
 def test_benchmark_tiny(tmp_path):
     out = tmp_path / "bench"
     args = ["benchmark", "--out", str(out), "--preset", "tiny", "--seeds", "0",
-            "--scenarios", "privacy", "--methods", "ga", "npo", "--quiet", "--device", "cpu"]  # fmt: skip
+            "--scenarios", "privacy", "--methods", "ga", "npo", "--quiet", "--device", "cpu",
+            "--threads", "1"]  # fmt: skip
     assert main(args) == 0
     res = json.loads((out / "results.json").read_text())
+    assert res["provenance"]["threads"] == 1  # pinned and recorded
     assert {r["method"] for r in res["rows"]} == {"vanilla", "retrain", "ga", "npo"}
     assert res["extra"]["unlearn_over_retrain_time_mean"] > 0
     expected = claims_for(["ga", "npo"], ["privacy"])
     assert [c["claim"] for c in res["claims"]] == [c.claim for c in expected]
     for c in res["claims"]:
         assert set(c) >= CLAIM_KEYS and isinstance(c["holds"], bool)
+        assert c["decision"] == "undecided"  # one seed: no paired interval
+        assert c["post_hoc"] is c["claim"].startswith("learned:")
     assert res["figures"][0] == "headline.png"
     for f in ("report.md", "ues.png", "scores_privacy.png", *res["figures"]):
         assert (out / f).is_file(), f
@@ -179,19 +255,38 @@ def test_benchmark_tiny(tmp_path):
     assert code == 2 and not (out / "runs" / "incorrectness").exists()
 
 
-def test_workers_give_the_same_rows(tmp_path):
-    kw = dict(preset="tiny", seeds=[0, 1], scenarios=["privacy"], methods=["ga"],
-              device="cpu", quiet=True)  # fmt: skip
-    one = run_benchmark(tmp_path / "one", workers=1, **kw)
-    two = run_benchmark(tmp_path / "two", workers=2, **kw)
-    assert one["extra"]["workers"] == 1 and two["extra"]["workers"] == 2
+def test_every_worker_runs_pinned_to_the_same_threads():
+    # the per-process count is --threads whatever the number of workers (no share of cores)
+    with worker_pool(2, 3) as pool:
+        counts = [pool.submit(torch.get_num_threads).result() for _ in range(4)]
+    assert counts == [3] * 4
+    assert default_workers(1) >= default_workers(2) >= 1  # only the speed follows the machine
 
-    def strip(rows):  # wall-clock figures differ from run to run; everything else must not
-        drop = {"time_ratio", "questions_per_second"}
-        return [
-            (r["setting"], r["seed"], r["method"],
-             {k: v for k, v in r["metrics"].items() if k not in drop})
-            for r in rows
-        ]  # fmt: skip
 
-    assert strip(one["rows"]) == strip(two["rows"])
+def _bench(out, omp, workers):
+    """The tiny benchmark in a fresh interpreter under ``OMP_NUM_THREADS=omp``."""
+    cmd = [sys.executable, "-m", "unlearn_bench.cli", "benchmark", "--out", str(out),
+           "--preset", "tiny", "--seeds", "0", "1", "--scenarios", "privacy",
+           "--methods", "ga", "--device", "cpu", "--quiet", "--threads", "1",
+           "--workers", str(workers)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(omp), "MKL_NUM_THREADS": str(omp)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads((out / "results.json").read_text())
+
+
+def test_numbers_do_not_depend_on_the_environment_or_workers(tmp_path):
+    # one process under OMP_NUM_THREADS=3 against two workers under OMP_NUM_THREADS=1, in
+    # fresh interpreters (hash seeds differ too). Unpinned, the first ran on torch's default
+    # for the environment (2 on a 2-core machine) and the workers on 1: the float sums add in
+    # another order and 44 metric values moved by up to 1e-5 (checked when this was written)
+    a = _bench(tmp_path / "a", omp=3, workers=1)
+    b = _bench(tmp_path / "b", omp=1, workers=2)
+    assert (a["extra"]["workers"], b["extra"]["workers"]) == (1.0, 2.0)
+    assert row_count(a) == row_count(b) == 6  # vanilla, retrain, ga x 2 seeds
+    diff = compare(a, b)
+    assert diff["max_abs"] == 0, summary_lines(diff, row_count(a))
+    assert not diff["differences"] and not diff["missing"] and not diff["claims"]
+    assert [c["decision"] for c in a["claims"]] == [c["decision"] for c in b["claims"]]
+    assert [r["method"] for r in a["rows"]] == [r["method"] for r in b["rows"]]  # same order
+    assert a["provenance"]["threads"] == b["provenance"]["threads"] == 1  # pinned, recorded

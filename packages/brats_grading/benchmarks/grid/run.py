@@ -3,7 +3,8 @@
 From the repository root (about an hour on two CPU cores at ``--preset small``)::
 
     python packages/brats_grading/benchmarks/grid/run.py --out DIR [--preset small|tiny]
-        [--workers N] [--settings NAME ...] [--methods M ...] [--quiet]
+        [--workers N] [--threads N] [--settings NAME ...] [--methods M ...]
+        [--seeds S ...] [--quiet]
 
 :func:`run_grid` trains every (setting, method, seed) and writes ``DIR/results.json``
 (one row per trained fold, the summary, the analysis; the shared results schema of
@@ -13,6 +14,11 @@ into seed-averaged pooled AUCs, paired bootstrap intervals and verdicts, so the
 statistics can be recomputed from the stored predictions (:func:`load_grid`) without
 training again. Settings run in parallel worker processes (``--workers``), one
 setting per task. ``--preset tiny`` runs the same code on tiny data and models (tests).
+
+Every process, the main one and each worker (the pool's ``initializer``), pins its CPU
+threads to ``--threads`` (default :data:`THREADS`) with :func:`medcommon.train.fix_threads`,
+whatever ``OMP_NUM_THREADS`` says, so the numbers depend neither on the environment nor
+on ``--workers``; ``results.json`` records the count (``protocol.threads``).
 """
 
 from __future__ import annotations
@@ -32,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from brats_grading import __version__
@@ -49,12 +54,15 @@ from medcommon.fs import atomic_path, read_json
 from medcommon.metrics.bootstrap import bootstrap_aucs, percentile_ci
 from medcommon.report import make_results, write_results
 from medcommon.report.plots import plot_heatmap, plot_intervals
+from medcommon.train import fix_threads
 
 HERE = Path(__file__).resolve().parent
 PROTOCOL = "packages/brats_grading/benchmarks/grid/protocol.py"
 PREDICTIONS = "predictions.json.gz"
 PER_CASE = ("labels", "cases", "oof")
 """The per-case fields of a setting, stored in :data:`PREDICTIONS`, not in results.json."""
+THREADS = 1
+"""CPU threads per process (``--threads``): the committed grid ran one thread per worker."""
 
 
 def _load_protocol():
@@ -91,14 +99,16 @@ def run_setting(
     steps: int = P.GRID_STEPS,
     preset: str = "small",
     device: str = "cpu",
+    threads: int = THREADS,
 ) -> dict[str, Any]:
     """Train every method on one setting; returns its labels and out-of-fold predictions.
 
     ``oof[method]`` is ``(len(seeds), N)``: P(HGG) of each case from the model of the
     fold that held it out. ``rows`` holds one results row per trained fold: its test
-    AUC, whether the fusion fell back to the mean, its training seconds.
+    AUC, whether the fusion fell back to the mean, its training seconds. ``threads``:
+    this process's CPU threads, pinned first (module docstring).
     """
-    torch.set_num_threads(1)
+    fix_threads(threads)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         data = write_synthetic(
@@ -159,6 +169,7 @@ def run_grid(
     methods: Sequence[str] | None = None,
     seeds: Sequence[int] = P.SEEDS,
     workers: int = 1,
+    threads: int = THREADS,
     bootstrap: int = P.BOOTSTRAP,
     quiet: bool = False,
 ) -> dict[str, Any]:
@@ -168,13 +179,15 @@ def run_grid(
 
     ``preset="small"`` is the protocol's grid; ``"tiny"`` runs the same code on tiny
     data and models (tests). ``settings``/``methods``/``seeds`` narrow the run.
+    ``threads``: CPU threads of every process, whatever ``workers`` is.
     """
+    fix_threads(threads)
     methods = list(methods or METHODS.names())
     for m in methods:
         METHODS.get(m)
     if P.REFERENCE not in methods:
         raise InputError("--methods", f"the grid compares against {P.REFERENCE}: include it")
-    kwargs = scale(preset) | {"seeds": tuple(seeds), "preset": preset}
+    kwargs = scale(preset) | {"seeds": tuple(seeds), "preset": preset, "threads": threads}
     out = Path(out)
     t0 = time.perf_counter()
     tasks = [(s, methods, kwargs) for s in settings]
@@ -182,7 +195,9 @@ def run_grid(
     bar = tqdm(total=len(tasks), desc="grid settings", disable=quiet)
     if workers > 1:
         ctx = get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=fix_threads, initargs=(threads,)
+        ) as pool:
             for res in pool.map(_run_one, tasks):
                 done.append(res)
                 bar.update()
@@ -203,6 +218,7 @@ def run_grid(
             "bootstrap": bootstrap,
             "level": P.LEVEL,
             "data_seed": P.DATA_SEED,
+            "threads": threads,
         },
         "settings": done,
         "wall_seconds": round(time.perf_counter() - t0, 1),
@@ -372,7 +388,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="small: the protocol; tiny: a smoke run")  # fmt: skip
     add_methods_arg(p, METHODS)
     p.add_argument("--workers", type=int, default=1, help="settings run in parallel processes")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=THREADS,
+        help=f"CPU threads per process, pinned whatever OMP_NUM_THREADS says (default {THREADS})",
+    )
     p.add_argument("--settings", nargs="+", default=None, help="only these setting names")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(P.SEEDS),
+                   help=f"only these seeds (default: the protocol's, {' '.join(map(str, P.SEEDS))})")  # fmt: skip
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     settings = P.SETTINGS
@@ -388,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError("--workers", "must be >= 1")
     run_grid(
         args.out, preset=args.preset, settings=settings, methods=args.methods,
-        workers=args.workers, quiet=args.quiet,
+        seeds=args.seeds, workers=args.workers, threads=args.threads, quiet=args.quiet,
     )  # fmt: skip
     print(f"wrote {args.out}/results.json, {PREDICTIONS} and report.md")
     return 0

@@ -1,7 +1,7 @@
 """Peak memory of one ``full``-preset training step on the CPU (batch 1, the preset's shape).
 
 Run from the repository root as ``python packages/brats_grading/benchmarks/memory/probe.py
---method cmg [--precision bf16] [--checkpointing]``, each variant in a fresh process,
+--method cmg [--precision bf16] [--checkpointing] [--threads N]``, each variant in a fresh process,
 so the process-wide peak is this step's (until issue #19 this was the module
 ``brats_grading.memprobe`` and ``benchmark --memory-probe``). PyTorch allocates
 tensors outside Python's allocator, so ``tracemalloc`` cannot see them; we use the
@@ -20,7 +20,10 @@ between forward and backward.
 Prints one JSON line: ``{"method", "precision", "checkpointing", "shape", "params",
 "trainable", "rss_before_mb", "peak_rss_mb", "step_peak_mb", "saved_mb",
 "step_seconds", "threads"}``. :func:`gpu_estimate` turns such lines into the
-README's table of expected GPU memory.
+README's table of expected GPU memory. The process first pins its CPU threads to
+``--threads`` (default :data:`THREADS`, the README table's one thread) with
+:func:`medcommon.train.fix_threads`, whatever ``OMP_NUM_THREADS`` says; ``threads``
+records it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ import psutil
 import torch
 
 from brats_grading.train import method_config
+from medcommon.train import fix_threads
+
+THREADS = 1
+"""CPU threads of the probe (``--threads``): the README's table was measured on one."""
 
 
 def measure(
@@ -135,7 +142,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="cube side (default: preset)")
     parser.add_argument("--precision", choices=("no", "bf16"), default="no")
     parser.add_argument("--checkpointing", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, default=THREADS, help=f"CPU threads, pinned (default {THREADS})"
+    )
     args = parser.parse_args()
+    fix_threads(args.threads)
     probe = measure(args.method, args.size, args.precision, args.checkpointing)
     print(json.dumps({**probe, "gpu_estimate": gpu_estimate(probe)}))
 

@@ -2,11 +2,20 @@
 
 One row per (method, seed, fold) holds that fold's test metrics; the summary is the
 mean ± sample std over all folds and seeds. The claims of :mod:`brats_grading.claims`
-are checked on the summary; ``headline.png`` (AUC per method, every run a dot) leads
-the figures. What a preset runs is its ``benchmark`` section
-(:class:`brats_grading.config.BenchmarkConfig`): ``demo`` runs the central claim only.
+are decided on the rows, paired by (seed, fold) (:func:`medcommon.report.check_claims`);
+``headline.png`` (AUC per method, every run a dot) leads the figures. What a preset
+runs is its ``benchmark`` section (:class:`brats_grading.config.BenchmarkConfig`):
+``demo`` runs the central claim only.
 Throughput (training volumes per second, one volume = one case with its four
 sequences) of CMG and early fusion is measured in the same run.
+
+Same code, same seeds, same numbers: :func:`run_benchmark` first pins its CPU threads
+(``threads``, the CLI's ``--threads``, default
+:data:`medcommon.cli.args.BENCHMARK_THREADS`) with :func:`medcommon.train.fix_threads`,
+whatever ``OMP_NUM_THREADS`` says, and turns on torch's deterministic kernels;
+``results.json`` records the count (``provenance.threads``). Every random source is
+seeded: the synthetic data (generator seed 1234), the folds (``split_seed``), the
+inner validation split, initialisation, batch order, flips and dropout (the run's seed).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from brats_grading.model import GradingNet
 from brats_grading.synth import write_synthetic
 from brats_grading.train import StageCache, fit_method, method_config
 from medcommon import metrics as M
+from medcommon.cli.args import BENCHMARK_THREADS
 from medcommon.errors import InputError
 from medcommon.provenance import module_source
 from medcommon.report import (
@@ -41,9 +51,11 @@ from medcommon.report import (
     write_report,
     write_results,
 )
+from medcommon.report.claims import CONFIDENCE
 from medcommon.report.plots import plot_runs
+from medcommon.train import fix_threads
 
-METRICS = ["auc", "accuracy", "sensitivity", "specificity", "f1"]
+METRICS = ["auc", "accuracy", "sensitivity", "specificity", "f1", "brier"]
 
 
 def attention_figure(model: GradingNet, x: np.ndarray, path: Path, branch: str) -> Path:
@@ -120,13 +132,17 @@ def run_benchmark(
     quiet: bool = False,
     folds: int | None = None,
     methods: Sequence[str] | None = None,
+    threads: int = BENCHMARK_THREADS,
 ) -> dict[str, Any]:
     """Run the comparison and write ``out/results.json``, ``out/report.md`` and plots.
 
     ``folds`` sets the number of folds K (default: the preset's); every fold runs,
     except that a preset naming its ``benchmark.folds`` (``demo``) runs those without
     ``folds``. ``methods`` defaults to the preset's ``benchmark.methods`` (default: all).
+    ``threads``: CPU threads of this process, pinned before anything runs (module
+    docstring), so that the numbers do not depend on the environment or the machine.
     """
+    fix_threads(threads)
     methods = benchmark_methods(preset, methods)
     for m in methods:
         METHODS.get(m)
@@ -359,10 +375,12 @@ def _sections(results: dict[str, Any], k: int, seeds: Sequence[int]) -> list[tup
         f"{_runs_text(folds_run, k, len(seeds))} ({len(folds_run) * len(seeds)} runs). "
         f"Threshold 0.5 on P(HGG).",
         "",
-        f"Claims: each holds when CMG's mean test AUC exceeds the baseline's by more than "
-        f"{MARGIN} (fixed in `brats_grading/claims.py` before the run). First-stage trainings "
-        f"reused across methods (identical by construction, see `StageCache`): "
-        f"{extra.get('stages_reused', 0)}.",
+        f"Claims: each is decided on the paired differences CMG − baseline in test AUC, one "
+        f"per (seed, fold), with a {CONFIDENCE:.0%} t-interval: it holds when the whole "
+        f"interval lies above +{MARGIN} (the margin fixed in `brats_grading/claims.py` before "
+        f"the run), fails when it lies below, and is undecided when it straddles the margin "
+        f"or fewer than 2 pairs exist. First-stage trainings reused across methods "
+        f"(identical by construction, see `StageCache`): {extra.get('stages_reused', 0)}.",
     ]
     sections = [("Setup", "\n".join(lines))]
     tp = [

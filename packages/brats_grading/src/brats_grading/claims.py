@@ -4,14 +4,18 @@ The paper (Xu et al., arXiv 2401.09029) claims that CMG, per-modality branches w
 cross-modality guidance from the T1ce branch and dual (spatial + slice) attention,
 grades glioma better than a single modality and than plain fusion, and that guidance
 and dual attention each contribute. Each sentence becomes one :class:`Claim` on the
-test AUC (mean over folds x seeds); :func:`medcommon.report.check_claims` fills in
-whether it holds, and every claim is reported, holding or not.
+test AUC; :func:`medcommon.report.check_claims` decides it, and every claim is
+reported, whatever its decision.
 
-Margin: a claim holds when CMG's mean AUC exceeds the baseline's by more than
-:data:`MARGIN` = 0.01 AUC. The paper presents its gains as improvements of about
-one AUC point or more; a smaller difference is not a gain a reader would act on.
-The same margin applies to the central claims and to the ablations, decided before
-any run with these claims.
+Decision: on the paired differences AUC(CMG) − AUC(baseline), one per (seed, fold)
+run both methods have (same split, same seed), with a 95 % t-interval over the pairs.
+A claim *holds* when the whole interval lies above :data:`MARGIN` = 0.01 AUC, *fails*
+when it lies wholly below, and is *undecided* when it straddles the margin (the seeds
+are too few for the spread) or fewer than two pairs exist; never on one mean against
+the margin. The paper presents its gains as improvements of about one AUC point or
+more; a smaller difference is not a gain a reader would act on. The same margin
+applies to the central claims and to the ablations, decided before any run with
+these claims (issue #25 changed only the decision rule, not the margin).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from collections.abc import Iterable
 from medcommon.report import Claim
 
 MARGIN = 0.01
-"""Smallest mean test-AUC gain (CMG minus baseline) that counts as "better"."""
+"""Smallest test-AUC gain (CMG minus baseline) that counts as "better": a claim holds
+when the 95 % interval of the paired differences lies wholly above it."""
 
 CLAIMS: tuple[Claim, ...] = (
     # Central claims: CMG against the best single modality and the two plain fusions.

@@ -110,10 +110,13 @@ def cmd_benchmark(args) -> int:
 
     run_benchmark(
         args.out, args.preset, args.seeds, data=args.data, device=args.device,
-        quiet=args.quiet, folds=args.folds, methods=args.methods,
+        quiet=args.quiet, folds=args.folds, methods=args.methods, threads=args.threads,
     )  # fmt: skip
     print(f"wrote {args.out}/results.json and report.md")
     return 0
 
 
 main, entry, build_parser = app.main, app.entry, app.build_parser
+
+if __name__ == "__main__":  # python -m brats_grading.cli
+    entry()

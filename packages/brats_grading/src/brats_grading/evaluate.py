@@ -71,7 +71,13 @@ def predict_with_branches(
 
 
 def grading_metrics(y: Sequence[int], p_hgg: Sequence[float]) -> dict[str, float]:
-    """accuracy, auc, sensitivity (HGG recall), specificity (LGG recall), f1 at ``THRESHOLD``."""
+    """accuracy, auc, sensitivity (HGG recall), specificity (LGG recall), f1 at ``THRESHOLD``,
+    and the Brier score (mean squared error of P(HGG); lower is better).
+
+    The Brier score is the one continuous function of every probability: on a few test
+    cases, AUC and the thresholded rates do not move when the probabilities change in
+    their last digits, the Brier score does (the reproduction checks compare it).
+    """
     y = np.asarray(y, dtype=np.int64)
     p = np.asarray(p_hgg, dtype=np.float64)
     pred = (p >= THRESHOLD).astype(np.int64)
@@ -81,6 +87,7 @@ def grading_metrics(y: Sequence[int], p_hgg: Sequence[float]) -> dict[str, float
         "sensitivity": M.sensitivity(y, pred),
         "specificity": M.specificity(y, pred),
         "f1": M.f1(y, pred),
+        "brier": float(np.mean((p - y) ** 2)),
     }
 
 

@@ -1,23 +1,26 @@
 """Time one (setting, seed) job of the ``small`` benchmark, to extrapolate the whole run.
 
-    OMP_NUM_THREADS=1 python packages/pbbl_cxr/benchmarks/profile/slice.py gbp-0.95 [--profile]
+    python packages/pbbl_cxr/benchmarks/profile/slice.py gbp-0.95 [--profile] [--threads N]
 
 Prints JSON: the data path written as PNGs and decoded (what the benchmark did before
 issue #14) and in memory (what it does now), then every row's training, in wall and
 CPU seconds (CPU seconds do not depend on other jobs loading the machine). With
-``--profile`` also the top cProfile entries of the in-memory job.
+``--profile`` also the top cProfile entries of the in-memory job. ``--threads`` (default
+1, the count of the measurements in ``README.md``) is pinned by
+:func:`medcommon.train.fix_threads` whatever ``OMP_NUM_THREADS`` says.
 """
 
 from __future__ import annotations
 
+import argparse
 import cProfile
 import json
 import pstats
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from medcommon.train import fix_threads
 from pbbl_cxr.benchmark import (
     _run_methods,
     method_names,
@@ -33,10 +36,11 @@ def clock() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def main(name: str, profile: bool) -> dict:
+def main(name: str, profile: bool, threads: int = 1) -> dict:
+    fix_threads(threads)
     setting = next(s for s in preset_settings("small") if s.name == name)
     cfg, scfg = run_preset("small"), setting.synth_config("small")
-    out: dict = {"setting": name}
+    out: dict = {"setting": name, "threads": threads}
     w0, c0 = clock()
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp) / "d", scfg, seed=0)
@@ -66,9 +70,9 @@ def main(name: str, profile: bool) -> dict:
 
 
 if __name__ == "__main__":
-    print(
-        json.dumps(
-            main(sys.argv[1] if len(sys.argv) > 1 else "gbp-0.95", "--profile" in sys.argv),
-            indent=1,
-        )
-    )
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("setting", nargs="?", default="gbp-0.95", help="a `small` setting")
+    parser.add_argument("--profile", action="store_true", help="print the top cProfile entries")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads, pinned (default 1)")
+    args = parser.parse_args()
+    print(json.dumps(main(args.setting, args.profile, args.threads), indent=1))

@@ -23,21 +23,22 @@ Protocol, fixed before any PBBL run was made:
   variant with the highest shortcut conflicting AUC (ties: the cheaper in-sample one); if
   none passes, the one with the smallest no-shortcut harm.
 
-Run: ``python packages/pbbl_cxr/benchmarks/stage1/measure.py OUT.json`` (about 4 CPU
-minutes with ``OMP_NUM_THREADS=1``).
+Run: ``python packages/pbbl_cxr/benchmarks/stage1/measure.py OUT.json [--threads N]``
+(about 4 CPU minutes). ``--threads`` (default 1, the count ``results.json`` was made
+with) is pinned by :func:`medcommon.train.fix_threads` whatever ``OMP_NUM_THREADS`` says,
+and written to the output's ``threads``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
+from medcommon.train import fix_threads
 from pbbl_cxr.config import run_preset, synth_preset
 from pbbl_cxr.data import DataOptions, load_split
 from pbbl_cxr.evaluate import evaluate_model
@@ -73,8 +74,8 @@ def one(method: str, cfg, tr, va, te, seed: int) -> dict:
     return row
 
 
-def main(out_path: str) -> None:
-    torch.set_num_threads(1)
+def main(out_path: str, threads: int = 1) -> None:
+    fix_threads(threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, changes in SETTINGS.items():
@@ -120,9 +121,14 @@ def main(out_path: str) -> None:
         for stats in by_variant.values():
             for k, v in list(stats.items()):
                 stats[k] = sum(v) / len(v)
-    Path(out_path).write_text(json.dumps({"rows": rows, "mean": summary}, indent=1) + "\n")
+    out = {"threads": threads, "rows": rows, "mean": summary}
+    Path(out_path).write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    parser = argparse.ArgumentParser(description="Choose PBBL's stage-1 default (issue 10).")
+    parser.add_argument("out", help="output JSON")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads, pinned (default 1)")
+    args = parser.parse_args()
+    main(args.out, args.threads)

@@ -5,7 +5,20 @@ For each :class:`Setting` and seed a synthetic dataset is generated with that se
 (in memory, bit-identical to ``pbbl-cxr synth`` followed by loading the PNGs), every
 method is trained on it with the preset's config and scored on the group-balanced
 test split. ``results.json`` rows carry ``setting`` = ``gbp-0.95`` etc.; its
-``claims`` are :func:`pbbl_cxr.claims.declared_claims`, checked on the summary.
+``claims`` are :func:`pbbl_cxr.claims.declared_claims`, each decided on the paired
+per-seed differences method − baseline in its setting with a 95 % t-interval
+(:mod:`medcommon.report.claims`): holds when the whole interval clears the margin,
+fails when it lies on the other side, undecided when it straddles the margin.
+
+Same code, same seeds, same numbers: every random draw comes from the seed (the data
+from ``np.random.default_rng(seed)``, model init from ``seed_everything(seed)``, the
+batch order from ``(seed, step)``, augmentation from ``(seed, step, sample)``, the
+cross-fitting folds from ``seed``; the models have no dropout and evaluation draws
+nothing), and :func:`run_benchmark` pins the CPU threads of its process and of every
+worker to ``threads`` (:func:`medcommon.train.fix_threads`, deterministic kernels on),
+whatever ``OMP_NUM_THREADS`` says and however many workers run. So the metrics depend
+on the seeds and ``threads`` (recorded as ``provenance.threads``), not on the machine,
+the environment or ``workers`` (``tests/test_benchmark.py::test_numbers_do_not_depend_on_the_environment_or_workers``).
 
 PBBL is reported twice: ``pbbl`` selects its checkpoint without bias labels,
 ``pbbl-oracle-select`` on the true-bias balanced valid AUC (an oracle).
@@ -29,10 +42,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from medcommon.cli.args import BENCHMARK_THREADS
 from medcommon.errors import InputError
 from medcommon.provenance import module_source
 from medcommon.report import make_results, plot_bars, plot_differences, write_report, write_results
 from medcommon.synthetic import to_uint
+from medcommon.train import fix_threads
 from pbbl_cxr import __version__
 from pbbl_cxr.claims import PBBL, PBBL_ORACLE_SELECT, declared_claims
 from pbbl_cxr.config import (
@@ -310,6 +325,7 @@ def run_benchmark(
     opts: DataOptions | None = None,
     settings: Sequence[Setting] | None = None,
     workers: int = 1,
+    threads: int = BENCHMARK_THREADS,
 ) -> dict[str, Any]:
     """Run the comparison and write ``results.json``, ``report.md`` and plots to ``out``.
 
@@ -317,8 +333,11 @@ def run_benchmark(
     given, else the preset's (:func:`preset_settings`). ``methods``: row names
     (:func:`method_names`; default :func:`preset_methods`). ``workers`` > 1 runs the
     synthetic (setting, seed) jobs in that many processes; each job is seeded on its
-    own, so the rows do not depend on it.
+    own, so the rows do not depend on it. ``threads``: CPU threads of this process and
+    of each worker, pinned first (:func:`medcommon.train.fix_threads`) whatever the
+    environment says; the same count per process for any ``workers``.
     """
+    fix_threads(threads)
     out = Path(out)
     cfg = cfg or run_preset(preset)
     methods = list(methods or preset_methods(preset))
@@ -345,7 +364,12 @@ def run_benchmark(
             for job in tqdm(jobs, desc="benchmark", disable=quiet):
                 rows += _synthetic_job(job)
         else:
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            with ProcessPoolExecutor(
+                workers,
+                mp_context=get_context("spawn"),
+                initializer=fix_threads,  # a spawned worker starts with torch's default count
+                initargs=(threads,),
+            ) as pool:
                 done = pool.map(_synthetic_job, jobs)
                 for job_rows in tqdm(done, total=len(jobs), desc="benchmark", disable=quiet):
                     rows += job_rows

@@ -19,7 +19,16 @@ Thresholds, in AUC units, decided from those claims and not from any result:
 
 Claims are declared per setting (every shortcut setting gets the same ones) and only
 for the methods the benchmark runs, so the ``demo`` run carries the subset its three
-methods can answer. A claim that does not hold is reported as not holding.
+methods can answer.
+
+How a claim is decided (:func:`medcommon.report.check_claims`): not on one mean against
+the threshold, but on the paired per-seed differences PBBL − baseline of the metric in
+the claim's setting (same seed, same data), with a 95 % t-interval over the seeds.
+"greater" (beats) holds when the whole interval lies above the threshold and fails when
+it lies below; "within" holds when the whole interval lies inside ±threshold and fails
+when it lies wholly outside. An interval that straddles the threshold, or fewer than two
+seeds, leaves the claim **undecided**. A claim that does not hold is reported as failing
+or undecided, never dropped.
 """
 
 from __future__ import annotations

@@ -175,7 +175,13 @@ def _benchmark_args(p: argparse.ArgumentParser) -> None:
         "--kinds", nargs="+", choices=["gbp", "sbp"], default=None, help="grid (default: preset's)"
     )
     p.add_argument("--ratios", nargs="+", type=_ratio, default=None, help="grid bias ratios")
-    p.add_argument("--workers", type=int, default=1, help="processes for the (setting, seed) jobs")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes for the (setting, seed) jobs, each pinned to --threads (the numbers "
+        "do not depend on it)",
+    )
     add_config_args(p)
     _add_data_args(p)
 
@@ -195,6 +201,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         kinds=args.kinds,
         ratios=args.ratios,
         workers=args.workers,
+        threads=args.threads,
         device=resolve_device(args.device),
         quiet=args.quiet,
         cfg=cfg,
@@ -227,3 +234,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 main, entry, build_parser = app.main, app.entry, app.build_parser
+
+if __name__ == "__main__":  # python -m pbbl_cxr.cli, as the console script
+    entry()

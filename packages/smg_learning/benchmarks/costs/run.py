@@ -4,7 +4,8 @@ From the repository root::
 
     python packages/smg_learning/benchmarks/costs/run.py --preset small --seeds 0 1 2 --out DIR
 
-It takes the ``smg-learning benchmark`` flags (``--config``/``--set`` included), runs
+It takes the ``smg-learning benchmark`` flags (``--config``/``--set`` and
+``--threads``, the CPU threads it pins first, included), runs
 that benchmark and then, on the first seed (:mod:`costs` beside this file): the PGA step
 time against a plain step and first-order against exact PGA; DDIM-k against DDPM-T
 sampling time, and how well each sampler's generated masks agree with a real-data
@@ -37,6 +38,7 @@ from smg_learning.benchmark import (
     BenchSpec,
     bench_config,
     load_bench_data,
+    pin_threads,
     train_rows,
     write_benchmark,
 )
@@ -117,6 +119,7 @@ def cost_section(ex: dict[str, Any]) -> tuple[str, str]:
 
 def run_cost_benchmark(spec: BenchSpec) -> dict[str, Any]:
     """The benchmark of ``spec``, then the cost measurements on its rows."""
+    pin_threads(spec)  # --threads, whatever OMP_NUM_THREADS says
     sizes = cost_sizes(spec.preset)
     cfg, methods = bench_config(spec)
     with tempfile.TemporaryDirectory(prefix="smg-costs-") as tmp:

@@ -5,7 +5,8 @@ From the repository root::
     python packages/smg_learning/benchmarks/pga-select/run.py --preset demo --seeds 0 1 2 \\
         --methods finetune,smd-replay,smg,smg-alpha0,smg-sym,smg-adam,smg-select --out DIR
 
-It takes the ``smg-learning benchmark`` flags (``--config``/``--set`` included) and
+It takes the ``smg-learning benchmark`` flags (``--config``/``--set`` and
+``--threads``, the CPU threads it pins first, included) and
 runs that benchmark, with one more row: before any row trains,
 :func:`pga_select.select_pga` picks α, estimator and virtual step on a validation split
 of the training sites' training cases (the first seed; grid :data:`pga_select.PGA_GRID`,
@@ -33,6 +34,7 @@ from smg_learning.benchmark import (
     BenchSpec,
     bench_config,
     load_bench_data,
+    pin_threads,
     train_rows,
     write_benchmark,
 )
@@ -82,6 +84,7 @@ def selection_section(sel: dict[str, Any]) -> tuple[str, str]:
 
 def run_select_benchmark(spec: BenchSpec, grid: tuple[PGAChoice, ...] = PGA_GRID) -> dict[str, Any]:
     """The benchmark of ``spec`` with the ``smg-select`` row (``grid``: tests shrink it)."""
+    pin_threads(spec)  # --threads, whatever OMP_NUM_THREADS says
     # the choice is known only after the selection; the placeholder names the row
     variants = {**VARIANTS, SELECTED: ("smg", {})}
     cfg, methods = bench_config(spec, variants)

@@ -18,8 +18,17 @@ and reused by the others (``smd_from``; its seconds are charged to each). The SM
 taught the last training site (no row replays it); ``smd_samples.png`` uses the first
 seed's replay SMD, which knows the earlier training sites.
 
-The steps (:func:`bench_config`, :func:`load_bench_data`, :func:`train_rows`,
-:func:`write_benchmark`) are public so that an experiment adds its own around them:
+Determinism (issue #25): :func:`run_benchmark` first pins the process's CPU threads to
+``--threads`` (:func:`pin_threads`; default 1) whatever ``OMP_NUM_THREADS`` says, with
+torch's deterministic algorithms on, and every random draw of a row comes from its seed
+(data: seed 0; model init, batch order, replay, shifts, the SMD's training noise and
+samples: the row's seed), so the same command gives the same ``results.json`` metrics.
+Claims are decided on the paired per-seed differences with a 95 % interval
+(:mod:`smg_learning.claims`).
+
+The steps (:func:`pin_threads`, :func:`bench_config`, :func:`load_bench_data`,
+:func:`train_rows`, :func:`write_benchmark`) are public so that an experiment adds its
+own around them (and calls :func:`pin_threads` first):
 ``benchmarks/costs/`` measures cost ratios on the trained rows, ``benchmarks/pga-select/``
 adds a row whose PGA settings are chosen on inner validation.
 """
@@ -36,6 +45,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from medcommon.cli.args import BENCHMARK_THREADS
 from medcommon.config import config_to_dict, replace_nested, resolve_config
 from medcommon.errors import InputError
 from medcommon.provenance import module_source
@@ -50,6 +60,7 @@ from medcommon.report import (
     write_results,
 )
 from medcommon.report.plots import plot_heatmap_panels
+from medcommon.train import fix_threads
 from smg_learning import __version__
 from smg_learning.claims import claims_for
 from smg_learning.config import PRESETS, RunConfig, run_preset
@@ -118,6 +129,8 @@ class BenchSpec:
     """What a benchmark was asked to do (the ``benchmark`` command's flags), passed whole.
 
     ``methods``, ``sites`` and ``heldout`` empty: the preset's (``benchmark`` section).
+    ``threads``: CPU threads of the process (``--threads``), pinned by :func:`pin_threads`
+    whatever ``OMP_NUM_THREADS`` says, so that the numbers do not depend on the machine.
     """
 
     out: Path
@@ -132,6 +145,7 @@ class BenchSpec:
     overrides: tuple[str, ...] = ()
     device: str = "cpu"
     quiet: bool = True
+    threads: int = BENCHMARK_THREADS
 
     @classmethod
     def from_args(cls, args: Any) -> BenchSpec:
@@ -151,6 +165,7 @@ class BenchSpec:
             overrides=tuple(args.overrides or ()),
             device=resolve_device(args.device),
             quiet=args.quiet,
+            threads=args.threads,
         )
 
 
@@ -175,6 +190,16 @@ def row_setup(method: str, cfg: RunConfig, variants: Variants = VARIANTS) -> tup
         strategy, overrides = variants[method]
         return strategy, replace_nested(cfg, **overrides)
     return method, cfg
+
+
+def pin_threads(spec: BenchSpec) -> None:
+    """What every benchmark process does first: pin its CPU threads to ``spec.threads``
+    (torch, BLAS, ``OMP_NUM_THREADS`` for child processes) and turn on torch's
+    deterministic algorithms (:func:`medcommon.train.fix_threads`). Float reductions
+    differ between thread counts and training amplifies that (a ``finetune`` run moved
+    by 0.012 between one and two threads), so the count is the command's, never the
+    environment's. The benchmark runs in this one process (no workers)."""
+    fix_threads(spec.threads)
 
 
 def bench_config(spec: BenchSpec, variants: Variants = VARIANTS) -> tuple[RunConfig, list[str]]:
@@ -340,6 +365,7 @@ def write_benchmark(
 
 def run_benchmark(spec: BenchSpec) -> dict[str, Any]:
     """Run the comparison and write the results, report and plots to ``spec.out``."""
+    pin_threads(spec)
     cfg, methods = bench_config(spec)
     with tempfile.TemporaryDirectory(prefix="smg-bench-") as tmp:
         data = load_bench_data(spec, cfg, Path(tmp))

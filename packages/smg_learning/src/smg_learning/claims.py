@@ -29,7 +29,15 @@ claims below are that sentence made checkable on the benchmark's rows
   ``benchmarks/pga-select/``.)
 
 Margins were chosen from the paper, not from results, and are never tuned afterwards.
-A claim that does not hold is reported as not holding.
+
+How a claim is decided (:func:`medcommon.report.check_claims`, since issue #25): on the
+paired per-seed differences method − baseline (the two rows of the same seed), with a
+95 % t-interval over the seeds. A ``greater`` claim holds when the whole interval lies
+above ``+margin`` and fails when it lies wholly below; a ``within`` claim holds when
+the interval lies inside ``±margin`` and fails when it lies wholly outside. A claim
+whose interval straddles the margin, or with fewer than two seeds, is **undecided**:
+noise cannot flip it between runs, more seeds can decide it. A claim that does not
+hold is reported as not holding (``decision`` fails or undecided), never dropped.
 """
 
 from __future__ import annotations

@@ -207,3 +207,6 @@ def cmd_benchmark(args) -> int:
 main, entry, build_parser = app.main, app.entry, app.build_parser
 
 __all__ = ["app", "build_parser", "entry", "main"]
+
+if __name__ == "__main__":  # python -m smg_learning.cli ... (as the console script)
+    raise SystemExit(entry())

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from medcommon.errors import InputError
 from medcommon.models import from_pretrained
 from medcommon.train import TrainConfig, Trainer
+from medcommon.train.loop import StepFn
 from smg_learning.config import RunConfig
 from smg_learning.data import ContinualData
 from smg_learning.distributed import unwrap
@@ -145,15 +146,32 @@ class _TensorSet(Dataset):
         return {"image": self.images[i], "mask": self.masks[i], "site": self.sites[i]}
 
 
-def _smd_step(model: nn.Module, batch: dict[str, torch.Tensor], ctx: Any) -> torch.Tensor:
-    """The DDPM loss of one micro-batch, the forward pass through the (DDP-wrapped) ``model``.
+def smd_noise_generator(seed: int, stage: int, step: int, micro: int = 0) -> torch.Generator:
+    """The RNG of the DDPM noise and timesteps of one SMD micro-batch: a pure function of
+    the run's ``seed``, the SMD ``stage`` (site index), the optimizer ``step`` and the
+    ``micro``-batch, so the SMD's training draws depend on nothing else drawn before them
+    (model initialisation, other rows, evaluation) and resume is exact. Every process of
+    a DDP run builds the same one and keeps its rows of the global draw."""
+    key = ((seed * 1_000_003 + 50 + stage) * 1_000_033 + step) * 1_024 + micro
+    return torch.Generator().manual_seed(key % 2**63)
+
+
+def smd_step(seed: int, stage: int) -> StepFn:
+    """The Trainer step of SMD stage ``stage`` of a run with ``seed``: the DDPM loss of one
+    micro-batch, the forward pass through the (DDP-wrapped) model.
 
     Going through the wrapper's forward lets DDP average the gradients; the noise is
-    drawn for the global batch (:meth:`SiteModulatedDiffusion.training_inputs`).
+    drawn for the global batch (:meth:`SiteModulatedDiffusion.training_inputs`) from
+    :func:`smd_noise_generator`.
     """
-    share = (ctx.accelerator.process_index, ctx.accelerator.num_processes)
-    xt, t, target = unwrap(model).training_inputs(batch["image"], batch["mask"], share)
-    return F.mse_loss(model(xt, t, batch["site"]), target)
+
+    def step(model: nn.Module, batch: dict[str, torch.Tensor], ctx: Any) -> torch.Tensor:
+        share = (ctx.accelerator.process_index, ctx.accelerator.num_processes)
+        gen = smd_noise_generator(seed, stage, ctx.step, ctx.micro_step)
+        xt, t, target = unwrap(model).training_inputs(batch["image"], batch["mask"], share, gen)
+        return F.mse_loss(model(xt, t, batch["site"]), target)
+
+    return step
 
 
 def load_smd_stage(source: Path, site: str, sites: list[str]) -> SiteModulatedDiffusion:
@@ -209,7 +227,7 @@ def train_smd_stage(
         smd,
         opt,
         dataset,
-        _smd_step,
+        smd_step(seed, t),
         config=tcfg,
         run_dir=out,
         seed=seed * 100 + 50 + t,

@@ -157,7 +157,11 @@ class SiteModulatedDiffusion(nn.Module):
         )
 
     def training_inputs(
-        self, images: torch.Tensor, masks: torch.Tensor, share: tuple[int, int] = (0, 1)
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        share: tuple[int, int] = (0, 1),
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Noisy inputs ``x_t``, timesteps ``t`` (B,) and regression targets of a DDPM batch.
 
@@ -165,15 +169,23 @@ class SiteModulatedDiffusion(nn.Module):
         world)``: the batch is process ``rank``'s contiguous share of a global batch of
         ``world * B`` (DDP); noise and timesteps are drawn for the global batch and this
         share's rows kept, so the processes together draw what one process would.
+        ``generator``: the generator the noise and timesteps are drawn from, on its own
+        device, then moved to the batch's (training uses a CPU one,
+        :func:`smg_learning.replay.smd_noise_generator`); None: the global RNG of the
+        batch's device.
         """
         x0 = torch.cat([images * 2 - 1, encode_mask(masks, self.config.mask_channels)], dim=1)
         sched = self.train_scheduler()
         rank, world = share
         b = x0.shape[0]
         rows = slice(rank * b, (rank + 1) * b)
-        noise = torch.randn((b * world, *x0.shape[1:]), dtype=x0.dtype, device=x0.device)[rows]
-        t = torch.randint(0, sched.config.num_train_timesteps, (b * world,), device=x0.device)
-        t = t[rows]
+        where = x0.device if generator is None else generator.device
+        shape = (b * world, *x0.shape[1:])
+        noise = torch.randn(shape, generator=generator, dtype=x0.dtype, device=where)[rows]
+        t = torch.randint(
+            0, sched.config.num_train_timesteps, (b * world,), generator=generator, device=where
+        )
+        noise, t = noise.to(x0.device), t[rows].to(x0.device)
         xt = sched.add_noise(x0, noise, t)
         kind = self._prediction_type()
         if kind == "sample":

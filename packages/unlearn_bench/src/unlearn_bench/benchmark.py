@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from medcommon.cli.args import BENCHMARK_THREADS
 from medcommon.errors import InputError
 from medcommon.provenance import module_source
 from medcommon.report import make_results, plot_bars, write_report, write_results
 from medcommon.run import require_fresh_out
+from medcommon.train import fix_threads
 from unlearn_bench import PACKAGE, __version__
 from unlearn_bench.claims import claims_for
 from unlearn_bench.config import (
@@ -86,17 +87,23 @@ def run_benchmark(
     device: str = "auto",
     quiet: bool = False,
     workers: int | None = None,
+    threads: int = BENCHMARK_THREADS,
 ) -> dict[str, Any]:
     """Run the benchmark into ``out``; returns the ``results.json`` object.
 
     ``methods`` / ``scenarios`` default to the preset's ``benchmark`` section: every
     method and scenario, except under ``demo`` (NPO and GA on privacy). The claims of
     :mod:`unlearn_bench.claims` that the run can check are checked and kept in results.json.
+    Every process that runs a piece (this one, and each worker) pins itself to ``threads``
+    CPU threads first (:func:`medcommon.train.fix_threads`, deterministic kernels too),
+    whatever ``OMP_NUM_THREADS`` or the machine says, so the numbers depend on the seeds
+    and ``threads`` only; ``results.json`` records the count (``provenance.threads``).
     ``workers`` > 1 runs that many (scenario, seed) pieces at once, each in its own
-    process with an equal share of torch's threads (one core each under
-    ``OMP_NUM_THREADS=1``); None: one per CPU core, at most one per piece. Every piece
-    seeds itself, so the rows are the same as with one worker, in the same order.
+    process with the same ``threads``; None: as many as the usable CPU cores hold at
+    ``threads`` each (at least one, at most one per piece). Every piece seeds itself, so
+    the rows are the same whatever the number of workers, in the same order.
     """
+    fix_threads(threads)  # first: everything below, and every worker, runs pinned
     plan = benchmark_preset(preset)
     if workers is not None and workers < 1:
         raise InputError("--workers", f"must be at least 1, got {workers}")
@@ -126,9 +133,9 @@ def run_benchmark(
         for scenario in scenarios
         for seed in seeds
     ]
-    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    workers = min(workers or default_workers(threads), len(jobs))
     t_start = time.perf_counter()
-    rows = [row for piece_rows in _map(jobs, workers) for row in piece_rows]
+    rows = [row for piece_rows in _map(jobs, workers, threads) for row in piece_rows]
     extra = _extra(rows, methods, time.perf_counter() - t_start)
     extra["workers"] = float(workers)
     figures = [HEADLINE, *(f"scores_{s}.png" for s in scenarios), "ues.png"]
@@ -171,17 +178,34 @@ class _Piece:
     quiet: bool
 
 
-def _map(jobs: Sequence[_Piece], workers: int) -> list[list[dict[str, Any]]]:
-    """Each piece's rows, in the order of ``jobs``; in ``workers`` processes when > 1."""
+def default_workers(threads: int) -> int:
+    """Worker processes when ``--workers`` is not given: the usable CPU cores at ``threads``
+    each (at least one). Only the speed follows the machine: every worker runs pinned to
+    ``threads``, so the numbers are the same with any count."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // threads)
+
+
+def _map(jobs: Sequence[_Piece], workers: int, threads: int) -> list[list[dict[str, Any]]]:
+    """Each piece's rows, in the order of ``jobs``; in ``workers`` processes when > 1, each
+    pinned to ``threads`` (the caller, which runs the pieces itself otherwise, already is)."""
     if workers <= 1 or len(jobs) <= 1:
         return [_run_piece(j) for j in jobs]
-    threads = max(1, torch.get_num_threads() // workers)  # the cores, shared out
+    with worker_pool(workers, threads) as pool:
+        return list(pool.map(_run_piece, jobs))
+
+
+def worker_pool(workers: int, threads: int) -> ProcessPoolExecutor:
+    """``workers`` spawned processes, each pinned to ``threads`` by :func:`fix_threads`
+    before it runs anything: the same count whatever the number of workers."""
     # spawn, not fork: a forked child would inherit the parent's torch thread pools.
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=torch.set_num_threads, initargs=(threads,)
-    ) as pool:
-        return list(pool.map(_run_piece, jobs))
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=fix_threads, initargs=(threads,)
+    )
 
 
 def _run_piece(job: _Piece) -> list[dict[str, Any]]:
@@ -318,8 +342,13 @@ def _sections(results: dict[str, Any], scenarios: Sequence[str]) -> list[tuple[s
     plots = "".join(f"![{s}](scores_{s}.png)\n" for s in scenarios) + "![UES](ues.png)\n"
     claims = (
         "Claims and margins are declared in `unlearn_bench/claims.py` before any run: MCQ "
-        "accuracy, absolute, margin 0.10 (0 for a head-to-head ordering). A claim about a "
-        "method or scenario that this run leaves out is not checked here."
+        "accuracy, absolute, margin 0.10 (0 for a head-to-head ordering). Each is decided on "
+        "the paired per-seed differences method − baseline with a 95 % t-interval: it holds "
+        "when the whole interval clears the margin, fails when it lies wholly on the other "
+        "side, and is undecided when it straddles the margin (or fewer than two seeds pair "
+        "up). A post hoc claim (written after its result was seen) is marked so and never "
+        "counted in a headline. A claim about a method or scenario that this run leaves out "
+        "is not checked here."
     )
     legend = (
         "`*_score` is the knowledge score of a subset (mean of chance-corrected MCQ accuracy, "

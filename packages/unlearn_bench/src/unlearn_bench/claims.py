@@ -10,6 +10,12 @@ Margins are absolute MCQ accuracy (4 options, chance 0.25), chosen from the clai
 not from any run: 0.10 is a clear drop in forget accuracy (and, read as a
 tolerance, "utility kept"); 0.0 for a head-to-head ordering of two methods.
 
+A claim is decided (:func:`medcommon.report.check_claims`) on the paired per-seed
+differences method − baseline (the same scenario and seed), with a 95 % t-interval:
+it holds when the whole interval clears the margin, fails when the whole interval lies
+on the other side, and is undecided when the interval straddles the margin (or fewer
+than two seeds pair up), never on one mean against the margin.
+
 - Sanity: retrain's forget accuracy is below vanilla's, i.e. the fine-tune memorised
   facts that the forget set alone carries (otherwise there is nothing to unlearn).
 - Central claim: NPO (Zhang et al. 2024) lowers forget accuracy below vanilla,
@@ -19,8 +25,10 @@ tolerance, "utility kept"); 0.0 for a head-to-head ordering of two methods.
   beta -> 0 is GA) keeps retain accuracy better; GradDiff's retain term (GradDiff
   without it is GA) keeps retain accuracy better.
 
-:data:`LEARNED` holds claims added after a run taught something; the declared ones
-stay as they were, holding or not, and both are reported.
+:data:`LEARNED` holds claims added after a run taught something: they are post hoc
+(``post_hoc=True``), reported with their outcome and never counted in a headline of
+claims that hold. The declared ones stay as they were, holding or not, and both are
+reported.
 """
 
 from __future__ import annotations
@@ -75,11 +83,11 @@ def declared_claims() -> list[Claim]:
 # Added after the first demo run (privacy, seeds 0-2): on a fully memorised vanilla model
 # NPO left the forget MCQ accuracy near 1.0 (the declared claim failed) while its generated
 # answers lost the forget facts; cloze accuracy (the reference is a substring of the greedy
-# answer) measures that. Same margin, declared before the next run.
+# answer) measures that. Same margin, but written after its result was seen: post hoc.
 LEARNED: list[Claim] = [
     Claim(
         "learned: NPO lowers forget-set cloze accuracy below vanilla (answers forget)",
-        "npo", "vanilla", "forget_cloze_acc", "privacy", "less", MARGIN,
+        "npo", "vanilla", "forget_cloze_acc", "privacy", "less", MARGIN, post_hoc=True,
     ),
 ]  # fmt: skip
 

@@ -157,7 +157,8 @@ def _benchmark_args(p: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=None,
-        help="(scenario, seed) pieces run at once, one process each (default: one per CPU core)",
+        help="(scenario, seed) pieces run at once, one process each, every one pinned to "
+        "--threads (default: the CPU cores at --threads each); the numbers do not depend on it",
     )
     add_methods_arg(p, METHODS)
 
@@ -287,7 +288,7 @@ def cmd_benchmark(args) -> int:
     run_benchmark(
         args.out, preset=args.preset, seeds=args.seeds, scenarios=args.scenarios,
         forget_ratio=args.forget_ratio, methods=args.methods, data=args.data,
-        device=args.device, quiet=args.quiet, workers=args.workers,
+        device=args.device, quiet=args.quiet, workers=args.workers, threads=args.threads,
     )  # fmt: skip
     return 0
 
