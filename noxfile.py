@@ -71,9 +71,26 @@ def _install(session: nox.Session, *names: str, extra: str = "") -> None:
     session.install(*specs)
 
 
-# Provenance (medcommon.provenance): the installed packages are copies, so the results
-# of a session name the checkout they came from through this variable.
+def _git(*args: str) -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+    except OSError:
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+# Provenance (medcommon.provenance): the installed packages are copies of the tree as it
+# was when nox started, so results name that commit and whether that tree was dirty
+# (edits made while a long session runs do not reach the installed code, nor its record).
+_COMMIT = _git("rev-parse", "HEAD")
 SOURCE_ENV = {"MEDAI_SOURCE_ROOT": str(ROOT)}
+if len(_COMMIT) == 40:
+    SOURCE_ENV["MEDAI_GIT_COMMIT"] = _COMMIT
+    SOURCE_ENV["MEDAI_GIT_DIRTY"] = (
+        "1" if _git("status", "--porcelain", "--untracked-files=no") else "0"
+    )
 
 
 # Wheels that some tests read data files from, installed without their dependencies

@@ -152,3 +152,16 @@ def test_registry_describes_entries_from_description_or_docstring():
     assert reg.describe("a") == "First line."
     assert reg.describe("b") == "said here"
     assert reg.help().startswith("a: First line.; b: said here; c")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400"])
+def test_non_finite_floats_are_refused(value):
+    for name in ("lr", "clip"):
+        with pytest.raises(InputError, match=f"{name}: must be a finite number"):
+            resolve_config(_Rates, overrides=[f"{name}={value}"])
+
+
+@dataclass(frozen=True)
+class _Rates:
+    lr: float = 0.1
+    clip: float | None = None

@@ -17,7 +17,7 @@ from torch.utils.data import TensorDataset
 
 from medai_testkit import CLIContract, MethodProbe, MethodStepContract
 from medcommon.cli import App, add_train_args
-from medcommon.errors import InputError
+from medcommon.errors import Diverged, InputError
 from medcommon.registry import Registry
 from medcommon.run import RunSpec, load_run, make_run_info, open_run, write_run_config
 from medcommon.train import TrainConfig, Trainer, seed_everything
@@ -84,8 +84,15 @@ def train(spec: RunSpec) -> int:
     if "flat-config" in BROKEN:
         spec.out.mkdir(parents=True, exist_ok=True)
         (spec.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
-    else:
+        return _fit(run, cfg, data)
+    if "keeps-failed-runs" in BROKEN:  # writes its header, never cleans up
         run.start()
+        return _fit(run, cfg, data)
+    with run.writing():
+        return _fit(run, cfg, data)
+
+
+def _fit(run, cfg: ToyConfig, data: TensorDataset) -> int:
     seed_everything(run.seed)
     model = _net(cfg.width)
     trainer = Trainer(
@@ -94,7 +101,7 @@ def train(spec: RunSpec) -> int:
         data,
         lambda m, b, ctx: torch.nn.functional.mse_loss(m(b[0]), b[1]),
         config=TrainConfig(max_steps=cfg.steps, batch_size=cfg.batch_size, checkpoint_every=1),
-        run_dir=spec.out,
+        run_dir=run.path,
         seed=run.seed,
         model_config={"width": cfg.width},
         device="cpu",
@@ -104,7 +111,7 @@ def train(spec: RunSpec) -> int:
         # the classic bug: continue from the saved weights but restart the optimizer and count
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(str(spec.out / "model" / "model.safetensors")))
+        model.load_state_dict(load_file(str(run.path / "model" / "model.safetensors")))
         result = trainer.fit(resume=False)
     else:
         result = trainer.fit(resume=run.resumed)
@@ -177,6 +184,17 @@ def test_suite_catches_output_written_before_input_is_checked(tmp_path, capsys):
     _run_broken(
         "writes-before-checking",
         ToyContract().test_missing_data_is_exit_2_and_writes_nothing,
+        tmp_path,
+        capsys,
+    )
+
+
+def test_suite_catches_a_failed_run_left_behind(tmp_path, capsys):
+    data = _write_data(tmp_path / "data")
+    _run_broken(
+        "keeps-failed-runs",
+        ToyContract().test_bad_inputs_exit_2_leave_nothing_and_a_retry_works,
+        data,
         tmp_path,
         capsys,
     )
@@ -341,3 +359,65 @@ def test_load_run_errors_name_the_folder(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(InputError, match="config.json"):
         load_run(tmp_path)
+
+
+def _failing_run(tmp_path, **kw):
+    """A run whose body fails with bad input after writing its header and a file."""
+    run = open_run(_spec(tmp_path, method="sgd", **kw), ToyConfig, base=lambda s: ToyConfig())
+    with pytest.raises(InputError, match="diverged"), run.writing():
+        (run.path / "checkpoint").mkdir()
+        (run.path / "checkpoint" / "model.safetensors").write_bytes(b"x")
+        raise Diverged("loss is nan at step 3")
+    return run
+
+
+def test_a_failed_new_run_leaves_nothing_and_can_be_retried(tmp_path):
+    _failing_run(tmp_path)
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "run").mkdir()  # an empty folder given as --out stays, empty
+    _failing_run(tmp_path)
+    assert (tmp_path / "run").is_dir() and not any((tmp_path / "run").iterdir())
+    run = open_run(_spec(tmp_path, method="sgd"), ToyConfig, base=lambda s: ToyConfig())
+    with run.writing():  # the retry into the same --out works
+        run.finish({"ok": 1})
+    assert load_run(tmp_path / "run").metrics() == {"ok": 1}
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_overwrite_replaces_a_run_only_once_the_new_one_has_finished(tmp_path):
+    first = open_run(_spec(tmp_path, method="sgd", seed=1), ToyConfig, base=lambda s: ToyConfig())
+    with first.writing():
+        first.finish({"run": "first"})
+    before = _snapshot(tmp_path / "run")
+    with pytest.raises(InputError, match=r"--overwrite to replace it"):
+        open_run(_spec(tmp_path, method="sgd"), ToyConfig, base=lambda s: ToyConfig())
+    _failing_run(tmp_path, overwrite=True)  # diverges: the old run is bit-identical
+    assert _snapshot(tmp_path / "run") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging left
+    second = open_run(
+        _spec(tmp_path, method="adam", overwrite=True), ToyConfig, base=lambda s: ToyConfig()
+    )
+    with second.writing():
+        assert second.path != tmp_path / "run"  # written beside it meanwhile
+        assert _snapshot(tmp_path / "run") == before
+        second.finish({"run": "second"})
+    assert load_run(tmp_path / "run").info.method == "adam"
+    assert load_run(tmp_path / "run").metrics() == {"run": "second"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    with pytest.raises(InputError, match="not both"):
+        open_run(
+            _spec(tmp_path, resume=True, overwrite=True), ToyConfig, base=lambda s: ToyConfig()
+        )
+
+
+def test_a_resumed_run_that_fails_keeps_its_folder(tmp_path):
+    run = open_run(_spec(tmp_path, method="sgd"), ToyConfig, base=lambda s: ToyConfig())
+    with run.writing():
+        pass
+    again = open_run(_spec(tmp_path, resume=True), ToyConfig, base=lambda s: ToyConfig())
+    with pytest.raises(InputError), again.writing():
+        raise Diverged("loss is inf at step 9")
+    assert (tmp_path / "run" / "config.json").is_file()

@@ -117,6 +117,15 @@ def test_undecodable_transfer_syntax_names_file_and_syntax(tmp_path):
     assert "MPEG2" in str(exc.value) and "dicom-codecs" in str(exc.value)
 
 
+def test_a_dicom_cut_before_its_pixel_data_is_named_truncated(tmp_path, capfd):
+    data = shipped_dicom("CT_small.dcm").read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[:784])  # the header survives, the pixel data does not
+    with pytest.raises(InputError, match="cut.dcm: truncated DICOM: the file ends before"):
+        read_image(cut)
+    assert capfd.readouterr().err == ""  # pydicom's own warnings are not printed
+
+
 def test_truncated_dicom_is_an_input_error():
     path = shipped_dicom("MR_truncated.dcm")
     with pytest.raises(InputError, match="MR_truncated.dcm.*truncated"):
@@ -154,7 +163,7 @@ def test_volume_round_trip_keeps_axis_order_and_anisotropic_spacing(tmp_path, su
     assert raw.GetSpacing() == pytest.approx((0.75, 0.5, 3.0))
 
 
-@pytest.mark.parametrize("name", ["cut.nii.gz", "cut.nii", "cutstream.nii.gz"])
+@pytest.mark.parametrize("name", ["cut.nii.gz", "cut.nii", "cutstream.nii.gz", "half.nii.gz"])
 def test_truncated_nifti_is_an_input_error(tmp_path, name):
     # SimpleITK alone zero-fills missing voxels; the reader must refuse instead.
     path = tmp_path / "vol.nii.gz"
@@ -165,10 +174,17 @@ def test_truncated_nifti_is_an_input_error(tmp_path, name):
         cut.write_bytes(gzip.compress(raw[: len(raw) // 2]))  # complete gzip of half the data
     elif name == "cut.nii":
         cut.write_bytes(raw[: len(raw) // 2])
+    elif name == "half.nii.gz":  # a download cut in half: what survives is counted
+        rng = np.random.default_rng(0)
+        write_image(path, rng.random((20, 64, 64)).astype(np.float32), (1.0, 1.0, 1.0))
+        cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     else:
         cut.write_bytes(path.read_bytes()[:-40])  # gzip stream cut short
-    with pytest.raises(InputError, match=name.replace(".", r"\.")):
+    with pytest.raises(InputError, match=name.replace(".", r"\.") + ": truncated NIfTI") as info:
         read_image(cut)
+    if name == "half.nii.gz":
+        held = int(str(info.value).split(", ")[1].split()[0])
+        assert 0 < held < 20 * 64 * 64 * 4  # not "holds 0": the bytes before the cut
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])

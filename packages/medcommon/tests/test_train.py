@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
 from medai_testkit import run_torchrun
-from medcommon.errors import InputError
+from medcommon.errors import Diverged, InputError
 from medcommon.train import EpochBatchSampler, TrainConfig, Trainer, seed_everything
 
 SCRIPT = Path(__file__).parent / "scripts" / "toy_train.py"
@@ -144,8 +144,79 @@ def test_nan_loss_stops_the_run():
         config=TrainConfig(max_steps=3, batch_size=4),
         quiet=True,
     )
-    with pytest.raises(FloatingPointError, match="step 0"):
+    with pytest.raises(Diverged, match="loss is nan at step 1; lower the learning rate"):
         trainer.fit()
+
+
+def test_a_loss_that_explodes_is_a_divergence_and_the_bound_is_relative_to_its_start():
+    seed_everything(0)
+    data = make_data()
+
+    def trainer(lr: float, growth: float | None) -> Trainer:
+        model = ToyNet()
+        return Trainer(
+            model,
+            torch.optim.SGD(model.parameters(), lr=lr),
+            data,
+            _mse_step,
+            config=TrainConfig(max_steps=30, batch_size=16, max_loss_growth=growth),
+            quiet=True,
+        )
+
+    with pytest.raises(Diverged, match=r"more than 100 x its start") as info:
+        trainer(lr=5.0, growth=100.0).fit()  # SGD at lr 5 on an MSE: the loss explodes
+    assert isinstance(info.value, InputError)  # bad input: exit 2, one line
+    trainer(lr=0.05, growth=100.0).fit()  # a sane rate stays within the same bound
+    with pytest.raises(Diverged, match="loss is (inf|nan)"):
+        trainer(lr=5.0, growth=None).fit()  # no bound: only the non-finite loss stops it
+
+
+def test_checkpoints_hold_no_pickle_and_refuse_one(tmp_path):
+    from medcommon.train.checkpoint import load_checkpoint
+
+    seed_everything(0)
+    model = ToyNet()
+    Trainer(
+        model,
+        torch.optim.Adam(model.parameters(), lr=0.01),
+        make_data(),
+        _mse_step,
+        config=TrainConfig(max_steps=4, batch_size=16, checkpoint_every=2),
+        run_dir=tmp_path,
+        quiet=True,
+    ).fit()
+    ckpt = tmp_path / "checkpoint"
+    names = sorted(p.name for p in ckpt.iterdir())
+    assert names == sorted(
+        ["model.safetensors", "optimizer.json", "optimizer.safetensors", "rng.json",
+         "rng.safetensors", "trainer_state.json"]
+    )  # fmt: skip
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    load_checkpoint(ckpt, model=model, optimizer=opt, scheduler=None, extra={})
+    assert opt.state_dict()["param_groups"][0]["betas"] == (0.9, 0.999)
+    torch.save({"state": {}}, ckpt / "optimizer.pt")  # what an earlier version wrote
+    with pytest.raises(InputError, match=r"optimizer.pt: pickled training state"):
+        load_checkpoint(ckpt, model=model, optimizer=opt, scheduler=None, extra={})
+
+
+def test_state_files_round_trip_what_pickle_held(tmp_path):
+    from medcommon.train.statefile import load_state, save_state
+
+    t = torch.arange(6.0).reshape(2, 3)
+    state = {
+        "state": {0: {"step": torch.tensor(3.0), "exp_avg": t}, 1: {"v": t[0]}},
+        "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "params": [0, 1], "x": None}],
+        "ema": float("nan"),
+        "flags": [True, "a", -1],
+    }
+    save_state(state, tmp_path / "s")
+    back = load_state(tmp_path / "s")
+    assert back["param_groups"] == state["param_groups"] and back["flags"] == state["flags"]
+    assert list(back["state"]) == [0, 1] and torch.equal(back["state"][0]["exp_avg"], t)
+    assert torch.equal(back["state"][1]["v"], t[0]) and back["ema"] != back["ema"]
+    (tmp_path / "s.safetensors").unlink()
+    with pytest.raises(InputError, match="training state file missing"):
+        load_state(tmp_path / "s")
 
 
 @pytest.mark.ddp

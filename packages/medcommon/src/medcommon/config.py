@@ -7,6 +7,7 @@ gives an equal object (:func:`config_from_dict`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -94,11 +95,16 @@ def _coerce(value: Any, tp: Any, field: str) -> Any:
                 raise ValueError(value)
             return int(value) if not isinstance(value, str) else int(value.strip())
         if tp is float:
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # nan/inf parse, then poison a run at its first step
+                raise InputError(field, f"must be a finite number, got {value!r}")
+            return number
         if tp is str:
             return str(value)
         if tp is Path:
             return Path(value)
+    except InputError:
+        raise
     except (TypeError, ValueError):
         name = getattr(tp, "__name__", str(tp))
         raise InputError(field, f"cannot parse {value!r} as {name}") from None

@@ -22,3 +22,21 @@ class InputError(ValueError):
         self.where = str(where)
         self.problem = problem
         super().__init__(f"{self.where}: {problem}")
+
+
+DIVERGENCE_ADVICE = (
+    "lower the learning rate (--set lr=...), clip gradients, or train in bf16 rather "
+    "than fp16; nothing of this run was kept"
+)
+
+
+class Diverged(InputError):
+    """Training diverged: a non-finite loss, or one grown past its bound.
+
+    A bad setting (learning rate, precision) rather than a bug, so it is reported as bad
+    input, exit code 2, with advice; the run that diverged is removed
+    (:meth:`medcommon.run.RunFolder.writing`).
+    """
+
+    def __init__(self, what: str, advice: str = DIVERGENCE_ADVICE) -> None:
+        super().__init__("training", f"diverged: {what}; {advice}")

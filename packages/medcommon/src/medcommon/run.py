@@ -30,9 +30,12 @@ config dataclass (:func:`~medcommon.config.config_to_dict`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
-from collections.abc import Callable, Iterable, Mapping
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -74,6 +77,7 @@ class RunSpec:
     overrides: tuple[str, ...] = ()
     device: str = "auto"
     resume: bool = False
+    overwrite: bool = False
     quiet: bool = False
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -237,18 +241,30 @@ def require_fresh_out(
         raise InputError(out, f"{what} already exists and is not empty ({hint})")
 
 
+def _is_main_process() -> bool:
+    """Rank 0 of a torchrun/accelerate launch, or a lone process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @dataclasses.dataclass
 class RunFolder(Generic[T]):
     """A run opened by :func:`open_run`: its spec (method and seed filled in), its config,
-    and, on ``--resume``, the run read back (``saved``)."""
+    and, on ``--resume``, the run read back (``saved``).
+
+    ``existed``: whether ``spec.out`` was there (empty) before; while an ``--overwrite``
+    run is being written, :attr:`path` is a staging folder beside ``spec.out``.
+    """
 
     spec: RunSpec
     cfg: T
     saved: Run | None = None
+    existed: bool = False
+    staging: Path | None = None
 
     @property
     def path(self) -> Path:
-        return self.spec.out
+        """Where the run's files go now (the staging folder of an ``--overwrite`` run)."""
+        return self.staging or self.spec.out
 
     @property
     def resumed(self) -> bool:
@@ -299,6 +315,66 @@ class RunFolder(Generic[T]):
         write_metrics(self.path, metrics)
         return dict(metrics)
 
+    @contextlib.contextmanager
+    def writing(self, cfg: T | None = None, **extra: Any) -> Iterator[T]:
+        """Write the header (:meth:`start`), run the body, keep nothing of a failed run.
+
+        ::
+
+            with run.writing(task="prostate") as cfg:
+                metrics = fit(cfg, ...)
+                run.finish(metrics)
+
+        - Bad input inside, a divergence included (:class:`InputError`,
+          :class:`~medcommon.errors.Diverged`): a new run removes everything it wrote
+          (the folder, or its contents where ``spec.out`` was an empty folder; an
+          ``--overwrite`` run its staging folder), so the same command can be run again
+          into the same ``--out``, and a run that was there before is never touched. A
+          resumed run keeps its folder: its last checkpoint is still valid.
+        - Success of an ``--overwrite`` run: the new run takes the old one's place in
+          two renames, and the old one is removed.
+        - Anything else (a bug, Ctrl-C) leaves the folder as it is, to ``--resume``.
+        Only the main process of a multi-process launch touches the folders.
+        """
+        main = _is_main_process()
+        if self.spec.overwrite and self.saved is None:
+            self.staging = self.spec.out.with_name(f".{self.spec.out.name}.overwrite")
+            if main and self.staging.exists():  # a staging folder of an interrupted attempt
+                shutil.rmtree(self.staging)
+        try:
+            yield self.start(cfg, **extra) if main else (cfg if cfg is not None else self.cfg)
+        except InputError:
+            if main and self.saved is None:
+                self._discard()
+            raise
+        if self.staging is not None and main:
+            _swap_in(self.staging, self.spec.out)
+        self.staging = None
+
+    def _discard(self) -> None:
+        """Remove what this (new) run wrote."""
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+        elif not self.existed:
+            shutil.rmtree(self.spec.out, ignore_errors=True)
+        elif self.spec.out.is_dir():  # it was an empty folder: empty it again
+            for child in self.spec.out.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Put folder ``new`` at ``target``; an existing ``target`` is removed only after."""
+    old = target.with_name(f".{target.name}.replaced")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
 
 def open_run(
     spec: RunSpec,
@@ -325,9 +401,19 @@ def open_run(
         InputError: any of the above; a bad config field or value.
     """
 
+    if spec.resume and spec.overwrite:
+        raise InputError("--overwrite", "continues nothing: pass --resume or --overwrite, not both")
     saved = _resumed_run(spec) if spec.resume else None
+    existed = spec.out.exists()
     if saved is None:
-        require_fresh_out(spec.out)
+        if not spec.overwrite:
+            require_fresh_out(
+                spec.out,
+                hint="pass --resume to continue it, --overwrite to replace it once the new "
+                "run has finished, or choose another --out",
+            )
+        elif spec.out.exists() and not spec.out.is_dir():
+            raise InputError(spec.out, "exists and is not a folder")
         spec = spec.replace(seed=0 if spec.seed is None else spec.seed)
     else:
         info = saved.info
@@ -341,7 +427,7 @@ def open_run(
         changeable=None if saved is None else tuple(resumable),
         where="" if saved is None else f"{saved.path / CONFIG_FILE}: ",
     )
-    return RunFolder(spec, cfg, saved)
+    return RunFolder(spec, cfg, saved, existed=existed)
 
 
 def _resumed_run(spec: RunSpec) -> Run:

@@ -185,6 +185,15 @@ class MethodStepContract:
             )
 
 
+def _snapshot(folder: Path) -> dict[str, bytes] | None:
+    """Every file under ``folder`` (relative path -> bytes), or None if it does not exist."""
+    if not folder.exists():
+        return None
+    if folder.is_file():
+        return {"": folder.read_bytes()}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
 class CLIContract:
     """Shared checks of a console script's contract (README "Shared contract").
 
@@ -213,7 +222,10 @@ class CLIContract:
       ``model/`` and ``metrics.json``;
     - a run trained for ``short_steps`` and resumed to ``long_steps`` ends with
       the same weights as one trained for ``long_steps`` straight (``resume_methods``);
-    - ``bad_input_cases`` (package-specific) each exit 2 with one line naming the culprit.
+    - ``--resume`` of a missing run and ``--overwrite`` of a finished one;
+    - :meth:`standard_bad_cases` and ``bad_input_cases`` (package-specific) each exit 2
+      with one line naming the culprit, leave their ``--out`` as it was, and the command
+      that diverged works when run again sanely into the same ``--out``.
     """
 
     main: Callable[[Sequence[str] | None], int | None]
@@ -226,6 +238,10 @@ class CLIContract:
     weights_file: str = "model/model.safetensors"
     short_steps: int = 2
     long_steps: int = 4
+    # --set items that make a short run diverge (a non-finite or exploding loss); the
+    # divergence case runs ``diverging_steps`` steps. None: the package has no such case.
+    diverging_overrides: Sequence[str] | None = ("lr=1e30",)
+    diverging_steps: int = 4
 
     # -- hooks -------------------------------------------------------------------------
     def make_data(self, root: Path) -> Path:
@@ -240,7 +256,7 @@ class CLIContract:
 
     def bad_input_cases(self, data: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
         """``{case: (argv, text the error line must contain)}``; the argv's ``--out`` (if
-        any) must not exist afterwards."""
+        any) must be as it was before the case ran (absent, or unchanged)."""
         return {}
 
     # -- plumbing ----------------------------------------------------------------------
@@ -309,17 +325,95 @@ class CLIContract:
         self.assert_one_line_error(code, err, "no_such_field")
         assert not out.exists()
 
-    def test_package_bad_inputs(self, contract_data, tmp_path, capsys) -> None:
-        for case, (argv, contains) in self.bad_input_cases(contract_data, tmp_path).items():
+    def standard_bad_cases(self, data: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
+        """Bad input every run command must refuse the same way (issue #20): non-finite and
+        absurd learning rates (the last one diverges: exit 2, nothing kept), an ``--out``
+        that is a file or holds a run, ``--resume`` with ``--overwrite``, an unknown
+        preset, a missing or malformed ``--config``."""
+        m, n = self.methods[0], self.short_steps
+        used = tmp / "used"
+        used.mkdir(parents=True)
+        (used / "notes.txt").write_text("someone else's file\n")
+        as_file = tmp / "a-file"
+        as_file.write_text("not a folder\n")
+        bad_yaml = tmp / "bad.yaml"
+        bad_yaml.write_text("steps: [1, 2\n")
+        listed = tmp / "list.yaml"
+        listed.write_text("- a\n- b\n")
+        cases = {
+            "lr nan": ([*self.train_argv(data, tmp / "nan", m, n), "--set", "lr=nan"], "lr"),
+            "lr inf": ([*self.train_argv(data, tmp / "inf", m, n), "--set", "lr=inf"], "lr"),
+            "out is a file": (self.train_argv(data, as_file, m, n), "a-file"),
+            "out holds files": (self.train_argv(data, used, m, n), "--overwrite"),
+            "resume and overwrite": (
+                [*self.train_argv(data, used, m, n), "--resume", "--overwrite"],
+                "--overwrite",
+            ),
+            "unknown preset": (
+                [*self.train_argv(data, tmp / "p", m, n), "--preset", "no-such-preset"],
+                "--preset",
+            ),
+            "missing config": (
+                [*self.train_argv(data, tmp / "c", m, n), "--config", tmp / "none.yaml"],
+                "none.yaml",
+            ),
+            "malformed config": (
+                [*self.train_argv(data, tmp / "y", m, n), "--config", bad_yaml],
+                "bad.yaml",
+            ),
+            "config not a mapping": (
+                [*self.train_argv(data, tmp / "l", m, n), "--config", listed],
+                "list.yaml",
+            ),
+        }
+        if self.diverging_overrides:
+            argv = [*self.train_argv(data, tmp / "diverged", m, self.diverging_steps)]
+            for item in self.diverging_overrides:
+                argv += ["--set", item]
+            cases["diverges"] = (argv, "diverged")
+        return cases
+
+    def test_bad_inputs_exit_2_leave_nothing_and_a_retry_works(
+        self, contract_data, tmp_path, capsys
+    ) -> None:
+        """Every standard and package case: exit 2, one ``error:`` line, its ``--out`` as it
+        was before (absent, or byte for byte), and the same ``--out`` usable again."""
+        cases = {
+            **self.standard_bad_cases(contract_data, tmp_path / "std"),
+            **self.bad_input_cases(contract_data, tmp_path),
+        }
+        for case, (argv, contains) in cases.items():
+            argv_s = [str(a) for a in argv]
+            out = Path(argv_s[argv_s.index("--out") + 1]) if "--out" in argv_s else None
+            before = _snapshot(out) if out is not None else None
             code, _, err = self.run(argv, capsys)
             try:
                 self.assert_one_line_error(code, err, contains)
             except AssertionError as exc:
                 raise AssertionError(f"case {case!r}: {exc}") from None
-            argv_s = [str(a) for a in argv]
-            if "--out" in argv_s:
-                out = Path(argv_s[argv_s.index("--out") + 1])
-                assert not out.exists() or not any(out.iterdir()), f"case {case!r} wrote {out}"
+            if out is not None:
+                assert _snapshot(out) == before, f"case {case!r} changed {out}"
+        if self.diverging_overrides:  # the command that diverged, run again sanely, works
+            out = tmp_path / "std" / "diverged"
+            code, _, err = self.run(
+                self.train_argv(contract_data, out, self.methods[0], self.short_steps), capsys
+            )
+            assert code == 0, f"retry after a divergence failed: {err[-2000:]}"
+
+    def test_overwrite_replaces_a_finished_run(self, contract_data, tmp_path, capsys) -> None:
+        from medcommon.run import load_run
+
+        out, m = tmp_path / "run", self.methods[0]
+        code, _, err = self.run(self.train_argv(contract_data, out, m, self.short_steps), capsys)
+        assert code == 0, err[-3000:]
+        first = load_run(out, package=self.package).info.created
+        argv = [*self.train_argv(contract_data, out, m, self.short_steps), "--overwrite"]
+        code, _, err = self.run([*argv, "--seed", "5"], capsys)
+        assert code == 0, err[-3000:]
+        info = load_run(out, package=self.package).info
+        assert info.seed == 5 and (out / self.weights_file).is_file()
+        assert first is not None
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "staging left behind"
 
     def test_run_folder_round_trips(self, method, contract_data, tmp_path, capsys) -> None:
         from medcommon.config import config_to_dict

@@ -28,7 +28,7 @@ from medcommon.run import RunSpec
 # The flags every run command shares (medcommon.cli.args.add_run_args): RunSpec fields.
 _SPEC_FLAGS = frozenset(
     {"command", "data", "out", "method", "seed", "preset", "config", "overrides", "device",
-     "resume", "quiet", "checkpoint_every", "_default_method", "_default_preset"}
+     "resume", "overwrite", "quiet", "checkpoint_every", "_default_method", "_default_preset"}
 )  # fmt: skip
 
 Handler = Callable[[argparse.Namespace], "int | None"]
@@ -112,6 +112,7 @@ class App:
             overrides=tuple(overrides),
             device=str(given.get("device") or "auto"),
             resume=resume,
+            overwrite=bool(given.get("overwrite")),
             quiet=bool(given.get("quiet")),
             options={k: v for k, v in given.items() if k not in _SPEC_FLAGS and k not in short},
         )

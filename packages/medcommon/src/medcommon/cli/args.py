@@ -170,6 +170,12 @@ def add_run_args(
     add_common_args(p)
     p.set_defaults(seed=None, _default_method=default_method, _default_preset=default_preset)
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing run in --out, once the new run has finished (until then, "
+        "and if it fails, the old run stays as it was)",
+    )
 
 
 def add_predict_args(p: argparse.ArgumentParser, inputs_help: str) -> None:

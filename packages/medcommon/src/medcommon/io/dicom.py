@@ -15,6 +15,7 @@ plane, not corrected for geometric magnification, PS3.3 C.8.11.4.1.1).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -119,16 +120,28 @@ def read_dicom(path: str | Path) -> Image:
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
     path = Path(path)
-    try:
-        ds = pydicom.dcmread(path)
-    except InvalidDicomError as exc:
-        raise InputError(path, f"not a DICOM file ({exc})") from None
-    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(
-            path, f"corrupt or truncated DICOM ({type(exc).__name__}: {exc})"
-        ) from None
+    # pydicom warns about what it tolerates; the warnings end up in our message, never on
+    # the user's terminal ahead of it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(path)
+        except InvalidDicomError as exc:
+            raise InputError(path, f"not a DICOM file ({exc})") from None
+        except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(
+                path, f"corrupt or truncated DICOM ({type(exc).__name__}: {exc})"
+            ) from None
     if "PixelData" not in ds and "FloatPixelData" not in ds:
-        raise InputError(path, "DICOM file has no pixel data")
+        sop = getattr(ds.get("SOPClassUID"), "name", "")
+        if "Image Storage" in str(sop) or "Rows" in ds or not sop:
+            said = f"; pydicom: {caught[0].message}" if caught else ""
+            raise InputError(
+                path,
+                f"truncated DICOM: the file ends before its pixel data ({path.stat().st_size} "
+                f"bytes{said})",
+            )
+        raise InputError(path, f"DICOM file has no pixel data (SOP class {sop})")
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     syntax_name = getattr(syntax, "name", str(syntax))
     try:

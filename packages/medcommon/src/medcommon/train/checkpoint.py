@@ -1,9 +1,10 @@
 """Full training state on disk: model, optimizer, scheduler, extra state and RNGs.
 
-Weights go to safetensors; optimizer, scheduler and extra state to ``torch.save``
-files that are only ever read back with ``weights_only=True``; RNG states of all
-processes to one such file. The folder is written beside its final name and
-swapped in whole, so a kill mid-write leaves the previous checkpoint intact.
+Weights go to safetensors; the optimizer, scheduler, the method's extra state and the
+RNG states of all processes go to pickle-free state files (safetensors + JSON,
+:mod:`medcommon.train.statefile`), so resuming from a folder a user hands us never
+runs code. The folder is written beside its final name and swapped in whole, so a
+kill mid-write leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from safetensors.torch import load_model, save_model
 
 from medcommon.errors import InputError
 from medcommon.fs import atomic_dir, read_json
+from medcommon.train.statefile import load_state, save_state
 
 STATE_FILE = "trainer_state.json"
 
@@ -34,12 +36,12 @@ def save_checkpoint(
     """Write one checkpoint folder atomically (call on the main process only)."""
     with atomic_dir(directory) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_state(optimizer.state_dict(), tmp / "optimizer")
         if scheduler is not None:
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            save_state(scheduler.state_dict(), tmp / "scheduler")
         for name, obj in extra.items():
-            torch.save(obj.state_dict(), tmp / f"state-{name}.pt")
-        torch.save(rng_states, tmp / "rng.pt")
+            save_state(obj.state_dict(), tmp / f"state-{name}")
+        save_state(rng_states, tmp / "rng")
         (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2) + "\n", encoding="utf-8")
 
 
@@ -49,8 +51,17 @@ def read_trainer_state(directory: Path) -> dict[str, Any] | None:
     return read_json(path) if path.is_file() else None
 
 
-def _load(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True)
+def refuse_pickles(directory: Path) -> None:
+    """An :class:`InputError` if the checkpoint holds pickled state (``*.pt``, ``*.pth``,
+    ``*.bin``, ``*.pkl``): checked before anything is read, since nothing here unpickles."""
+    for path in sorted(directory.iterdir()) if directory.is_dir() else []:
+        if path.suffix in (".pt", ".pth", ".bin", ".pkl", ".pickle"):
+            raise InputError(
+                path,
+                "pickled training state, which this version never loads (it could run "
+                "code); checkpoints hold safetensors + JSON only: start the run again, or "
+                "continue from its saved model/ weights",
+            )
 
 
 def load_checkpoint(
@@ -62,14 +73,15 @@ def load_checkpoint(
     extra: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """Restore model, optimizer, scheduler and extra state in place; return the RNG states."""
+    refuse_pickles(directory)
     try:
         load_model(model, str(directory / "model.safetensors"), strict=True)
-        optimizer.load_state_dict(_load(directory / "optimizer.pt"))
+        optimizer.load_state_dict(load_state(directory / "optimizer"))
         if scheduler is not None:
-            scheduler.load_state_dict(_load(directory / "scheduler.pt"))
+            scheduler.load_state_dict(load_state(directory / "scheduler"))
         for name, obj in extra.items():
-            obj.load_state_dict(_load(directory / f"state-{name}.pt"))
-        return _load(directory / "rng.pt")
+            obj.load_state_dict(load_state(directory / f"state-{name}"))
+        return load_state(directory / "rng")
     except (OSError, RuntimeError, KeyError, ValueError) as exc:
         raise InputError(
             directory, f"cannot resume from this checkpoint ({str(exc).splitlines()[0]})"

@@ -29,6 +29,9 @@ class TrainConfig:
     # statistics while training (medcommon.train.distributed.GlobalBatchNorm), so N
     # processes train like one; False keeps plain per-process BatchNorm (DDP's default).
     global_batchnorm: bool = True
+    # Divergence (medcommon.errors.Diverged, exit 2): a non-finite loss, or a loss whose
+    # magnitude exceeds max_loss_growth x max(|first loss|, 1); None: non-finite only.
+    max_loss_growth: float | None = 1e4
     # False: no checkpoint/ is written (e.g. under FSDP, where the module's own
     # state_dict holds this process's shards only); --resume then starts from step 0.
     save_checkpoints: bool = True

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 from tqdm.auto import tqdm
 
-from medcommon.errors import InputError
+from medcommon.errors import Diverged, InputError
 from medcommon.fs import write_text_atomic
 from medcommon.models import save_pretrained
 from medcommon.train.accelerator import make_accelerator
@@ -153,6 +154,7 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.scheduler = scheduler
         self._unwrapped = model
+        self._loss_start: float | None = None  # |first loss|: the divergence bound's scale
 
     # ------------------------------------------------------------------ paths
     @property
@@ -238,6 +240,7 @@ class Trainer:
                     "max_steps": self.config.max_steps,
                     "seed": self.seed,
                     "num_processes": self.accelerator.num_processes,
+                    "loss_start": self._loss_start,
                     "final": final or {},
                 },
             )
@@ -264,6 +267,7 @@ class Trainer:
             extra=self.state,
         )
         set_rng_state(rngs[self.accelerator.process_index])
+        self._loss_start = info.get("loss_start")
         self._truncate_log(int(info["step"]))
         return int(info["step"]), dict(info.get("final") or {})
 
@@ -326,8 +330,7 @@ class Trainer:
                     loss, logs = (
                         (out["loss"], out) if isinstance(out, dict) else (out, {"loss": out})
                     )
-                    if not torch.isfinite(loss.detach()).all():
-                        raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+                    self._check_divergence(loss, step)
                     self.accelerator.backward(loss / cfg.grad_accum_steps)
                 for k, v in logs.items():
                     window.setdefault(k, []).append(
@@ -379,6 +382,32 @@ class Trainer:
             resumed_from=resumed_from,
             eval_seconds=eval_seconds,
         )
+
+    def _check_divergence(self, loss: torch.Tensor, step: int) -> None:
+        """Raise :class:`Diverged` on every process when any process's loss is not finite or
+        has grown past ``config.max_loss_growth`` times its start (so no rank waits forever)."""
+        value = float(loss.detach().float().sum())
+        if self._loss_start is None and math.isfinite(value):
+            self._loss_start = abs(value)
+        growth = self.config.max_loss_growth
+        bound = None if growth is None else growth * max(self._loss_start or 0.0, 1.0)
+        bad = not math.isfinite(value) or (bound is not None and abs(value) > bound)
+        mine = bad
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor([float(bad)], device=self.accelerator.device)
+            bad = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+        if bad:
+            where = f" in stage {self.stage}" if self.stage else ""
+            if not mine:
+                what = f"another process's loss left its bound at step {step + 1}{where}"
+            elif math.isfinite(value):
+                what = (
+                    f"loss is {value:.4g} at step {step + 1}{where}, more than {growth:g} x "
+                    f"its start ({self._loss_start:.4g})"
+                )
+            else:
+                what = f"loss is {value} at step {step + 1}{where}"
+            raise Diverged(what)
 
     def _log_eval(self, step: int, metrics: dict[str, float]) -> None:
         """Log an evaluation; keeping the best weights is the method's (a ``state`` object)."""
