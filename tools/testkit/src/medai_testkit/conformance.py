@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,20 @@ class MethodStepContract:
             assert torch.equal(states[0][name], states[1][name]), (
                 f"{method}: {name} differs between two seeded runs"
             )
+
+
+def _report_case(package: str, case: str, code: int, err: str, untouched: bool) -> None:
+    """With ``MEDAI_BAD_INPUT_REPORT=FILE`` set, append one JSON line per bad-input case
+    (package, case, exit code, the error line, --out untouched): the suite's table."""
+    target = os.environ.get("MEDAI_BAD_INPUT_REPORT")
+    if not target:
+        return
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    row = {"package": package, "case": case, "exit": code, "untouched": untouched,
+           "lines": len([x for x in err.splitlines() if x.strip()]),
+           "error": errors[0] if errors else err.strip()[-200:]}  # fmt: skip
+    with open(target, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
 
 
 def _snapshot(folder: Path) -> dict[str, bytes] | None:
@@ -387,6 +402,7 @@ class CLIContract:
             out = Path(argv_s[argv_s.index("--out") + 1]) if "--out" in argv_s else None
             before = _snapshot(out) if out is not None else None
             code, _, err = self.run(argv, capsys)
+            _report_case(self.package, case, code, err, out is None or _snapshot(out) == before)
             try:
                 self.assert_one_line_error(code, err, contains)
             except AssertionError as exc:
