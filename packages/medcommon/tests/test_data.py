@@ -114,3 +114,22 @@ def test_jsonl_line_numbers_for_field_checks(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text('{"q": 1}\n\n{"q": 2}\n')
     assert read_jsonl(path, line_numbers=True) == [{"q": 1, "_line": 1}, {"q": 2, "_line": 3}]
+
+
+def test_csv_with_a_comma_at_every_line_end_and_gzipped(tmp_path):
+    import gzip
+
+    from medcommon.data.manifest import read_csv_rows
+
+    text = "Image Index,Finding Labels,\r\na.png,Mass,\r\nb.png,No Finding,\r\n"  # as NIH ships it
+    plain = tmp_path / "entry.csv"
+    plain.write_text(text, encoding="utf-8")
+    packed = tmp_path / "entry.csv.gz"
+    packed.write_bytes(gzip.compress(text.encode()))
+    for path in (plain, packed):
+        columns, rows = read_csv_rows(path)
+        assert columns == ["Image Index", "Finding Labels"]
+        assert [(r["Image Index"], r["_line"]) for r in rows] == [("a.png", 2), ("b.png", 3)]
+    plain.write_text(text.replace("b.png,No Finding,", "b.png,No Finding,oops"))
+    with pytest.raises(InputError, match=r"entry.csv:3: a value under the header's unnamed"):
+        read_csv_rows(plain)

@@ -24,19 +24,21 @@ class InputError(ValueError):
         super().__init__(f"{self.where}: {problem}")
 
 
-DIVERGENCE_ADVICE = (
-    "lower the learning rate (--set lr=...), clip gradients, or train in bf16 rather "
-    "than fp16; nothing of this run was kept"
-)
+def divergence_advice(lr_field: str = "lr") -> str:
+    """What to try after a divergence, naming the learning-rate field that drove it."""
+    return (
+        f"lower the learning rate (--set {lr_field}=...), clip gradients, or train in bf16 "
+        "rather than fp16"
+    )
 
 
 class Diverged(InputError):
     """Training diverged: a non-finite loss, or one grown past its bound.
 
     A bad setting (learning rate, precision) rather than a bug, so it is reported as bad
-    input, exit code 2, with advice; the run that diverged is removed
-    (:meth:`medcommon.run.RunFolder.writing`).
+    input, exit code 2, with advice. :meth:`medcommon.run.RunFolder.writing` removes the
+    new run that diverged and says so in the message (a resumed run keeps its folder).
     """
 
-    def __init__(self, what: str, advice: str = DIVERGENCE_ADVICE) -> None:
-        super().__init__("training", f"diverged: {what}; {advice}")
+    def __init__(self, what: str, advice: str | None = None, lr_field: str = "lr") -> None:
+        super().__init__("training", f"diverged: {what}; {advice or divergence_advice(lr_field)}")

@@ -40,9 +40,10 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from medcommon.config import changed_fields, config_from_dict, config_to_dict, resolve_config
-from medcommon.errors import InputError
+from medcommon.errors import Diverged, InputError
 from medcommon.fs import read_json, write_json_atomic
 from medcommon.provenance import git_state
+from medcommon.train.checkpoint import refuse_pickles
 
 T = TypeVar("T")
 
@@ -237,11 +238,13 @@ def require_fresh_out(
 ) -> None:
     """Refuse an existing non-empty ``out`` so earlier results are never mixed or overwritten."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise InputError(out, f"exists and is a file, not a {what} ({hint})")
+    if out.exists() and any(out.iterdir()):
         raise InputError(out, f"{what} already exists and is not empty ({hint})")
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
     """Rank 0 of a torchrun/accelerate launch, or a lone process."""
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -336,13 +339,22 @@ class RunFolder(Generic[T]):
         - Anything else (a bug, Ctrl-C) leaves the folder as it is, to ``--resume``.
         Only the main process of a multi-process launch touches the folders.
         """
-        main = _is_main_process()
+        main = is_main_process()
         if self.spec.overwrite and self.saved is None:
             self.staging = self.spec.out.with_name(f".{self.spec.out.name}.overwrite")
             if main and self.staging.exists():  # a staging folder of an interrupted attempt
                 shutil.rmtree(self.staging)
         try:
             yield self.start(cfg, **extra) if main else (cfg if cfg is not None else self.cfg)
+        except Diverged as exc:
+            if main and self.saved is None:
+                self._discard()
+            kept = (
+                "its folder and last checkpoint are kept for --resume"
+                if self.saved is not None
+                else "nothing of this run was kept"
+            )
+            raise InputError(exc.where, f"{exc.problem}; {kept}") from None
         except InputError:
             if main and self.saved is None:
                 self._discard()
@@ -436,6 +448,7 @@ def _resumed_run(spec: RunSpec) -> Run:
     if not spec.out.is_dir():
         raise InputError(spec.out, "run folder not found (nothing to --resume)")
     saved = load_run(spec.out, package=spec.package)
+    refuse_pickles(saved.checkpoint_dir)  # before any stage reads its state
     info = saved.info
     if info.command != spec.command:
         raise InputError(spec.out, f"a {info.command} run; resume it with `{info.command}`")
@@ -459,6 +472,7 @@ __all__ = [
     "RunFolder",
     "RunInfo",
     "RunSpec",
+    "is_main_process",
     "load_run",
     "make_run_info",
     "open_run",

@@ -52,15 +52,15 @@ def read_trainer_state(directory: Path) -> dict[str, Any] | None:
 
 
 def refuse_pickles(directory: Path) -> None:
-    """An :class:`InputError` if the checkpoint holds pickled state (``*.pt``, ``*.pth``,
-    ``*.bin``, ``*.pkl``): checked before anything is read, since nothing here unpickles."""
-    for path in sorted(directory.iterdir()) if directory.is_dir() else []:
+    """An :class:`InputError` if a checkpoint folder (or any stage folder under it) holds
+    pickled state (``*.pt``, ``*.pth``, ``*.bin``, ``*.pkl``): checked before anything is
+    read, since nothing here unpickles."""
+    for path in sorted(directory.rglob("*")) if directory.is_dir() else []:
         if path.suffix in (".pt", ".pth", ".bin", ".pkl", ".pickle"):
             raise InputError(
                 path,
                 "pickled training state, which this version never loads (it could run "
-                "code); checkpoints hold safetensors + JSON only: start the run again, or "
-                "continue from its saved model/ weights",
+                "code); checkpoints hold safetensors + JSON only: start the run again",
             )
 
 

@@ -32,6 +32,8 @@ class TrainConfig:
     # Divergence (medcommon.errors.Diverged, exit 2): a non-finite loss, or a loss whose
     # magnitude exceeds max_loss_growth x max(|first loss|, 1); None: non-finite only.
     max_loss_growth: float | None = 1e4
+    # the config field a divergence's advice tells the user to lower (e.g. "smd.lr")
+    lr_field: str = "lr"
     # False: no checkpoint/ is written (e.g. under FSDP, where the module's own
     # state_dict holds this process's shards only); --resume then starts from step 0.
     save_checkpoints: bool = True

@@ -249,7 +249,8 @@ class Trainer:
     def _resume(self) -> tuple[int, dict[str, float]]:
         ckpt = self.checkpoint_dir
         info = read_trainer_state(ckpt) if ckpt is not None else None
-        if info is None:
+        if info is None:  # killed before its first checkpoint: it starts again from step 0
+            self._truncate_log(0)
             return 0, {}
         if info.get("seed") != self.seed:
             raise InputError(
@@ -407,7 +408,7 @@ class Trainer:
                 )
             else:
                 what = f"loss is {value} at step {step + 1}{where}"
-            raise Diverged(what)
+            raise Diverged(what, lr_field=self.config.lr_field)
 
     def _log_eval(self, step: int, metrics: dict[str, float]) -> None:
         """Log an evaluation; keeping the best weights is the method's (a ``state`` object)."""
