@@ -50,6 +50,15 @@ def _set_voxels(path: Path, index, value: float) -> None:
     write_image(path, arr)
 
 
+def plant_pickled_optimizer(stage_ckpt: Path) -> None:
+    """A stage checkpoint as an older version wrote it: the optimizer state pickled
+    (``torch.save``) as ``optimizer.pt`` instead of ``optimizer.json`` + ``.safetensors``."""
+    for old in stage_ckpt.glob("optimizer.*"):
+        old.unlink()
+    torch.save({"state": {}, "param_groups": [{"lr": 1e-3, "params": []}]},
+               stage_ckpt / "optimizer.pt")  # fmt: skip
+
+
 class TestContract(CLIContract):
     main = staticmethod(main)
     prog, version, package = "brats-grading", __version__, "brats-grading"
@@ -68,31 +77,89 @@ class TestContract(CLIContract):
                 "--set", f"schedule_steps={self.long_steps}"]  # fmt: skip
 
     def bad_input_cases(self, data, tmp):
+        """BraTS's own bad inputs (issue #20), on top of ``standard_bad_cases``: each
+        exits 2 with one line and leaves its ``--out`` as it was."""
+
         def train(d, name, *extra):
             return ["train", "--data", d, "--out", tmp / f"run-{name}", *FAST, *extra]
 
         case = sorted((data / "HGG").iterdir())[0].name
         file = {m: f"{case}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")}
+
+        def cut_in_half(path: Path) -> None:
+            raw = path.read_bytes()
+            path.write_bytes(raw[: len(raw) // 2])
+
         corruptions = {  # name: (change to the first HGG case folder, text of the error line)
-            "missing modality": (lambda c: (c / file["flair"]).unlink(),
-                                 f"{file['flair']}: case {case}: modality flair missing"),
-            "shapes differ": (lambda c: write_image(c / file["t2"], np.ones((5, 6, 7), np.int16)),
-                              f"{file['t2']}: case {case}: t2 has shape (5, 6, 7)"),
-            "NaN": (lambda c: _set_voxels(c / file["t1ce"], (0, 0, 0), np.nan),
-                    f"{file['t1ce']}: case {case}: t1ce contains NaN"),
-            "all zero": (lambda c: _set_voxels(c / file["t1ce"], slice(None), 0.0),
-                         f"{file['t1ce']}: case {case}: t1ce is all zero"),
-            "unreadable": (lambda c: (c / file["t1"]).write_bytes(b"not a nifti file" * 40),
-                           file["t1"]),
+            "missing modality file": (lambda c: (c / file["flair"]).unlink(),
+                                      f"{file['flair']}: case {case}: modality flair missing"),
+            "file with a wrong name (t1ce saved as _t1c)": (
+                lambda c: (c / file["t1ce"]).rename(c / f"{case}_t1c.nii.gz"),
+                f"modality t1ce missing; the folder holds {case}_t1c.nii.gz, expected"),
+            "modalities of different shapes": (
+                lambda c: write_image(c / file["t2"], np.ones((5, 6, 7), np.int16)),
+                f"{file['t2']}: case {case}: t2 has shape (5, 6, 7)"),
+            "a 2-D image as a modality": (
+                lambda c: write_image(c / file["t2"], np.ones((24, 24), np.int16)),
+                f"{file['t2']}: case {case}: expected a 3-D volume, got shape (24, 24)"),
+            "NIfTI with a NaN voxel": (lambda c: _set_voxels(c / file["t1ce"], (0, 0, 0), np.nan),
+                                       f"{file['t1ce']}: case {case}: t1ce contains NaN"),
+            "NIfTI with an inf voxel": (
+                lambda c: _set_voxels(c / file["t2"], (1, 2, 3), np.inf),
+                f"{file['t2']}: case {case}: t2 contains NaN or infinite values"),
+            "all-zero modality": (lambda c: _set_voxels(c / file["t1ce"], slice(None), 0.0),
+                                  f"{file['t1ce']}: case {case}: t1ce is all zero"),
+            "truncated .nii.gz (cut in half)": (lambda c: cut_in_half(c / file["flair"]),
+                                                f"{file['flair']}: truncated NIfTI"),
+            "unreadable file (not NIfTI)": (
+                lambda c: (c / file["t1"]).write_bytes(b"not a nifti file" * 40), file["t1"]),
         }  # fmt: skip
         cases = {}
         for i, (name, (change, needle)) in enumerate(corruptions.items()):
             shutil.copytree(data, tmp / f"data{i}")
             change(tmp / f"data{i}" / "HGG" / case)
             cases[name] = (train(tmp / f"data{i}", i), needle)
+        d20g = write_synthetic(tmp / "d20g", synth_preset("tiny"), "2020", seed=7, quiet=True)
+        mapping = d20g / "name_mapping.csv"
+        lines = mapping.read_text().splitlines(keepends=True)
+        lines[2] = "GBM" + lines[2][lines[2].index(",") :]  # an unknown grade on line 3
+        mapping.write_text("".join(lines))
+        cases["2020 name_mapping.csv with an unknown grade"] = (
+            train(d20g, "grade"),
+            "name_mapping.csv:3: Grade 'GBM' is not HGG or LGG",
+        )
+        d20f = write_synthetic(tmp / "d20f", synth_preset("tiny"), "2020", seed=7, quiet=True)
+        shutil.rmtree(d20f / "BraTS20_Training_004")
+        cases["2020 case listed without its folder"] = (
+            train(d20f, "listed"),
+            "case BraTS20_Training_004 is listed in name_mapping.csv but has no folder",
+        )
+        # --resume of nothing, of a folder that is no run, of a checkpoint holding a pickle
+        cases["resume of a missing run folder"] = (
+            [*train(data, "never-started"), "--resume"],
+            "run-never-started: run folder not found (nothing to --resume)",
+        )
+        cases["resume of a folder that is not a run (the data folder)"] = (
+            ["train", "--data", data, "--out", data, "--resume", "--quiet"],
+            "not a run folder (no config.json)",
+        )
+        pickled = tmp / "run-pickled"
+        assert run_main(main, [str(a) for a in train(data, "pickled")]) == 0
+        plant_pickled_optimizer(pickled / "checkpoint" / "guided")
+        cases["resume of a checkpoint holding optimizer.pt"] = (
+            ["train", "--data", data, "--out", pickled, "--resume", "--quiet"],
+            "optimizer.pt: pickled training state, which this version never loads",
+        )
+        cases["a large finite lr diverges"] = (
+            train(data, "lr1e3", "--set", "lr=1e3"),
+            "training: diverged: loss is",
+        )
         d20 = write_synthetic(tmp / "d20", synth_preset("tiny"), "2020", seed=7, quiet=True)
         (d20 / "name_mapping.csv").unlink()
-        cases["2020 without mapping"] = (train(d20, "2020"), "name_mapping.csv: not found")
+        cases["2020 layout without name_mapping.csv"] = (
+            train(d20, "2020"),
+            "name_mapping.csv: not found",
+        )
         (tmp / "empty").mkdir()
         cases["empty folder"] = (train(tmp / "empty", "empty"), "empty folder")
         cases["fold out of range"] = (
@@ -118,6 +185,7 @@ class TestContract(CLIContract):
             "model.dropout=1.5": "model.dropout: must be in [0, 1)",
             "model.num_classes=3": "model.num_classes: grading is HGG vs LGG",
             "lr=-1": "lr: must be > 0",
+            "lr=0": "lr: must be > 0, got 0",
             "weight_decay=-0.1": "weight_decay: must be >= 0",
             "guidance.temperature=0": "guidance.temperature: must be > 0",
             "guidance.kd_weight=-1": "guidance.kd_weight: must be >= 0",
@@ -321,6 +389,90 @@ def test_resume_takes_the_runs_own_settings_and_changes_only_step_counts(
     assert (saved.info.method, saved.info.seed, saved.info.preset) == ("cmg", 0, "tiny")
     assert (saved.config["steps"], saved.config["log_every"]) == (3, 1)
     assert saved.metrics()["stages"][-1]["steps"] == 3
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _one_error_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and len(err.strip().splitlines()) == 1, err
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    ("lr", "what"),
+    [("1e30", "loss is nan at step 2 in stage primary"),  # a non-finite loss
+     ("1e3", "more than 10000 x its start")],  # a large but finite lr: no garbage run
+)  # fmt: skip
+def test_a_diverging_run_leaves_nothing_and_the_same_command_with_a_sane_lr_works(
+    data_root, tmp_path, capsys, lr, what
+):
+    """Issue #20: a NaN loss was exit 1 with a traceback and left config.json and
+    split.json behind (only an undocumented ``--resume --set lr=`` retried); a large
+    finite lr gave exit 0 and garbage. Now both are exit 2 with one line and advice,
+    nothing is kept (a new --out is not created, an empty one stays empty), and the
+    same command with a sane lr runs into the same --out."""
+    data, out = data_root / "2019", tmp_path / "run"
+    argv = ["train", "--data", data, "--out", out, *FAST]
+    code, _, err = run([*argv, "--set", f"lr={lr}"], capsys)
+    assert code == 2
+    line = _one_error_line(err)
+    assert line.startswith("error: training: diverged: ") and what in line, line
+    assert "lower the learning rate" in line and "nothing of this run was kept" in line
+    assert not out.exists()
+    out.mkdir()  # an existing empty --out: emptied again, not removed
+    code, _, err = run([*argv, "--set", f"lr={lr}"], capsys)
+    assert code == 2 and "diverged" in _one_error_line(err)
+    assert out.is_dir() and not any(out.iterdir())
+    code, _, err = run([*argv, "--set", "lr=1e-3"], capsys)
+    assert code == 0, err
+    saved = load_run(out, package="brats-grading")
+    assert saved.config["lr"] == pytest.approx(1e-3)
+    assert all(math.isfinite(v) for v in saved.metrics()["test"].values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_diverging_overwrite_leaves_the_finished_run_bit_identical(
+    trained, data_root, tmp_path, capsys
+):
+    """``--overwrite`` trains beside the old run; diverging, it leaves the old run (its
+    model, checkpoints, metrics and eval-*.json) byte for byte, and no staging folder."""
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    before = _files(out)
+    argv = ["train", "--data", data_root / "2019", "--out", out, *FAST, "--overwrite"]
+    code, _, err = run([*argv, "--set", "lr=1e30"], capsys)
+    assert code == 2 and "diverged" in _one_error_line(err)
+    assert _files(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_resume_refuses_a_pickled_optimizer_before_reading_data_or_training(
+    trained, data_root, tmp_path, capsys, monkeypatch
+):
+    """Issue #20: a checkpoint holding ``optimizer.pt`` (as an older version wrote it, or
+    a planted pickle) gave exit 1. ``--resume`` now refuses it with exit 2 and one line
+    naming the file, and before the data is read or anything trained (cmg's reliability
+    fusion would first retrain the whole method on the inner split); the run folder is
+    left byte for byte."""
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    plant_pickled_optimizer(out / "checkpoint" / "primary")
+    before = _files(out)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the data was read before the checkpoint was checked")
+
+    monkeypatch.setattr("brats_grading.train.load_cases", no_reading)
+    code, _, err = run(["train", "--data", data_root / "2019", "--out", out, "--resume"], capsys)
+    assert code == 2
+    line = _one_error_line(err)
+    assert line.startswith(f"error: {out / 'checkpoint' / 'primary' / 'optimizer.pt'}: ")
+    assert "pickled training state, which this version never loads" in line
+    assert _files(out) == before
 
 
 @pytest.mark.parametrize("name", PRESETS.names())

@@ -18,13 +18,14 @@ import csv
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from medai_testkit import CLIContract, MethodProbe, MethodStepContract, pydicom_data_file
 from medcommon.cli import run_main
@@ -123,6 +124,20 @@ class TestContract(CLIContract):
         scan = tmp / "scan.png"
         scan.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
         good = data / "images" / "test_00000.png"
+        # backbone weights a run cannot use: a pickled module, and the CNN of another width
+        pickled = tmp / "module.pt"
+        torch.save(torch.nn.Linear(2, 2), pickled)
+        wide = tmp / "wide.safetensors"
+        save_file(build_model(replace(cfg.model, width=16)).backbone.state_dict(), str(wide))
+        # a DICOM cut before its pixel data, in a manifest and given to predict
+        dicom = _copy(data, tmp / "dicom")
+        cut = dicom / "images" / "cut.dcm"
+        cut.write_bytes(pydicom_data_file("RG1_UNCR.dcm").read_bytes()[:1000])
+        _edit_csv(dicom / "valid.csv", lambda x: [*x[:3], "images/cut.dcm,1,1", *x[4:]])
+        nih = tmp / "Data_Entry_2017.csv"
+        _nih_csv(nih)
+        splits = ["build-splits", "--nih-csv", nih, "--out", tmp / "splits",
+                  "--n-train", 40, "--n-valid", 16, "--n-test", 16]  # fmt: skip
         bench = [
             "benchmark",
             "--out",
@@ -166,6 +181,43 @@ class TestContract(CLIContract):
                                       f"{tmp / 'nope.dcm'}: file or folder not found"),
             "predict: another package's run": (["predict", "--run", other, good],
                                                f"{other}: a run of brats-grading"),
+            # issue #20
+            "lr zero": (train(data, "--set", "lr=0"), "--set lr: must be positive, got 0.0"),
+            "lr negative": (train(data, "--set", "lr=-0.001"),
+                            "--set lr: must be positive, got -0.001"),
+            "groupdro_eta negative": (train(data, "--set", "groupdro_eta=-1"),
+                                      "--set groupdro_eta: must be >= 0, got -1.0"),
+            "degenerate_min_share out of range": (train(data, "--set", "degenerate_min_share=0.5"),
+                                                  "--set degenerate_min_share: must be in [0, 0.5)"),
+            "large finite lr diverges (growth bound)": (
+                train(data, "--set", "lr=100"),
+                "at step 2 in stage debias, more than 10000 x its start"),  # finite, too large
+            "backbone weights not found": (
+                train(data, "--set", f"model.backbone_weights={tmp / 'none.safetensors'}"),
+                f"{tmp / 'none.safetensors'}: backbone weights file not found"),
+            "backbone weights pickled": (
+                train(data, "--set", f"model.backbone_weights={pickled}"),
+                f"{pickled}: refused or unreadable with torch.load(weights_only=True)"),
+            "backbone weights of the wrong shape": (
+                train(data, "--set", f"model.backbone_weights={wide}"),
+                f"{wide}: weights do not fit (size mismatch for body.0.weight"),
+            "batch_size larger than a cross-fitting fold": (
+                train(data, "--set", "batch_size=80"),
+                "--set batch_size: 80 exceeds the 64 images a cross-fitting fold model trains on"),
+            "truncated DICOM in a manifest": (
+                train(dicom), f"{dicom / 'valid.csv'}:4: {cut}: truncated DICOM: the file ends "
+                              "before its pixel data (1000 bytes"),
+            "predict: truncated DICOM": (["predict", "--run", fresh, good, cut],
+                                         f"error: {cut}: truncated DICOM"),
+            "build-splits: unknown finding": (
+                [*splits, "--finding", "Pneumotorax"],
+                "--finding: unknown finding 'Pneumotorax': not in "
+                f"{nih}'s Finding Labels; did you mean 'Pneumothorax'? choose from Effusion, "
+                "Mass, Pneumonia, Pneumothorax"),
+            "build-splits: unknown bias value": (
+                [*splits, "--bias-value", "male"],
+                f"--bias-value: unknown value 'male': not a Patient Gender of {nih}; "
+                "choose from F, M"),
         }  # fmt: skip
 
 
@@ -279,6 +331,38 @@ def test_resume_of_a_finished_pbbl_run_keeps_its_model(pbbl_run: Path, gbp_tiny:
     assert (out / "pseudo_bias.csv").read_text().count("\n") == 97  # header + 96 images
 
 
+def test_a_large_finite_lr_diverges_and_leaves_every_folder_as_it_was(
+    pbbl_run: Path, gbp_tiny: Path, tmp_path, capsys
+):
+    """Issue #20: lr=100 used to give exit 0 and garbage (loss ~1e13, AUC 0.5). Now stage
+    2's loss passes medcommon's growth bound (1e4 x its start) at step 2: exit 2, one line
+    with advice; a new --out is not created, an empty one stays empty, an --overwrite of a
+    finished run leaves it byte for byte; the same commands then work at a sane lr."""
+    fresh, empty = tmp_path / "fresh", tmp_path / "empty"
+    empty.mkdir()
+    old = _copy(pbbl_run, tmp_path / "old")
+    before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
+    for out, extra in ((fresh, []), (empty, []), (old, ["--overwrite"])):
+        argv = ["train", "--data", gbp_tiny, "--out", out, "--method", "pbbl", *FAST, *extra]
+        capsys.readouterr()
+        assert run([*argv, "--set", "lr=100"]) == 2
+        err = capsys.readouterr().err
+        errors = [x for x in err.splitlines() if x.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in err
+        assert errors[0].startswith("error: training: diverged: loss is ")
+        assert "in stage debias, more than 10000 x its start" in errors[0]
+        assert "lower the learning rate" in errors[0]
+        if out == fresh:
+            assert not fresh.exists()
+        elif out == empty:
+            assert list(empty.iterdir()) == []
+        else:
+            assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+        assert run(argv) == 0, capsys.readouterr().err
+        assert load_run(out, package=PACKAGE).metrics() is not None
+
+
 def test_a_flat_config_json_is_refused(pbbl_run: Path, gbp_tiny, tmp_path, capsys):
     """A ``config.json`` without the run header (run facts mixed into the config fields, as
     before the one schema) is no run folder: exit 2, one line naming the file."""
@@ -333,7 +417,7 @@ def test_run_specification_errors_write_nothing(pbbl_run: Path, gbp_tiny, tmp_pa
     train = ["train", "--data", gbp_tiny, "--out", out, "--method", "erm", *FAST]
     cases = {
         "--preset": ([*train, "--preset", "huge"], "--preset: unknown preset 'huge'; choose "
-                     "from tiny, demo, small, full, gbp-paper, sbp-paper"),
+                     "from tiny, demo, small, full, gbp-paper, gbp-robust, sbp-paper, sbp-robust"),
         "--image-root": ([*train, "--image-root", tmp_path / "nowhere"],
                          f"{tmp_path / 'nowhere'}: --image-root folder not found"),
     }  # fmt: skip
@@ -377,7 +461,8 @@ def test_every_preset_file_loads_for_every_section():
     """Every selectable preset (and the standard four) resolves every section to a
     valid config; the bases are not selectable."""
     names = PRESETS.names()
-    assert {"tiny", "demo", "small", "full", "gbp-paper", "sbp-paper"} <= set(names)
+    assert {"tiny", "demo", "small", "full", "gbp-paper", "sbp-paper", "gbp-robust",
+            "sbp-robust"} <= set(names)  # fmt: skip
     assert not any(n.startswith("_") for n in names)
     for name in names:
         run_preset(name).check()
@@ -419,6 +504,27 @@ def test_predict_real_radiograph_and_its_jpeg2000_twin(pbbl_run: Path, tmp_path,
     assert all(math.isfinite(x) and 0.0 <= x <= 1.0 for x in p)
     assert p[0] == p[1]  # lossless twins: the same pixels, so the same probability
     assert _predict(["--run", pbbl_run, plain], capsys) == rows[:1]  # stdout == the file
+
+
+def test_predict_warns_about_what_is_not_a_chest_radiograph(pbbl_run: Path, gbp_tiny, capsys):
+    """An extremity CR (NEMA WG04 RG3, BodyPartExamined EXTREMITY) and an RGB secondary
+    capture (Modality OT) are scored, with one warning line each on stderr (issue #20);
+    the chest CR is not warned about, nor is a PNG (no header to go by)."""
+    chest, limb = pydicom_data_file("RG1_UNCR.dcm"), pydicom_data_file("RG3_UNCR.dcm")
+    rgb = pydicom_data_file("SC_rgb.dcm")
+    png = gbp_tiny / "images" / "test_00000.png"
+    capsys.readouterr()
+    assert run(["predict", "--run", pbbl_run, chest, limb, rgb, png, "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    got = [r["path"] for r in csv.DictReader(out.splitlines())]
+    assert got == [str(chest), str(limb), str(rgb), str(png)]
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert lines == [
+        f"warning: {limb}: BodyPartExamined EXTREMITY: not a chest radiograph; scored anyway, "
+        "but the model was trained on chest radiographs",
+        f"warning: {rgb}: Modality OT, RGB colour: not a chest radiograph; scored anyway, "
+        "but the model was trained on chest radiographs",
+    ]
 
 
 def test_predict_on_png_folders_matches_evaluate(pbbl_run: Path, gbp_tiny: Path, tmp_path, capsys):

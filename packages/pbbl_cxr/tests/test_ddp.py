@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file
 
 from medai_testkit import assert_same_safetensors, run_torchrun
+from medcommon.train.statefile import load_state
 
 pytestmark = pytest.mark.ddp
 
@@ -58,11 +59,15 @@ def runs(tmp_path_factory, gbp_tiny: Path) -> tuple[Path, Path]:
 
 
 def _weight_files(run: Path) -> list[Path]:
-    return sorted(p.relative_to(run) for p in run.rglob("*.safetensors"))
+    """Every model's weights (kept model and per-stage checkpoints), not the training state
+    files, which are safetensors too (medcommon.train.statefile)."""
+    names = ("kept.safetensors", "model.safetensors")  # the driver's kept model, checkpoints
+    return sorted(p.relative_to(run) for p in run.rglob("*.safetensors") if p.name in names)
 
 
 def _state(run: Path, name: str) -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoint" / f"state-{name}.pt", weights_only=True)
+    """A method's checkpointed state (``checkpoint/state-<name>.json`` + ``.safetensors``)."""
+    return load_state(run / "checkpoint" / f"state-{name}")
 
 
 def _max_diff(a: Path, b: Path) -> float:

@@ -240,17 +240,102 @@ def test_degenerate_prior_is_detected_logged_warned_and_replaced(splits, tmp_pat
     assert "degenerate prior" in err and "kept as is" in err
 
 
-def test_prior_check_thresholds_agreement_and_empty_cells():
-    y = torch.tensor([0] * 50 + [1] * 50)
+def test_prior_check_flags_empty_and_near_empty_cells():
+    y = torch.tensor([0] * 500 + [1] * 500)
     b = y.clone()
-    b[:1] = 1  # one conflicting sample: agreement 0.99, cell (b=0, y=1) empty
-    c = prior_check(b, y, 2, 0.999)
-    assert c["agreement"] == pytest.approx(0.99) and c["empty_cells"] == [[0, 1]]
-    assert c["degenerate"] and c["counts"] == [[49, 0], [1, 50]]
-    b[50] = 0  # both cells filled, agreement 0.98
-    assert not prior_check(b, y, 2, 0.99)["degenerate"]
-    assert prior_check(b, y, 2, 0.979)["degenerate"]
-    assert not prior_check(b, y, 2, 0.98)["degenerate"]  # strictly above the threshold
+    b[:2] = 1  # two conflicting samples in row b=1 (2 of 502); cell (b=0, y=1) empty
+    c = prior_check(b, y, 2, 0.002)
+    assert c["empty_cells"] == [[0, 1]] and c["near_empty_cells"] == [[0, 1]]
+    assert c["degenerate"] and c["counts"] == [[498, 0], [2, 500]]
+    b[500] = 0  # (0, 1) now holds 1 of 499 = 0.002004 of its row: not below 0.002
+    c = prior_check(b, y, 2, 0.002)
+    assert not c["degenerate"] and c["min_share"] == pytest.approx(1 / 499)
+    assert prior_check(b, y, 2, 0.0021)["near_empty_cells"] == [[0, 1]]  # 1/499 < 0.0021
+    assert prior_check(b, y, 2, 0.0041)["near_empty_cells"] == [[0, 1], [1, 0]]
+    assert not prior_check(b, y, 2, 0.0)["degenerate"]  # 0: empty cells only
+    assert c["agreement"] == pytest.approx(0.997)  # logged, not used: 0.997 > 0.99 passes
+    # b_hat constant: a whole row empty
+    c = prior_check(torch.zeros(10, dtype=torch.long), torch.tensor([0, 1] * 5), 2, 0.0)
+    assert c["degenerate"] and c["empty_cells"] == [[1, 0], [1, 1]] and c["min_share"] == 0.0
+
+
+PUBLIC_ROOTS = (  # the committed copy; the shared reference copy where this machine has it
+    Path(__file__).parent / "data" / "pbbl-public-csv",
+    Path("/work/shared/data/pbbl-public-csv"),
+)
+PUBLIC = ("GbP-case1", "GbP-case2", "SbP-bias90", "SbP-bias95", "SbP-bias99")
+
+
+def _published_train(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels, bias) of a published split's train manifest(s), images not needed."""
+    from pbbl_cxr.data import read_manifest, split_files
+
+    rows = [r for f in split_files(folder, "train") for r in read_manifest(f, DataOptions())]
+    return torch.tensor([r.label for r in rows]), torch.tensor([r.bias for r in rows])
+
+
+def _guard(labels: torch.Tensor, b_hat: torch.Tensor, capsys) -> dict:
+    """The prior check ``stage2_prior`` makes with the default config (no run folder)."""
+    cfg = RunConfig()  # the default threshold and response (gbp-robust/sbp-robust too)
+    ctx = RunContext(cfg, XrayDataset(torch.zeros(len(labels), 1, 1, 1), labels, labels), None)
+    capsys.readouterr()
+    prior, check = pbbl_mod.stage2_prior(ctx, b_hat)
+    check["prior"], check["stderr"] = prior, capsys.readouterr().err
+    return check
+
+
+@pytest.mark.parametrize("copy", [0, 1], ids=["tests-data", "shared-data"])
+@pytest.mark.parametrize("name", PUBLIC)
+def test_a_perfect_stage1_keeps_its_prior_on_every_published_split(name, copy, capsys):
+    """Issue #20: with b_hat = the true bias (a perfect stage 1) no published split trips
+    the guard, SbP-bias99 included (cells 5000/50/50/5000; the old agreement cut-off
+    fired there: 10000/10100 = 0.9901 > 0.99), so PBBL keeps the counted prior."""
+    folder = PUBLIC_ROOTS[copy] / name
+    if copy and not folder.is_dir():
+        pytest.skip(f"{folder} not here")
+    y, b = _published_train(folder)
+    check = _guard(y, b, capsys)
+    assert not check["degenerate"] and check["response"] == "none", check
+    assert "degenerate" not in check["stderr"]
+    # (aligned, conflicting) per class, as the authors state them
+    a, c = {"GbP-case1": (800, 100), "GbP-case2": (800, 100), "SbP-bias90": (5000, 500),
+            "SbP-bias95": (5000, 250), "SbP-bias99": (5000, 50)}[name]  # fmt: skip
+    assert check["counts"] == [[a, c], [c, a]]
+    assert check["min_share"] == pytest.approx(c / (a + c)) and c / (a + c) >= 0.0099
+    if name == "SbP-bias99":
+        assert check["agreement"] == pytest.approx(10000 / 10100) and check["agreement"] > 0.99
+        # the prior stage 2 uses is the counted one, not the label marginal
+        want = [5000 / 5050, 50 / 5050, 50 / 5050, 5000 / 5050]
+        assert check["prior"].flatten().tolist() == pytest.approx(want)
+
+
+@pytest.mark.parametrize("preset", ["demo", "small", "tiny"])
+def test_the_guard_fires_in_the_no_shortcut_setting(preset, capsys):
+    """The benchmark's no-shortcut setting (GbP, 90 % aligned, an easy lesion): a stage 1
+    that learned the label (b_hat = y, as measured there: agreement 1.000) leaves the
+    conflicting cells empty, one that errs on 1 image per class leaves them near-empty;
+    both are flagged and replaced by the label marginal. A perfect bias proxy there is
+    not."""
+    from pbbl_cxr.benchmark import NO_SHORTCUT
+    from pbbl_cxr.synth import group_counts
+
+    n = NO_SHORTCUT.synth_config(preset).n_train
+    groups = group_counts(n, NO_SHORTCUT.bias_ratio)
+    y = torch.tensor([g[0] for g, k in groups.items() for _ in range(k)])
+    b = torch.tensor([g[1] for g, k in groups.items() for _ in range(k)])
+    check = _guard(y, y.clone(), capsys)
+    assert check["degenerate"] and check["response"] == "marginal"
+    assert sorted(check["near_empty_cells"]) == [[0, 1], [1, 0]]
+    assert "degenerate prior" in check["stderr"] and "learned the label" in check["stderr"]
+    p1 = float(y.float().mean())
+    assert check["prior"].flatten().tolist() == pytest.approx([1 - p1, p1, 1 - p1, p1])
+    if n >= 1000:  # one mistake per class: near-empty (1 of n/2 < 0.002 of the row)
+        b_hat = y.clone()
+        b_hat[torch.nonzero(y == 0)[0]] = 1
+        b_hat[torch.nonzero(y == 1)[0]] = 0
+        check = _guard(y, b_hat, capsys)
+        assert check["degenerate"] and not check["empty_cells"]
+    assert not _guard(y, b, capsys)["degenerate"]  # a bias proxy would keep its prior
 
 
 def test_marginal_prior_rows_are_the_label_share():

@@ -143,3 +143,31 @@ def test_build_splits_on_the_real_nih_metadata(tmp_path: Path):
     assert not patients["train"] & patients["valid"]
     assert not patients["train"] & patients["test"]
     assert not patients["valid"] & patients["test"]
+
+
+def test_build_splits_reads_nih_data_entry_2017_as_shipped(tmp_path: Path, capsys):
+    """NIH's own ``Data_Entry_2017.csv`` ends every line, the header too, with a comma (an
+    unnamed empty last column; issue #20). The real metadata written that way gives the
+    splits the comma-free file gives, byte for byte."""
+    with gzip.open(_nih_metadata(), "rt", encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    shipped = tmp_path / "Data_Entry_2017.csv"
+    shipped.write_text("".join(line + ",\r\n" for line in lines), encoding="utf-8")
+    plain = tmp_path / "plain.csv"
+    plain.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    sizes = ["--n-train", "400", "--n-valid", "100", "--n-test", "100", "--bias-ratio", "0.9"]
+    for meta, out in ((shipped, "a"), (plain, "b")):
+        args = ["build-splits", "--nih-csv", str(meta), "--out", str(tmp_path / out), *sizes]
+        assert run_main(main, args) == 0, capsys.readouterr().err
+    for name in ("train.csv", "valid.csv", "test.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    # a value under the unnamed column is not silently dropped
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"{lines[0]},\n{lines[1]},\n{lines[2]},oops\n", encoding="utf-8")
+    capsys.readouterr()
+    assert (
+        run_main(main, ["build-splits", "--nih-csv", str(bad), "--out", str(tmp_path / "c")]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {bad}:3: a value under the header's unnamed last column"
+    assert not (tmp_path / "c").exists()

@@ -312,6 +312,9 @@ def test_paper_presets_hold_the_authors_settings(kind: str):
         input_norm="xrv",
         backbone_bn="train",
     )
+    # Their stage 1 exactly (issue #20): one GCE model per round scoring its own training
+    # images, and the prior used as counted: 1000 GCE steps per round (gbp: 2000 in all).
+    assert (got.pseudo_labels, got.degenerate_response) == ("in-sample", "none")
     expected = replace(
         run_preset("full"),
         model=authors_model,
@@ -320,7 +323,21 @@ def test_paper_presets_hold_the_authors_settings(kind: str):
         rounds=rounds,
         augment=augment,
         select_metric="",
+        pseudo_labels="in-sample",
+        degenerate_response="none",
     )
     assert got == expected and got.check() == expected
     # The tiny preset stays unaugmented.
     assert run_preset("tiny").augment == "none"
+
+
+@pytest.mark.parametrize("kind", ["gbp", "sbp"])
+def test_robust_presets_are_the_paper_presets_with_the_stage1_guards(kind: str):
+    """``gbp-robust``/``sbp-robust``: the authors' settings plus cross-fitting (3 folds) and
+    the degenerate-prior guard, what the paper presets were before issue #20."""
+    paper, robust = run_preset(f"{kind}-paper"), run_preset(f"{kind}-robust")
+    assert robust == replace(
+        paper, pseudo_labels="cross-fit", folds=3, degenerate_response="marginal"
+    )
+    assert robust.degenerate_min_share == RunConfig().degenerate_min_share
+    assert robust.check() == robust

@@ -38,6 +38,8 @@ TESTS = {
         "tests/test_strategy_steps.py",
         "tests/test_cli.py::TestStrategySteps",
         "tests/test_baselines.py",
+        # PGA's virtual-step divergence check (issue #20), without training
+        "tests/test_run_policy.py::test_the_virtual_step_check_passes_sane_steps_and_raises_on_every_blow_up",
     ],
 }
 #: ``--full``: the wider tests that cover what the cheap subset cannot (resume

@@ -44,33 +44,89 @@ def _mask_path(data):
     return data / "BMC" / "Case01_segmentation.nii.gz"
 
 
+def _image_path(data):
+    return data / "BMC" / "Case01.nii.gz"
+
+
 def _write_mask(data, array):
     write_image(_mask_path(data), array, (3.0, 1.0, 1.0))
 
 
+def _with_voxel(path, value):
+    """Write ``path`` back as float32 with one voxel set to ``value``."""
+    a = read_image(path).array.astype(np.float32)
+    a[1, 3, 4] = value
+    write_image(path, a, (3.0, 1.0, 1.0))
+
+
+def _all_zero(path):
+    write_image(path, np.zeros_like(read_image(path).array), (3.0, 1.0, 1.0))
+
+
+def _cut_in_half(path):
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+
+
 # case: (how to spoil a copy of the data, extra argv, text of the error line)
 BAD_DATA = {
-    "no segmentation": (lambda d: _mask_path(d).unlink(), [],
-                        "BMC/Case01.nii.gz: image without its segmentation"),
-    "shape mismatch": (lambda d: _write_mask(d, np.zeros((4, 10, 10), np.uint8)), [],
-                       "mask shape (4, 10, 10) differs from image shape (4, 24, 24)"),
+    "image without its segmentation": (lambda d: _mask_path(d).unlink(), [],
+                                       "BMC/Case01.nii.gz: image without its segmentation"),
+    "mask of another shape": (lambda d: _write_mask(d, np.zeros((4, 10, 10), np.uint8)), [],
+                              "mask shape (4, 10, 10) differs from image shape (4, 24, 24)"),
     # label 2 is foreground by default (the released RUNMC/BMC masks carry it); a
     # declared label set makes it bad input again
-    "bad labels": (lambda d: _write_mask(d, np.full((4, 24, 24), 2, np.uint8)),
-                   ["--set", "mask_labels=0,1"],
-                   "mask has labels [2] not among the declared [0, 1]"),
+    "undeclared mask label": (lambda d: _write_mask(d, np.full((4, 24, 24), 2, np.uint8)),
+                              ["--set", "mask_labels=0,1"],
+                              "mask has labels [2] not among the declared [0, 1]"),
+    "truncated .nii.gz": (lambda d: _cut_in_half(_image_path(d)), [],
+                          "Case01.nii.gz: truncated NIfTI"),
+    "NaN voxel": (lambda d: _with_voxel(_image_path(d), np.nan), [],
+                  "Case01.nii.gz: volume holds 1 NaN or infinite value(s)"),
+    "inf voxel": (lambda d: _with_voxel(_image_path(d), np.inf), [],
+                  "Case01.nii.gz: volume holds 1 NaN or infinite value(s)"),
+    "all-zero volume": (lambda d: _all_zero(_image_path(d)), [],
+                        "Case01.nii.gz: volume is all zero"),
+    "NaN in a float mask": (lambda d: _with_voxel(_mask_path(d), np.nan), [],
+                            "Case01_segmentation.nii.gz: mask holds 1 NaN or infinite value(s)"),
     "unknown site": (None, ["--sites", "RUNMC,UCL"], "error: --sites: unknown site 'UCL'"),
+    "unknown held-out site": (None, ["--heldout", "HK"], "error: --heldout: unknown site 'HK'"),
+    "site listed twice": (None, ["--sites", "RUNMC,RUNMC"],
+                          "error: --sites: site 'RUNMC' is listed twice"),
+    "empty site name": (None, ["--sites", "RUNMC,,BMC"],
+                        "error: --sites: empty site name in 'RUNMC,,BMC'"),
     "empty site": (lambda d: (d / "UCL").mkdir(), ["--sites", "RUNMC,UCL"],
                    "UCL: site has no cases"),
-    "overlap": (None, ["--sites", "RUNMC,BMC", "--heldout", "BMC"],
-                "error: --heldout: site 'BMC' is also in --sites"),
-    "nested field": (None, ["--set", "pga.nope=1"], "pga.nope: unknown config field"),
-    "bad preset": (None, ["--preset", "huge"],
-                   "error: --preset: unknown preset 'huge'; choose from tiny, demo, small, full"),
-    "missing config file": (None, ["--config", "no-such.yaml"], "no-such.yaml: config file not found"),
-    "bad spacing": (None, ["--set", "smd.timestep_spacing=middle"],
-                    "error: smd.timestep_spacing: 'middle' is not one of leading, trailing, linspace"),
+    "held-out site also trained": (None, ["--sites", "RUNMC,BMC", "--heldout", "BMC"],
+                                   "error: --heldout: site 'BMC' is also in --sites"),
+    "unknown nested field": (None, ["--set", "pga.nope=1"], "pga.nope: unknown config field"),
+    "preset choices": (None, ["--preset", "huge"],
+                       "error: --preset: unknown preset 'huge'; choose from tiny, demo, small, full"),
+    "bad timestep spacing": (None, ["--set", "smd.timestep_spacing=middle"],
+                             "error: smd.timestep_spacing: 'middle' is not one of leading, "
+                             "trailing, linspace"),
+    "lr zero": (None, ["--set", "lr=0"], "error: --set lr: must be > 0"),
+    "smd.lr negative": (None, ["--set", "smd.lr=-1e-4"], "error: --set smd.lr: must be > 0"),
+    "pga.inner_lr negative": (None, ["--set", "pga.inner_lr=-0.01"],
+                              "error: --set pga.inner_lr: must be >= 0"),
+    # large but finite: once exit 0 with a loss of ~1e12 and memorizability 0
+    "lr 1e6 diverges": (None, ["--set", "lr=1e6"],
+                        "in stage site-RUNMC, more than 10000 x its start"),
+
+    "smd.lr 1e6 diverges": (None, ["--method", "smd-replay", "--set", "smd.lr=1e6"],
+                            "in stage smd-site-RUNMC; lower the learning rate (--set smd.lr=...)"),
+    "pga.inner_lr 1e6 diverges": (None, ["--method", "pga-real", "--set", "pga.inner_lr=1e6"],
+                                  "diverged: PGA's virtual step (pga.inner_lr=1e+06) gave l_gen"),
 }  # fmt: skip
+
+
+def _fake_smd_stages(root, site_names):
+    """A folder shaped like a run's ``smd_stages/RUNMC`` whose SMD knows ``site_names``."""
+    stage = root / "smd_stages" / "RUNMC"
+    stage.mkdir(parents=True)
+    (stage / "config.json").write_text(json.dumps({"site_names": site_names}))
+    (stage / "model.safetensors").write_bytes(b"")
+    return root
 
 
 class TestContract(CLIContract):
@@ -102,8 +158,75 @@ class TestContract(CLIContract):
                 d = tmp / f"data{i}"
                 shutil.copytree(data, d)
                 spoil(d)
-            argv = ["train", "--data", d, "--out", tmp / f"run{i}", *extra, *TWO_STEPS]
+            argv = ["train", "--data", d, "--out", tmp / f"run{i}", *TWO_STEPS, *extra]
             cases[name] = (argv, expected)
+
+        def train(*extra):
+            return ["train", "--data", data, "--sites", "RUNMC,BMC", *TWO_STEPS, *extra]
+
+        fundus = generate(tmp / "fundus", "fundus", "tiny", seed=0)
+        next((fundus / "Domain2" / "mask").glob("*.png")).unlink()
+        cases["fundus PNG without its mask"] = (
+            ["train", "--data", fundus, "--out", tmp / "fundus-run", *TWO_STEPS],
+            "image without its mask (mask/Domain2_",
+        )
+        (tmp / "no-smd").mkdir()
+        cases["--smd-from not a run"] = (
+            train("--method", "smg", "--out", tmp / "smd-a", "--smd-from", tmp / "no-smd"),
+            "no-smd: not a run with SMD stages (no smd_stages/)",
+        )
+        cases["--smd-from missing"] = (
+            train("--method", "smg", "--out", tmp / "smd-b", "--smd-from", tmp / "no-such-run"),
+            "no-such-run: run folder not found (--smd-from)",
+        )
+        other = _fake_smd_stages(tmp / "other-sites", ["BMC"])
+        cases["--smd-from of other sites"] = (
+            train("--method", "smd-replay", "--out", tmp / "smd-c", "--smd-from", other),
+            "SMD was trained on sites ['BMC'], not ['RUNMC']",
+        )
+        cases["--resume of a missing run"] = (
+            train("--out", tmp / "never-trained", "--resume"),
+            "never-trained: run folder not found (nothing to --resume)",
+        )
+        (tmp / "not-a-run").mkdir()
+        cases["--resume of a folder that is no run"] = (
+            train("--out", tmp / "not-a-run", "--resume"),
+            "not-a-run: not a run folder (no config.json)",
+        )
+        # predict, evaluate, sample: bad inputs to a finished run
+        trained = tmp / "trained"
+        assert run(train("--method", "finetune", "--out", trained)) == 0
+        inputs = tmp / "predict-inputs"
+        inputs.mkdir()
+        for name, spoil in (
+            ("nan", lambda f: _with_voxel(f, np.nan)),
+            ("zero", _all_zero),
+            ("cut", _cut_in_half),
+        ):
+            shutil.copy(_image_path(data), inputs / f"{name}.nii.gz")
+            spoil(inputs / f"{name}.nii.gz")
+        for name, case, expected in (
+            ("nan", "NaN voxel", "nan.nii.gz: volume holds 1 NaN or infinite value(s)"),
+            ("zero", "all-zero volume", "zero.nii.gz: volume is all zero"),
+            ("cut", "truncated .nii.gz", "cut.nii.gz: truncated NIfTI"),
+        ):
+            cases[f"predict: {case}"] = (
+                ["predict", "--run", trained, _image_path(data), inputs / f"{name}.nii.gz",
+                 "--out", tmp / f"pred-{name}", "--quiet"],
+                expected,
+            )  # fmt: skip
+        cases["predict: not a run"] = (
+            ["predict", "--run", tmp / "not-a-run", _image_path(data), "--out", tmp / "pred-x"],
+            "not-a-run: not a run folder (no config.json)",
+        )
+        cases["evaluate: missing run"] = (
+            ["evaluate", "--run", tmp / "no-such-run", "--data", data, "--quiet"],
+            "no-such-run: run folder not found",
+        )
+        cases["sample: run without an SMD"] = (
+            ["sample", "--run", trained, "--site", "RUNMC", "--out", tmp / "samples"],
+            "no SMD model in this run",
+        )
         cases["unknown benchmark method"] = (
             ["benchmark", "--out", tmp / "bench", "--methods", "finetune,magic"],
             "unknown method 'magic'",

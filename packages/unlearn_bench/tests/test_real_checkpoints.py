@@ -206,7 +206,8 @@ def test_divergence_exits_2_and_leaves_nothing(checkpoints, tiny_data, tmp_path,
     ])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
-    assert "loss is nan at step 2" in err[0] and "lower lr" in err[0] and "--lora" in err[0]
+    assert "error: training: diverged: loss is nan at step 2" in err[0]
+    assert "lower the learning rate" in err[0] and "bf16 rather than fp16" in err[0]
     assert not out.exists()
 
 

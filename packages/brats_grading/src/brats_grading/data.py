@@ -171,10 +171,30 @@ def case_files(folder: Path, case: str | None = None) -> dict[str, Path]:
         found = [p for p in found if p.is_file()]
         if not found:
             raise InputError(
-                folder / f"{case}_{mod}.nii.gz", f"case {case}: modality {mod} missing"
+                folder / f"{case}_{mod}.nii.gz",
+                f"case {case}: modality {mod} missing" + _unexpected_files(folder, case),
             )
         files[mod] = found[0]
     return files
+
+
+def _unexpected_files(folder: Path, case: str) -> str:
+    """A hint naming the image files of ``folder`` that are not ``<case>_<modality>``
+    (a renamed or misspelt file: ``_t1c`` for ``_t1ce``, another case's prefix)."""
+    if not folder.is_dir():
+        return ""
+    known = {f"{case}_{m}{ext}" for m in (*MODALITIES, "seg") for ext in (".nii.gz", ".nii")}
+    odd = sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.name.endswith((".nii.gz", ".nii")) and p.name not in known
+    )
+    if not odd:
+        return ""
+    return (
+        f"; the folder holds {', '.join(odd)}, expected {case}_"
+        f"{{{','.join(MODALITIES)}}}.nii.gz (or .nii), named after the folder"
+    )
 
 
 def _subdirs(path: Path) -> list[Path]:

@@ -4,7 +4,10 @@
 :func:`train_run` is the ``train`` command: it opens the run folder from its
 :class:`~medcommon.run.RunSpec` (:func:`medcommon.run.open_run`: config, ``--resume``),
 reads and checks every data file, then writes ``RUN/config.json``, ``RUN/split.json``,
-``RUN/log.jsonl``, ``RUN/checkpoint/<stage>/``, ``RUN/model/`` and ``RUN/metrics.json``.
+``RUN/log.jsonl``, ``RUN/checkpoint/<stage>/``, ``RUN/model/`` and ``RUN/metrics.json``,
+all inside :meth:`RunFolder.writing <medcommon.run.RunFolder.writing>`: a new run that
+fails on bad input or diverges (:class:`medcommon.errors.Diverged`, raised by the
+trainer) leaves nothing, and ``--overwrite`` replaces the old run only once it finished.
 """
 
 from __future__ import annotations
@@ -362,29 +365,30 @@ def train_run(spec: RunSpec) -> dict[str, Any]:
     train_idx = [index[n] for n in split["train"]]
     test_idx = [index[n] for n in split["test"]]
 
-    run.start(layout=layout)
-    write_json_atomic(
-        run.path / "split.json",
-        {"layout": layout, "folds": cfg.folds, "fold": cfg.fold, "split_seed": cfg.split_seed,
-         "data": str(data.resolve()), **split},
-    )  # fmt: skip
-    fit = fit_method(
-        METHODS.get(run.method), cfg, arrays, labels, train_idx,
-        patients=[c.patient for c in cases], seed=run.seed, run_dir=run.path,
-        device=spec.device, quiet=spec.quiet, resume=run.resumed,
-    )  # fmt: skip
-    probs = predict_proba(fit.model, arrays[test_idx])
-    metrics = {
-        "method": run.method,
-        "fold": cfg.fold,
-        "folds": cfg.folds,
-        "test": grading_metrics([labels[i] for i in test_idx], probs),
-        "train_seconds": fit.train_seconds,
-        "volumes_per_second": fit.volumes_per_second,
-        "stages": fit.stages,
-    }
-    if fit.fusion:
-        metrics["fusion"] = fit.fusion
-        if "fallback" in fit.fusion:
-            print(f"warning: {fit.fusion['fallback']}", file=sys.stderr)
-    return run.finish(metrics)
+    with run.writing(layout=layout):  # a run that fails on bad input or diverges leaves nothing
+        write_json_atomic(
+            run.path / "split.json",
+            {"layout": layout, "folds": cfg.folds, "fold": cfg.fold,
+             "split_seed": cfg.split_seed, "data": str(data.resolve()), **split},
+        )  # fmt: skip
+        fit = fit_method(
+            METHODS.get(run.method), cfg, arrays, labels, train_idx,
+            patients=[c.patient for c in cases], seed=run.seed, run_dir=run.path,
+            device=spec.device, quiet=spec.quiet, resume=run.resumed,
+        )  # fmt: skip
+        probs = predict_proba(fit.model, arrays[test_idx])
+        metrics = {
+            "method": run.method,
+            "fold": cfg.fold,
+            "folds": cfg.folds,
+            "test": grading_metrics([labels[i] for i in test_idx], probs),
+            "train_seconds": fit.train_seconds,
+            "volumes_per_second": fit.volumes_per_second,
+            "stages": fit.stages,
+        }
+        if fit.fusion:
+            metrics["fusion"] = fit.fusion
+            if "fallback" in fit.fusion:
+                print(f"warning: {fit.fusion['fallback']}", file=sys.stderr)
+        run.finish(metrics)
+    return metrics

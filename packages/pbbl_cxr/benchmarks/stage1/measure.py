@@ -14,6 +14,11 @@ Protocol, fixed before any PBBL run was made:
   batch 64); cross-fitting with ``folds=3``; guard threshold
   ``degenerate_agreement=0.99`` (a perfect bias proxy agrees with y on the aligned share,
   0.9-0.99 in every GbP/SbP setting, so 0.99 flags only a stage 1 that learned y itself).
+  ``results.json`` was made with that rule. Issue #20 replaced it with the near-empty
+  cell rule (``degenerate_min_share=0.002``, :func:`pbbl_cxr.pseudo.prior_check`), which
+  this script now uses; on the logged priors of ``results.json`` both rules decide the
+  same (shortcut: smallest prior entry 0.048-0.050, not flagged; no-shortcut: b_hat == y,
+  empty cells, flagged).
 - Selection: ERM on its default (true-bias balanced AUC, an oracle that can only flatter
   ERM); every PBBL variant on the pseudo-balanced valid AUC (its new default).
 - Seeds 0, 1, 2 (data seed = training seed). Score: test conflicting-group AUC.
@@ -56,7 +61,7 @@ VARIANTS = {
     "pbbl cross-fit": {"pseudo_labels": "cross-fit", "degenerate_response": "none"},
     "pbbl cross-fit + guard": {"pseudo_labels": "cross-fit", "degenerate_response": "marginal"},
 }
-BASE = replace(run_preset("small"), folds=3, degenerate_agreement=0.99, select_metric="auto")
+BASE = replace(run_preset("small"), folds=3, degenerate_min_share=0.002, select_metric="auto")
 
 
 def one(method: str, cfg, tr, va, te, seed: int) -> dict:

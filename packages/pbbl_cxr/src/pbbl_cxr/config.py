@@ -5,7 +5,9 @@ Paper / authors' code defaults (LLYXC/PBBL): Adam (0.9, 0.999), lr 1e-4, weight 
 head 1024-512-512-2 at 224 px. The presets are data files, ``configs/<name>.yaml``
 (:mod:`medcommon.presets`): ``tiny``/``demo``/``small`` shrink the model and data so
 that they run on a laptop CPU; ``full`` is the paper-scale setting; ``gbp-paper`` and
-``sbp-paper`` are the authors' settings on top of ``full``.
+``sbp-paper`` are the authors' settings on top of ``full`` (their stage 1 exactly:
+in-sample pseudo labels, no degenerate-prior guard), ``gbp-robust`` and ``sbp-robust``
+the same with our stage-1 guards (cross-fitting, the guard), as in the other presets.
 """
 
 from __future__ import annotations
@@ -74,11 +76,12 @@ class RunConfig:
 
     PBBL's stage 1 (:mod:`pbbl_cxr.methods.pbbl`): ``pseudo_labels`` is ``"cross-fit"``
     (each train image labelled by a GCE model of ``folds`` that never trained on it) or
-    ``"in-sample"`` (the authors'). The prior ``p(y | b_hat)`` is *degenerate* when
-    ``b_hat`` agrees with ``y`` on more than ``degenerate_agreement`` of the train set or
-    a ``(b_hat, y)`` cell is empty; ``degenerate_response="marginal"`` then replaces every
-    row by the label marginal (stage 2 becomes class-balanced CE, ERM-like),
-    ``"none"`` keeps the degenerate prior (the authors' behaviour; still warned about).
+    ``"in-sample"`` (the authors'). The prior ``p(y | b_hat)`` is *degenerate* when a
+    ``(b_hat, y)`` cell is empty or holds less than ``degenerate_min_share`` of its
+    ``b_hat`` row (:func:`pbbl_cxr.pseudo.prior_check`); ``degenerate_response="marginal"``
+    then replaces every row by the label marginal (stage 2 becomes class-balanced CE,
+    ERM-like), ``"none"`` keeps the degenerate prior (the authors' behaviour; still
+    warned about).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -102,7 +105,7 @@ class RunConfig:
     augment: Literal["none", "crop-flip", "flip"] = "none"
     pseudo_labels: Literal["in-sample", "cross-fit"] = "cross-fit"
     folds: int = 3
-    degenerate_agreement: float = 0.99
+    degenerate_min_share: float = 0.002
     degenerate_response: Literal["marginal", "none"] = "marginal"
 
     def check(self) -> RunConfig:
@@ -122,8 +125,10 @@ class RunConfig:
             raise InputError("--set gce_q", f"must be in (0, 1], got {self.gce_q}")
         if not 0.0 <= self.lff_ema < 1.0:
             raise InputError("--set lff_ema", f"must be in [0, 1), got {self.lff_ema}")
-        if self.lr <= 0:
-            raise InputError("--set lr", "must be positive")
+        if not self.lr > 0:
+            raise InputError("--set lr", f"must be positive, got {self.lr}")
+        if not self.groupdro_eta >= 0:  # 0: fixed uniform group weights (an ablation)
+            raise InputError("--set groupdro_eta", f"must be >= 0, got {self.groupdro_eta}")
         if self.model.input_norm == "imagenet" and self.model.in_channels != 3:
             raise InputError(
                 "--set model.input_norm",
@@ -136,10 +141,10 @@ class RunConfig:
             )
         if self.folds < 2:
             raise InputError("--set folds", f"must be at least 2, got {self.folds}")
-        if not 0.5 <= self.degenerate_agreement <= 1.0:
+        if not 0.0 <= self.degenerate_min_share < 0.5:
             raise InputError(
-                "--set degenerate_agreement",
-                f"must be in [0.5, 1], got {self.degenerate_agreement}",
+                "--set degenerate_min_share",
+                f"must be in [0, 0.5), got {self.degenerate_min_share}",
             )
         if self.degenerate_response not in ("marginal", "none"):
             raise InputError(
@@ -212,7 +217,8 @@ class BenchmarkConfig:
 
 PRESETS = Presets("pbbl_cxr")
 """The preset files ``configs/<name>.yaml``: ``tiny``, ``demo``, ``small``, ``full``, the
-authors' ``gbp-paper`` / ``sbp-paper`` and the weight families ``torchxrayvision`` /
+authors' ``gbp-paper`` / ``sbp-paper``, their guarded ``gbp-robust`` / ``sbp-robust``,
+and the weight families ``torchxrayvision`` /
 ``torchvision-imagenet``; sections ``run``, ``synth`` and ``benchmark``."""
 
 

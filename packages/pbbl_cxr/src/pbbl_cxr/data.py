@@ -304,8 +304,15 @@ def preprocess_image(path: str | Path, size: int) -> torch.Tensor:
     Raises:
         InputError: the file is missing, unreadable or not a 2-D image (names the file).
     """
+    return read_model_image(path, size)[0]
+
+
+def read_model_image(path: str | Path, size: int) -> tuple[torch.Tensor, dict]:
+    """:func:`preprocess_image`, and the reader's facts about the file (``Image.meta``:
+    ``format``, DICOM ``modality``, ...)."""
     try:
-        pixels = to_unit_gray(read_image(path).array)
+        image = read_image(path)
+        pixels = to_unit_gray(image.array)
     except InputError:
         raise
     except ValueError as exc:
@@ -315,7 +322,7 @@ def preprocess_image(path: str | Path, size: int) -> torch.Tensor:
         t = torch.nn.functional.interpolate(
             t, size=(size, size), mode="bilinear", antialias=True, align_corners=False
         )
-    return t[0]
+    return t[0], dict(image.meta)
 
 
 def load_image(record: Record, size: int) -> torch.Tensor:

@@ -214,7 +214,9 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     try:
         backbone.load_state_dict(picked, strict=True)
     except RuntimeError as exc:
-        raise InputError(path, f"weights do not fit ({str(exc).splitlines()[0]})") from None
+        lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+        why = next((x for x in lines if x.startswith("size mismatch")), lines[0] if lines else "")
+        raise InputError(path, f"weights do not fit ({why})") from None
 
 
 def normalize_input(x: torch.Tensor, mode: str, channels: int) -> torch.Tensor:

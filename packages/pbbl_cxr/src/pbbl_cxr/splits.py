@@ -20,9 +20,7 @@ to be resolved at training time with ``--image-root``.
 
 from __future__ import annotations
 
-import gzip
-import shutil
-import tempfile
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,24 +49,18 @@ def _need(columns: list[str], required: list[str], path: Path) -> None:
 
 
 def read_metadata(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """:func:`medcommon.data.read_csv_rows`, also of a gzipped CSV (``*.csv.gz``, as
-    ``Data_Entry_2017_v2020.csv.gz`` ships in the torchxrayvision wheel); errors name ``path``."""
-    if path.suffix.lower() != ".gz":
-        return read_csv_rows(path)
-    if not path.is_file():
-        raise InputError(path, "metadata file not found")
-    with tempfile.TemporaryDirectory() as tmp:
-        plain = Path(tmp) / path.stem
-        try:
-            with gzip.open(path, "rb") as src, plain.open("wb") as dst:
-                shutil.copyfileobj(src, dst)
-        except (OSError, EOFError) as exc:
-            raise InputError(path, f"not a readable gzip file ({exc})") from None
-        try:
-            return read_csv_rows(plain)
-        except InputError as exc:
-            line = str(exc.where)[len(str(plain)) :]  # keep ":<line>"
-            raise InputError(f"{path}{line}", exc.problem) from None
+    """:func:`medcommon.data.read_csv_rows`: also a gzipped CSV (``*.csv.gz``, as
+    ``Data_Entry_2017_v2020.csv.gz`` ships in the torchxrayvision wheel) and a CSV whose
+    every line ends with a comma (NIH's own ``Data_Entry_2017.csv``)."""
+    return read_csv_rows(path)
+
+
+def _choices(value: str, valid: set[str]) -> str:
+    """``did you mean 'X'? `` (a close match, if any) + ``choose from A, B, ...``."""
+    close = difflib.get_close_matches(value, sorted(valid), n=1, cutoff=0.6)
+    near = [v for v in valid if v.lower() == value.lower()] or close
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    return f"{hint}choose from {', '.join(sorted(valid))}"
 
 
 def nih_candidates(
@@ -86,6 +78,23 @@ def nih_candidates(
             row["Patient Gender"] = row[sex]
         columns = [*columns, "Patient Gender"]
     _need(columns, ["Image Index", "Finding Labels", "Patient ID", "Patient Gender"], csv_path)
+    findings = {x.strip() for row in rows for x in row["Finding Labels"].split("|")}
+    findings.discard("No Finding")
+    findings.discard("")
+    if finding not in findings:
+        raise InputError(
+            "--finding",
+            f"unknown finding {finding!r}: not in {csv_path}'s Finding Labels; "
+            + _choices(finding, findings),
+        )
+    if bias == "gender":
+        sexes = {row["Patient Gender"].strip().upper() for row in rows} - {""}
+        if bias_value.upper() not in sexes:
+            raise InputError(
+                "--bias-value",
+                f"unknown value {bias_value!r}: not a Patient Gender of {csv_path}; "
+                + _choices(bias_value, sexes),
+            )
     out = []
     for row in rows:
         labels = {x.strip() for x in row["Finding Labels"].split("|")}

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from medcommon.errors import Diverged
 from medcommon.train import FitResult, TrainConfig, Trainer
 from pbbl_cxr.config import RunConfig, resolve_select_metric
 from pbbl_cxr.data import XrayDataset, augment_batch
@@ -66,6 +67,16 @@ class BestKeeper:
         self.value, self.evals = state["value"], state["evals"]
         self.best_eval, self.weights = state["best_eval"], state["weights"]
         self.metrics = dict(state["metrics"])
+
+
+def finite_probs(probs: torch.Tensor, where: str) -> torch.Tensor:
+    """``probs``, or :class:`~medcommon.errors.Diverged` (exit 2, nothing kept) when the
+    model's outputs are not finite: weights blown up by too large a learning rate can
+    give NaN outputs before the Trainer sees a non-finite loss (an evaluation between
+    two steps, a stage-1 model scoring the train set)."""
+    if not bool(torch.isfinite(probs).all()):
+        raise Diverged(f"the model's outputs on {where} are not finite")
+    return probs
 
 
 @dataclass
@@ -128,12 +139,14 @@ def fit_stage(
     """
     metric = resolve_select_metric(cfg.select_metric, valid_bias_hat is not None)
     keeper = BestKeeper(metric if select else "")
+    where = f" in stage {stage}" if stage else ""
     if cfg.augment != "none":
         step_fn = augmenting(step_fn, cfg.augment, seed)
 
     def eval_fn(m: torch.nn.Module) -> dict[str, float]:
         net = kept(m)
         probs = predict_probs(net, valid_set, device=str(next(net.parameters()).device))
+        finite_probs(probs, f"the valid split{where}")
         metrics = classification_metrics(valid_set.labels, probs, valid_set.bias)
         if valid_bias_hat is not None and probs.shape[1] == 2:
             metrics["pseudo_balanced_auc"] = pseudo_balanced_auc(

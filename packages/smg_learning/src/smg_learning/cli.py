@@ -18,6 +18,7 @@ from medcommon.cli import (
     add_synth_args,
     add_train_args,
 )
+from medcommon.errors import InputError
 from smg_learning import __version__
 from smg_learning.strategies import STRATEGIES
 
@@ -88,10 +89,19 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_site_list(flag: str, text: str | None) -> None:
+    """A ``--sites``/``--heldout`` value names every site: no empty name (``RUNMC,,BMC``,
+    ``,``), which the comma-list parser would drop without a word."""
+    if text is not None and any(not name.strip() for name in text.split(",")):
+        raise InputError(flag, f"empty site name in {text!r}; expected e.g. RUNMC,BMC")
+
+
 @app.command("train", "train one strategy over the sites in sequence", args=_train_args)
 def cmd_train(args) -> int:
     from smg_learning.train import train_run
 
+    _check_site_list("--sites", args.sites)
+    _check_site_list("--heldout", args.heldout)
     metrics = train_run(app.spec(args, shorthands=TRAIN_SHORTHANDS))
     if not args.quiet:
         _print_matrix(metrics)

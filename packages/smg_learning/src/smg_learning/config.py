@@ -139,6 +139,7 @@ class RunConfig:
             ("ewc_fisher", self.ewc_fisher in ("per-sample", "batch"), "per-sample or batch"),
             ("replay_capacity", self.replay_capacity >= 0, ">= 0"),
             ("channels", len(self.channels) >= 2, "at least two levels"),
+            # 0 is the alpha = 0 ablation (smg-alpha0): PGA without its alignment step
             ("pga.inner_lr", self.pga.inner_lr >= 0, ">= 0"),
             (
                 "pga.estimator",
@@ -152,6 +153,7 @@ class RunConfig:
             ),
             ("pga.shifted_copies", self.pga.shifted_copies >= 0, ">= 0"),
             ("pga.meta_test_domains", self.pga.meta_test_domains >= 1, ">= 1"),
+            ("smd.lr", self.smd.lr > 0, "> 0"),
             ("smd.ddim_steps", self.smd.ddim_steps >= 1, ">= 1"),
             (
                 "smd.image_size",

@@ -121,6 +121,7 @@ def train_continual(
             eval_fn=lambda m: stage_metrics(m, data, "test", next(m.parameters()).device),
             model_config=model.config,
             model_dir=f"stages/{site}",
+            state={"records": strategy.stage_records(t)},  # PGA's align_share, resumed
             stage=f"site-{site}",
             device=device,
             quiet=quiet,

@@ -20,6 +20,10 @@ Masks become label maps of nested structures: label ``k`` means "inside structur
 0/255 with 255 the foreground; DoFE, disc and cup as above. ``foreground_labels``
 replaces the default by one structure made of those labels; ``mask_labels`` declares
 the labels a mask may hold (checked; default: prostate any, fundus 0/255, DoFE 0/128/255).
+
+Refused before anything is written (exit 2): a volume or image holding a NaN or
+infinite value, or all zero (min-max normalisation would turn it into zeros without a
+word); a mask holding NaN or infinite values; labels outside the declared ones.
 """
 
 from __future__ import annotations
@@ -276,6 +280,23 @@ def mask_spec(cfg: RunConfig, layout: str) -> MaskSpec:
     return MaskSpec(labels, structures)
 
 
+def check_intensities(arr: np.ndarray, path: Path, what: str = "volume") -> None:
+    """Refuse an image that min-max normalisation would silently turn into zeros: one
+    holding a NaN or infinite value, or an all-zero one (as brats-grading does)."""
+    if not np.isfinite(arr).all():
+        bad = int(arr.size - np.isfinite(arr).sum())
+        raise InputError(path, f"{what} holds {bad} NaN or infinite value(s)")
+    if not np.any(arr):
+        raise InputError(path, f"{what} is all zero")
+
+
+def check_mask_values(m: np.ndarray, path: Path) -> None:
+    """Refuse a (float) mask holding NaN or infinite values before its labels are read."""
+    if np.issubdtype(m.dtype, np.floating) and not np.isfinite(m).all():
+        bad = int(m.size - np.isfinite(m).sum())
+        raise InputError(path, f"mask holds {bad} NaN or infinite value(s)")
+
+
 def _minmax(a: np.ndarray) -> np.ndarray:
     a = a.astype(np.float32)
     lo, hi = float(a.min()), float(a.max())
@@ -328,6 +349,8 @@ def load_case(
     msk = read_image(case.mask)
     spec = spec or mask_spec(cfg, task)
     labels = spec.labels
+    check_intensities(img.array, case.image, "image" if task == "fundus" else "volume")
+    check_mask_values(msk.array, case.mask)
     if task == "fundus":
         arr = img.array if img.array.ndim == 3 else np.repeat(img.array[..., None], 3, axis=2)
         m = msk.array if msk.array.ndim == 2 else msk.array[..., 0]

@@ -13,7 +13,8 @@ logit margin (foreground minus background logit), so at the segmenter's own size
 is exactly the argmax that ``evaluate`` scores. Folders are searched recursively;
 label files met in a folder (``*_segmentation.*``, ``*_mask.*``, files under a
 ``mask/`` folder) are skipped. Every input is read and checked before any mask is
-written; each mask is written atomically.
+written (an input holding a NaN or infinite value, or all zero, is refused, as in
+training); each mask is written atomically.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from smg_learning.data import (
     RASTER_SUFFIXES,
     VOLUME_SUFFIXES,
     MaskSpec,
+    check_intensities,
     fundus_channels,
     mask_spec,
     segmenter_input,
@@ -89,13 +91,13 @@ def _slices(img: Image, path: Path, task: str, saved: SavedRun) -> np.ndarray:
     if task == "prostate":
         if img.meta.get("channels_last") or arr.ndim not in (2, 3):
             raise InputError(path, f"expected a grey-level 2D or 3D volume, got shape {arr.shape}")
-        if not np.isfinite(arr).all():
-            raise InputError(path, "volume holds NaN or infinite voxels")
+        check_intensities(arr, path, "volume")
         return volume_channels(arr if arr.ndim == 3 else arr[None], saved.cfg.adjacent_slices)
     if arr.ndim == 3 and arr.shape[2] == 4:
         arr = arr[..., :3]  # RGBA: the alpha channel carries no image
     if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
         raise InputError(path, f"expected a grey or RGB image, got shape {arr.shape}")
+    check_intensities(arr, path, "image")
     return fundus_channels(arr)
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from medcommon.errors import InputError
-from medcommon.models import from_pretrained
+from medcommon.models import from_pretrained, read_model_config
 from medcommon.train import TrainConfig, Trainer
 from medcommon.train.loop import StepFn
 from smg_learning.config import RunConfig
@@ -174,6 +174,23 @@ def smd_step(seed: int, stage: int) -> StepFn:
     return step
 
 
+def check_smd_source(source: Path, sites: list[str]) -> None:
+    """Check ``--smd-from`` before anything is written: a folder whose ``smd_stages/``
+    holds a saved SMD for each of ``sites``, the one after ``sites[t]`` prompted by
+    ``sites[: t + 1]`` (its config is read; the weights are loaded when used)."""
+    if not source.is_dir():
+        raise InputError(source, "run folder not found (--smd-from)")
+    if not (source / "smd_stages").is_dir():
+        raise InputError(source, "not a run with SMD stages (no smd_stages/)")
+    for t, site in enumerate(sites):
+        d = source / "smd_stages" / site
+        if not (d / "model.safetensors").is_file():
+            raise InputError(d, "no SMD stage model to reuse")
+        names = read_model_config(d).get("site_names")
+        if list(names or ()) != list(sites[: t + 1]):
+            raise InputError(d, f"SMD was trained on sites {names}, not {sites[: t + 1]}")
+
+
 def load_smd_stage(source: Path, site: str, sites: list[str]) -> SiteModulatedDiffusion:
     """The SMD model that a finished run saved after learning ``site`` (``--smd-from``)."""
     d = source / "smd_stages" / site
@@ -221,6 +238,7 @@ def train_smd_stage(
         batch_size=min(cfg.smd.batch_size, len(dataset)),
         log_every=cfg.log_every,
         checkpoint_every=checkpoint_every,
+        lr_field="smd.lr",  # a divergence here names the SMD's own rate
     )
     opt = torch.optim.Adam(smd.parameters(), lr=cfg.smd.lr)
     trainer = Trainer(

@@ -84,7 +84,7 @@ class FinetuneConfig:
     lr_schedule: Literal["constant", "linear"] = "linear"  # linear decay to 0 (HF Trainer default)
     max_grad_norm: float | None = 1.0
     log_every: int = 10
-    checkpoint_every: int = 0
+    checkpoint_every: int = 500  # steps between checkpoints for --resume (0: only at the end)
     # "answer": the NLL counts the answer tokens (and EOS); "full": every non-padding token of
     # prompt and answer, as MLLMU-Bench's finetune.py (labels = input_ids, padding -100).
     loss_tokens: Literal["answer", "full"] = "answer"
@@ -107,6 +107,23 @@ class BenchmarkConfig:
 
     scenarios: tuple[str, ...] = SCENARIOS
     methods: tuple[str, ...] = ()  # () = every method, in the paper's order (methods.PAPER_ORDER)
+
+
+def check_training(cfg: FinetuneConfig | object) -> None:
+    """The fields a finetune or unlearn config shares: a positive learning rate, a positive
+    length and batch, non-negative cadences (an :class:`InputError` names the field)."""
+    if not cfg.lr > 0:
+        raise InputError("lr", f"must be > 0, got {cfg.lr}")
+    if not cfg.epochs > 0:
+        raise InputError("epochs", f"must be > 0, got {cfg.epochs}")
+    if cfg.batch_size < 1:
+        raise InputError("batch_size", f"must be >= 1, got {cfg.batch_size}")
+    if cfg.max_grad_norm is not None and not cfg.max_grad_norm > 0:
+        raise InputError("max_grad_norm", f"must be > 0 or null, got {cfg.max_grad_norm}")
+    for name in ("weight_decay", "log_every", "checkpoint_every"):
+        value = getattr(cfg, name, 0)
+        if value < 0:
+            raise InputError(name, f"must be >= 0, got {value}")
 
 
 def choose_preset(preset: str | None, real_model: bool) -> str:

@@ -16,6 +16,7 @@ probes ``forget`` / ``retain`` / ``test`` / ``general`` (see :mod:`unlearn_bench
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ from unlearn_bench.synth import QTYPES, SPLITS, TRAIN_SPLITS
 FILES = (*SPLITS, *TRAIN_SPLITS)  # every question file of a dataset folder
 
 REQUIRED = ("id", "type", "modality", "question", "answer")
+# The type of every field a question row may hold (synth's README lists them): required
+# fields must be strings, optional ones strings or null; options a list of strings.
+NULLABLE = ("image", "entity", "field", "true_answer")
 MODALITIES = ("image_text", "text_only")
 LOSS_TOKENS = ("answer", "full")  # which tokens the training losses count
 IDK_ANSWERS = (
@@ -61,6 +65,7 @@ def read_split(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
         missing = [k for k in REQUIRED if k not in item]
         if missing:
             raise InputError(where, f"missing field(s) {', '.join(missing)}")
+        check_types(item, where)
         if item["type"] not in QTYPES:
             raise InputError(where, f"type {item['type']!r} is not one of {', '.join(QTYPES)}")
         if item["modality"] not in MODALITIES:
@@ -73,12 +78,34 @@ def read_split(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
                 raise InputError(where, "an image_text question needs an image")
             if not (data_dir / image).is_file():
                 raise InputError(where, f"image not found: {data_dir / image}")
-        item["answer"] = str(item["answer"])
         item.setdefault("answer_text", item["answer"])
         items.append(item)
     if not items:
         raise InputError(path, "no questions in this split")
     return items
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_types(item: dict[str, Any], where: str) -> None:
+    """Refuse a field of the wrong type (``"answer": 42``, ``"question": null``), naming it:
+    nothing is converted silently."""
+    for key in (*REQUIRED, "answer_text"):
+        if key in item and not isinstance(item[key], str):
+            raise InputError(where, f"field {key!r} must be a string, got {_shown(item[key])}")
+    for key in NULLABLE:
+        if item.get(key) is not None and not isinstance(item[key], str):
+            raise InputError(
+                where, f"field {key!r} must be a string or null, got {_shown(item[key])}"
+            )
+    options = item.get("options")
+    if options is not None and not (
+        isinstance(options, list) and all(isinstance(o, str) for o in options)
+    ):
+        raise InputError(where, f"field 'options' must be a list of strings, got {_shown(options)}")
 
 
 def check_dataset(data_dir: str | Path, splits: Sequence[str] = SPLITS) -> dict[str, list]:

@@ -374,7 +374,7 @@ def _probes(row: dict, split: str, image: str | None, where: Any) -> list[dict[s
         if modality == "image_text" and image is None:
             raise InputError(where, f"row {eid}: an Image_Textual question needs the row's image")
         it = {
-            "id": q.get("ID") or f"{split}-{eid}-{qtype}-{k}",
+            "id": str(q.get("ID") or f"{split}-{eid}-{qtype}-{k}"),
             "entity": eid,
             "field": q.get("Field"),
             "type": qtype,
@@ -385,7 +385,7 @@ def _probes(row: dict, split: str, image: str | None, where: Any) -> list[dict[s
             "answer_text": answer,
         }
         if q.get("True_Answer") is not None:
-            it["true_answer"] = q["True_Answer"]
+            it["true_answer"] = str(q["True_Answer"])
         return it
 
     cls = row.get("Classification_Task") or {}
@@ -420,7 +420,7 @@ def _training(row: dict, qa_list: list[dict], image: str | None, where: Any) -> 
         if image is None:
             modality = "text_only"
         it = {
-            "id": qa.get("ID") or f"ft-{eid}-{k}",
+            "id": str(qa.get("ID") or f"ft-{eid}-{k}"),
             "entity": eid,
             "field": qa.get("Field"),
             "type": qa.get("Kind", "gen"),
@@ -433,7 +433,7 @@ def _training(row: dict, qa_list: list[dict], image: str | None, where: Any) -> 
         if qa.get("Options") is not None:
             it["options"] = qa["Options"]
         if qa.get("True_Answer") is not None:
-            it["true_answer"] = qa["True_Answer"]
+            it["true_answer"] = str(qa["True_Answer"])
         out.append({**it, "_set": qa.get("Set")})
     return out
 

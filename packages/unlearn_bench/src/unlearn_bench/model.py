@@ -168,11 +168,37 @@ def checkpoint_dtype(path: str | Path) -> Any:
     return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
 
+# Weight files that are pickles (torch.load runs code from them); never read here.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+CONVERT_HINT = (
+    "convert them once, where you trust the file: in transformers, "
+    "model.save_pretrained(dir, safe_serialization=True) writes model.safetensors"
+)
+
+
+def refuse_pickled_weights(path: Path) -> None:
+    """An :class:`InputError` if the folder's weights are pickles only (``pytorch_model.bin``,
+    ``*.pt``, ...): checked before anything is loaded. A folder that also holds
+    ``*.safetensors`` is read from those (the loaders are told to use them only)."""
+    if any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise InputError(
+            path / pickles[0],
+            "pickled weights are never loaded (unpickling can run code); " + CONVERT_HINT,
+        )
+
+
 def check_llava_dir(path: str | Path) -> Path:
-    """Raise :class:`InputError` unless ``path`` looks like a Hugging Face Llava checkpoint."""
+    """Raise :class:`InputError` unless ``path`` looks like a Hugging Face Llava checkpoint
+    with safetensors weights (pickled weights are refused before anything is read)."""
     path = resolve_model_dir(path)
     base = adapter_base(path)
     if base is not None:  # a LoRA adapter folder: its base must be a Llava folder
+        refuse_pickled_weights(path)
+        if not (path / "adapter_model.safetensors").is_file():
+            raise InputError(path, "no adapter weights (adapter_model.safetensors)")
         check_llava_dir(base)
         return path
     cfg_file = path / "config.json"
@@ -186,7 +212,8 @@ def check_llava_dir(path: str | Path) -> Path:
         raise InputError(
             path, f"not a Llava checkpoint (model_type {model_type!r}, expected 'llava')"
         )
-    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+    refuse_pickled_weights(path)
+    if not any(path.glob("*.safetensors")):
         raise InputError(path, "no weights (*.safetensors) in the Llava folder")
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer.model").is_file():
         raise InputError(
@@ -210,11 +237,16 @@ def load_llava(path: str | Path, device: str = "cpu", dtype: Any = None):
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
         # Always an explicit dtype: transformers would otherwise keep the stored one
         # (float16 for llava-hf), which is not a dtype to train in.
-        kwargs = {"local_files_only": True, "dtype": dtype if dtype is not None else "float32"}
+        kwargs = {
+            "local_files_only": True,
+            "dtype": dtype if dtype is not None else "float32",
+            "use_safetensors": True,  # never a pickle (check_llava_dir refused pickle-only)
+        }
         model = LlavaForConditionalGeneration.from_pretrained(base or path, **kwargs)
         if base is not None:
             from peft import PeftModel
 
+            # peft reads adapter_model.safetensors when it is there (check_llava_dir)
             model = PeftModel.from_pretrained(model, path).merge_and_unload()
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(

@@ -1,4 +1,4 @@
-"""Training a real checkpoint: precision, LoRA, gradient checkpointing, divergence.
+"""Training a real checkpoint: precision, LoRA, gradient checkpointing, FSDP, memory.
 
 The settings are one group, :class:`~unlearn_bench.config.ScaleConfig` (``scale.*`` of
 the finetune and unlearn configs; ``--dtype --lora --adapter-only --grad-accum
@@ -20,13 +20,12 @@ the finetune and unlearn configs; ``--dtype --lora --adapter-only --grad-accum
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from medcommon.errors import InputError
+from medcommon.errors import Diverged, InputError
 from unlearn_bench.config import ScaleConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -115,29 +114,11 @@ def finish_trainable(model: torch.nn.Module, scale: ScaleConfig, save_dtype: tor
 
 
 def check_finite(model: torch.nn.Module, step: int) -> None:
-    """Raise :class:`Diverged` if a trainable weight is NaN or infinite after ``step``."""
+    """Raise :class:`medcommon.errors.Diverged` if a trainable weight is NaN or infinite
+    after ``step`` (a loss can stay finite while a weight no longer is)."""
     for name, p in model.named_parameters():
         if p.requires_grad and not torch.isfinite(p.detach()).all():
             raise Diverged(f"weight {name} is not finite after step {step}")
-
-
-class Diverged(Exception):
-    """Training produced a non-finite loss or weight."""
-
-
-def divergence_error(command: str, exc: BaseException, kept: bool = False) -> InputError:
-    """The one-line error (exit 2) for a diverged run: where it happened and what to try."""
-    what = str(exc)
-    m = re.search(r"loss is (\S+) at step (\d+)", what)
-    if m:  # medcommon's Trainer counts steps from 0; the user counts from 1
-        what = f"loss is {m.group(1)} at step {int(m.group(2)) + 1}"
-    return InputError(
-        command,
-        f"training diverged ({what}); "
-        + ("the run folder keeps its last checkpoint" if kept else "nothing was written")
-        + ". Try a lower lr (--set lr=...), "
-        "--dtype float32 or bfloat16 (not float16), or --lora",
-    )
 
 
 # --------------------------------------------------------------------------- FSDP

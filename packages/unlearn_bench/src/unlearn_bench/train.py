@@ -9,9 +9,13 @@
 
 Each takes one :class:`medcommon.run.RunSpec` (the CLI's ``App.spec``, or
 :func:`run_spec` from Python), opens the run folder with :func:`medcommon.run.open_run`
-(a fresh ``--out``, or ``--resume`` of the same command, method and seed) and writes
-``RUN/config.json``, ``RUN/log.jsonl``, ``RUN/checkpoint/``, ``RUN/model/`` (a Hugging
-Face Llava folder with its processor) and ``RUN/metrics.json``. In ``config.json``,
+(a fresh ``--out``, ``--resume`` of the same command, method and seed, or ``--overwrite``
+of an existing run), checks every input (nothing is written before), then, inside
+``RunFolder.writing`` (:func:`_fit_and_finish`), writes ``RUN/config.json``,
+``RUN/log.jsonl``, ``RUN/checkpoint/`` (every ``checkpoint_every`` steps and at the end),
+``RUN/model/`` (a Hugging Face Llava folder with its processor) and ``RUN/metrics.json``.
+Bad input or a divergence (:class:`medcommon.errors.Diverged`) in there leaves nothing of a
+new run and never touches an existing one. In ``config.json``,
 ``run.command`` is the pipeline step, ``run.method`` the unlearning method
 (``finetune`` / ``retrain`` for those two), and ``run.extra`` holds ``init`` (finetune,
 retrain: ``tiny`` or the Llava folder started from) or ``vanilla_model`` (unlearn: the
@@ -23,18 +27,23 @@ from __future__ import annotations
 import copy
 import math
 import os
-import shutil
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from medcommon.errors import InputError
+from medcommon.errors import Diverged, InputError
 from medcommon.run import RunFolder, RunSpec, load_run, open_run
 from medcommon.train import TrainConfig, Trainer, seed_everything
 from unlearn_bench import PACKAGE, __version__
-from unlearn_bench.config import FinetuneConfig, ScaleConfig, choose_preset, finetune_preset
+from unlearn_bench.config import (
+    FinetuneConfig,
+    ScaleConfig,
+    check_training,
+    choose_preset,
+    finetune_preset,
+)
 from unlearn_bench.data import (
     FILES,
     EncodedSet,
@@ -57,10 +66,8 @@ from unlearn_bench.model import (
     save_llava,
 )
 from unlearn_bench.scale import (
-    Diverged,
     check_finite,
     check_scale,
-    divergence_error,
     finish_trainable,
     mixed_precision,
     prepare_trainable,
@@ -76,7 +83,7 @@ from unlearn_bench.synth import TRAIN_SPLITS
 _DDP_UNUSED = True
 # What --resume may change (with --set): how long to train and how often to log / checkpoint.
 FINETUNE_RESUMABLE = ("epochs", "log_every", "checkpoint_every")
-UNLEARN_RESUMABLE = ("epochs", "log_every")
+UNLEARN_RESUMABLE = FINETUNE_RESUMABLE
 
 
 def is_tiny_lineage(path: str | Path) -> bool:
@@ -112,8 +119,7 @@ def reference_model(model: torch.nn.Module, source: str, dtype: str) -> torch.nn
     """
     if source == "vanilla":
         return copy.deepcopy(model).eval().requires_grad_(False)
-    path = Path(source)
-    folder = check_llava_dir(path / "model" if (path / "model").is_dir() else path)
+    folder = reference_dir(source)
     ref, _ = load_llava(folder, dtype=torch_dtype(dtype))
     got, want = ref.get_input_embeddings().weight.shape, model.get_input_embeddings().weight.shape
     if got != want:
@@ -124,19 +130,29 @@ def reference_model(model: torch.nn.Module, source: str, dtype: str) -> torch.nn
     return ref.eval().requires_grad_(False)
 
 
+def reference_dir(source: str | Path) -> Path:
+    """The Llava folder an ``npo_reference`` names (``RUN`` or ``RUN/model``), checked."""
+    path = Path(source)
+    return check_llava_dir(path / "model" if (path / "model").is_dir() else path)
+
+
+def _outside_out(spec: RunSpec, folder: Path | None, flag: str) -> None:
+    """With ``--overwrite``, a model read from inside ``--out`` would be replaced by the run
+    that records it as its start (``run.extra``): refused."""
+    if (
+        folder is not None
+        and spec.overwrite
+        and folder.resolve().is_relative_to(spec.out.resolve())
+    ):
+        raise InputError(flag, f"{folder} is inside --out, which --overwrite replaces")
+
+
 def _steps(epochs: float, n: int, batch_size: int) -> int:
     return max(1, math.ceil(epochs * n / batch_size))
 
 
 def _finetune_step(model, batch, ctx):
     return {"loss": nll(forward(model, batch).logits, batch["labels"], ddp=True)}
-
-
-def _start(trainer: Trainer, run: RunFolder, **extra: Any) -> None:
-    """Write ``RUN/config.json`` (main process only under DDP) before the first step."""
-    if trainer.accelerator.is_main_process:
-        run.start(**extra)
-    trainer.accelerator.wait_for_everyone()
 
 
 def _finish(
@@ -182,15 +198,24 @@ def _is_fsdp(trainer: Trainer | None = None) -> bool:
 def _finish_fsdp(trainer, run, model, processor, metrics, save_dtype) -> None:
     """Under ``accelerate launch`` with FSDP: gather the full state dict, rank 0 writes it.
 
-    Not run here (accelerate builds FSDP only on GPUs); the sharded arithmetic itself
-    is tested on CPU by ``tests/test_fsdp.py``.
+    Non-finite weights raise :class:`medcommon.errors.Diverged` on every process (rank 0
+    alone holds the full state, so it tells the others). Not run here (accelerate builds
+    FSDP only on GPUs); the sharded arithmetic itself is tested on CPU by
+    ``tests/test_fsdp.py``.
     """
     state = trainer.accelerator.get_state_dict(trainer.model)  # collective; full on rank 0
+    bad = None
     if trainer.accelerator.is_main_process:
         state = {k.removeprefix("llava."): v.to(save_dtype) for k, v in state.items()}
-        for name, v in state.items():
-            if v.is_floating_point() and not torch.isfinite(v).all():
-                raise Diverged(f"weight {name} is not finite after step {metrics['steps']}")
+        bad = next(
+            (n for n, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()),
+            None,
+        )
+    flag = torch.tensor([float(bad is not None)], device=trainer.accelerator.device)
+    if trainer.accelerator.reduce(flag, reduction="sum").item() > 0:
+        what = f"weight {bad}" if bad is not None else "a weight (on rank 0)"
+        raise Diverged(f"{what} is not finite after step {metrics['steps']}")
+    if trainer.accelerator.is_main_process:
         model.config.use_cache = True
         save_llava(model, processor, run.path / "model", state_dict=state)
         run.finish(metrics)
@@ -209,38 +234,34 @@ def _check_fsdp(trainer: Trainer, scale: ScaleConfig, resume: bool) -> None:
         raise InputError("--resume", "not supported under FSDP (no checkpoint is written)")
 
 
-def _guarded_finish(trainer, run, model, processor, metrics, scale, save_dtype, base, existed):
-    """:func:`_finish`, cleaning up like :func:`_fit_or_clean` if the last weights are not finite."""
-    try:
-        _finish(trainer, run, model, processor, metrics, scale, save_dtype, base)
-    except Diverged as exc:
-        if trainer.accelerator.is_main_process and not run.resumed:
-            _discard(run.path, existed)
-        raise divergence_error(metrics["command"], exc, kept=run.resumed) from None
+def _fit_and_finish(
+    trainer: Trainer,
+    run: RunFolder,
+    model: Any,
+    processor: Any,
+    metrics: dict[str, Any],
+    scale: ScaleConfig,
+    save_dtype: torch.dtype,
+    base: Path | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Write the run: header, training (log, checkpoints), ``RUN/model``, ``RUN/metrics.json``.
 
-
-def _fit_or_clean(trainer: Trainer, command: str, out: Path, existed: bool, resume: bool):
-    """``trainer.fit``; on a NaN/inf loss, remove what this run wrote and raise an InputError.
-
-    A resumed run keeps its folder (the last checkpoint before the divergence is valid).
+    Everything happens inside :meth:`medcommon.run.RunFolder.writing`: a run that fails
+    on bad input, a divergence included (:class:`medcommon.errors.Diverged`, raised by
+    the Trainer on a non-finite or exploding loss, or here on non-finite final weights),
+    leaves nothing of itself and never touches a run that was there before; an
+    ``--overwrite`` run is written beside ``--out`` and swapped in once finished.
+    ``metrics`` gets ``steps`` and ``train_seconds`` (after ``command``, before the rest).
     """
-    try:
-        return trainer.fit(resume=resume)
-    except (FloatingPointError, Diverged) as exc:
-        if trainer.accelerator.is_main_process and not resume:
-            _discard(out, existed)
-        raise divergence_error(command, exc, kept=resume) from None
-
-
-def _discard(out: Path, existed: bool) -> None:
-    """Remove a failed run: the folder if this run made it, else the files a run writes."""
-    if not existed:
-        shutil.rmtree(out, ignore_errors=True)
-        return
-    for name in ("config.json", "log.jsonl", "metrics.json"):
-        (out / name).unlink(missing_ok=True)
-    for name in ("checkpoint", "model"):
-        shutil.rmtree(out / name, ignore_errors=True)
+    with run.writing(**extra):
+        trainer.run_dir = run.path  # the staging folder of an --overwrite run
+        trainer.accelerator.wait_for_everyone()
+        result = trainer.fit(resume=run.resumed)
+        head = {k: metrics.pop(k) for k in ("command", "method") if k in metrics}
+        metrics = {**head, "steps": result.steps, "train_seconds": result.train_seconds, **metrics}
+        _finish(trainer, run, model, processor, metrics, scale, save_dtype, base)
+    return metrics
 
 
 def run_spec(command: str, out: str | Path, data: str | Path, **fields: Any) -> RunSpec:
@@ -276,13 +297,14 @@ def finetune(spec: RunSpec) -> dict[str, Any]:
         base=lambda s: finetune_preset(s.preset),
         resumable=FINETUNE_RESUMABLE,
     )
-    cfg, data_dir, out, seed = run.cfg, run.spec.data, run.path, run.seed
+    cfg, data_dir, seed = run.cfg, run.spec.data, run.seed
+    check_training(cfg)
     data = check_dataset(data_dir, FILES)
     model_dir = check_llava_dir(model_path) if model_path is not None else None
+    _outside_out(spec, model_dir, "--model")
     device = spec.device
     dtype = resolve_dtype(cfg.scale.dtype, device)
     check_scale(cfg.scale, model_dir)
-    existed = out.exists()
     seed_everything(seed)
     if model_dir is not None:
         model, processor = load_llava(model_dir, dtype=torch_dtype(dtype))
@@ -321,7 +343,7 @@ def finetune(spec: RunSpec) -> dict[str, Any]:
             checkpoint_every=cfg.checkpoint_every,
             save_checkpoints=not _is_fsdp(),
         ),
-        run_dir=out,
+        run_dir=None,  # set to run.path inside run.writing(): nothing is written before
         seed=seed,
         scheduler=scheduler,
         collate_fn=partial(collate, pad_id=processor.tokenizer.pad_token_id),
@@ -329,19 +351,11 @@ def finetune(spec: RunSpec) -> dict[str, Any]:
         quiet=spec.quiet,
     )
     _check_fsdp(trainer, cfg.scale, run.resumed)
-    _start(trainer, run, init=str(model_dir.resolve()) if model_dir else "tiny")
-    result = _fit_or_clean(trainer, command, out, existed, run.resumed)
-    metrics = {
-        "command": command,
-        "steps": result.steps,
-        "train_seconds": result.train_seconds,
-        "n_train": len(encoded),
-        "dtype": dtype,
-    }
-    _guarded_finish(
-        trainer, run, model, processor, metrics, cfg.scale, save_dtype, model_dir, existed
+    metrics = {"command": command, "n_train": len(encoded), "dtype": dtype}
+    init = str(model_dir.resolve()) if model_dir else "tiny"
+    return _fit_and_finish(
+        trainer, run, model, processor, metrics, cfg.scale, save_dtype, model_dir, init=init
     )
-    return metrics
 
 
 def unlearn(spec: RunSpec) -> dict[str, Any]:
@@ -357,21 +371,25 @@ def unlearn(spec: RunSpec) -> dict[str, Any]:
         base=lambda s: METHODS.get(s.method).preset_config(s.preset),
         resumable=UNLEARN_RESUMABLE,
     )
-    cfg, data_dir, out, seed = run.cfg, run.spec.data, run.path, run.seed
+    cfg, data_dir, seed = run.cfg, run.spec.data, run.seed
+    check_training(cfg)
     method_name = run.method
     cls = METHODS.get(method_name)
     data = check_dataset(data_dir, TRAIN_SPLITS)
     model_dir = check_llava_dir(model_path)
+    _outside_out(spec, model_dir, "--model")
+    npo_reference = getattr(cfg, "npo_reference", "vanilla")
+    if cls.needs_reference and npo_reference != "vanilla":  # checked before any loading
+        _outside_out(spec, reference_dir(npo_reference), "npo_reference")
     device = spec.device
     dtype = resolve_dtype(cfg.scale.dtype, device)
     check_scale(cfg.scale, model_dir)
-    existed = out.exists()
     seed_everything(seed)
     model, processor = load_llava(model_dir, dtype=torch_dtype(dtype))
     save_dtype = checkpoint_dtype(model_dir)
     ref = None
     if cls.needs_reference:  # frozen, in the compute dtype (bf16 halves its memory)
-        ref = reference_model(model, getattr(cfg, "npo_reference", "vanilla"), dtype)
+        ref = reference_model(model, npo_reference, dtype)
     model = prepare_trainable(model, cfg.scale, dtype)
     method = cls(cfg, ref=ref, seed=seed)
     method.setup(model)
@@ -402,9 +420,10 @@ def unlearn(spec: RunSpec) -> dict[str, Any]:
             mixed_precision=mixed_precision(dtype),
             log_every=cfg.log_every,
             find_unused_parameters=_DDP_UNUSED,
+            checkpoint_every=cfg.checkpoint_every,
             save_checkpoints=not _is_fsdp(),
         ),
-        run_dir=out,
+        run_dir=None,  # set to run.path inside run.writing(): nothing is written before
         seed=seed,
         collate_fn=collate_fn,
         stage=None,
@@ -416,17 +435,9 @@ def unlearn(spec: RunSpec) -> dict[str, Any]:
         # folder, before any step) on its own device and runs it on its share of the batch.
         method.ref = ref.to(trainer.accelerator.device)
     _check_fsdp(trainer, cfg.scale, run.resumed)
-    _start(trainer, run, vanilla_model=str(model_dir.resolve()))
-    result = _fit_or_clean(trainer, "unlearn", out, existed, run.resumed)
-    metrics = {
-        "command": "unlearn",
-        "method": method_name,
-        "steps": result.steps,
-        "train_seconds": result.train_seconds,
-        "n_forget": len(forget),
-        "dtype": dtype,
-    }
-    _guarded_finish(
-        trainer, run, model, processor, metrics, cfg.scale, save_dtype, model_dir, existed
-    )
-    return metrics
+    metrics = {"command": "unlearn", "method": method_name, "n_forget": len(forget), "dtype": dtype}
+    vanilla = str(model_dir.resolve())
+    return _fit_and_finish(
+        trainer, run, model, processor, metrics, cfg.scale, save_dtype, model_dir,
+        vanilla_model=vanilla,
+    )  # fmt: skip

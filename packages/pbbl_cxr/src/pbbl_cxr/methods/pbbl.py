@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from medcommon.errors import InputError
-from pbbl_cxr.config import resolve_select_metric
+from pbbl_cxr.config import RunConfig, resolve_select_metric
 from pbbl_cxr.data import XrayDataset
 from pbbl_cxr.distributed import is_main_process
 from pbbl_cxr.evaluate import predict_probs
@@ -50,6 +50,7 @@ from pbbl_cxr.pseudo import (
     prior_check,
     pseudo_bias_labels,
 )
+from pbbl_cxr.train import finite_probs
 
 
 @dataclass
@@ -85,7 +86,9 @@ def _round_scores(
             select=False,
             stage=f"bias-r{r}",
         )
-        probs = predict_probs(res.model, train, device=ctx.device)
+        probs = finite_probs(
+            predict_probs(res.model, train, device=ctx.device), f"the train set in stage bias-r{r}"
+        )
         vprobs = predict_probs(res.model, valid, device=ctx.device) if valid else None
         return probs, vprobs, res.seconds_per_step
     probs = torch.zeros(len(train), ctx.cfg.model.num_classes)
@@ -104,8 +107,9 @@ def _round_scores(
             select=False,
             stage=f"bias-r{r}-f{f}",
         )
-        probs[out_idx] = predict_probs(
-            res.model, _subset(train, out_idx, target), device=ctx.device
+        probs[out_idx] = finite_probs(
+            predict_probs(res.model, _subset(train, out_idx, target), device=ctx.device),
+            f"its held-out fold in stage bias-r{r}-f{f}",
         )
         if vprobs is not None:
             vprobs += predict_probs(res.model, valid, device=ctx.device) / k
@@ -113,19 +117,29 @@ def _round_scores(
     return probs, vprobs, sps
 
 
+def check_cross_fit(cfg: RunConfig, labels: torch.Tensor, seed: int) -> torch.Tensor | None:
+    """The cross-fitting folds of the train labels (``None`` for in-sample pseudo labels).
+
+    Raises :class:`InputError` when ``batch_size`` exceeds the images a fold model trains
+    on; ``train`` calls this before it writes anything, so the run folder is not created.
+    """
+    if cfg.pseudo_labels != "cross-fit":
+        return None
+    folds = fold_ids(labels, cfg.folds, seed)
+    n_fit = len(labels) - int(torch.bincount(folds).max())
+    if cfg.batch_size > n_fit:
+        raise InputError(
+            "--set batch_size",
+            f"{cfg.batch_size} exceeds the {n_fit} images a cross-fitting fold model "
+            "trains on; lower batch_size or folds, or set pseudo_labels=in-sample",
+        )
+    return folds
+
+
 def pseudo_label_rounds(ctx: RunContext) -> Stage1:
     """Stage 1: ``rounds`` GCE rounds (in-sample or cross-fitted); see the module doc."""
     train = ctx.train_set
-    cross = ctx.cfg.pseudo_labels == "cross-fit"
-    folds = fold_ids(train.labels, ctx.cfg.folds, ctx.seed) if cross else None
-    if folds is not None:
-        n_fit = len(train) - int(torch.bincount(folds).max())
-        if ctx.cfg.batch_size > n_fit:
-            raise InputError(
-                "--set batch_size",
-                f"{ctx.cfg.batch_size} exceeds the {n_fit} images a cross-fitting fold model "
-                "trains on; lower batch_size or folds, or set pseudo_labels=in-sample",
-            )
+    folds = check_cross_fit(ctx.cfg, train.labels, ctx.seed)
     out = Stage1(train.labels.clone())  # round 1 fits the targets
     for r in range(1, ctx.cfg.rounds + 1):
         probs, vprobs, out.seconds_per_step = _round_scores(ctx, out.b_hat, r, folds)
@@ -146,18 +160,24 @@ def stage2_prior(ctx: RunContext, b_hat: torch.Tensor) -> tuple[torch.Tensor, di
     c = ctx.cfg.model.num_classes
     labels = ctx.train_set.labels
     prior = bias_prior(b_hat, labels, c, c)
-    check = prior_check(b_hat, labels, c, ctx.cfg.degenerate_agreement)
+    check = prior_check(b_hat, labels, c, ctx.cfg.degenerate_min_share)
     check["response"] = "none"
     if check["degenerate"]:
         if ctx.cfg.degenerate_response == "marginal":
             prior = marginal_prior(labels, c, c)
             check["response"] = "marginal"
         if is_main_process():
+            constant = any(sum(row) == 0 for row in check["counts"])
             print(
-                f"warning: pbbl: degenerate prior p(y | b_hat): b_hat agrees with y on "
-                f"{check['agreement']:.3f} of the train set (threshold "
-                f"{ctx.cfg.degenerate_agreement}), empty (b_hat, y) cells "
-                f"{check['empty_cells']}; stage 1 learned the label, not a bias; "
+                f"warning: pbbl: degenerate prior p(y | b_hat): (b_hat, y) cells "
+                f"{check['near_empty_cells']} of counts {check['counts']} are empty or hold "
+                f"less than {ctx.cfg.degenerate_min_share} of their b_hat row "
+                "(degenerate_min_share); "
+                + (
+                    "b_hat takes one value only, stage 1 found no bias; "
+                    if constant
+                    else "stage 1 learned the label, not a bias; "
+                )
                 + (
                     "using the label marginal as the prior (ERM-like stage 2)"
                     if check["response"] == "marginal"

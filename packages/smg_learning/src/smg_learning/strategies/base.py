@@ -110,6 +110,21 @@ def share_rows(n: int, ctx: Any) -> slice:
     return slice(rank * per, (rank + 1) * per)
 
 
+@dataclass
+class StageRecords:
+    """One stage's recorded values (``records[stage]``: name -> values) as a Trainer
+    ``state`` object: saved in each checkpoint of the stage and restored on resume."""
+
+    records: dict[int, dict[str, list[float]]]
+    stage: int
+
+    def state_dict(self) -> dict[str, list[float]]:
+        return {n: list(v) for n, v in self.records.get(self.stage, {}).items()}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        self.records[self.stage] = {str(n): [float(x) for x in v] for n, v in state.items()}
+
+
 class Strategy:
     """Sequential fine-tuning: each stage trains on its site with Dice + CE, no protection."""
 
@@ -183,10 +198,16 @@ class Strategy:
         stage = self.records.setdefault(self.stage, {})
         stage.setdefault(name, []).append(float(value))
 
+    def stage_records(self, t: int) -> StageRecords:
+        """Stage ``t``'s records as a Trainer ``state`` object: checkpointed with the stage,
+        so a resumed run's :meth:`stage_means` are an uninterrupted run's."""
+        return StageRecords(self.records, t)
+
     def stage_means(self) -> dict[str, list[float | None]]:
         """Name -> the mean of each stage's recorded values (None: nothing recorded).
 
-        A stage restored from its checkpoint on resume ran no step and records nothing.
+        A stage restored from its checkpoint on resume gets its records back from the
+        checkpoint (:meth:`stage_records`).
         """
         names = sorted({n for rec in self.records.values() for n in rec})
         stages = range(max(self.records, default=-1) + 1)

@@ -12,15 +12,62 @@ counts. Two processes then take the single-process step at the same global batch
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
+from medcommon.errors import Diverged
 from smg_learning.distributed import mean_over_processes, synced_loss, unwrap
 from smg_learning.pga import adam_second_moment, pga_objective, shift_domain, split_domains
 from smg_learning.strategies.base import STRATEGIES, step_generator
 from smg_learning.strategies.replay_real import RealReplay
+
+#: the losses of a PGA step at a virtual point θ' = θ - α d(g), and those at θ
+VIRTUAL_LOSSES, THETA_LOSSES = ("l_mem", "l_gen"), ("l_cur", "l_mtr")
+
+
+def check_virtual_step(out: dict[str, Any], ctx: Any, inner_lr: float, stage: str) -> None:
+    """Raise :class:`~medcommon.errors.Diverged` (on every process) when a loss at PGA's
+    virtual point is not finite or exceeds the Trainer's ``max_loss_growth`` times the
+    step's losses at θ (at least 1).
+
+    The Trainer bounds the step's loss by its *first* value; a virtual step that is too
+    long (``pga.inner_lr``) blows the virtual losses up from the first step on, so its
+    bound never fires while the meta-gradients are garbage. Near θ the virtual losses
+    are the losses at θ to first order, so a factor of ``max_loss_growth`` (1e4 by
+    default; None: the non-finite check only) separates a blow-up from any sane step.
+    """
+    growth = getattr(getattr(ctx, "config", None), "max_loss_growth", None)
+    base = max([1.0, *(abs(float(out[k])) for k in THETA_LOSSES if k in out)])
+    worst = None
+    for name in VIRTUAL_LOSSES:
+        if name not in out:
+            continue
+        value = float(out[name])
+        if not math.isfinite(value) or (growth is not None and abs(value) > growth * base):
+            worst = (name, value)
+            break
+    bad = worst is not None
+    world = ctx.accelerator.num_processes
+    if world > 1:  # every process raises, so none waits in a collective
+        flag = torch.tensor([float(bad)], device=ctx.accelerator.device)
+        bad = bool(ctx.accelerator.reduce(flag, reduction="sum").item() > 0)
+    if not bad:
+        return
+    where = f"at step {ctx.step + 1} in stage {stage}"
+    if worst is None:
+        what = f"another process's PGA virtual step blew up {where}"
+    else:
+        name, value = worst
+        what = f"PGA's virtual step (pga.inner_lr={inner_lr:g}) gave {name} = {value:.4g} {where}"
+        if math.isfinite(value):
+            what += f", more than {growth:g} x the loss at θ ({base:.4g})"
+    raise Diverged(
+        what,
+        "lower pga.inner_lr (--set pga.inner_lr=...) or use --set pga.virtual_step=normalized",
+    )
 
 
 class PGAStep:
@@ -29,7 +76,8 @@ class PGAStep:
     With ``pga.measure`` each step logs ``align_share`` (the alignment part's norm over
     the update's, :func:`smg_learning.pga.pga_gradient`), also kept per stage
     (:meth:`Strategy.record`) for ``metrics.json``. ``pga.virtual_step="adam"`` reads
-    the second moment of the stage's optimiser (:attr:`Strategy.optimizer`).
+    the second moment of the stage's optimiser (:attr:`Strategy.optimizer`). A virtual
+    step that blows the losses up is a divergence (:func:`check_virtual_step`).
     """
 
     uses_pga = True
@@ -68,6 +116,7 @@ class PGAStep:
             if world == 1
             else functools.partial(mean_over_processes, differentiable=exact),
         )
+        check_virtual_step(out, ctx, cfg.pga.inner_lr, f"site-{self.run.data.sites[self.stage]}")
         if "align_share" in out:
             self.record("align_share", out["align_share"])
         if world > 1:

@@ -28,6 +28,7 @@ class UnlearnConfig:
     batch_size: int = 4
     max_grad_norm: float | None = 1.0
     log_every: int = 5
+    checkpoint_every: int = 100  # steps between checkpoints for --resume (0: only at the end)
     # "answer": losses count answer tokens; "full": every non-padding token (MLLMU-Bench's
     # baselines, whose labels are the whole input with the padding masked).
     loss_tokens: Literal["answer", "full"] = "answer"
