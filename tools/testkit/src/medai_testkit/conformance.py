@@ -200,6 +200,25 @@ def _report_case(package: str, case: str, code: int, err: str, untouched: bool) 
         fh.write(json.dumps(row) + "\n")
 
 
+_TIMING = ("seconds", "per_second", "elapsed", "time", "peak", "resumed")
+
+
+def _measured(metrics: Any, prefix: str = "") -> dict[str, Any]:
+    """Every value of a ``metrics.json`` (nested keys dotted) except timings and resume
+    bookkeeping, which differ between a resumed and a straight run by nature."""
+    out: dict[str, Any] = {}
+    if isinstance(metrics, dict):
+        for k, v in metrics.items():
+            if not any(t in str(k) for t in _TIMING):
+                out.update(_measured(v, f"{prefix}{k}."))
+    elif isinstance(metrics, list):
+        for i, v in enumerate(metrics):
+            out.update(_measured(v, f"{prefix}{i}."))
+    else:
+        out[prefix[:-1]] = metrics
+    return out
+
+
 def _snapshot(folder: Path) -> dict[str, bytes] | None:
     """Every file under ``folder`` (relative path -> bytes), or None if it does not exist."""
     if not folder.exists():
@@ -236,7 +255,8 @@ class CLIContract:
       (package, method, seed, config round-trips through ``config_class``), with
       ``model/`` and ``metrics.json``;
     - a run trained for ``short_steps`` and resumed to ``long_steps`` ends with
-      the same weights as one trained for ``long_steps`` straight (``resume_methods``);
+      the same weights and the same ``metrics.json`` (timings aside) as one trained for
+      ``long_steps`` straight (``resume_methods``);
     - ``--resume`` of a missing run and ``--overwrite`` of a finished one;
     - :meth:`standard_bad_cases` and ``bad_input_cases`` (package-specific) each exit 2
       with one line naming the culprit, leave their ``--out`` as it was, and the command
@@ -471,3 +491,10 @@ class CLIContract:
         code, _, err = self.run(self.train_argv(contract_data, b, method, self.long_steps), capsys)
         assert code == 0, err[-3000:]
         assert_same_safetensors(a / self.weights_file, b / self.weights_file, rtol=0, atol=0)
+        resumed, straight = (
+            _measured(json.loads((d / "metrics.json").read_text())) for d in (a, b)
+        )
+        assert resumed == straight, "metrics.json differs between a resumed and a straight run: " + (
+            ", ".join(sorted(k for k in resumed.keys() | straight.keys()
+                             if resumed.get(k) != straight.get(k)))[:500]
+        )  # fmt: skip
