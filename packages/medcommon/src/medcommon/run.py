@@ -415,17 +415,17 @@ def open_run(
 
     if spec.resume and spec.overwrite:
         raise InputError("--overwrite", "continues nothing: pass --resume or --overwrite, not both")
-    saved = _resumed_run(spec) if spec.resume else None
     existed = spec.out.exists()
+    if not spec.resume and not spec.overwrite:
+        require_fresh_out(
+            spec.out,
+            hint="pass --resume to continue it, --overwrite to replace it once the new "
+            "run has finished, or choose another --out",
+        )
+    elif spec.overwrite and existed and not spec.out.is_dir():
+        raise InputError(spec.out, "exists and is not a folder")
+    saved = _resumed_run(spec) if spec.resume else None
     if saved is None:
-        if not spec.overwrite:
-            require_fresh_out(
-                spec.out,
-                hint="pass --resume to continue it, --overwrite to replace it once the new "
-                "run has finished, or choose another --out",
-            )
-        elif spec.out.exists() and not spec.out.is_dir():
-            raise InputError(spec.out, "exists and is not a folder")
         spec = spec.replace(seed=0 if spec.seed is None else spec.seed)
     else:
         info = saved.info
