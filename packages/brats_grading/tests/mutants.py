@@ -20,6 +20,7 @@ TESTS = [
     "tests/test_methods.py",
     "tests/test_losses.py",
     "tests/test_model.py",
+    "tests/test_controls.py",
     "tests/test_cli.py::TestMethodSteps",
     "tests/test_cli.py::test_guided_step_keeps_the_teacher_fixed_and_uses_guidance",
 ]
@@ -312,6 +313,87 @@ MUTANTS += [
         "model.py",
         "self.align.weight.copy_(torch.eye(channels))",
         "self.align.weight.mul_(1.0)",
+    ),
+    # issue 21: the teacher controls, the generator's shared pattern, linear CKA
+    (
+        "control: mode not passed",
+        "methods/cmg.py",
+        "g.teacher, g.temperature,",
+        '"case", g.temperature,',
+    ),
+    ("control: temperature 1", "methods/cmg.py", "g.teacher, g.temperature,", "g.teacher, 1.0,"),
+    (
+        "control: labels of the batch reversed",
+        "methods/cmg.py",
+        'teacher["features"][primary], y,',
+        'teacher["features"][primary], y.flip(0),',
+    ),
+    (
+        "control: controlled logits unused",
+        "methods/cmg.py",
+        "            t_logits,\n",
+        '            teacher["branch_logits"][primary],\n',
+    ),
+    (
+        "control: controlled features unused",
+        "methods/cmg.py",
+        "            t_features,\n",
+        '            teacher["features"][primary],\n',
+    ),
+    (
+        "shuffle: identity permutation",
+        "losses.py",
+        "partner = torch.roll(order, 1)",
+        "partner = order",
+    ),
+    (
+        "shuffle: logits and features apart",
+        "losses.py",
+        "out_features[order] = features[partner]",
+        "out_features[order] = features[order]",
+    ),
+    (
+        "shuffle: across grades",
+        "losses.py",
+        "idx = torch.nonzero(y == c).flatten()",
+        "idx = torch.arange(y.numel(), device=y.device)",
+    ),
+    (
+        "class-mean: untempered",
+        "losses.py",
+        "p = F.softmax(logits[idx] / temperature, dim=1).mean(dim=0)",
+        "p = F.softmax(logits[idx], dim=1).mean(dim=0)",
+    ),
+    (
+        "class-mean: logits not tempered back",
+        "losses.py",
+        "out_logits[idx] = temperature * p.clamp_min(1e-12).log()",
+        "out_logits[idx] = p.clamp_min(1e-12).log()",
+    ),
+    (
+        "class-mean: features kept",
+        "losses.py",
+        "out_features[idx] = features[idx].mean(dim=0)",
+        "out_features[idx] = features[idx]",
+    ),
+    (
+        "share: flair rim not shown",
+        "synth.py",
+        "flair[rim] += cues.flair_share * enh_amp",
+        "flair[rim] += 0.0 * enh_amp",
+    ),
+    (
+        "share: on the core instead of the rim",
+        "synth.py",
+        "flair[rim] += cues.flair_share * enh_amp",
+        "flair[core] += cues.flair_share * enh_amp",
+    ),
+    ("cka: not centred", "evaluate.py", "    x = x - x.mean(axis=0)\n", "    x = x\n"),
+    (
+        "cka: unsquared cross term",
+        "evaluate.py",
+        "cross = np.linalg.norm(y.T @ x) ** 2",
+        "cross = np.linalg.norm(y.T @ x)",
     ),
 ]
 

@@ -62,3 +62,19 @@ def test_report_without_provenance_says_so(tmp_path):
     del res["provenance"]
     write_results(tmp_path, res)
     assert "no provenance recorded" in combine_reports([tmp_path])
+
+
+def test_load_beside_imports_the_file_next_to_a_script_once(tmp_path):
+    import sys
+
+    from medcommon.provenance import load_beside
+
+    (tmp_path / "protocol.py").write_text("SEEDS = (0, 1)\nLOADS = []\nLOADS.append(1)\n")
+    script = tmp_path / "run.py"
+    name = f"_medcommon_test_protocol_{tmp_path.name}"
+    try:
+        first = load_beside(script, "protocol.py", name)
+        again = load_beside(str(script), "protocol.py", name)
+        assert first is again and first.SEEDS == (0, 1) and first.LOADS == [1]
+    finally:
+        sys.modules.pop(name, None)

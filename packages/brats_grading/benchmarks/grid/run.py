@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import importlib.util
 import json
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -52,11 +50,11 @@ from medcommon.cli import add_methods_arg, run_main
 from medcommon.errors import InputError
 from medcommon.fs import atomic_path, read_json
 from medcommon.metrics.bootstrap import bootstrap_aucs, percentile_ci
+from medcommon.provenance import load_beside
 from medcommon.report import make_results, write_results
 from medcommon.report.plots import plot_heatmap, plot_intervals
 from medcommon.train import fix_threads
 
-HERE = Path(__file__).resolve().parent
 PROTOCOL = "packages/brats_grading/benchmarks/grid/protocol.py"
 PREDICTIONS = "predictions.json.gz"
 PER_CASE = ("labels", "cases", "oof")
@@ -65,18 +63,7 @@ THREADS = 1
 """CPU threads per process (``--threads``): the committed grid ran one thread per worker."""
 
 
-def _load_protocol():
-    """``protocol.py`` beside this script, as the module ``brats_grid_protocol``."""
-    name = "brats_grid_protocol"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, HERE / "protocol.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-P = _load_protocol()
+P = load_beside(__file__, "protocol.py", "brats_grid_protocol")
 
 
 def scale(preset: str) -> dict[str, Any]:

@@ -112,6 +112,14 @@ class GuidanceConfig:
     L2-normalised pooled features; ``freeze_primary`` keeps the stage-1 primary fixed.
     ``mid_weight`` scales the same alignment on the pooled output of the second-to-last
     MC3 layer (intermediate-feature guidance, issue #11; 0 = off, the paper's setting).
+    ``teacher`` (issue #21's controls; ``case`` is the paper's): what the secondaries
+    are guided towards. ``shuffled``: the teacher's logits and features of another
+    case of the same grade in the batch (each case's partner drawn anew every step),
+    so the guidance keeps its spread and its class information but loses which case
+    it describes; ``class-mean``: the mean of the teacher's tempered distributions and
+    of its features over the batch's cases of the same grade, i.e. label smoothing at
+    the teacher's own average strength (and alignment to a class centroid), with no
+    case-level information (:func:`brats_grading.losses.control_teacher`).
     """
 
     temperature: float = 4.0
@@ -120,8 +128,18 @@ class GuidanceConfig:
     ce_weight: float = 1.0
     freeze_primary: bool = True
     mid_weight: float = 0.0
+    teacher: Literal["case", "shuffled", "class-mean"] = "case"
 
     def __post_init__(self) -> None:
+        if self.teacher not in ("case", "shuffled", "class-mean"):
+            raise InputError(
+                "guidance.teacher",
+                f"unknown teacher {self.teacher!r}; use case, shuffled or class-mean",
+            )
+        if self.teacher != "case" and self.mid_weight > 0:
+            raise InputError(
+                "guidance.teacher", "the controls apply to the paper's terms: set mid_weight=0"
+            )
         if not self.temperature > 0:
             raise InputError("guidance.temperature", f"must be > 0, got {self.temperature}")
         for name in ("kd_weight", "feature_weight", "ce_weight", "mid_weight"):

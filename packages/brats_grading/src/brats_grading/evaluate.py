@@ -70,6 +70,26 @@ def predict_with_branches(
     return np.concatenate(fused), {n: np.concatenate(p) for n, p in branches.items()}
 
 
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear CKA of two representations of the same ``n`` cases, ``(n, p)`` and ``(n, q)``.
+
+    ``||Y_c^T X_c||_F^2 / (||X_c^T X_c||_F ||Y_c^T Y_c||_F)`` with column-centred
+    ``X_c``, ``Y_c`` (Kornblith et al. 2019, eq. 5): 1 for representations equal up to
+    a rotation and an isotropic scale, near 0 for unrelated ones. Issue #21 logs it
+    between a secondary branch's and the primary's pooled features, the similarity
+    feature alignment optimises.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0] or x.shape[0] < 2:
+        raise ValueError(f"need (n, p) and (n, q) with the same n >= 2, got {x.shape}, {y.shape}")
+    x = x - x.mean(axis=0)
+    y = y - y.mean(axis=0)
+    cross = np.linalg.norm(y.T @ x) ** 2
+    norm = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
+    return float(cross / norm) if norm > 0 else float("nan")
+
+
 def grading_metrics(y: Sequence[int], p_hgg: Sequence[float]) -> dict[str, float]:
     """accuracy, auc, sensitivity (HGG recall), specificity (LGG recall), f1 at ``THRESHOLD``,
     and the Brier score (mean squared error of P(HGG); lower is better).

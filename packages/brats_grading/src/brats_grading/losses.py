@@ -49,6 +49,45 @@ def feature_alignment(student: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
     return (s - p).square().sum(dim=1).mean()
 
 
+def control_teacher(
+    logits: torch.Tensor,
+    features: torch.Tensor,
+    y: torch.Tensor,
+    mode: str,
+    temperature: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's ``(B, K)`` logits and ``(B, C)`` features as a control sees them.
+
+    ``case``: unchanged (the paper). ``shuffled``: case i gets the outputs of another
+    case of its own class in the batch, a random cyclic derangement within each class
+    (a class with one case in the batch keeps its own). ``class-mean``: every case gets
+    its class's mean tempered distribution ``mean_i softmax(z_i / T)`` (returned as
+    logits ``T log p``, so ``softmax(. / T)`` gives it back) and its class's mean
+    feature: label smoothing at the teacher's strength, no case information.
+    """
+    if mode == "case":
+        return logits, features
+    logits, features = logits.detach(), features.detach()
+    out_logits, out_features = logits.clone(), features.clone()
+    for c in torch.unique(y):
+        idx = torch.nonzero(y == c).flatten()
+        if mode == "shuffled":
+            if idx.numel() < 2:
+                continue
+            order = idx[torch.randperm(idx.numel(), generator=generator).to(idx.device)]
+            partner = torch.roll(order, 1)  # order[k] takes order[k-1]: nobody keeps its own
+            out_logits[order] = logits[partner]
+            out_features[order] = features[partner]
+        elif mode == "class-mean":
+            p = F.softmax(logits[idx] / temperature, dim=1).mean(dim=0)
+            out_logits[idx] = temperature * p.clamp_min(1e-12).log()
+            out_features[idx] = features[idx].mean(dim=0)
+        else:
+            raise ValueError(f"unknown teacher control {mode!r}")
+    return out_logits, out_features
+
+
 def guidance_loss(
     primary_logits: torch.Tensor,
     primary_features: torch.Tensor,

@@ -79,6 +79,14 @@ class GradeCues:
     correlation of the two ``e``. ``t2_shift`` adds grade evidence to T2's lesion
     extent; ``nuisance_noise`` is the Rician noise of T1 and T2; ``radius`` the
     range of the core radius (fraction of the half field of view).
+
+    ``flair_share`` (issue #21's positive control; 0, the default, leaves every image
+    as before): FLAIR shows the T1ce rim enhancement too, on the same rim voxels, at
+    this fraction of its T1ce amplitude. The one latent pattern (``z1``) is then
+    strong in T1ce and faint in FLAIR, beside FLAIR's own oedema cue (``z2``): the
+    premise of cross-modality guidance, that what the primary learns easily is in the
+    secondary's image, weaker. It draws no random number, so every other voxel of a
+    case is the same at every share.
     """
 
     t1ce_low: float = 0.3
@@ -91,12 +99,15 @@ class GradeCues:
     t2_shift: float = 0.2
     nuisance_noise: float = 0.15
     radius: tuple[float, float] = (0.19, 0.24)
+    flair_share: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.correlation < 1.0:
             raise InputError("cues.correlation", f"must be in [0, 1), got {self.correlation}")
         if self.t2_shift < 0 or self.nuisance_noise < 0:
             raise InputError("cues", "t2_shift and nuisance_noise must be >= 0")
+        if not 0.0 <= self.flair_share <= 1.0:
+            raise InputError("cues.flair_share", f"must be in [0, 1], got {self.flair_share}")
         if not 0 < self.radius[0] <= self.radius[1]:
             raise InputError("cues.radius", f"need 0 < low <= high, got {self.radius}")
 
@@ -162,6 +173,7 @@ def make_case(
     flair = tissue(0.5, 0.6)
     flair[edema] = 1.0
     flair[core | rim] = 0.85
+    flair[rim] += cues.flair_share * enh_amp  # the T1ce pattern, faint (0 by default)
     out["flair"] = flair
     noise = {"t1": cues.nuisance_noise, "t1ce": 0.05, "t2": cues.nuisance_noise, "flair": 0.05}
     for name in MODALITIES:

@@ -14,11 +14,14 @@ wheel outside any checkout, the git fields are None. ``MEDAI_GIT_COMMIT`` (and
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import platform
 import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 
@@ -124,3 +127,18 @@ __all__ = [
     "provenance",
     "source_root",
 ]
+
+
+def load_beside(script: str | Path, filename: str, name: str) -> ModuleType:
+    """The Python file ``filename`` next to ``script`` (a benchmark's ``protocol.py``
+    beside its ``run.py``), imported once as the module ``name``.
+
+    Benchmark folders are not packages; their protocol is a file whose git history is
+    the evidence that it came before the results, so it is loaded by path.
+    """
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(script).parent / filename)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]

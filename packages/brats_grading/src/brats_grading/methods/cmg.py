@@ -26,6 +26,10 @@ from brats_grading.methods.base import Stage, StepFn, branch_params, ce_step, re
 from brats_grading.model import GradingNet
 from medcommon.config import replace_nested
 
+_SHUFFLE_SEED = 21
+"""Seeds the within-class partners of ``guidance.teacher=shuffled`` (with the step), a
+generator of its own so the control draws nothing from the RNG that dropout uses."""
+
 
 def guided_step(cfg: RunConfig, net: GradingNet, weight: torch.Tensor | None) -> StepFn:
     """Stage 2 of CMG: the primary branch guides the secondaries (see :mod:`.losses`)."""
@@ -44,9 +48,19 @@ def guided_step(cfg: RunConfig, net: GradingNet, weight: torch.Tensor | None) ->
         else:
             teacher = model(x, branches=[primary])
         student = model(x, branches=secondary)
+        # The controls of issue #21 (guidance.teacher); "case" passes the teacher through.
+        generator = None
+        if g.teacher == "shuffled":
+            generator = torch.Generator().manual_seed(
+                _SHUFFLE_SEED + 1009 * ctx.step + ctx.micro_step
+            )
+        t_logits, t_features = losses.control_teacher(
+            teacher["branch_logits"][primary], teacher["features"][primary], y,
+            g.teacher, g.temperature, generator,
+        )  # fmt: skip
         out = losses.guidance_loss(
-            teacher["branch_logits"][primary],
-            teacher["features"][primary],
+            t_logits,
+            t_features,
             student["branch_logits"],
             student["align_features"],  # the features, or their projection (align_head)
             y,
