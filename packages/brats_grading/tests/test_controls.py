@@ -137,6 +137,8 @@ def _reference_stage2(cfg, net, batch, weight, targets) -> torch.Tensor:
 
 def test_stage_two_with_the_class_mean_teacher_is_the_objective_written_out():
     cfg, net, stages, batch, weight = _setup("cmg", "guidance.teacher=class-mean")
+    with torch.no_grad():  # a confident teacher, so the temperature matters
+        net.branches["t1ce"].fc.weight.mul_(200.0)
 
     def class_mean(p, f):
         out_p, out_f = p.clone(), f.clone()
