@@ -110,7 +110,7 @@ def _texts(data) -> list[str]:
 def checkpoints(tiny_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("llava-hf")
     texts = _texts(tiny_data)
-    return {d: build_llava_hf(root / d, d, texts) for d in ("float16", "bfloat16")}
+    return {d: build_llava_hf(root / d, d, texts) for d in ("float16", "bfloat16", "float32")}
 
 
 def _weights(folder):
@@ -177,6 +177,99 @@ def test_npo_lora_on_llava_hf_checkpoint(dtype, compute, checkpoints, tiny_data,
     cfg = json.loads((out / "config.json").read_text())["config"]
     assert cfg["scale"]["lora"] is True and cfg["epochs"] == 1.0 and cfg["batch_size"] == 4
     assert json.loads((out / "config.json").read_text())["run"]["preset"] == "full"
+
+
+LORA_TARGETS_14 = 14  # q/k/v/o/gate/up/down of both decoder layers
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+@pytest.mark.parametrize("compute", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_frozen_weights_are_bit_identical_for_every_dtype_pair(dtype, compute, checkpoints,
+                                                               tiny_data, tmp_path):  # fmt: skip
+    """Issue 24: a LoRA run changes exactly the merged targets, whatever the checkpoint's
+    dtype and the compute dtype; every other tensor keeps the checkpoint's bytes (before
+    the fix, float16 run in bfloat16 changed 19 frozen tensors by up to 1.95e-3).
+    float16 compute needs CUDA: ``test_gpu.py`` runs that column."""
+    ckpt = checkpoints[dtype]
+    out = tmp_path / "npo"
+    assert _unlearn(ckpt, tiny_data, out, "--lora", "--dtype", compute) == 0
+    before, after = _weights(ckpt), _weights(out / "model")
+    assert {k: v.dtype for k, v in after.items()} == {k: v.dtype for k, v in before.items()}
+    changed = _changed(before, after)
+    targets = {k for k in before if "language_model" in k and k.endswith("proj.weight")}
+    assert len(targets) == LORA_TARGETS_14 and changed == targets, sorted(changed ^ targets)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_frozen_weights_are_bit_identical_under_float16_compute(dtype, checkpoints, tiny_data,
+                                                                tmp_path):  # fmt: skip
+    """The float16 column of the grid (float16 autocast needs CUDA)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    out = tmp_path / "npo"
+    args = ["unlearn", "--model", str(checkpoints[dtype]), "--data", str(tiny_data), "--out",
+            str(out), "--method", "npo", "--device", "cuda", "--quiet", "--set", "lr=1e-3",
+            "--lora", "--dtype", "float16"]  # fmt: skip
+    assert main(args) == 0
+    before, after = _weights(checkpoints[dtype]), _weights(out / "model")
+    targets = {k for k in before if "language_model" in k and k.endswith("proj.weight")}
+    assert _changed(before, after) == targets
+
+
+def test_finetune_from_a_checkpoint_keeps_frozen_weights_too(checkpoints, tiny_data, tmp_path):
+    ckpt = checkpoints["float16"]
+    out = tmp_path / "ft"
+    args = ["finetune", "--model", str(ckpt), "--data", str(tiny_data), "--out", str(out),
+            "--device", "cpu", "--quiet", "--lora", "--dtype", "bfloat16", "--set", "lr=1e-3"]  # fmt: skip
+    assert main(args) == 0
+    before, after = _weights(ckpt), _weights(out / "model")
+    changed = _changed(before, after)
+    assert changed and all("language_model" in k and k.endswith("proj.weight") for k in changed)
+
+
+def test_restore_untouched_against_the_round_trip(tmp_path):
+    """Unit check of the rule, float16 compute included (no CUDA needed): a tensor equal
+    to its source after source -> compute -> saved dtype is restored with the source's
+    bytes and dtype; a changed one is kept; a sharded folder is read through its index."""
+    from safetensors.torch import load_file, save_file
+
+    from unlearn_bench.model import restore_untouched
+
+    g = torch.Generator().manual_seed(0)
+    src = {
+        "frozen16": torch.randn(8, 8, generator=g).half(),
+        "frozen32": torch.randn(8, generator=g),  # a float32 norm in a float16 checkpoint
+        "trained": torch.randn(4, 4, generator=g).half(),
+        "ids": torch.arange(5),
+    }
+    for compute in (torch.bfloat16, torch.float16, torch.float32):
+        source, saved = tmp_path / f"src-{compute}", tmp_path / f"out-{compute}"
+        source.mkdir()
+        saved.mkdir()
+        save_file(src, str(source / "model.safetensors"))
+        out = {k: v.to(compute).to(torch.float16) if v.is_floating_point() else v
+               for k, v in src.items()}  # fmt: skip
+        out["trained"] = (src["trained"].float() + 0.1).half()
+        # sharded output: two files and an index
+        save_file({k: out[k] for k in ("frozen16", "ids")}, str(saved / "a.safetensors"),
+                  metadata={"format": "pt"})  # fmt: skip
+        save_file({k: out[k] for k in ("frozen32", "trained")}, str(saved / "b.safetensors"),
+                  metadata={"format": "pt"})  # fmt: skip
+        index = {"metadata": {}, "weight_map": {"frozen16": "a.safetensors", "ids": "a.safetensors",
+                 "frozen32": "b.safetensors", "trained": "b.safetensors"}}  # fmt: skip
+        (saved / "model.safetensors.index.json").write_text(json.dumps(index))
+        restored = restore_untouched(saved, source, compute)
+        got = load_file(str(saved / "a.safetensors")) | load_file(str(saved / "b.safetensors"))
+        for name in ("frozen16", "frozen32", "ids"):
+            assert got[name].dtype == src[name].dtype and torch.equal(got[name], src[name])
+        assert torch.equal(got["trained"], out["trained"])
+        lossy = {"frozen16"} if compute == torch.bfloat16 else set()
+        assert set(restored) == lossy | {"frozen32"}  # frozen32 was saved as float16
 
 
 def test_adapter_only_merges_to_the_same_model(checkpoints, tiny_data, tmp_path):

@@ -259,16 +259,89 @@ def load_llava(path: str | Path, device: str = "cpu", dtype: Any = None):
     return model.to(device), processor
 
 
-def save_llava(model, processor, directory: str | Path, state_dict: Any = None) -> Path:
+def save_llava(
+    model,
+    processor,
+    directory: str | Path,
+    state_dict: Any = None,
+    source: str | Path | None = None,
+    compute_dtype: Any = None,
+) -> Path:
     """``save_pretrained`` of the model and its processor into one folder, atomically.
 
-    ``state_dict`` replaces the model's own (a gathered FSDP state dict).
+    ``state_dict`` replaces the model's own (a gathered FSDP state dict). With
+    ``source`` (the checkpoint folder the run loaded, in ``compute_dtype``), every
+    tensor training did not change is written back with the checkpoint's own bytes
+    (:func:`restore_untouched`), so frozen weights stay bit-identical whatever the
+    pair of checkpoint and compute dtypes.
     """
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
         model.save_pretrained(tmp, state_dict=state_dict)
         processor.save_pretrained(tmp)
+        if source is not None and compute_dtype is not None:
+            restore_untouched(tmp, source, compute_dtype)
     return directory
+
+
+def _tensor_files(folder: Path) -> dict[str, Path]:
+    """``{tensor name: safetensors file}`` of a Hugging Face folder, sharded or not."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        return {name: folder / file for name, file in weight_map.items()}
+    from safetensors import safe_open
+
+    out: dict[str, Path] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        if file.name.startswith("adapter_"):
+            continue
+        with safe_open(str(file), framework="pt") as f:
+            out.update(dict.fromkeys(f.keys(), file))
+    return out
+
+
+def restore_untouched(saved: str | Path, source: str | Path, compute_dtype: Any) -> list[str]:
+    """Write back, bit for bit, the tensors of ``saved`` that training left alone.
+
+    A run loads the checkpoint ``source`` in ``compute_dtype`` and saves in the
+    checkpoint's dtype, so a frozen tensor comes back as ``w.to(compute).to(saved)``:
+    for a float16 checkpoint run in bfloat16 that rounding changes it (up to ~2e-3).
+    A saved tensor equal to that round trip of its source tensor was not changed by
+    training (at the save precision), and is replaced by the source tensor itself,
+    its dtype included; a tensor training changed differs from it and is kept.
+    Returns the names restored. Rewrites only the shards that hold one.
+    """
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    saved, source = Path(saved), Path(source)
+    origin = _tensor_files(source)
+    restored: list[str] = []
+    by_file: dict[Path, list[str]] = {}
+    for name, file in _tensor_files(saved).items():
+        by_file.setdefault(file, []).append(name)
+    for file, names in by_file.items():
+        tensors = load_file(str(file))
+        with safe_open(str(file), framework="pt") as f:
+            metadata = f.metadata()
+        hits = []
+        for name in names:
+            if name not in origin:
+                continue
+            with safe_open(str(origin[name]), framework="pt") as f:
+                orig = f.get_tensor(name)
+            out = tensors[name]
+            if orig.shape != out.shape or (orig.dtype == out.dtype and torch.equal(orig, out)):
+                continue
+            if torch.equal(orig.to(compute_dtype).to(out.dtype), out):
+                tensors[name] = orig
+                hits.append(name)
+        if hits:
+            save_file(tensors, str(file), metadata=metadata)
+            restored += hits
+    return sorted(restored)
 
 
 def save_adapter(model, processor, base: str | Path, directory: str | Path) -> Path:

@@ -173,15 +173,16 @@ def _finish(
     # medcommon-candidate: a Trainer hook (e.g. ``save_fn(model, dir)``) so the loop can write
     # a Hugging Face folder itself; model_config=None + this function is the workaround.
     if _is_fsdp(trainer):
-        _finish_fsdp(trainer, run, model, processor, metrics, save_dtype)
+        _finish_fsdp(trainer, run, model, processor, metrics, save_dtype, base)
         return
     check_finite(model, metrics["steps"])
     if trainer.accelerator.is_main_process:
         final = finish_trainable(model, scale, save_dtype)
         if scale.lora and scale.save_adapter_only:
             save_adapter(final, processor, base, run.path / "model")
-        else:
-            save_llava(final, processor, run.path / "model")
+        else:  # frozen tensors written back with the checkpoint's own bytes
+            save_llava(final, processor, run.path / "model", source=base,
+                       compute_dtype=torch_dtype(metrics["dtype"]))  # fmt: skip
         run.finish(metrics)
     trainer.accelerator.wait_for_everyone()
 
@@ -195,7 +196,7 @@ def _is_fsdp(trainer: Trainer | None = None) -> bool:
     return trainer.accelerator.distributed_type == DistributedType.FSDP
 
 
-def _finish_fsdp(trainer, run, model, processor, metrics, save_dtype) -> None:
+def _finish_fsdp(trainer, run, model, processor, metrics, save_dtype, base=None) -> None:
     """Under ``accelerate launch`` with FSDP: gather the full state dict, rank 0 writes it.
 
     Non-finite weights raise :class:`medcommon.errors.Diverged` on every process (rank 0
@@ -217,7 +218,8 @@ def _finish_fsdp(trainer, run, model, processor, metrics, save_dtype) -> None:
         raise Diverged(f"{what} is not finite after step {metrics['steps']}")
     if trainer.accelerator.is_main_process:
         model.config.use_cache = True
-        save_llava(model, processor, run.path / "model", state_dict=state)
+        save_llava(model, processor, run.path / "model", state_dict=state, source=base,
+                   compute_dtype=torch_dtype(metrics["dtype"]))  # fmt: skip
         run.finish(metrics)
     trainer.accelerator.wait_for_everyone()
 
