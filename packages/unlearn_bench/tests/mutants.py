@@ -19,7 +19,10 @@ from medai_testkit.mutation import Mutant, listed, regex_mutants
 
 TESTS = {
     "losses": ["test_losses.py", "test_methods.py", "test_data.py"],
-    "methods": ["test_methods.py", "test_losses.py", "test_recipe.py"],
+    "methods": ["test_methods.py", "test_losses.py", "test_recipe.py", "test_reference_once.py"],
+    "model": ["test_real_checkpoints.py"],
+    "scale": ["test_real_checkpoints.py"],
+    "train": ["test_reference_once.py"],
     "evaluate": ["test_metrics.py", "test_ues.py"],
     "data": ["test_data.py", "test_methods.py"],
     "privacy": ["test_metrics.py"],
@@ -87,6 +90,26 @@ NAMED = [
         "model, ref = float(auc_model), float(auc_retrain)",
     ),
     ("evaluate.py", 'res["loss"] = -res["nll"]', 'res["loss"] = res["nll"]'),
+    # issue 24: frozen weights restored, LoRA as MLLMU-Bench, NPO's reference computed once
+    ("model.py", "if torch.equal(orig.to(compute_dtype).to(out.dtype), out):", "if True:"),
+    ("model.py", "                tensors[name] = orig\n", "                pass\n"),
+    ("model.py", "restore_untouched(tmp, source, compute_dtype)", "None"),
+    ("scale.py", 'names.discard("lm_head")', "pass"),
+    ("scale.py", '"vision_model", "vision_tower")', '"vision_model")'),
+    (
+        "scale.py",
+        'init_lora_weights="gaussian" if scale.lora_init == "gaussian" else True',
+        "init_lora_weights=True",
+    ),
+    (
+        "scale.py",
+        "target_modules=lora_targets(model, scale.lora_targets)",
+        "target_modules=LANGUAGE_TARGETS",
+    ),
+    ("methods/npo.py", 'lp_ref = f["ref_logprob"].to(lp)', "lp_ref = lp.detach()"),
+    ("methods/npo.py", 'return self.cfg.reference_logprobs == "model"', "return True"),
+    ("train.py", 'item["ref_logprob"] = value', 'item["ref_logprob"] = 0.0'),
+    ("data.py", 'if "ref_logprob" in items[0]:', "if False:"),
     (
         "evaluate.py",
         "mia_auc(f_scores[attack], g_scores[attack][same])",

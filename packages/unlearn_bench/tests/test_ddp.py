@@ -92,3 +92,24 @@ def test_unlearn_two_processes_equal_one(method, vanilla, tiny_data, tmp_path):
         assert_same_safetensors(
             vanilla / "model" / "model.safetensors", one / "model" / "model.safetensors", **TOL
         )
+
+
+def test_a_nan_on_one_process_ends_every_process_with_exit_2(vanilla, tiny_data, tmp_path):
+    """Issue #24: the loss is NaN on process 1 only; both processes stop at the same step
+    with exit 2 and one error line (process 0 names the other process), and the run
+    folder is left empty, with no process waiting forever for a collective."""
+    from pathlib import Path
+
+    out = tmp_path / "nan"
+    worker = str(Path(__file__).with_name("nan_rank_worker.py"))
+    args = _cli("unlearn", "--model", str(vanilla), "--data", str(tiny_data), "--out", str(out),
+                "--method", "npo", *UNLEARN)  # fmt: skip
+    proc = run_torchrun([worker, *args], nproc=2, timeout=300)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    errors = [ln for ln in text.splitlines() if "error: training: diverged" in ln]
+    assert len(errors) == 2, text[-3000:]
+    assert any("loss is nan at step 2" in ln for ln in errors)
+    assert any("another process's loss" in ln for ln in errors)
+    assert "exitcode  : 2" in text or "exit code 2" in text or "exitcode: 2" in text, text[-3000:]
+    assert not out.exists() or not any(out.iterdir())

@@ -166,11 +166,9 @@ def test_npo_lora_on_llava_hf_checkpoint(dtype, compute, checkpoints, tiny_data,
     assert {str(v.dtype) for v in after.values()} == {f"torch.{dtype}"}  # the input's dtype
     assert all(torch.isfinite(v.float()).all() for v in after.values())
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    lora_targets = {
-        k for k in before if "language_model" in k and k.endswith("proj.weight")
-    }  # q/k/v/o/gate/up/down of both layers
-    assert len(lora_targets) == 14 and changed == lora_targets
-    assert not any(part in k for k in changed for part in FROZEN)
+    targets = _targets(before, "mllmu")  # the default, MLLMU-Bench's
+    assert len(targets) == 17 and changed == targets
+    assert not any(part in k for k in changed for part in FROZEN if part != "vision_tower")
     model, _ = load_llava(out)
     assert sum(p.numel() for p in model.parameters()) == sum(v.numel() for v in before.values())
     # With no --preset, a real checkpoint gets the paper's settings (MLLMU-Bench: 1 epoch).
@@ -179,7 +177,19 @@ def test_npo_lora_on_llava_hf_checkpoint(dtype, compute, checkpoints, tiny_data,
     assert json.loads((out / "config.json").read_text())["run"]["preset"] == "full"
 
 
-LORA_TARGETS_14 = 14  # q/k/v/o/gate/up/down of both decoder layers
+def _targets(weights: dict, which: str) -> set[str]:
+    """The weights a LoRA run changes: the decoder's q/k/v/o/gate/up/down of both layers
+    (14), and with ``mllmu`` also the q/k/v of CLIP layer 0 (3 more). Layer 1 has
+    adapters too, but with ``vision_feature_layer = -2`` its output feeds nothing: no
+    gradient, no change after the merge."""
+    lm = {k for k in weights if "language_model" in k and k.endswith("proj.weight")}
+    assert len(lm) == 14
+    if which == "language":
+        return lm
+    qkv = ("q_proj.weight", "k_proj.weight", "v_proj.weight")
+    vision = {k for k in weights if "vision_tower" in k and ".layers.0." in k and k.endswith(qkv)}
+    assert len(vision) == 3
+    return lm | vision
 
 
 def _changed(before: dict, after: dict) -> set[str]:
@@ -200,8 +210,8 @@ def test_frozen_weights_are_bit_identical_for_every_dtype_pair(dtype, compute, c
     before, after = _weights(ckpt), _weights(out / "model")
     assert {k: v.dtype for k, v in after.items()} == {k: v.dtype for k, v in before.items()}
     changed = _changed(before, after)
-    targets = {k for k in before if "language_model" in k and k.endswith("proj.weight")}
-    assert len(targets) == LORA_TARGETS_14 and changed == targets, sorted(changed ^ targets)
+    targets = _targets(before, "mllmu")
+    assert changed == targets, sorted(changed ^ targets)
 
 
 @pytest.mark.gpu
@@ -217,8 +227,7 @@ def test_frozen_weights_are_bit_identical_under_float16_compute(dtype, checkpoin
             "--lora", "--dtype", "float16"]  # fmt: skip
     assert main(args) == 0
     before, after = _weights(checkpoints[dtype]), _weights(out / "model")
-    targets = {k for k in before if "language_model" in k and k.endswith("proj.weight")}
-    assert _changed(before, after) == targets
+    assert _changed(before, after) == _targets(before, "mllmu")
 
 
 def test_finetune_from_a_checkpoint_keeps_frozen_weights_too(checkpoints, tiny_data, tmp_path):
@@ -228,8 +237,58 @@ def test_finetune_from_a_checkpoint_keeps_frozen_weights_too(checkpoints, tiny_d
             "--device", "cpu", "--quiet", "--lora", "--dtype", "bfloat16", "--set", "lr=1e-3"]  # fmt: skip
     assert main(args) == 0
     before, after = _weights(ckpt), _weights(out / "model")
-    changed = _changed(before, after)
-    assert changed and all("language_model" in k and k.endswith("proj.weight") for k in changed)
+    assert _changed(before, after) == _targets(before, "mllmu")
+
+
+@pytest.mark.parametrize("which", ["mllmu", "language"])
+def test_lora_targets_are_mllmu_benchs_or_the_language_models(which, checkpoints, tiny_data,
+                                                             tmp_path):  # fmt: skip
+    """``mllmu`` (default): MLLMU-Bench's bare names matched by suffix, so CLIP's q/k/v
+    get adapters too; ``language``: the decoder only. Checked on the modules peft wraps
+    and on the weights a run changes."""
+    from unlearn_bench.config import ScaleConfig
+    from unlearn_bench.model import load_llava
+    from unlearn_bench.scale import apply_lora
+
+    ckpt = checkpoints["float32"]
+    model, _ = load_llava(ckpt)
+    wrapped = apply_lora(model, ScaleConfig(lora=True, lora_targets=which))
+    adapted = {
+        n.removesuffix(".lora_A") for n, _ in wrapped.named_modules() if n.endswith("lora_A")
+    }
+    vision = {n for n in adapted if "vision" in n}
+    assert len(adapted) == (20 if which == "mllmu" else 14)
+    assert {n.split(".")[-1] for n in vision} == (
+        {"q_proj", "k_proj", "v_proj"} if which == "mllmu" else set()
+    )
+    assert not any("projector" in n or "lm_head" in n for n in adapted)
+    out = tmp_path / which
+    assert _unlearn(ckpt, tiny_data, out, "--lora", "--set", f"scale.lora_targets={which}") == 0
+    before = _weights(ckpt)
+    assert _changed(before, _weights(out / "model")) == _targets(before, which)
+
+
+def test_lora_init_is_gaussian_as_mllmu_bench_or_peft_default():
+    from peft import LoraConfig
+
+    from unlearn_bench.config import ScaleConfig
+    from unlearn_bench.scale import apply_lora
+
+    net = torch.nn.Sequential()
+    net.add_module("q_proj", torch.nn.Linear(64, 64))
+    stds = {}
+    for init in ("gaussian", "kaiming"):
+        torch.manual_seed(0)
+        wrapped = apply_lora(net, ScaleConfig(lora=True, lora_init=init, lora_targets="mllmu"))
+        a = wrapped.base_model.model.q_proj.lora_A["default"].weight
+        b = wrapped.base_model.model.q_proj.lora_B["default"].weight
+        assert torch.count_nonzero(b) == 0  # both start as the unchanged model
+        stds[init] = (float(a.detach().std()), float(a.detach().abs().max()))
+        wrapped.unload()
+    assert stds["gaussian"][0] == pytest.approx(1 / 16, rel=0.15)  # peft's gaussian: N(0, 1/r)
+    assert stds["gaussian"][1] > 0.15  # a normal's tail over 1,024 draws (3.3 sd ~ 0.2)
+    assert stds["kaiming"][1] <= 1 / 8 + 1e-6  # uniform within 1/sqrt(fan_in = 64)
+    assert LoraConfig(init_lora_weights="gaussian").init_lora_weights == "gaussian"
 
 
 def test_restore_untouched_against_the_round_trip(tmp_path):
@@ -318,8 +377,10 @@ def test_trainable_weights_are_float32_masters(checkpoints):
     )
     frozen = [p.dtype for p in peft_model.parameters() if not p.requires_grad]
     assert set(frozen) == {torch.bfloat16}
-    # r=16 on 7 projections x 2 layers: A (16 x in) + B (out x 16)
-    assert sum(p.numel() for p in trainable.values()) == 2 * 16 * (4 * (64 + 64) + 3 * (64 + 128))
+    # r=16 on 7 decoder projections x 2 layers: A (16 x in) + B (out x 16); with the
+    # default mllmu targets also CLIP's q/k/v (32 wide) x 2 layers
+    decoder = 2 * 16 * (4 * (64 + 64) + 3 * (64 + 128))
+    assert sum(p.numel() for p in trainable.values()) == decoder + 2 * 16 * 3 * (32 + 32)
 
 
 def _max_diff(a, b) -> float:
@@ -375,6 +436,7 @@ def test_preset_follows_the_model(tiny_run, tiny_data, checkpoints, tmp_path):
 
 def test_llava15_7b_counts_behind_the_memory_table():
     """The README's memory table rests on P and T; both against a hand count."""
+    from unlearn_bench.config import ScaleConfig
     from unlearn_bench.scale import apply_lora, llava15_7b, memory_rows
 
     h, ff, vocab, layers = 4096, 11008, 32064, 32
@@ -386,7 +448,7 @@ def test_llava15_7b_counts_behind_the_memory_table():
     model = llava15_7b()
     n_params = sum(p.numel() for p in model.parameters())
     assert n_params == llama + clip + projector == 7_063_427_072
-    lora = apply_lora(model, 16, 16, 0.05)
+    lora = apply_lora(model, ScaleConfig(lora=True, lora_targets="language"))
     n_lora = sum(p.numel() for p in lora.parameters() if p.requires_grad)
     assert n_lora == layers * 16 * (4 * (h + h) + 2 * (h + ff) + (ff + h)) == 39_976_960
     full, full_ref, lora_row, lora_ref = memory_rows(n_params, n_lora)

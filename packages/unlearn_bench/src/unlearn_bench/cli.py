@@ -120,6 +120,11 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
         help="vanilla run for UES (default: from the run's config)",
     )
     p.add_argument("--reference", type=Path, default=None, help="retrained (gold) run for PrivLeak")
+    p.add_argument(
+        "--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+        help="the model's dtype while evaluating (--set dtype; default auto: bfloat16 on a GPU "
+        "that has it, else float32)",
+    )  # fmt: skip
     _preset_arg(p, "for a model descended from a real checkpoint")
     add_config_args(p)
 
@@ -229,7 +234,8 @@ def cmd_evaluate(args) -> int:
     from unlearn_bench.train import is_tiny_lineage
 
     preset = choose_preset(args.preset, real_model=not is_tiny_lineage(args.run))
-    cfg = resolve_eval(preset, args.config, args.overrides)
+    dtype = [f"dtype={args.dtype}"] if args.dtype else []  # a --set dtype=... given too wins
+    cfg = resolve_eval(preset, args.config, [*dtype, *args.overrides])
     res = evaluate_run(
         args.run, dataset_folder(args.data), cfg, split=args.split, vanilla=args.vanilla, reference=args.reference,
         device=args.device, quiet=args.quiet,

@@ -63,10 +63,17 @@ class ScaleConfig:
     :class:`~unlearn_bench.methods.UnlearnConfig` (``--set scale.lora=true``)."""
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # bf16 autocast on GPU
-    lora: bool = False  # MLLMU-Bench: r=16, alpha=16, dropout 0.05 on the LM's linear layers
+    lora: bool = False  # MLLMU-Bench's recipe: r=16, alpha=16, dropout 0.05, targets below
     lora_r: int = 16
     lora_alpha: int = 16
     lora_dropout: float = 0.05
+    # "mllmu": MLLMU-Bench's find_all_linear_names, bare layer names that peft matches by
+    # suffix anywhere (the LM's q/k/v/o/gate/up/down and the vision tower's q/k/v);
+    # "language": the language model's linear layers only (before issue #24).
+    lora_targets: Literal["mllmu", "language"] = "mllmu"
+    # "gaussian": MLLMU-Bench's init_lora_weights (A ~ N(0, 1/r), B = 0); "kaiming": peft's
+    # default (A Kaiming-uniform, B = 0). Both start as the unchanged model.
+    lora_init: Literal["gaussian", "kaiming"] = "gaussian"
     save_adapter_only: bool = False  # RUN/model = the peft adapter, not the merged Llava
     grad_accum_steps: int = 1  # micro-batches per optimizer step (batch_size is the global batch)
     gradient_checkpointing: bool = False
@@ -99,6 +106,9 @@ class EvalConfig:
     batch_size: int = 16
     mink_fraction: float = 0.4  # Min-K% Prob: mean of the lowest 40% token log-probs (MUSE)
     max_items: int = 0  # per subset; 0 = all (a deterministic subsample otherwise)
+    # The model's dtype during evaluation (issue #24): "auto" = bfloat16 on a GPU that has
+    # it (a 7B model in float32 would need 28 GB), float32 on the CPU.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
 @dataclass(frozen=True)

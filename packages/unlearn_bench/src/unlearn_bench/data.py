@@ -202,7 +202,8 @@ class Encoder:
 
 
 def collate(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor | None]:
-    """Right-padded batch: ``input_ids``/``labels``/``attention_mask`` (B, T), pixels (N_img, C, H, W)."""
+    """Right-padded batch: ``input_ids``/``labels``/``attention_mask`` (B, T), pixels (N_img, C, H, W),
+    and ``ref_logprob`` (B,) where the items carry one."""
     n = max(len(x["input_ids"]) for x in items)
     ids = torch.full((len(items), n), pad_id, dtype=torch.long)
     labels = torch.full((len(items), n), -100, dtype=torch.long)
@@ -213,12 +214,15 @@ def collate(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Ten
         labels[i, :t] = x["labels"]
         mask[i, :t] = 1
     pix = [x["pixel_values"] for x in items if x["pixel_values"] is not None]
-    return {
+    out = {
         "input_ids": ids,
         "labels": labels,
         "attention_mask": mask,
         "pixel_values": torch.cat(pix) if pix else None,
     }
+    if "ref_logprob" in items[0]:  # NPO's reference, computed once (methods/npo.py)
+        out["ref_logprob"] = torch.tensor([x["ref_logprob"] for x in items], dtype=torch.float64)
+    return out
 
 
 class EncodedSet(torch.utils.data.Dataset):

@@ -58,6 +58,7 @@ from unlearn_bench.config import EvalConfig
 from unlearn_bench.data import Encoder, check_dataset, collate
 from unlearn_bench.losses import token_logprobs
 from unlearn_bench.model import check_llava_dir, load_llava
+from unlearn_bench.scale import resolve_dtype, torch_dtype
 from unlearn_bench.synth import SPLITS
 from unlearn_bench.ues import ues as ues_score
 from unlearn_bench.ues import ues_vanilla
@@ -423,7 +424,7 @@ def _metrics_of(path: Path, data_dir: Path, data, cfg: EvalConfig, device: str, 
     cached = _cached_eval(path, eval_key(cfg, data_dir, "all", path), "all")
     if cached is not None:
         return cached
-    model, processor = load_llava(path, device=device)
+    model, processor = load_llava(path, device=device, dtype=torch_dtype(cfg.dtype))
     return evaluate_model(model, processor, data_dir, data, cfg, quiet)
 
 
@@ -465,11 +466,14 @@ def evaluate_run(
     vanilla_dir = check_llava_dir(vanilla) if vanilla is not None else None
     reference_dir = check_llava_dir(reference) if reference is not None else None
     device = resolve_device(device)
+    # The compute dtype, resolved, so the cache key and the result say what ran.
+    cfg = dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype, device))
 
-    model, processor = load_llava(model_dir, device=device)
+    model, processor = load_llava(model_dir, device=device, dtype=torch_dtype(cfg.dtype))
     result = evaluate_model(model, processor, data_dir, data, cfg, quiet)
     key = eval_key(cfg, data_dir, split, model_dir)
-    result = {"data": str(data_dir.resolve()), "split": split, "eval_key": key, **result}
+    result = {"data": str(data_dir.resolve()), "split": split, "eval_key": key,
+              "dtype": cfg.dtype, **result}  # fmt: skip
     if split == "all":
         van = ref = None
         if vanilla_dir is not None:

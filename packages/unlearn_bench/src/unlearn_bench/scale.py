@@ -11,9 +11,12 @@ the finetune and unlearn configs; ``--dtype --lora --adapter-only --grad-accum
   LoRA base, the reference model) in that dtype. ``auto`` is ``bfloat16`` on a GPU that
   supports it and ``float32`` otherwise. The saved model gets the checkpoint's own dtype
   back (llava-hf ships float16), so a run's output has the layout of its input.
-- **LoRA** (``peft``), MLLMU-Bench's recipe: r=16, alpha=16, dropout 0.05 on every
-  linear layer of the language model except ``lm_head``; the vision tower and the
-  projector are frozen. The run's ``model/`` is the merged Llava, or with
+- **LoRA** (``peft``), MLLMU-Bench's recipe: r=16, alpha=16, dropout 0.05, Gaussian
+  init, on the layers ``scale.lora_targets`` names (:func:`lora_targets`): ``mllmu`` (the
+  default) as MLLMU-Bench's ``find_all_linear_names``, whose bare names peft matches by
+  suffix, so the vision tower's q/k/v projections get adapters too; ``language`` the
+  language model's linear layers only. The projector, ``lm_head`` and the embeddings
+  stay frozen either way. The run's ``model/`` is the merged Llava, or with
   ``scale.save_adapter_only`` a peft adapter folder that :func:`unlearn_bench.model.load_llava`
   merges onto its base when read.
 """
@@ -29,9 +32,38 @@ from medcommon.errors import Diverged, InputError
 from unlearn_bench.config import ScaleConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-# The language model's linear layers (Llama attention + MLP): MLLMU-Bench's
-# find_all_linear_names minus the vision tower, the projector and lm_head.
-LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# The language model's linear layers (Llama attention + MLP), as a regex peft matches in full.
+LANGUAGE_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# Where find_all_linear_names does not look. MLLMU-Bench skips names holding
+# "multi_modal_projector" or "vision_model", which in the transformers it ran on (<4.52)
+# covered the whole CLIP tower ("vision_tower.vision_model..."); newer versions name the
+# tower's layers "vision_tower.encoder...", so "vision_tower" is skipped too, to collect the
+# same names: the language model's.
+MLLMU_SKIPPED = ("multi_modal_projector", "vision_model", "vision_tower")
+
+
+def lora_targets(model: torch.nn.Module, which: str) -> str | list[str]:
+    """peft ``target_modules`` for ``scale.lora_targets``.
+
+    ``mllmu`` rebuilds MLLMU-Bench's ``find_all_linear_names`` (baselines/*.py): the last
+    name component of every ``nn.Linear`` outside the projector and the vision tower,
+    minus ``lm_head``. peft matches bare names by suffix over the whole model, so the
+    CLIP tower's ``q_proj``/``k_proj``/``v_proj`` are adapted too (its ``out_proj`` and
+    ``fc1``/``fc2`` are not, having names the language model does not use). With
+    LLaVA-1.5's ``vision_feature_layer = -2`` the last CLIP layer feeds nothing, so its
+    adapters get no gradient and merge to no change, as in MLLMU-Bench.
+    """
+    if which == "language":
+        return LANGUAGE_TARGETS
+    if which != "mllmu":
+        raise InputError("scale.lora_targets", f"unknown {which!r}; use mllmu or language")
+    names = {
+        name.split(".")[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and not any(k in name for k in MLLMU_SKIPPED)
+    }
+    names.discard("lm_head")
+    return sorted(names)
 
 
 def resolve_dtype(name: str, device: str) -> str:
@@ -58,16 +90,21 @@ def torch_dtype(dtype: str) -> torch.dtype:
     return getattr(torch, dtype)
 
 
-def apply_lora(model: torch.nn.Module, r: int, alpha: int, dropout: float):
-    """The Llava wrapped by peft with LoRA adapters on the language model's linear layers."""
+def apply_lora(model: torch.nn.Module, scale: ScaleConfig):
+    """The Llava wrapped by peft with LoRA adapters (``scale.lora_*``, module docstring)."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise InputError("scale.lora", "LoRA needs peft (pip install peft)") from None
-    if r < 1:
-        raise InputError("scale.lora_r", f"must be >= 1, got {r}")
+    if scale.lora_r < 1:
+        raise InputError("scale.lora_r", f"must be >= 1, got {scale.lora_r}")
     cfg = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS, bias="none"
+        r=scale.lora_r,
+        lora_alpha=scale.lora_alpha,
+        lora_dropout=scale.lora_dropout,
+        target_modules=lora_targets(model, scale.lora_targets),
+        init_lora_weights="gaussian" if scale.lora_init == "gaussian" else True,
+        bias="none",
     )
     return get_peft_model(model, cfg)
 
@@ -91,7 +128,7 @@ def prepare_trainable(model: torch.nn.Module, scale: ScaleConfig, dtype: str) ->
     """
     model.to(torch_dtype(dtype))  # frozen parts stay here; trainable ones are upcast below
     if scale.lora:
-        model = apply_lora(model, scale.lora_r, scale.lora_alpha, scale.lora_dropout)
+        model = apply_lora(model, scale)
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()  # fp32 master weights

@@ -36,6 +36,7 @@ import torch
 from medcommon.errors import Diverged, InputError
 from medcommon.run import RunFolder, RunSpec, load_run, open_run
 from medcommon.train import TrainConfig, Trainer, seed_everything
+from medcommon.train.accelerator import resolve_device
 from unlearn_bench import PACKAGE, __version__
 from unlearn_bench.config import (
     FinetuneConfig,
@@ -54,7 +55,7 @@ from unlearn_bench.data import (
     corpus_texts,
     paired_collate,
 )
-from unlearn_bench.losses import nll
+from unlearn_bench.losses import nll, sequence_logprob
 from unlearn_bench.methods import METHODS, Forwards, forward
 from unlearn_bench.mllmu import dataset_folder
 from unlearn_bench.model import (
@@ -128,6 +129,36 @@ def reference_model(model: torch.nn.Module, source: str, dtype: str) -> torch.nn
             f"{folder}: embeddings {tuple(got)} differ from the model's {tuple(want)}",
         )
     return ref.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def attach_reference_logprobs(
+    items: list[dict[str, Any]], ref: torch.nn.Module, pad_id: int, batch_size: int,
+    device: str, dtype: str,
+) -> None:  # fmt: skip
+    """Add ``ref_logprob`` = log p_ref(answer | prompt) to every encoded forget item.
+
+    One pass of the frozen reference (eval mode, the run's compute device and autocast
+    dtype) over right-padded batches: the quantity NPO's reference contributes, which
+    is fixed during training, so the reference need not be held (issue #24). A right-
+    padded item's log-probability is the same in any batch in exact arithmetic; in
+    floating point it can differ from the per-step value in the last bits.
+    """
+    target = resolve_device(device)
+    if target == "cuda" and "LOCAL_RANK" in os.environ:
+        target = f"cuda:{os.environ['LOCAL_RANK']}"  # this process's GPU under torchrun
+    was_training = ref.training
+    ref.eval().to(target)
+    low = dtype != "float32"
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        batch = {k: v.to(target) if torch.is_tensor(v) else v
+                 for k, v in collate(chunk, pad_id).items()}  # fmt: skip
+        with torch.autocast(target.split(":")[0], dtype=torch_dtype(dtype), enabled=low):
+            lp, _ = sequence_logprob(forward(ref, batch).logits, batch["labels"])
+        for item, value in zip(chunk, lp.float().tolist(), strict=True):
+            item["ref_logprob"] = value
+    ref.train(was_training)
 
 
 def reference_dir(source: str | Path) -> Path:
@@ -389,16 +420,22 @@ def unlearn(spec: RunSpec) -> dict[str, Any]:
     seed_everything(seed)
     model, processor = load_llava(model_dir, dtype=torch_dtype(dtype))
     save_dtype = checkpoint_dtype(model_dir)
-    ref = None
-    if cls.needs_reference:  # frozen, in the compute dtype (bf16 halves its memory)
-        ref = reference_model(model, npo_reference, dtype)
-    model = prepare_trainable(model, cfg.scale, dtype)
-    method = cls(cfg, ref=ref, seed=seed)
-    method.setup(model)
+    method = cls(cfg, ref=None, seed=seed)
     enc = Encoder(processor, data_dir)
     lt = cfg.loss_tokens
     forget = [enc.encode(it, method.forget_answer(it), lt) for it in data["forget_train"]]
     pad = processor.tokenizer.pad_token_id
+    ref = None
+    if method.holds_reference():  # frozen, in the compute dtype (bf16 halves its memory)
+        ref = reference_model(model, npo_reference, dtype)
+    elif cls.needs_reference:  # fixed per-sequence quantities, computed once: no copy held
+        source = (
+            model if npo_reference == "vanilla" else reference_model(model, npo_reference, dtype)
+        )
+        attach_reference_logprobs(forget, source, pad, cfg.batch_size, device, dtype)
+        del source
+    model = prepare_trainable(model, cfg.scale, dtype)
+    method.setup(model)
     if cls.uses_retain:
         retain = [enc.encode(it, loss_tokens=lt) for it in data["retain_train"]]
         dataset = PairedSet(forget, retain, seed)
@@ -436,8 +473,11 @@ def unlearn(spec: RunSpec) -> dict[str, Any]:
         # Never inside DDP: every process holds the same frozen copy (loaded from the same
         # folder, before any step) on its own device and runs it on its share of the batch.
         method.ref = ref.to(trainer.accelerator.device)
+    metrics_reference = "model held" if ref is not None else (
+        "log-probabilities computed once" if cls.needs_reference else "none")  # fmt: skip
     _check_fsdp(trainer, cfg.scale, run.resumed)
-    metrics = {"command": "unlearn", "method": method_name, "n_forget": len(forget), "dtype": dtype}
+    metrics = {"command": "unlearn", "method": method_name, "n_forget": len(forget), "dtype": dtype,
+               "reference": metrics_reference}  # fmt: skip
     vanilla = str(model_dir.resolve())
     return _fit_and_finish(
         trainer, run, model, processor, metrics, cfg.scale, save_dtype, model_dir,

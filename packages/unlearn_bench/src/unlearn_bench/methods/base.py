@@ -125,6 +125,12 @@ class Method:
         raise NotImplementedError
 
     @torch.no_grad()
+    def holds_reference(self) -> bool:
+        """Whether the reference model is kept during training (``needs_reference``
+        methods whose reference enters only through fixed per-sequence quantities say
+        False when those were computed once, before training; see :mod:`.npo`)."""
+        return self.needs_reference
+
     def ref_forward(self, batch: dict[str, Any], hidden: bool = False):
         assert self.ref is not None, "this method needs a reference model"
         return forward(self.ref, batch, hidden=hidden)
