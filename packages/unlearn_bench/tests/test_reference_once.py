@@ -104,3 +104,40 @@ def test_once_builds_no_reference_and_matches_a_run_that_holds_it(
     npo_a = [r["npo"] for r in la if "npo" in r]
     npo_b = [r["npo"] for r in lb if "npo" in r]
     assert npo_a and npo_b == pytest.approx(npo_a, rel=1e-4, abs=1e-6)
+
+
+def test_an_oracle_reference_is_loaded_once_and_freed(tiny_run, tiny_data, tmp_path):
+    """MLLMU-Bench's NPO: the reference is another model (here the vanilla folder itself,
+    so the log-ratio starts at 0 as with ``vanilla``). ``once`` loads it for one pass and
+    gives the run of ``model``, which holds it."""
+    oracle = ["--set", f"npo_reference={tiny_run}"]
+    held, once = tmp_path / "held", tmp_path / "once"
+    assert _npo(tiny_run, tiny_data, held, *oracle, "--set", "reference_logprobs=model") == 0
+    assert _npo(tiny_run, tiny_data, once, *oracle) == 0
+    a = load_file(str(held / "model" / "model.safetensors"))
+    b = load_file(str(once / "model" / "model.safetensors"))
+    assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [("kl_min", []), ("npo", ["--set", "reference_logprobs=model"]),
+     ("npo", ["--set", "npo_reference=ORACLE"])],
+)  # fmt: skip
+def test_fsdp_refuses_a_reference_model_that_only_rank_0_would_load(
+    method, extra, tiny_run, tiny_data, tmp_path, monkeypatch, capsys
+):
+    """Under ``accelerate launch`` with FSDP (``ACCELERATE_USE_FSDP``), ranks > 0 load no
+    weights before sharding, so a held reference (KL-min, RMU, NPO's ``model``) or an
+    oracle folder would be empty there: exit 2 before anything is loaded."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    extra = [e.replace("ORACLE", str(tiny_run)) for e in extra]
+    out = tmp_path / "fsdp"
+    argv = ["unlearn", "--model", str(tiny_run), "--data", str(tiny_data), "--out", str(out),
+            "--method", method, "--device", "cpu", "--quiet", *extra]  # fmt: skip
+    from medcommon.cli.runner import run_main
+
+    assert run_main(main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "under FSDP" in err[0] and "reference_logprobs=once" in err[0]
+    assert not out.exists() or not any(out.iterdir())

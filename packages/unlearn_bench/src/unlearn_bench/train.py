@@ -161,6 +161,32 @@ def attach_reference_logprobs(
     ref.train(was_training)
 
 
+@torch.no_grad()
+def attach_policy_logprobs(
+    trainer: Trainer, items: list[dict[str, Any]], pad_id: int, batch_size: int
+) -> None:
+    """``ref_logprob`` of every forget item from the trainer's model before its first step
+    (the vanilla reference, no copy made): eval mode, the trainer's device and autocast.
+
+    Every process runs every item in the same batches, so the collective forward of a
+    sharded model stays in step. LoRA starts as the unchanged model (B = 0) and float32
+    master weights hold the loaded values exactly, so this is the vanilla model's
+    log-probability up to float rounding.
+    """
+    model, acc = trainer.model, trainer.accelerator
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        batch = {k: v.to(acc.device) if torch.is_tensor(v) else v
+                 for k, v in collate(chunk, pad_id).items()}  # fmt: skip
+        with acc.autocast():
+            lp, _ = sequence_logprob(forward(model, batch).logits, batch["labels"])
+        for item, logprob in zip(chunk, lp.float().tolist(), strict=True):
+            item["ref_logprob"] = logprob
+    model.train(was_training)
+
+
 def reference_dir(source: str | Path) -> Path:
     """The Llava folder an ``npo_reference`` names (``RUN`` or ``RUN/model``), checked."""
     path = Path(source)
@@ -414,6 +440,15 @@ def unlearn(spec: RunSpec) -> dict[str, Any]:
     npo_reference = getattr(cfg, "npo_reference", "vanilla")
     if cls.needs_reference and npo_reference != "vanilla":  # checked before any loading
         _outside_out(spec, reference_dir(npo_reference), "npo_reference")
+    holds = cls.needs_reference and getattr(cfg, "reference_logprobs", "model") == "model"
+    if _is_fsdp() and (holds or (cls.needs_reference and npo_reference != "vanilla")):
+        # accelerate's cpu_ram_efficient_loading leaves ranks > 0 without weights until
+        # sharding broadcasts rank 0's, so a model loaded beside the policy has none there.
+        raise InputError(
+            "--method",
+            f"{method_name} under FSDP would hold a reference model that only rank 0 loads; "
+            "use npo with npo_reference=vanilla and reference_logprobs=once, or DDP / one GPU",
+        )
     device = spec.device
     dtype = resolve_dtype(cfg.scale.dtype, device)
     check_scale(cfg.scale, model_dir)
@@ -428,12 +463,10 @@ def unlearn(spec: RunSpec) -> dict[str, Any]:
     ref = None
     if method.holds_reference():  # frozen, in the compute dtype (bf16 halves its memory)
         ref = reference_model(model, npo_reference, dtype)
-    elif cls.needs_reference:  # fixed per-sequence quantities, computed once: no copy held
-        source = (
-            model if npo_reference == "vanilla" else reference_model(model, npo_reference, dtype)
-        )
-        attach_reference_logprobs(forget, source, pad, cfg.batch_size, device, dtype)
-        del source
+    elif cls.needs_reference and npo_reference != "vanilla":  # an oracle: loaded, used, freed
+        oracle = reference_model(model, npo_reference, dtype)
+        attach_reference_logprobs(forget, oracle, pad, cfg.batch_size, device, dtype)
+        del oracle
     model = prepare_trainable(model, cfg.scale, dtype)
     method.setup(model)
     if cls.uses_retain:
@@ -473,6 +506,10 @@ def unlearn(spec: RunSpec) -> dict[str, Any]:
         # Never inside DDP: every process holds the same frozen copy (loaded from the same
         # folder, before any step) on its own device and runs it on its share of the batch.
         method.ref = ref.to(trainer.accelerator.device)
+    elif cls.needs_reference and npo_reference == "vanilla":
+        # The vanilla reference is the policy before its first step: the prepared (DDP- or
+        # FSDP-wrapped) model itself, run once over the forget set on every process.
+        attach_policy_logprobs(trainer, forget, pad, batch_size)
     metrics_reference = "model held" if ref is not None else (
         "log-probabilities computed once" if cls.needs_reference else "none")  # fmt: skip
     _check_fsdp(trainer, cfg.scale, run.resumed)
