@@ -36,6 +36,7 @@ from unlearn_bench.evaluate import (
     evaluate_run,
     mcq_stem,
     mia_metrics,
+    resolved,
     task_metrics,
     task_table,
     token_stats,
@@ -245,12 +246,17 @@ def test_cached_evaluation_is_reused_only_under_the_same_settings(tiny_run, tiny
     few = EvalConfig(max_new_tokens=2, batch_size=8, max_items=4)
     more = dataclasses.replace(few, max_items=6, max_new_tokens=3)
     first = evaluate_run(run, tiny_data, few, device="cpu", quiet=True)
-    assert first["eval_key"] == eval_key(few, tiny_data, "all", run / "model")
+    # the key holds the dtype that ran (auto resolved: float32 on the CPU)
+    assert first["eval_key"] == eval_key(resolved(few, "cpu"), tiny_data, "all", run / "model")
+    assert first["eval_key"] != eval_key(few, tiny_data, "all", run / "model")
     assert first["subsets"]["forget"]["n"] == 4
     data = check_dataset(tiny_data)
     cached = _metrics_of(run / "model", tiny_data, data, few, "cpu", True)
     assert cached["eval_seconds"] == first["eval_seconds"]  # read back, not recomputed
-    assert _cached_eval(run, eval_key(more, tiny_data, "all", run / "model"), "all") is None
+    assert (
+        _cached_eval(run, eval_key(resolved(more, "cpu"), tiny_data, "all", run / "model"), "all")
+        is None
+    )
     fresh = _metrics_of(run / "model", tiny_data, data, more, "cpu", True)
     assert fresh["subsets"]["forget"]["n"] == 6  # recomputed under the new settings
     # a stale file from before the key existed is never reused

@@ -420,7 +420,14 @@ def _cached_eval(path: Path, key: str, split: str) -> dict[str, Any] | None:
     return res if res.get("eval_key") == key else None
 
 
+def resolved(cfg: EvalConfig, device: str) -> EvalConfig:
+    """``cfg`` with its dtype resolved for ``device`` (``auto`` -> what runs), so a cache
+    key and a result say which dtype the numbers came from."""
+    return dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype, device))
+
+
 def _metrics_of(path: Path, data_dir: Path, data, cfg: EvalConfig, device: str, quiet: bool):
+    cfg = resolved(cfg, device)
     cached = _cached_eval(path, eval_key(cfg, data_dir, "all", path), "all")
     if cached is not None:
         return cached
@@ -466,8 +473,7 @@ def evaluate_run(
     vanilla_dir = check_llava_dir(vanilla) if vanilla is not None else None
     reference_dir = check_llava_dir(reference) if reference is not None else None
     device = resolve_device(device)
-    # The compute dtype, resolved, so the cache key and the result say what ran.
-    cfg = dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype, device))
+    cfg = resolved(cfg, device)  # the cache key and the result say which dtype ran
 
     model, processor = load_llava(model_dir, device=device, dtype=torch_dtype(cfg.dtype))
     result = evaluate_model(model, processor, data_dir, data, cfg, quiet)
