@@ -24,7 +24,7 @@ TESTS = {
     "scale": ["test_real_checkpoints.py"],
     "train": ["test_reference_once.py"],
     "evaluate": ["test_metrics.py", "test_ues.py"],
-    "data": ["test_data.py", "test_methods.py"],
+    "data": ["test_data.py", "test_methods.py", "test_reference_once.py"],
     "privacy": ["test_metrics.py"],
 }
 # generic one-token mutations (the first match on a line), as open-unlearning-style

@@ -75,21 +75,22 @@ def _npo(tiny_run, tiny_data, out, *extra):
                  str(out), "--method", "npo", "--device", "cpu", "--quiet", *extra])  # fmt: skip
 
 
+@pytest.mark.parametrize("lora", [[], ["--lora"]], ids=["full", "lora"])
 def test_once_builds_no_reference_and_matches_a_run_that_holds_it(
-    tiny_run, tiny_data, tmp_path, monkeypatch
+    lora, tiny_run, tiny_data, tmp_path, monkeypatch
 ):
     """The same weights up to float rounding (each item's reference log-probability is
     computed in its own batch of the one pass, not in the training step's batch), and the
     same logged losses; ``once`` never builds a reference model."""
     held = tmp_path / "held"
-    assert _npo(tiny_run, tiny_data, held, "--set", "reference_logprobs=model") == 0
+    assert _npo(tiny_run, tiny_data, held, "--set", "reference_logprobs=model", *lora) == 0
 
     def no_copy(*args, **kwargs):
         raise AssertionError("a reference model was built")
 
     monkeypatch.setattr(train_module, "reference_model", no_copy)
     once = tmp_path / "once"
-    assert _npo(tiny_run, tiny_data, once) == 0
+    assert _npo(tiny_run, tiny_data, once, *lora) == 0  # LoRA: dropout 0.05, off in the pass
     a = load_file(str(held / "model" / "model.safetensors"))
     b = load_file(str(once / "model" / "model.safetensors"))
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
