@@ -13,6 +13,7 @@ MIA AUC 0.0035, generation metrics equal.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -26,9 +27,17 @@ def _evaluate(run, data, dtype):
     return json.loads((run / "eval-all.json").read_text())
 
 
-def test_bfloat16_evaluation_agrees_with_float32(tiny_run, tiny_data):
-    full = _evaluate(tiny_run, tiny_data, "float32")
-    half = _evaluate(tiny_run, tiny_data, "bfloat16")
+def _copy(tiny_run, tmp_path):
+    """The session's vanilla run, copied: evaluations write into the run folder."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    return run
+
+
+def test_bfloat16_evaluation_agrees_with_float32(tiny_run, tiny_data, tmp_path):
+    run = _copy(tiny_run, tmp_path)
+    full = _evaluate(run, tiny_data, "float32")
+    half = _evaluate(run, tiny_data, "bfloat16")
     assert (full["dtype"], half["dtype"]) == ("float32", "bfloat16")
     assert full["eval_key"] != half["eval_key"]  # a cached float32 result is not reused
     a, b = flatten(full), flatten(half)
@@ -48,7 +57,18 @@ def test_bfloat16_evaluation_agrees_with_float32(tiny_run, tiny_data):
     assert compared >= 10
 
 
-def test_auto_is_float32_on_the_cpu(tiny_run, tiny_data):
-    assert main(["evaluate", "--run", str(tiny_run), "--data", str(tiny_data), "--device", "cpu",
+def test_auto_is_float32_on_the_cpu(tiny_run, tiny_data, tmp_path):
+    run = _copy(tiny_run, tmp_path)
+    assert main(["evaluate", "--run", str(run), "--data", str(tiny_data), "--device", "cpu",
                  "--quiet", "--split", "forget"]) == 0  # fmt: skip
-    assert json.loads((tiny_run / "eval-forget.json").read_text())["dtype"] == "float32"
+    assert json.loads((run / "eval-forget.json").read_text())["dtype"] == "float32"
+
+
+def test_float16_on_the_cpu_is_one_line_naming_the_field(tiny_run, tiny_data, capsys):
+    from medcommon.cli.runner import run_main
+
+    argv = ["evaluate", "--run", str(tiny_run), "--data", str(tiny_data), "--device", "cpu",
+            "--quiet", "--dtype", "float16"]  # fmt: skip
+    assert run_main(main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: dtype: float16 autocast needs CUDA; use bfloat16 or float32 on the CPU"]

@@ -423,7 +423,7 @@ def _cached_eval(path: Path, key: str, split: str) -> dict[str, Any] | None:
 def resolved(cfg: EvalConfig, device: str) -> EvalConfig:
     """``cfg`` with its dtype resolved for ``device`` (``auto`` -> what runs), so a cache
     key and a result say which dtype the numbers came from."""
-    return dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype, device))
+    return dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype, device, field="dtype"))
 
 
 def _metrics_of(path: Path, data_dir: Path, data, cfg: EvalConfig, device: str, quiet: bool):

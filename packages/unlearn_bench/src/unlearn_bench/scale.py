@@ -66,14 +66,14 @@ def lora_targets(model: torch.nn.Module, which: str) -> str | list[str]:
     return sorted(names)
 
 
-def resolve_dtype(name: str, device: str) -> str:
-    """``auto`` -> ``bfloat16`` on a CUDA device with bf16 support, else ``float32``."""
+def resolve_dtype(name: str, device: str, field: str = "scale.dtype") -> str:
+    """``auto`` -> ``bfloat16`` on a CUDA device with bf16 support, else ``float32``.
+
+    ``field`` names the setting in an error (``dtype`` for evaluation)."""
     if name not in DTYPES:
-        raise InputError("scale.dtype", f"unknown dtype {name!r}; use {', '.join(DTYPES)}")
+        raise InputError(field, f"unknown dtype {name!r}; use {', '.join(DTYPES)}")
     if name == "float16" and not str(device).startswith("cuda"):
-        raise InputError(
-            "scale.dtype", "float16 autocast needs CUDA; use bfloat16 or float32 on the CPU"
-        )
+        raise InputError(field, "float16 autocast needs CUDA; use bfloat16 or float32 on the CPU")
     if name != "auto":
         return name
     if str(device).startswith("cuda") and torch.cuda.is_bf16_supported():
