@@ -434,3 +434,20 @@ def test_fix_threads_refuses_zero():
 
     with pytest.raises(InputError, match="--threads"):
         fix_threads(0)
+
+
+def _threads_and_job(job: int) -> tuple[int, int]:
+    import torch
+
+    return job, torch.get_num_threads()
+
+
+def test_pinned_map_keeps_order_and_pins_every_worker():
+    from medcommon.train import fix_threads, pinned_map
+
+    jobs = list(range(5))
+    spread = pinned_map(_threads_and_job, jobs, workers=2, threads=3)
+    assert spread == [(j, 3) for j in jobs]  # in job order, each worker at 3 threads
+    fix_threads(1)
+    assert pinned_map(_threads_and_job, jobs, workers=1, threads=3) == [(j, 1) for j in jobs]
+    assert pinned_map(_threads_and_job, [], workers=2) == []

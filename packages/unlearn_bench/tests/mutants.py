@@ -109,7 +109,6 @@ NAMED = [
     ("methods/npo.py", 'lp_ref = f["ref_logprob"].to(lp)', "lp_ref = lp.detach()"),
     ("methods/npo.py", 'return self.cfg.reference_logprobs == "model"', "return True"),
     ("train.py", 'item["ref_logprob"] = value', 'item["ref_logprob"] = 0.0'),
-    ("train.py", 'item["ref_logprob"] = logprob', 'item["ref_logprob"] = 0.0'),
     ("train.py", "    model.eval()\n    for start", "    model.train()\n    for start"),
     (
         "train.py",

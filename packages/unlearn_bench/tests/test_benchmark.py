@@ -17,8 +17,9 @@ from medcommon.presets import Presets
 from medcommon.report import CLAIM_KEYS, make_results
 from medcommon.report.claims import headline_count
 from medcommon.report.compare import compare, row_count, summary_lines
+from medcommon.train import pinned_map
 from unlearn_bench import config
-from unlearn_bench.benchmark import default_workers, worker_pool
+from unlearn_bench.benchmark import default_workers
 from unlearn_bench.claims import LEARNED, claims_for, declared_claims
 from unlearn_bench.cli import main
 from unlearn_bench.methods import METHODS, PAPER_ORDER
@@ -255,10 +256,13 @@ def test_benchmark_tiny(tmp_path):
     assert code == 2 and not (out / "runs" / "incorrectness").exists()
 
 
+def _threads(_job) -> int:
+    return torch.get_num_threads()
+
+
 def test_every_worker_runs_pinned_to_the_same_threads():
     # the per-process count is --threads whatever the number of workers (no share of cores)
-    with worker_pool(2, 3) as pool:
-        counts = [pool.submit(torch.get_num_threads).result() for _ in range(4)]
+    counts = pinned_map(_threads, range(4), workers=2, threads=3)
     assert counts == [3] * 4
     assert default_workers(1) >= default_workers(2) >= 1  # only the speed follows the machine
 

@@ -29,14 +29,11 @@ import json
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from brats_grading import __version__
 from brats_grading.config import SynthConfig, synth_preset
@@ -53,7 +50,7 @@ from medcommon.metrics.bootstrap import bootstrap_aucs, percentile_ci
 from medcommon.provenance import load_beside
 from medcommon.report import make_results, write_results
 from medcommon.report.plots import plot_heatmap, plot_intervals
-from medcommon.train import fix_threads
+from medcommon.train import fix_threads, pinned_map
 
 PROTOCOL = "packages/brats_grading/benchmarks/grid/protocol.py"
 PREDICTIONS = "predictions.json.gz"
@@ -178,21 +175,8 @@ def run_grid(
     out = Path(out)
     t0 = time.perf_counter()
     tasks = [(s, methods, kwargs) for s in settings]
-    done: list[dict[str, Any]] = []
-    bar = tqdm(total=len(tasks), desc="grid settings", disable=quiet)
-    if workers > 1:
-        ctx = get_context("spawn")
-        with ProcessPoolExecutor(
-            max_workers=workers, mp_context=ctx, initializer=fix_threads, initargs=(threads,)
-        ) as pool:
-            for res in pool.map(_run_one, tasks):
-                done.append(res)
-                bar.update()
-    else:
-        for task in tasks:
-            done.append(_run_one(task))
-            bar.update()
-    bar.close()
+    done = pinned_map(_run_one, tasks, workers=workers, threads=threads,
+                      desc="grid settings", quiet=quiet)  # fmt: skip
     rows = [row for s in done for row in s.pop("rows")]
     results = make_results(
         "brats-grading", __version__, preset, list(seeds), rows, sources=[PROTOCOL]

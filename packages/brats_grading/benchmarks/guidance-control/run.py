@@ -21,14 +21,11 @@ import json
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from brats_grading import __version__, losses
 from brats_grading.config import SynthConfig
@@ -45,7 +42,7 @@ from medcommon.metrics.bootstrap import bootstrap_aucs, percentile_ci
 from medcommon.provenance import load_beside
 from medcommon.report import claims_table, make_results, write_results
 from medcommon.report.plots import plot_intervals
-from medcommon.train import fix_threads, seed_everything
+from medcommon.train import fix_threads, pinned_map, seed_everything
 
 PROTOCOL = "packages/brats_grading/benchmarks/guidance-control/protocol.py"
 PREDICTIONS = "predictions.json.gz"
@@ -235,20 +232,8 @@ def run_control(
         raise InputError(out, "output folder exists and is not empty")
     t0 = time.perf_counter()
     jobs = [(share, seed, preset, threads) for share in P.SHARES for seed in seeds]
-    done: list[dict[str, Any]] = []
-    bar = tqdm(total=len(jobs), desc="guidance control", disable=quiet)
-    if workers > 1:
-        ctx = get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=fix_threads,
-                                 initargs=(threads,)) as pool:  # fmt: skip
-            for res in pool.map(_run_one, jobs):
-                done.append(res)
-                bar.update()
-    else:
-        for job in jobs:
-            done.append(_run_one(job))
-            bar.update()
-    bar.close()
+    done = pinned_map(_run_one, jobs, workers=workers, threads=threads,
+                      desc="guidance control", quiet=quiet)  # fmt: skip
     rows = [r for t in done for r in t["rows"]]
     rows += interaction_rows(rows, sc["sizes"])
     claims = P.CLAIMS if preset == "small" else ()

@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +45,7 @@ from medcommon.errors import InputError
 from medcommon.provenance import module_source
 from medcommon.report import make_results, plot_bars, plot_differences, write_report, write_results
 from medcommon.synthetic import to_uint
-from medcommon.train import fix_threads
+from medcommon.train import fix_threads, pinned_map
 from pbbl_cxr import __version__
 from pbbl_cxr.claims import PBBL, PBBL_ORACLE_SELECT, declared_claims
 from pbbl_cxr.config import (
@@ -360,19 +358,9 @@ def run_benchmark(
     else:
         chosen = list(settings) if settings is not None else resolve_settings(preset, kinds, ratios)
         jobs = [(s, preset, cfg, methods, seed, device, quiet) for s in chosen for seed in seeds]
-        if workers == 1:
-            for job in tqdm(jobs, desc="benchmark", disable=quiet):
-                rows += _synthetic_job(job)
-        else:
-            with ProcessPoolExecutor(
-                workers,
-                mp_context=get_context("spawn"),
-                initializer=fix_threads,  # a spawned worker starts with torch's default count
-                initargs=(threads,),
-            ) as pool:
-                done = pool.map(_synthetic_job, jobs)
-                for job_rows in tqdm(done, total=len(jobs), desc="benchmark", disable=quiet):
-                    rows += job_rows
+        done = pinned_map(_synthetic_job, jobs, workers=workers, threads=threads,
+                          desc="benchmark", quiet=quiet)  # fmt: skip
+        rows += [row for job_rows in done for row in job_rows]
     extra: dict[str, Any] = dict(time_ratios(rows))
     extra["benchmark_seconds"] = time.perf_counter() - t_start
     shortcut = [s.name for s in chosen if s.shortcut]

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ from medcommon.errors import InputError
 from medcommon.provenance import module_source
 from medcommon.report import make_results, plot_bars, write_report, write_results
 from medcommon.run import require_fresh_out
-from medcommon.train import fix_threads
+from medcommon.train import fix_threads, pinned_map
 from unlearn_bench import PACKAGE, __version__
 from unlearn_bench.claims import claims_for
 from unlearn_bench.config import (
@@ -190,22 +188,8 @@ def default_workers(threads: int) -> int:
 
 
 def _map(jobs: Sequence[_Piece], workers: int, threads: int) -> list[list[dict[str, Any]]]:
-    """Each piece's rows, in the order of ``jobs``; in ``workers`` processes when > 1, each
-    pinned to ``threads`` (the caller, which runs the pieces itself otherwise, already is)."""
-    if workers <= 1 or len(jobs) <= 1:
-        return [_run_piece(j) for j in jobs]
-    with worker_pool(workers, threads) as pool:
-        return list(pool.map(_run_piece, jobs))
-
-
-def worker_pool(workers: int, threads: int) -> ProcessPoolExecutor:
-    """``workers`` spawned processes, each pinned to ``threads`` by :func:`fix_threads`
-    before it runs anything: the same count whatever the number of workers."""
-    # spawn, not fork: a forked child would inherit the parent's torch thread pools.
-    ctx = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=fix_threads, initargs=(threads,)
-    )
+    """Each piece's rows, in the order of ``jobs`` (:func:`medcommon.train.pinned_map`)."""
+    return pinned_map(_run_piece, jobs, workers=workers, threads=threads)
 
 
 def _run_piece(job: _Piece) -> list[dict[str, Any]]:

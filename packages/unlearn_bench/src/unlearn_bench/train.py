@@ -132,6 +132,23 @@ def reference_model(model: torch.nn.Module, source: str, dtype: str) -> torch.nn
 
 
 @torch.no_grad()
+def _attach_logprobs(model, items: list[dict[str, Any]], pad_id: int, batch_size: int,
+                     device: Any, autocast: Any) -> None:  # fmt: skip
+    """``item["ref_logprob"]`` = log p_model(answer | prompt) of every item: eval mode,
+    right-padded batches on ``device`` under the ``autocast()`` context factory."""
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        batch = {k: v.to(device) if torch.is_tensor(v) else v
+                 for k, v in collate(chunk, pad_id).items()}  # fmt: skip
+        with autocast():
+            lp, _ = sequence_logprob(forward(model, batch).logits, batch["labels"])
+        for item, value in zip(chunk, lp.float().tolist(), strict=True):
+            item["ref_logprob"] = value
+    model.train(was_training)
+
+
 def attach_reference_logprobs(
     items: list[dict[str, Any]], ref: torch.nn.Module, pad_id: int, batch_size: int,
     device: str, dtype: str,
@@ -147,21 +164,12 @@ def attach_reference_logprobs(
     target = resolve_device(device)
     if target == "cuda" and "LOCAL_RANK" in os.environ:
         target = f"cuda:{os.environ['LOCAL_RANK']}"  # this process's GPU under torchrun
-    was_training = ref.training
-    ref.eval().to(target)
+    ref.to(target)
     low = dtype != "float32"
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        batch = {k: v.to(target) if torch.is_tensor(v) else v
-                 for k, v in collate(chunk, pad_id).items()}  # fmt: skip
-        with torch.autocast(target.split(":")[0], dtype=torch_dtype(dtype), enabled=low):
-            lp, _ = sequence_logprob(forward(ref, batch).logits, batch["labels"])
-        for item, value in zip(chunk, lp.float().tolist(), strict=True):
-            item["ref_logprob"] = value
-    ref.train(was_training)
+    _attach_logprobs(ref, items, pad_id, batch_size, target, lambda: torch.autocast(
+        target.split(":")[0], dtype=torch_dtype(dtype), enabled=low))  # fmt: skip
 
 
-@torch.no_grad()
 def attach_policy_logprobs(
     trainer: Trainer, items: list[dict[str, Any]], pad_id: int, batch_size: int
 ) -> None:
@@ -173,18 +181,8 @@ def attach_policy_logprobs(
     master weights hold the loaded values exactly, so this is the vanilla model's
     log-probability up to float rounding.
     """
-    model, acc = trainer.model, trainer.accelerator
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        batch = {k: v.to(acc.device) if torch.is_tensor(v) else v
-                 for k, v in collate(chunk, pad_id).items()}  # fmt: skip
-        with acc.autocast():
-            lp, _ = sequence_logprob(forward(model, batch).logits, batch["labels"])
-        for item, logprob in zip(chunk, lp.float().tolist(), strict=True):
-            item["ref_logprob"] = logprob
-    model.train(was_training)
+    acc = trainer.accelerator
+    _attach_logprobs(trainer.model, items, pad_id, batch_size, acc.device, acc.autocast)
 
 
 def reference_dir(source: str | Path) -> Path:

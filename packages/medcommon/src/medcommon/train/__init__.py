@@ -10,6 +10,7 @@ from medcommon.train.config import TrainConfig
 from medcommon.train.loop import FitResult, StepContext, Trainer
 from medcommon.train.sampling import EpochBatchSampler
 from medcommon.train.seeding import fix_threads, seed_everything
+from medcommon.train.workers import pinned_map, pinned_pool
 
 __all__ = [
     "EpochBatchSampler",
@@ -18,5 +19,7 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "fix_threads",
+    "pinned_map",
+    "pinned_pool",
     "seed_everything",
 ]
