@@ -49,3 +49,17 @@ def tiny_run(tmp_path_factory, tiny_data):
     )
     assert code == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_data):
+    """``(model, encoder, splits)``: a fresh tiny Llava (seed 0) in eval mode, one per module."""
+    from medcommon.train import seed_everything
+    from unlearn_bench.config import TinyModelConfig
+    from unlearn_bench.data import Encoder, check_dataset, corpus_texts
+    from unlearn_bench.model import build_tiny
+
+    seed_everything(0)
+    data = check_dataset(tiny_data)
+    model, processor = build_tiny(TinyModelConfig(), corpus_texts(data))
+    return model.eval(), Encoder(processor, tiny_data), data

@@ -20,11 +20,12 @@ from medai_testkit.mutation import Mutant, listed, regex_mutants
 TESTS = {
     "losses": ["test_losses.py", "test_methods.py", "test_data.py"],
     "methods": ["test_methods.py", "test_losses.py", "test_recipe.py", "test_reference_once.py"],
-    "model": ["test_real_checkpoints.py"],
+    "model": ["test_real_checkpoints.py", "test_fsdp.py"],
     "scale": ["test_real_checkpoints.py"],
     "train": ["test_reference_once.py"],
-    "evaluate": ["test_metrics.py", "test_ues.py"],
-    "data": ["test_data.py", "test_methods.py", "test_reference_once.py"],
+    "evaluate": ["test_metrics.py", "test_ues.py", "test_few_shot.py"],
+    "data": ["test_data.py", "test_methods.py", "test_reference_once.py", "test_few_shot.py"],
+    "mllmu": ["test_mllmu.py"],
     "privacy": ["test_metrics.py"],
 }
 # generic one-token mutations (the first match on a line), as open-unlearning-style
@@ -120,6 +121,27 @@ NAMED = [
         "evaluate.py",
         "mia_auc(f_scores[attack], g_scores[attack][same])",
         "mia_auc(g_scores[attack][same], f_scores[attack])",
+    ),
+    # issue 24, item 6: few-shot MCQ as MLLMU-Bench's eval.py, the published folder set
+    ("evaluate.py", "skip |= set(same[: len(shown)])", "pass"),
+    ("evaluate.py", "\\nCorrect Answer: {d['answer']}\\n", "\\nCorrect Answer:\\n"),
+    (
+        "evaluate.py",
+        'images = [*shown_images, it["image"]]',
+        'images = [it["image"], *shown_images]',
+    ),
+    ("evaluate.py", "asked = [a for a, keep in zip(asked, scored) if keep]", "pass"),
+    ("evaluate.py", 'return data["forget"]', "return items"),
+    ("evaluate.py", "rng.integers(len(ids))", "0"),
+    ("data.py", 'tuple(item["images"])', 'tuple(item["images"][-1:])'),
+    ("mllmu.py", 'cols = {"Directory": eid} if directory else {}', "cols = {}"),
+    ("mllmu.py", 'question, answer = first_qa.get(eid, ("", ""))', 'question, answer = "", ""'),
+    # issue 24, item 3: rank 0 alone reads the checkpoint under FSDP
+    ("model.py", "empty = dist.get_rank() != 0", "empty = False"),
+    (
+        "model.py",
+        "init_empty_weights(include_buffers=False)",
+        "init_empty_weights(include_buffers=True)",
     ),
 ]
 

@@ -8,22 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medcommon.train import seed_everything
 from medcommon.train.config import TrainConfig
 from medcommon.train.loop import Trainer
-from unlearn_bench.config import TinyModelConfig
-from unlearn_bench.data import Encoder, PairedSet, check_dataset, collate, corpus_texts
+from unlearn_bench.data import PairedSet, collate
 from unlearn_bench.losses import nll
 from unlearn_bench.methods import forward
-from unlearn_bench.model import build_tiny
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_data):
-    seed_everything(0)
-    data = check_dataset(tiny_data)
-    model, processor = build_tiny(TinyModelConfig(), corpus_texts(data))
-    return model.eval(), Encoder(processor, tiny_data), data
 
 
 def test_labels_are_the_answer_tokens_then_eos(tiny):

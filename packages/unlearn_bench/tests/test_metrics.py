@@ -24,9 +24,8 @@ from medcommon.metrics import (
     rouge_l,
     zlib_score,
 )
-from medcommon.train import seed_everything
-from unlearn_bench.config import EvalConfig, TinyModelConfig
-from unlearn_bench.data import Encoder, check_dataset, corpus_texts
+from unlearn_bench.config import EvalConfig
+from unlearn_bench.data import check_dataset
 from unlearn_bench.evaluate import (
     _cached_eval,
     _metrics_of,
@@ -43,7 +42,6 @@ from unlearn_bench.evaluate import (
     truth_ratio_score,
     truth_ratios,
 )
-from unlearn_bench.model import build_tiny
 
 
 def test_task_metrics_against_rouge_score_and_hand_counts():
@@ -165,14 +163,6 @@ def test_mia_direction_members_with_lower_loss_score_one():
 
 
 # ------------------------------------------------------------------ on the tiny model
-@pytest.fixture(scope="module")
-def tiny(tiny_data):
-    seed_everything(0)
-    data = check_dataset(tiny_data)
-    model, processor = build_tiny(TinyModelConfig(), corpus_texts(data))
-    return model.eval(), Encoder(processor, tiny_data), data
-
-
 def _answer_logprobs(model, enc, item, answer):
     """log p of each answer token (EOS included), one unpadded sequence at a time."""
     x = enc.encode(item, answer)

@@ -67,7 +67,7 @@ def test_round_trip_keeps_items_entities_and_image_bytes(tmp_path, scenario):
     ours = load_folder(tmp_path / "d")
     write_mllmu(ours, tmp_path / "m")
     names = sorted(p.parent.name for p in (tmp_path / "m").rglob("*.parquet"))
-    assert names == ["Retain_Set", "Test_Set", "forget_20", "ft_Data", "retain_80"]
+    assert names == ["Full_Set", "Retain_Set", "Test_Set", "forget_20", "ft_Data", "retain_80"]
     assert is_mllmu(tmp_path / "m") and not is_mllmu(tmp_path / "d")
     back = read_mllmu(tmp_path / "m")
     assert set(back.splits) == set(ours.splits) == set(FILES)
@@ -267,3 +267,100 @@ def test_unlearn_and_evaluate_on_an_mllmu_folder(tmp_path, tiny_data, tiny_run, 
     assert again["subsets"]["forget"]["nll"] == pytest.approx(
         res["subsets"]["forget"]["nll"], rel=1e-6
     )
+
+
+# ------------------------------------- the whole published folder set, as the card lists it
+TASKS = ["Classification_Task", "Generation_Task", "Mask_Task"]
+PROBE = ["biography", "question", "answer", *TASKS]
+# The dataset card's features per config (HF MLLMMU/MLLMU-Bench README, dataset_info), in
+# their order. Test_Set's are not in the card's text we could read: as eval.py reads it.
+CARD = {
+    "ft_Data": ["image", "ID", "metadata"],
+    "forget": ["image", "ID", *PROBE],
+    "retain": ["image", "ID", *PROBE],
+    "Full_Set": ["image", "ID", "Directory", *PROBE],
+    "Retain_Set": ["image", "ID", "Directory", *PROBE],
+    "Test_Set": ["images", "ID", *PROBE],
+}
+
+
+def _published_folder(root, with_metadata: bool):
+    """MLLMU-Bench's ten folders in the card's schema, at 1/25 scale: 20 fictitious profiles
+    (forget_5/10/15 nested: 1, 2, 3 of them; retain_95/90/85 the rest), 3 celebrities.
+
+    ``with_metadata``: forget_N / retain_M also carry ``metadata`` (the profiles' training
+    QA), which their baselines (GA.py, NPO.py) read from those folders."""
+    fict = [f"p{i:02d}" for i in range(20)]
+    celeb = ["c0", "c1", "c2"]
+    img = {p: {"bytes": _png(10 * i), "path": f"{p}.png"} for i, p in enumerate(fict + celeb)}
+
+    def qa(p):
+        return json.dumps(
+            [
+                {"Question": f"What does {p} do?", "Answer": "pilot"},
+                {"Question": f"Where was {p} born?", "Answer": "Oslo"},
+            ]
+        )
+
+    def row(p, directory=False, test=False):
+        r = _probe_row(p, img[p])
+        out = (
+            {"images": [{"bytes": _png(255), "path": f"{p}_t.png"}]} if test else {"image": img[p]}
+        )
+        out["ID"] = p
+        if directory:
+            out["Directory"] = f"profiles/{p}"
+        out.update(biography=r["biography"], question=f"Who is {p}?", answer=p.title())
+        out.update({t: r[t] for t in TASKS})
+        return out
+
+    tables = {
+        "ft_Data": [{"image": img[p], "ID": p, "metadata": qa(p)} for p in fict],
+        "Full_Set": [row(p, directory=True) for p in fict],
+        "Test_Set": [row(p, test=True) for p in fict],
+        "Retain_Set": [row(p, directory=True) for p in celeb],
+    }
+    for pct in (5, 10, 15):
+        n = pct * len(fict) // 100
+        for name, ids in ((f"forget_{pct}", fict[:n]), (f"retain_{100 - pct}", fict[n:])):
+            tables[name] = [
+                {**row(p), **({"metadata": qa(p)} if with_metadata else {})} for p in ids
+            ]
+    for sub, rows in tables.items():
+        (root / sub).mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows), root / sub / "train-00000-of-00001.parquet")
+    return root, fict, celeb
+
+
+@pytest.mark.parametrize("with_metadata", [False, True])
+def test_reads_every_split_of_the_published_folder_set(tmp_path, with_metadata):
+    root, fict, celeb = _published_folder(tmp_path / "MLLMU-Bench", with_metadata)
+    assert len(list(root.glob("*/*.parquet"))) == 10
+    with pytest.raises(InputError, match="several forget splits"):
+        read_mllmu(root)
+    for pct, n in ((5, 1), (10, 2), (15, 3)):
+        ds = read_mllmu(root / f"forget_{pct}")
+        roles = {e["id"]: e["role"] for e in ds.entities}
+        assert [p for p in fict if roles[p] == "forget"] == fict[:n]
+        assert [p for p in fict if roles[p] == "retain"] == fict[n:]
+        assert {p for p in celeb if roles[p] == "general"} == set(celeb)
+        # training QA from ft_Data (2 pairs a profile), probes from the task columns (4 a row)
+        assert len(ds.splits["forget_train"]) == 2 * n
+        assert len(ds.splits["retain_train"]) == 2 * (20 - n)
+        assert {it["entity"] for it in ds.splits["test"]} == set(fict[:n])  # as eval.py filters
+        counts = {s: len(ds.splits[s]) for s in ("forget", "retain", "test", "general")}
+        assert counts == {"forget": 4 * n, "retain": 4 * (20 - n), "test": 4 * n, "general": 12}
+        assert ds.meta["forget_percent"] == pct
+
+
+def test_export_has_the_card_columns_in_every_folder(tmp_path, tiny_data):
+    m = write_mllmu(load_folder(tiny_data), tmp_path / "m")
+    for folder in sorted(m.iterdir()):
+        kind = folder.name.split("_")[0] if folder.name[:6] in ("forget", "retain") else folder.name
+        assert pq.read_schema(folder / "train-00000-of-00001.parquet").names == CARD[kind], kind
+    ours = load_folder(tiny_data)
+    full = pq.read_table(m / "Full_Set").to_pylist()
+    trained = {it["entity"] for s in ("forget", "retain") for it in ours.splits[s]}
+    assert {r["ID"] for r in full} == trained  # every fictitious profile, once
+    first = next(it for it in ours.splits["forget_train"] if it["entity"] == full[0]["ID"])
+    assert (full[0]["question"], full[0]["answer"]) == (first["question"], first["answer"])

@@ -125,6 +125,11 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
         help="the model's dtype while evaluating (--set dtype; default auto: bfloat16 on a GPU "
         "that has it, else float32)",
     )  # fmt: skip
+    p.add_argument(
+        "--mcq-prompt", default=None, choices=["zero_shot", "mllmu_few_shot"],
+        help="multiple choice asked zero-shot (default) or few-shot as MLLMU-Bench's eval.py "
+        "(--set mcq_prompt)",
+    )  # fmt: skip
     _preset_arg(p, "for a model descended from a real checkpoint")
     add_config_args(p)
 
@@ -234,8 +239,9 @@ def cmd_evaluate(args) -> int:
     from unlearn_bench.train import is_tiny_lineage
 
     preset = choose_preset(args.preset, real_model=not is_tiny_lineage(args.run))
-    dtype = [f"dtype={args.dtype}"] if args.dtype else []  # a --set dtype=... given too wins
-    cfg = resolve_eval(preset, args.config, [*dtype, *args.overrides])
+    # the flags first, so a --set given too wins
+    flags = [f"{k}={v}" for k, v in (("dtype", args.dtype), ("mcq_prompt", args.mcq_prompt)) if v]
+    cfg = resolve_eval(preset, args.config, [*flags, *args.overrides])
     res = evaluate_run(
         args.run, dataset_folder(args.data), cfg, split=args.split, vanilla=args.vanilla, reference=args.reference,
         device=args.device, quiet=args.quiet,

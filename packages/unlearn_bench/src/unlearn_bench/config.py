@@ -109,6 +109,11 @@ class EvalConfig:
     # The model's dtype during evaluation (issue #24): "auto" = bfloat16 on a GPU that has
     # it (a 7B model in float32 would need 28 GB), float32 on the CPU.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # How multiple choice is asked (issue #24): "zero_shot" = the question with its options
+    # in this package's prompt; "mllmu_few_shot" = MLLMU-Bench's eval.py: one profile's MCQ
+    # as demonstrations before each question, and its letter instruction
+    # (:func:`unlearn_bench.evaluate.mllmu_mcq_items`).
+    mcq_prompt: Literal["zero_shot", "mllmu_few_shot"] = "zero_shot"
 
 
 @dataclass(frozen=True)

@@ -143,7 +143,7 @@ class Encoder:
         self.tokenizer = processor.tokenizer
         self.data_dir = Path(data_dir)
         self.max_length = max_length
-        self._pixels: dict[str, torch.Tensor] = {}
+        self._pixels: dict[tuple[str, ...], torch.Tensor] = {}
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # SentencePiece tokenizers (LLaMA) mark the word boundary themselves ("▁D"); a
@@ -164,16 +164,24 @@ class Encoder:
             raise InputError(path, f"cannot read image ({exc})") from None
 
     def prompt(self, item: dict) -> tuple[list[int], torch.Tensor | None]:
-        """Prompt token ids (image tokens expanded) and ``(1, C, H, W)`` pixels or None."""
-        with_image = item["modality"] == "image_text"
-        text = format_prompt(item["question"], with_image)
-        if not with_image:
+        """Prompt token ids (image tokens expanded) and ``(N_img, C, H, W)`` pixels or None.
+
+        An item may carry its whole prompt: ``prompt_text`` (up to ``ASSISTANT:``) with one
+        ``<image>`` per entry of ``images`` (MLLMU-Bench's few-shot MCQ,
+        :func:`unlearn_bench.evaluate.mllmu_mcq_items`); otherwise :func:`format_prompt`.
+        """
+        if "prompt_text" in item:
+            text, rels = item["prompt_text"], tuple(item["images"])
+        elif item["modality"] == "image_text":
+            text, rels = format_prompt(item["question"], True), (item["image"],)
+        else:
+            text, rels = format_prompt(item["question"], False), ()
+        if not rels:
             return self.tokenizer(text)["input_ids"], None
-        rel = item["image"]
-        enc = self.processor(text=[text], images=[self.image(rel)], return_tensors="pt")
-        if rel not in self._pixels:
-            self._pixels[rel] = enc["pixel_values"]
-        return enc["input_ids"][0].tolist(), self._pixels[rel]
+        enc = self.processor(text=[text], images=[self.image(r) for r in rels], return_tensors="pt")
+        if rels not in self._pixels:
+            self._pixels[rels] = enc["pixel_values"]
+        return enc["input_ids"][0].tolist(), self._pixels[rels]
 
     def encode(
         self, item: dict, answer: str | None = None, loss_tokens: str = "answer"

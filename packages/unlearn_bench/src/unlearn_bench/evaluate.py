@@ -1,6 +1,8 @@
 """Evaluation per subset: MCQ accuracy, ROUGE-L, cloze accuracy, truth ratio; MIA; PrivLeak; UES.
 
-Tasks (MLLMU-Bench): multiple choice scores the first generated letter; generation
+Tasks (MLLMU-Bench): multiple choice scores the first generated letter (asked zero-shot,
+or few-shot as MLLMU-Bench's eval.py with ``mcq_prompt="mllmu_few_shot"``,
+:func:`mllmu_mcq_items`); generation
 scores ROUGE-L F (Porter stemmer, as MLLMU-Bench's ``use_stemmer=True``) of the greedy
 answer against the reference; cloze counts the reference as a substring of the greedy
 answer. Each also per modality, with the suffixes ``_image_text`` and ``_text_only``.
@@ -59,7 +61,7 @@ from unlearn_bench.data import Encoder, check_dataset, collate
 from unlearn_bench.losses import token_logprobs
 from unlearn_bench.model import check_llava_dir, load_llava
 from unlearn_bench.scale import resolve_dtype, torch_dtype
-from unlearn_bench.synth import SPLITS
+from unlearn_bench.synth import LETTERS, SPLITS
 from unlearn_bench.ues import ues as ues_score
 from unlearn_bench.ues import ues_vanilla
 
@@ -241,6 +243,85 @@ def truth_ratios(model, enc: Encoder, items: Sequence[dict], batch_size: int) ->
     return np.array([np.mean(f) / t for f, t in zip(false, true)])
 
 
+# MLLMU-Bench's eval.py (evaluate_classification): the line after the options, and the
+# subsets whose questions get demonstrations (its modes forget, retain_shared, test); the
+# celebrities (retain_celebrity, our "general") get the same question format without them.
+MLLMU_LETTER_RULE = "Just give ONE letter representing the answer directly."
+FEW_SHOT_SUBSETS = ("forget", "retain", "test")
+
+
+def _mllmu_question(item: dict) -> str:
+    """``{stem}\nA: ...\nB: ...`` (their ``formulate_prompt_with_options``)."""
+    if not item.get("options"):
+        return item["question"]  # no stored options: the question as the file has it
+    opts = "\n".join(f"{LETTERS[j]}: {o}" for j, o in enumerate(item["options"]))
+    return f"{mcq_stem(item)}\n{opts}"
+
+
+def mllmu_mcq_items(
+    items: Sequence[dict], subset: str, source: Sequence[dict], seed: int = 0
+) -> tuple[list[dict], list[bool], str | None]:
+    """MLLMU-Bench's few-shot multiple choice (their eval.py), for one subset.
+
+    For ``forget`` / ``retain`` / ``test``, one profile is drawn (seeded) from ``source``:
+    the subset's own probes, or for ``test`` the forget probes (eval.py draws from the
+    forget IDs and takes the demonstrations from Full_Set, whose rows are those probes).
+    All of that profile's MCQ items become demonstrations, per modality::
+
+        USER: <image>\nQuestion: {stem}\nA: {a}\n...\nCorrect Answer: {X}\n     (image+text)
+        USER:\nQuestion: {stem}\nA: {a}\n...\nCorrect Answer: {X}\n            (text-only)
+
+    and each MCQ item of the subset is asked after the demonstrations of its modality as
+    ``USER: <image>\n{stem}\nA: {a}\n...\n{MLLMU_LETTER_RULE}\nASSISTANT:`` (text-only:
+    ``USER:\n``), with the demonstrations' images before its own. As in eval.py, the
+    items of the drawn profile at the demonstrations' per-modality indices are not scored.
+
+    Args:
+        items: the subset's items (MCQ ones are rewritten; others returned unchanged).
+        subset: its name; ``general`` gets the format without demonstrations.
+        source: the probes the demonstration profile and its items come from.
+
+    Returns:
+        ``(items, scored, profile)``: the items (MCQ with ``prompt_text`` and ``images``),
+        whether each is scored, and the drawn profile (None for ``general``).
+    """
+    demos: dict[str, list[dict]] = {"image_text": [], "text_only": []}
+    profile = None
+    skip: set[str] = set()
+    if subset in FEW_SHOT_SUBSETS:
+        ids = list(dict.fromkeys(it["entity"] for it in source if it["type"] == "mcq"))
+        if ids:
+            rng = np.random.default_rng([seed, FEW_SHOT_SUBSETS.index(subset)])
+            profile = ids[int(rng.integers(len(ids)))]
+            for it in source:
+                if it["type"] == "mcq" and it["entity"] == profile:
+                    demos[it["modality"]].append(it)
+            own = [it for it in items if it["type"] == "mcq" and it["entity"] == profile]
+            for modality, shown in demos.items():
+                same = [it["id"] for it in own if it["modality"] == modality]
+                skip |= set(same[: len(shown)])
+    prefix = {}
+    for modality, shown in demos.items():
+        user = "USER: <image>\n" if modality == "image_text" else "USER:\n"
+        prefix[modality] = "".join(
+            f"{user}Question: {_mllmu_question(d)}\nCorrect Answer: {d['answer']}\n" for d in shown
+        )
+    out = []
+    for it in items:
+        if it["type"] != "mcq":
+            out.append(it)
+            continue
+        image = it["modality"] == "image_text"
+        user = "USER: <image>\n" if image else "USER:\n"
+        text = (
+            f"{prefix[it['modality']]}{user}{_mllmu_question(it)}\n{MLLMU_LETTER_RULE}\nASSISTANT:"
+        )
+        shown_images = [d["image"] for d in demos[it["modality"]]] if image else []
+        images = [*shown_images, it["image"]] if image else []
+        out.append({**it, "prompt_text": text, "images": images})
+    return out, [it["id"] not in skip for it in items], profile
+
+
 def truth_ratio_score(ratios: np.ndarray) -> float | None:
     """open-unlearning's ``true_better`` aggregate ``mean max(0, 1 - R)`` (None if empty)."""
     return float(np.mean(np.maximum(0.0, 1.0 - ratios))) if len(ratios) else None
@@ -295,20 +376,29 @@ def evaluate_model(
     n = 0
     for name, all_items in data.items():
         items = subsample(all_items, cfg.max_items)
-        preds = generate_answers(model, enc, items, cfg.max_new_tokens, cfg.batch_size, quiet)
+        asked, scored = items, [True] * len(items)
+        if cfg.mcq_prompt == "mllmu_few_shot":
+            source = _demo_source(name, all_items, data, data_dir)
+            asked, scored, profile = mllmu_mcq_items(items, name, source)
+            asked = [a for a, keep in zip(asked, scored) if keep]
+            result.setdefault("mcq_demos", {})[name] = {
+                "profile": profile,
+                "not_scored": scored.count(False),
+            }
+        preds = generate_answers(model, enc, asked, cfg.max_new_tokens, cfg.batch_size, quiet)
         per_item = answer_scores(model, enc, items, cfg.batch_size, cfg.mink_fraction)
         ratios = truth_ratios(model, enc, items, cfg.batch_size)
         scores[name] = (items, per_item)
         result["truth_ratios"][name] = ratios.tolist()
         result["subsets"][name] = {
-            **task_metrics(items, preds),
+            **task_metrics([it for it, keep in zip(items, scored) if keep], preds),
             "truth_ratio": truth_ratio_score(ratios),
             "nll": float(per_item["nll"].mean()),
             "n": len(items),
         }
         result.setdefault("examples", {})[name] = [
             {"question": it["question"], "answer": it["answer"], "prediction": p}
-            for it, p in list(zip(items, preds))[:3]
+            for it, p in list(zip(asked, preds))[:3]
         ]
         n += len(items)
     seconds = time.perf_counter() - t0
@@ -318,6 +408,18 @@ def evaluate_model(
     if "forget" in scores and "general" in scores:
         result.update(mia_metrics(*scores["forget"], *scores["general"]))
     return result
+
+
+def _demo_source(
+    name: str, items: list[dict], data: dict[str, list[dict]], data_dir: str | Path
+) -> list[dict]:
+    """Where a subset's few-shot demonstrations come from: its own probes, or for ``test``
+    the forget probes (read from ``data_dir`` when only ``test`` is evaluated)."""
+    if name != "test":
+        return items
+    if "forget" in data:
+        return data["forget"]
+    return check_dataset(data_dir, ("forget",))["forget"]
 
 
 def mia_metrics(

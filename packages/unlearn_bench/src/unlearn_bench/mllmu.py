@@ -5,16 +5,21 @@ A folder of parquet files, one sub-folder per split (``train-00000-of-00001.parq
     ft_Data/            fine-tuning QA: ID, image, metadata (JSON list of {Question, Answer})
     forget_{5,10,15}/   probes of the forget profiles
     retain_{95,90,85}/  probes of the retain profiles
+    Full_Set/           probes of all fictitious profiles (eval.py draws its few-shot MCQ here)
     Test_Set/           paraphrased probes of every profile, ``images``: transformed images
     Retain_Set/         real-world profiles, never fine-tuned on (utility)
 
-A probe row: ``ID``, ``image`` (the Hugging Face Image feature, a struct ``{bytes, path}``;
-Test_Set: ``images``, a list of them), ``biography`` (the profile as a JSON string),
-``Classification_Task`` (a struct of ``Image_Textual_Questions`` and ``Pure_Text_Questions``,
-lists of ``{Question, Options{A,B,C,D}, Correct_Answer}``), ``Generation_Task`` and
-``Mask_Task`` (lists of ``{Type: "Image_Textual" | "Pure_Text", Question, Ground_Truth}``).
-Read as their eval.py / finetune.py read them (the schema checked against those scripts and
-the dataset card; no code copied).
+A probe row (the dataset card's features): ``image`` (the Hugging Face Image feature, a
+struct ``{bytes, path}``; Test_Set: ``images``, a list of them), ``ID``, ``Directory``
+(Full_Set and Retain_Set only), ``biography`` (the profile as a JSON string), ``question``
+and ``answer`` (strings), ``Classification_Task`` (a struct of ``Image_Textual_Questions``
+and ``Pure_Text_Questions``, lists of ``{Question, Options{A,B,C,D}, Correct_Answer}``),
+``Generation_Task`` and ``Mask_Task`` (lists of ``{Type: "Image_Textual" | "Pure_Text",
+Question, Ground_Truth}``). Read as their eval.py / finetune.py read them (the schema checked
+against those scripts and the dataset card; no code copied); columns they do not read
+(``Directory``, ``question``, ``answer``, a ``metadata`` column in ``forget_N``) are
+ignored. The card says no more of ``question`` / ``answer`` / ``Directory`` than their
+type: :func:`write_mllmu` fills them with the profile's first training QA pair and its ID.
 
 Training QA and probes stay apart, as MLLMU-Bench keeps them: ``forget_train`` /
 ``retain_train`` come from ``ft_Data``'s QA (split by the IDs of ``forget_N`` /
@@ -168,8 +173,8 @@ def write_mllmu(ds: Dataset, folder: str | Path) -> Path:
     """Write ``ds`` as an MLLMU-Bench folder (atomically); returns ``folder``.
 
     ``forget_{p}`` / ``retain_{100-p}`` with ``p`` the forget share of the trained
-    profiles in percent; ``ft_Data`` holds the training QA, ``Test_Set`` the ``test``
-    probes, ``Retain_Set`` the ``general`` probes.
+    profiles in percent; ``ft_Data`` holds the training QA, ``Full_Set`` the probes of
+    both, ``Test_Set`` the ``test`` probes, ``Retain_Set`` the ``general`` probes.
     """
     pa, pq = _pyarrow()
     ents = {e["id"]: e for e in ds.entities}
@@ -180,14 +185,25 @@ def write_mllmu(ds: Dataset, folder: str | Path) -> Path:
     pct = round(100 * len(forget_ids) / (len(forget_ids) + len(retain_only)))
     pct = min(max(pct, 1), 99)
 
-    def bio(eid: str) -> str:
-        return json.dumps(ents.get(eid, {"id": eid}))
+    train = [(name, it) for name in TRAIN_SPLITS for it in ds.splits.get(name, [])]
+    first_qa = {}
+    for _, it in train:
+        first_qa.setdefault(it["entity"], (it["question"], it["answer"]))
 
-    def probe_rows(items: list[dict]) -> list[dict]:
+    def card_columns(eid: str, directory: bool = False) -> dict[str, Any]:
+        """The card's string columns that eval.py does not read (see the module docstring)."""
+        question, answer = first_qa.get(eid, ("", ""))
+        cols = {"Directory": eid} if directory else {}
+        biography = json.dumps(ents.get(eid, {"id": eid}))
+        return {**cols, "biography": biography, "question": question, "answer": answer}
+
+    def probe_rows(items: list[dict], directory: bool = False) -> list[dict]:
         rows = []
         for eid, group in _by_entity(items).items():
             img = _image(ds, _first_image(group, ents.get(eid)))
-            rows.append({"ID": eid, "image": img, "biography": bio(eid), **_probe_lists(group)})
+            rows.append(
+                {"image": img, "ID": eid, **card_columns(eid, directory), **_probe_lists(group)}
+            )
         return rows
 
     def test_rows(items: list[dict]) -> list[dict]:
@@ -201,22 +217,23 @@ def write_mllmu(ds: Dataset, folder: str | Path) -> Path:
             rel = _first_image(group, None) or (own[1:] or own[:1] or [None])[0]
             if rel is None:
                 continue
-            row = {"ID": eid, "images": [_image(ds, rel)], "biography": bio(eid)}
+            row = {"images": [_image(ds, rel)], "ID": eid, **card_columns(eid)}
             rows.append({**row, **_probe_lists(group)})
         return rows
 
-    train = [(name, it) for name in TRAIN_SPLITS for it in ds.splits.get(name, [])]
     ft_rows = []
     for eid, group in _by_entity([it for _, it in train]).items():
         qa = [_qa_pair(it, name) for name, it in train if it["entity"] == eid]
         img = _image(ds, _first_image(group, ents.get(eid)))
-        ft_rows.append({"ID": eid, "image": img, "metadata": json.dumps(qa)})
+        ft_rows.append({"image": img, "ID": eid, "metadata": json.dumps(qa)})
     tables = {
         "ft_Data": ft_rows,
         f"forget_{pct}": probe_rows(ds.splits.get("forget", [])),
         f"retain_{100 - pct}": probe_rows(ds.splits.get("retain", [])),
+        # every fictitious (trained) profile: eval.py's few-shot MCQ source
+        "Full_Set": probe_rows(ds.splits.get("forget", []) + ds.splits.get("retain", []), True),
         "Test_Set": test_rows(ds.splits.get("test", [])),
-        "Retain_Set": probe_rows(ds.splits.get("general", [])),
+        "Retain_Set": probe_rows(ds.splits.get("general", []), directory=True),
     }
     folder = Path(folder)
     with atomic_dir(folder) as tmp:

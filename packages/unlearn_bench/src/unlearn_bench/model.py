@@ -11,6 +11,7 @@ LLaVA-1.5 / LLaVA-Med conversion.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -222,17 +223,42 @@ def check_llava_dir(path: str | Path) -> Path:
     return path
 
 
+def rank0_only_loading() -> bool:
+    """Whether this process runs under ``accelerate launch`` with FSDP and
+    ``fsdp_cpu_ram_efficient_loading: true`` (the shipped ``configs/accelerate/fsdp.yaml``).
+
+    Then only rank 0 reads the checkpoint's weights; the other ranks build the model with
+    its parameters on the meta device (no memory) until accelerate's FSDP2 preparation
+    shards it and broadcasts rank 0's values (``fsdp2_load_full_state_dict``).
+    transformers 5 no longer skips the read on those ranks itself: ``from_pretrained``
+    there still copies every weight into each process.
+    """
+    on = ("true", "1")
+    return (
+        os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in on
+        and os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() in on
+    )
+
+
 def load_llava(path: str | Path, device: str = "cpu", dtype: Any = None):
     """``(model, processor)`` from a local Llava folder (tiny or a LLaVA-1.5 / LLaVA-Med conversion).
 
     ``dtype`` defaults to float32 whatever the folder stores; a LoRA adapter folder is
-    merged onto its base.
+    merged onto its base. Under :func:`rank0_only_loading` only rank 0 holds the weights
+    (issue #24: a 7B model is not read into every rank's CPU memory).
     """
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     _quiet_transformers()
     path = check_llava_dir(path)
     base = adapter_base(path)
+    empty = False
+    if rank0_only_loading():
+        import torch.distributed as dist
+        from accelerate import PartialState
+
+        PartialState()  # starts the process group accelerate launch set up
+        empty = dist.get_rank() != 0
     try:
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
         # Always an explicit dtype: transformers would otherwise keep the stored one
@@ -242,6 +268,14 @@ def load_llava(path: str | Path, device: str = "cpu", dtype: Any = None):
             "dtype": dtype if dtype is not None else "float32",
             "use_safetensors": True,  # never a pickle (check_llava_dir refused pickle-only)
         }
+        if empty:  # a rank > 0: parameters on meta, buffers real (accelerate fills the rest)
+            from accelerate import init_empty_weights
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(base or path, local_files_only=True)
+            with init_empty_weights(include_buffers=False):
+                model = LlavaForConditionalGeneration._from_config(config, dtype=kwargs["dtype"])
+            return model, processor
         model = LlavaForConditionalGeneration.from_pretrained(base or path, **kwargs)
         if base is not None:
             from peft import PeftModel
