@@ -73,7 +73,11 @@ def test_selection_never_reads_test_sites_and_is_deterministic(sel, grid, data) 
     assert sel.apply_choice(cfg, a["choice"]).pga.inner_lr == grid[best].inner_lr
     with pytest.raises(InputError):
         sel.select_pga(data, cfg, method="replay-real", grid=grid)
-    assert len(sel.PGA_GRID) == 15
+    # the default is the grid committed before any test result (17f72cd, 13 points); the
+    # later one (15 points) is kept, by name, as post hoc
+    assert sel.PGA_GRID is sel.PGA_GRID_PREREGISTERED and len(sel.PGA_GRID) == 13
+    assert {c.inner_lr for c in sel.PGA_GRID} == {0.0, 0.01, 0.1}
+    assert len(sel.GRIDS["post_hoc"]) == 15
 
 
 def test_selected_row_and_paired_differences(sel, experiment, tmp_path) -> None:

@@ -9,8 +9,11 @@ It takes the ``smg-learning benchmark`` flags (``--config``/``--set`` and
 ``--threads``, the CPU threads it pins first, included) and
 runs that benchmark, with one more row: before any row trains,
 :func:`pga_select.select_pga` picks α, estimator and virtual step on a validation split
-of the training sites' training cases (the first seed; grid :data:`pga_select.PGA_GRID`,
-α = 0 included), and ``smg-select`` is ``smg`` with that choice. ``results.json`` gains
+of the training sites' training cases (the first seed; ``--grid preregistered``, the
+default, is :data:`pga_select.PGA_GRID_PREREGISTERED`, the grid committed before any
+test-site result; ``--grid post_hoc`` the later grid the committed ``../demo-pga/`` run
+used, chosen after test results of six of its points were committed; α = 0 in both),
+and ``smg-select`` is ``smg`` with that choice. ``results.json`` gains
 ``extra.pga_selection`` and the two claims below (written before the run in
 ``../demo-pga/``), ``report.md`` the selection's scores. Until issue #19 this was
 ``smg-learning benchmark --methods ...,smg-select``; the committed run in
@@ -24,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pga_select import PGA_GRID, PGAChoice, select_pga
+from pga_select import GRIDS, PGA_GRID, PGAChoice, select_pga
 
 from medcommon.cli import make_parser, run_main
 from medcommon.report import Claim
@@ -75,15 +78,18 @@ def selection_section(sel: dict[str, Any]) -> tuple[str, str]:
     c = sel["choice"]
     return (
         "PGA selection (inner validation, training sites' training cases only)",
-        f"Chosen for `{SELECTED}`: inner_lr={c['inner_lr']:g}, {c['estimator']}, "
+        f"Grid `{sel.get('grid', 'post_hoc')}`. Chosen for `{SELECTED}`: inner_lr={c['inner_lr']:g}, {c['estimator']}, "
         f"{c['virtual_step']} (method {sel['method']}, seed {sel['seed']}, "
         f"{sel['val_fraction']:g} of each training site's training cases held out)."
         "\n\n" + "\n".join(lines),
     )
 
 
-def run_select_benchmark(spec: BenchSpec, grid: tuple[PGAChoice, ...] = PGA_GRID) -> dict[str, Any]:
-    """The benchmark of ``spec`` with the ``smg-select`` row (``grid``: tests shrink it)."""
+def run_select_benchmark(
+    spec: BenchSpec, grid: tuple[PGAChoice, ...] = PGA_GRID, grid_name: str = "preregistered"
+) -> dict[str, Any]:
+    """The benchmark of ``spec`` with the ``smg-select`` row (``grid``: tests shrink it;
+    ``grid_name`` is recorded with the selection)."""
     pin_threads(spec)  # --threads, whatever OMP_NUM_THREADS says
     # the choice is known only after the selection; the placeholder names the row
     variants = {**VARIANTS, SELECTED: ("smg", {})}
@@ -97,6 +103,7 @@ def run_select_benchmark(spec: BenchSpec, grid: tuple[PGAChoice, ...] = PGA_GRID
             selection = select_pga(
                 data, cfg, method="smg", grid=grid, seed=spec.seeds[0], device=spec.device
             )
+            selection["grid"] = grid_name
             variants[SELECTED] = ("smg", {"pga": selection["choice"]})
         bench = train_rows(spec, data, cfg, methods, Path(tmp), variants)
         claims = claims_for(methods) + [
@@ -115,8 +122,13 @@ def run_select_benchmark(spec: BenchSpec, grid: tuple[PGAChoice, ...] = PGA_GRID
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser("pga-select", __doc__.splitlines()[0], __version__)
     benchmark_args(parser)
+    parser.add_argument(
+        "--grid", choices=sorted(GRIDS), default="preregistered",
+        help="the selection's grid: preregistered (default; committed before any test result) "
+        "or post_hoc (the later grid of the committed demo-pga run)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    run_select_benchmark(BenchSpec.from_args(args))
+    run_select_benchmark(BenchSpec.from_args(args), GRIDS[args.grid], args.grid)
     print(f"wrote {args.out / 'results.json'}, {args.out / 'report.md'} and plots")
     return 0
 
