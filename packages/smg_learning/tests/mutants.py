@@ -40,7 +40,10 @@ TESTS = {
         "tests/test_baselines.py",
         # PGA's virtual-step divergence check (issue #20), without training
         "tests/test_run_policy.py::test_the_virtual_step_check_passes_sane_steps_and_raises_on_every_blow_up",
+        # issue #22: the probe (base.py) and the transfer shift (pga_real.py)
+        "tests/test_testbed.py",
     ],
+    "transfer": ["tests/test_testbed.py"],
 }
 #: ``--full``: the wider tests that cover what the cheap subset cannot (resume
 #: bookkeeping through the CLI contract, DDP-only lines)
@@ -100,8 +103,18 @@ NAMED = [
     ("smd.py", "xt = sched.add_noise(x0, noise, t)", "xt = x0"),
     ("smd.py", "return (x > threshold)", "return (x < threshold)"),
     ("smd.py", "timestep_spacing=self._timestep_spacing(),", ""),
+    # issue #22: the probe measures the cosines it names; the transfer shift is used
+    ("base.py", "g_mte = grad(moved, cur[1])", "g_mte = grad(*cur)"),
+    ("base.py", "cos(g_cur, g_rep, dim=0)", "cos(g_cur, g_mtr, dim=0)"),
+    ("base.py", "        self.probe(model, ctx)", "        pass"),
+    ("pga_real.py", 'if cfg.pga.shift == "transfer":', "if False:"),
+    ("pga_real.py", "        self.probe(model, ctx)", "        pass"),
 ]
-TOP = ("pga.py", "smd.py")  # modules at the package's top level (the rest: strategies/)
+TOP = (
+    "pga.py",
+    "smd.py",
+    "transfer.py",
+)  # modules at the package's top level (the rest: strategies/)
 
 
 def _rel(name: str) -> str:

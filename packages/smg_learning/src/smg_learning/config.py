@@ -55,6 +55,10 @@ class PGAConfig:
     shifted_copies: int = 1
     meta_test_domains: int = 1
     shift_strength: float = 1.0
+    # what a shifted copy is: "style" (gamma, contrast, brightness, noise: never flips
+    # polarity) or "transfer" (a fresh intensity transfer curve, smg_learning.transfer:
+    # the family of synth's "curves" sites, polarity changes included; issue #22)
+    shift: Literal["style", "transfer"] = "style"
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,12 @@ class RunConfig:
     # real replay: total stored slices over all finished sites (0: replay_per_site
     # each, no total cap); a finished site's share is a prefix of its fixed buffer
     replay_capacity: int = 0
+    # the mechanism's own signal (issue #22): every probe_every steps of a stage with
+    # replay, the cosines between the gradients of fixed probe batches (probe_size
+    # slices: the current site, the replay memory, a shifted copy of the current site).
+    # Measured on the side: training is the same with or without (0: off)
+    probe_every: int = 0
+    probe_size: int = 16
 
     def __post_init__(self) -> None:
         checks = [

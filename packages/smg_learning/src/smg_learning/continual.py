@@ -146,6 +146,14 @@ def train_continual(
         metrics[f"{name}_per_stage"] = per_stage
         seen = [v for v in per_stage if v is not None]
         metrics[name] = sum(seen) / len(seen) if seen else None
+    # the probe's values through training (issue #22): name -> per stage, in step order
+    probed = sorted({n for rec in strategy.records.values() for n in rec if n.startswith("cos_")})
+    if probed:
+        stages = range(len(sites))
+        metrics["probe_every"] = cfg.probe_every
+        metrics["probe_trace"] = {
+            n: [strategy.records.get(t, {}).get(n, []) for t in stages] for n in probed
+        }
     smd = strategy.smd
     if out is not None and _is_main():
         save_pretrained(model, out / "model", model.config)

@@ -477,3 +477,46 @@ def load_continual(
     channels = int(next(iter(parts["train"].values())).images.shape[1])
     split = {n: split[n] for n in [*order, *held]}
     return ContinualData(ms.task, order, held, split, parts, channels, spec.names)
+
+
+# ------------------------------------------------------------ validation split
+def _take(part: SiteSlices, cases: list[int]) -> SiteSlices:
+    keep = np.isin(part.case_index, cases)
+    new_index = np.searchsorted(np.asarray(cases), part.case_index[keep])
+    idx = torch.from_numpy(np.flatnonzero(keep))
+    return SiteSlices(
+        part.site, [part.cases[c] for c in cases], part.images[idx], part.masks[idx], new_index
+    )
+
+
+def validation_data(data: ContinualData, fraction: float = 0.25, seed: int = 0) -> ContinualData:
+    """The training sites only, each site's training cases split into train / ``"test"`` (validation).
+
+    At least one case on each side; the split is a seeded permutation per site. The
+    result has no held-out sites and its ``"test"`` parts are validation slices.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise InputError("val_fraction", "must be in (0, 1)")
+    train, val, split = {}, {}, {}
+    for k, site in enumerate(data.sites):
+        part = data.parts["train"][site]
+        n = len(part.cases)
+        if n < 2:
+            raise InputError(site, "needs at least 2 training cases for a validation split")
+        n_val = min(max(1, round(n * fraction)), n - 1)
+        order = np.random.default_rng([seed, k]).permutation(n)
+        val_cases, train_cases = sorted(order[:n_val].tolist()), sorted(order[n_val:].tolist())
+        train[site], val[site] = _take(part, train_cases), _take(part, val_cases)
+        split[site] = {
+            "train": [part.cases[c] for c in train_cases],
+            "test": [part.cases[c] for c in val_cases],
+        }
+    return ContinualData(
+        task=data.task,
+        sites=list(data.sites),
+        heldout=[],
+        split=split,
+        parts={"train": train, "test": val},
+        channels=data.channels,
+        structures=data.structures,
+    )

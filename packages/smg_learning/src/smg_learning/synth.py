@@ -35,6 +35,7 @@ from medcommon.synthetic import (
     to_uint,
 )
 from smg_learning.config import FUNDUS_SITES, PRESETS, PROSTATE_SITES
+from smg_learning.transfer import apply_curve, site_curve
 
 Task = Literal["prostate", "fundus"]
 
@@ -47,12 +48,20 @@ class SynthSpec:
     cases: int = 30
     slices: int = 20
     size: int = 128
+    # How sites differ in the gland's intensity against the tissue around it:
+    # "alternating" (_GLAND_CONTRAST: +-0.2..0.32, polarity alternating by site) or
+    # "curves" (issue #22: each site renders through its own intensity transfer curve,
+    # smg_learning.transfer; any contrast in either polarity, from one continuous family)
+    transfer: Literal["alternating", "curves"] = "alternating"
 
 
 # Gland intensity minus surrounding-tissue intensity per site: the "intensity transfer".
 # Alternating polarity makes sequential fine-tuning forget (and held-out sites of
 # either polarity reward a model that remembers both).
 _GLAND_CONTRAST = (0.32, -0.30, 0.26, -0.24, 0.30, -0.28, 0.22, -0.2)
+# "curves": the canonical rendering (tissue about 0.45, gland +0.30 above it) goes
+# through the site's curve; its two levels end at least this far apart at every site
+_CANONICAL_CONTRAST, _TISSUE, _MIN_GAP = 0.30, 0.45, 0.2
 
 
 def site_styles(n: int, task: Task, seed: int = 0) -> list[SiteStyle]:
@@ -74,9 +83,15 @@ def site_styles(n: int, task: Task, seed: int = 0) -> list[SiteStyle]:
 
 
 def prostate_case(
-    rng: np.random.Generator, slices: int, size: int, gland_contrast: float, style: SiteStyle
+    rng: np.random.Generator,
+    slices: int,
+    size: int,
+    gland_contrast: float,
+    style: SiteStyle,
+    curve: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One ``(z, y, x)`` volume in [0, 1] and its 0/1 gland mask."""
+    """One ``(z, y, x)`` volume in [0, 1] and its 0/1 gland mask (``curve``: the site's
+    intensity transfer, :mod:`smg_learning.transfer`, applied before the site style)."""
     shape = (slices, size, size)
     body = ellipse(shape, (0.0, 0.05, 0.0), (3.0, 0.85, 0.95))
     cz = rng.uniform(-0.2, 0.2)
@@ -103,6 +118,8 @@ def prostate_case(
     img = np.where(bladder, tissue - 1.2 * gland_contrast, img)
     gland_tex = 0.04 * smooth_noise(shape, rng, sigma=1.0)
     img = np.where(gland, tissue + gland_contrast + gland_tex, img)
+    if curve is not None:
+        img = apply_curve(img, curve)
     img = np.stack([apply_site_style(s, style, rng) for s in img])
     return img.astype(np.float32), gland.astype(np.uint8)
 
@@ -135,13 +152,20 @@ def generate(
     seed: int = 0,
     num_sites: int | None = None,
     quiet: bool = True,
+    spec: SynthSpec | None = None,
 ) -> Path:
     """Write a synthetic multi-site dataset to ``out`` (atomically; ``out`` must not hold files).
+
+    ``spec``: the sizes and transfer, instead of the ``preset``'s ``synth`` section.
 
     Returns:
         ``out``.
     """
-    spec = PRESETS.section(preset, "synth", SynthSpec)
+    spec = spec or PRESETS.section(preset, "synth", SynthSpec)
+    if spec.transfer not in ("alternating", "curves"):
+        raise InputError("synth.transfer", f"unknown {spec.transfer!r}; choose alternating, curves")
+    if spec.transfer == "curves" and task != "prostate":
+        raise InputError("synth.transfer", "curves are defined for the prostate task only")
     if task not in ("prostate", "fundus"):
         raise InputError("--task", f"unknown task {task!r}; choose from prostate, fundus")
     out = Path(out)
@@ -152,14 +176,21 @@ def generate(
     if not 1 <= n <= len(names):
         raise InputError("--sites", f"{task} synth writes 1 to {len(names)} sites, not {n}")
     styles = site_styles(n, task, seed)
+    curves: list[np.ndarray | None] = [None] * n
+    if spec.transfer == "curves":
+        levels = (_TISSUE, _TISSUE + _CANONICAL_CONTRAST)
+        curves = [
+            site_curve(np.random.default_rng([seed, 500 + k]), levels, _MIN_GAP) for k in range(n)
+        ]
     bar = tqdm(total=n * spec.cases, desc="synth", disable=quiet, leave=False)
     with atomic_dir(out) as tmp:
         for k, site in enumerate(names[:n]):
             rng = np.random.default_rng([seed, k])
             if task == "prostate":
                 for c in range(spec.cases):
+                    contrast = _GLAND_CONTRAST[k % 8] if curves[k] is None else _CANONICAL_CONTRAST
                     img, mask = prostate_case(
-                        rng, spec.slices, spec.size, _GLAND_CONTRAST[k % 8], styles[k]
+                        rng, spec.slices, spec.size, contrast, styles[k], curves[k]
                     )
                     spacing = (3.0, 0.6 * 256 / spec.size, 0.6 * 256 / spec.size)
                     # scanner-like integer intensities, a different range per site

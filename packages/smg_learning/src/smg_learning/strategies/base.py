@@ -26,9 +26,12 @@ from medcommon.train import Trainer
 from medcommon.train.loop import FitResult
 from smg_learning.config import RunConfig
 from smg_learning.data import ContinualData
+from smg_learning.distributed import unwrap
+from smg_learning.pga import shift_domain
 from smg_learning.replay import ReplayMemory
 from smg_learning.segmenter import SegLoss
 from smg_learning.smd import SiteModulatedDiffusion
+from smg_learning.transfer import shift_transfer
 
 
 @dataclass
@@ -167,6 +170,7 @@ class Strategy:
 
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor], ctx: Any) -> dict[str, Any]:
         """One micro-batch: Dice + CE on the site batch plus this process's replay rows."""
+        self.probe(model, ctx)
         x, y = batch["image"], batch["mask"]
         replay = self.sample_replay(step_generator(self.run.seed, self.stage, ctx.step), x.device)
         if replay is not None:
@@ -193,6 +197,48 @@ class Strategy:
         """After stage ``t`` with the trained segmenter ``model`` (unwrapped)."""
 
     # --------------------------------------------------------------- helpers
+    def probe(self, model: nn.Module, ctx: Any) -> None:
+        """Every ``probe_every`` steps of a stage with replay: the gradient cosines PGA
+        optimises, on fixed probe batches (issue #22), recorded as ``cos_cur_rep``
+        (current site vs replay: the orientational alignment) and ``cos_mtr_mte``
+        (current site and replay together vs a shifted copy of the current site: the
+        arbitrary alignment's meta-train vs meta-test).
+
+        The batches are fixed per stage: ``probe_size`` slices of the current site's
+        training slices and of the replay memory (seeded), the shifted copy drawn from
+        ``pga.shift``'s family with a fixed generator. Gradients come from
+        ``torch.autograd.grad`` (no ``.grad`` is touched), the segmenter has no running
+        statistics and no random draw comes from a shared generator: training is the
+        same with the probe on or off (``tests/test_probe.py``).
+        """
+        every = self.cfg.probe_every
+        if not every or ctx.step % every or self.memory is None or not len(self.memory):
+            return
+        net = unwrap(model)
+        device = next(net.parameters()).device
+        g = torch.Generator().manual_seed(self.run.seed * 1_000_003 + 7_777 * self.stage + 11)
+        site = self.run.data.parts["train"][self.run.data.sites[self.stage]]
+        cur_idx = torch.randperm(len(site), generator=g)[: self.cfg.probe_size]
+        rep_idx = torch.randperm(len(self.memory), generator=g)[: self.cfg.probe_size]
+        cur = (site.images[cur_idx].to(device), site.masks[cur_idx].to(device))
+        rep = (self.memory.images[rep_idx].to(device), self.memory.masks[rep_idx].to(device))
+        if self.cfg.pga.shift == "transfer":
+            moved = shift_transfer(cur[0], g)
+        else:
+            moved = shift_domain(cur[0], g, self.cfg.pga.shift_strength)
+        params = [p for p in net.parameters() if p.requires_grad]
+
+        def grad(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            loss = self.loss_fn(net(x), y)
+            return torch.cat([gr.flatten() for gr in torch.autograd.grad(loss, params)])
+
+        g_cur, g_rep = grad(*cur), grad(*rep)
+        g_mtr = grad(torch.cat([cur[0], rep[0]]), torch.cat([cur[1], rep[1]]))
+        g_mte = grad(moved, cur[1])
+        cos = torch.nn.functional.cosine_similarity
+        self.record("cos_cur_rep", cos(g_cur, g_rep, dim=0))
+        self.record("cos_mtr_mte", cos(g_mtr, g_mte, dim=0))
+
     def record(self, name: str, value: torch.Tensor | float) -> None:
         """Keep one step's ``value`` of ``name`` for this stage (:meth:`stage_means`)."""
         stage = self.records.setdefault(self.stage, {})

@@ -23,6 +23,7 @@ from smg_learning.distributed import mean_over_processes, synced_loss, unwrap
 from smg_learning.pga import adam_second_moment, pga_objective, shift_domain, split_domains
 from smg_learning.strategies.base import STRATEGIES, step_generator
 from smg_learning.strategies.replay_real import RealReplay
+from smg_learning.transfer import shift_transfer
 
 #: the losses of a PGA step at a virtual point θ' = θ - α d(g), and those at θ
 VIRTUAL_LOSSES, THETA_LOSSES = ("l_mem", "l_gen"), ("l_cur", "l_mtr")
@@ -87,6 +88,7 @@ class PGAStep:
         net = unwrap(model)
         rank, world = ctx.accelerator.process_index, ctx.accelerator.num_processes
         x, y = batch["image"], batch["mask"]
+        self.probe(model, ctx)
         gen = step_generator(self.run.seed, self.stage, ctx.step)
         replay = self.sample_replay(gen, x.device)
         domains = [(x, y)]
@@ -97,7 +99,11 @@ class PGAStep:
                 domains.append((replay[0][keep], replay[1][keep]))
                 sizes.append(int(keep.sum()))  # the whole replay is on every process
         for _ in range(cfg.pga.shifted_copies):
-            domains.append((shift_domain(x, gen, cfg.pga.shift_strength, share=(rank, world)), y))
+            if cfg.pga.shift == "transfer":  # a curve of synth's "curves" family (issue #22)
+                moved = shift_transfer(x, gen, share=(rank, world))
+            else:
+                moved = shift_domain(x, gen, cfg.pga.shift_strength, share=(rank, world))
+            domains.append((moved, y))
             sizes.append(len(x) * world)
         exact = cfg.pga.estimator == "exact"
         params = [p for p in net.parameters() if p.requires_grad]
