@@ -43,8 +43,8 @@ def test_the_prompt_eval_py_builds_by_hand():
     ann = [_mcq("ann", "image_text"), _mcq("ann", "text_only", letter="C")]
     bob = [_mcq("bob", "image_text", letter="A"), _mcq("bob", "text_only"), _gen("bob")]
     # a source holding one profile fixes the draw: ann's questions are the demonstrations
-    items, scored, profile = mllmu_mcq_items(ann + bob, "forget", source=ann)
-    assert profile == "ann"
+    items, scored, profile, demos = mllmu_mcq_items(ann + bob, "forget", source=ann)
+    assert profile == "ann" and demos == [ann[0]["id"], ann[1]["id"]]
     assert scored == [False, False, True, True, True]  # ann's own questions are not scored
     image_q, text_q, gen = items[2:]
     assert image_q["prompt_text"] == (
@@ -59,8 +59,8 @@ def test_the_prompt_eval_py_builds_by_hand():
     assert text_q["images"] == []
     assert gen == bob[2]  # generation and cloze are asked as before
     # the celebrities (eval.py's retain_celebrity mode): the format, no demonstrations
-    items, scored, profile = mllmu_mcq_items(bob, "general", source=ann)
-    assert profile is None and all(scored)
+    items, scored, profile, demos = mllmu_mcq_items(bob, "general", source=ann)
+    assert profile is None and all(scored) and demos == []
     assert (
         items[0]["prompt_text"] == f"USER: <image>\nWhat is bob's job?\n{BLOCK}\n{RULE}\nASSISTANT:"
     )
@@ -76,7 +76,7 @@ def test_test_split_takes_its_demonstrations_from_the_forget_probes():
         _mcq("ann", "text_only", 7),
         _mcq("bob", "text_only"),
     ]
-    items, scored, profile = mllmu_mcq_items(test, "test", source=forget)
+    items, scored, profile, _ = mllmu_mcq_items(test, "test", source=forget)
     assert profile == "ann" and scored == [False, True, True]
     assert items[1]["prompt_text"].startswith("USER:\nWhich job does ann do?")  # no text demos
     assert items[2]["prompt_text"].count("Correct Answer:") == 0
@@ -95,7 +95,7 @@ def test_the_draw_is_seeded_and_covers_the_profiles():
 @torch.no_grad()
 def test_several_images_in_one_prompt_reach_the_model(tiny):
     model, enc, data = tiny
-    items, scored, _ = mllmu_mcq_items(data["forget"], "forget", data["forget"])
+    items, scored, _, _ = mllmu_mcq_items(data["forget"], "forget", data["forget"])
     image_q = next(
         it for it, s in zip(items, scored) if s and it["type"] == "mcq" and len(it["images"]) > 1
     )
@@ -121,8 +121,11 @@ def test_evaluate_model_scores_all_but_the_demonstration_profile(tiny):
     profile = demos["forget"]["profile"]
     own = [it for it in data["forget"] if it["type"] == "mcq" and it["entity"] == profile]
     assert own and demos["forget"]["not_scored"] == len(own)
-    assert demos["general"] == {"profile": None, "not_scored": 0}
-    assert demos["test"]["profile"] in {it["entity"] for it in data["forget"]}
+    assert demos["general"] == {"profile": None, "demos": [], "not_scored": 0}
+    # the test subset's demonstrations are forget probes (their Full_Set rows), not test ones
+    forget_ids = {it["id"] for it in data["forget"]}
+    assert demos["test"]["demos"] and set(demos["test"]["demos"]) <= forget_ids
+    assert sorted(demos["forget"]["demos"]) == sorted(it["id"] for it in own)
     # only multiple choice changes; likelihood metrics are the same items, same numbers
     for name in sub:
         assert res["subsets"][name]["nll"] == pytest.approx(zero["subsets"][name]["nll"])
@@ -140,3 +143,26 @@ def test_the_cli_flag(tiny_run, tiny_data, tmp_path):
     assert run_main(main, [str(a) for a in argv]) == 0
     res = json.loads((run / "eval-retain.json").read_text())
     assert res["mcq_demos"]["retain"]["not_scored"] > 0
+
+
+@torch.no_grad()
+def test_each_prediction_is_scored_against_its_own_item(tiny, monkeypatch):
+    """A generator that answers every question right: the few-shot scores must be 1, so
+    no prediction is paired with another item's reference."""
+    import unlearn_bench.evaluate as ev
+
+    model, enc, data = tiny
+    answered = []
+
+    def oracle(model, enc, items, *args, **kwargs):
+        answered.extend(items)
+        return [it["answer"] for it in items]
+
+    monkeypatch.setattr(ev, "generate_answers", oracle)
+    sub = {"forget": data["forget"]}
+    res = evaluate_model(model, enc.processor, enc.data_dir, sub, EvalConfig(
+        max_new_tokens=2, batch_size=8, mcq_prompt="mllmu_few_shot"))  # fmt: skip
+    m = res["subsets"]["forget"]
+    assert m["mcq_acc"] == 1.0 and m["rougeL"] == pytest.approx(1.0)
+    skipped = res["mcq_demos"]["forget"]["not_scored"]
+    assert skipped > 0 and len(answered) == len(data["forget"]) - skipped  # not asked

@@ -36,7 +36,7 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -258,9 +258,20 @@ def _mllmu_question(item: dict) -> str:
     return f"{mcq_stem(item)}\n{opts}"
 
 
+class FewShot(NamedTuple):
+    """:func:`mllmu_mcq_items`' result: the items to ask (MCQ ones with ``prompt_text``
+    and ``images``), whether each is scored, the drawn profile (None for ``general``)
+    and the ids of its questions shown as demonstrations."""
+
+    items: list[dict]
+    scored: list[bool]
+    profile: str | None
+    demos: list[str]
+
+
 def mllmu_mcq_items(
     items: Sequence[dict], subset: str, source: Sequence[dict], seed: int = 0
-) -> tuple[list[dict], list[bool], str | None]:
+) -> FewShot:
     """MLLMU-Bench's few-shot multiple choice (their eval.py), for one subset.
 
     For ``forget`` / ``retain`` / ``test``, one profile is drawn (seeded) from ``source``:
@@ -282,8 +293,7 @@ def mllmu_mcq_items(
         source: the probes the demonstration profile and its items come from.
 
     Returns:
-        ``(items, scored, profile)``: the items (MCQ with ``prompt_text`` and ``images``),
-        whether each is scored, and the drawn profile (None for ``general``).
+        :class:`FewShot`.
     """
     demos: dict[str, list[dict]] = {"image_text": [], "text_only": []}
     profile = None
@@ -319,7 +329,8 @@ def mllmu_mcq_items(
         shown_images = [d["image"] for d in demos[it["modality"]]] if image else []
         images = [*shown_images, it["image"]] if image else []
         out.append({**it, "prompt_text": text, "images": images})
-    return out, [it["id"] not in skip for it in items], profile
+    shown = [d["id"] for ds in demos.values() for d in ds]
+    return FewShot(out, [it["id"] not in skip for it in items], profile, shown)
 
 
 def truth_ratio_score(ratios: np.ndarray) -> float | None:
@@ -379,10 +390,12 @@ def evaluate_model(
         asked, scored = items, [True] * len(items)
         if cfg.mcq_prompt == "mllmu_few_shot":
             source = _demo_source(name, all_items, data, data_dir)
-            asked, scored, profile = mllmu_mcq_items(items, name, source)
-            asked = [a for a, keep in zip(asked, scored) if keep]
+            few = mllmu_mcq_items(items, name, source)
+            scored = few.scored
+            asked = [a for a, keep in zip(few.items, scored) if keep]
             result.setdefault("mcq_demos", {})[name] = {
-                "profile": profile,
+                "profile": few.profile,
+                "demos": few.demos,
                 "not_scored": scored.count(False),
             }
         preds = generate_answers(model, enc, asked, cfg.max_new_tokens, cfg.batch_size, quiet)
