@@ -20,7 +20,9 @@ from smg_learning.segmenter import SegLoss, Segmenter, SegmenterConfig
 from smg_learning.strategies import STRATEGIES, RunContext, step_generator
 from smg_learning.synth import SynthSpec, generate
 from smg_learning.transfer import (
+    HIGH,
     KNOTS,
+    LOW,
     apply_curve,
     apply_curve_torch,
     knot_values,
@@ -40,6 +42,9 @@ def test_torch_curve_is_numpys_interpolation():
     want = np.interp(np.clip(x, 0, 1), np.linspace(0, 1, KNOTS), values)
     np.testing.assert_allclose(got, want, atol=1e-12)
     assert np.allclose(apply_curve(x, values), want)
+    # knot values span [LOW, HIGH] inside [0, 1]
+    assert knot_values(np.array([0.0, 1.0])) == pytest.approx([LOW, HIGH])
+    assert 0.0 < LOW < HIGH < 1.0
 
 
 def test_site_curves_keep_the_gland_visible_in_either_polarity():
