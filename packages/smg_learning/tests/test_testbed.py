@@ -217,3 +217,72 @@ def test_the_test_bed_runs_its_protocol_at_toy_size(experiment, tmp_path):
     pga = [r["metrics"] for r in res["rows"] if r["method"] == "pga-a2"]
     assert all(m["align_share"] > 0 and -1 <= m["cos_cur_rep"] <= 1 for m in pga)
     assert (tmp_path / "cosines.png").is_file() and (tmp_path / "report.md").is_file()
+
+
+# ---------------------------------------------------- site modulation and its controls
+def test_style_replay_keeps_quantiles_only_and_maps_onto_them(data):
+    from smg_learning.strategies.style_replay import (
+        QUANTILES,
+        intensity_quantiles,
+        match_quantiles,
+    )
+
+    cfg, _, strategy, _ = _at_stage_2(data, "style-replay")
+    # of a finished site only its intensity quantiles are kept
+    assert set(strategy.quantiles) == {"RUNMC", "BMC"}
+    assert all(q.shape == (data.channels, QUANTILES) for q in strategy.quantiles.values())
+    mem = strategy.memory
+    n = min(cfg.smd.replay_per_site, len(data.parts["train"]["I2CVB"]))
+    assert mem.sites.tolist() == [0] * n + [1] * n
+    cur = data.parts["train"]["I2CVB"]
+    # masks are the current site's own; images its slices restyled
+    assert all(any(torch.equal(m, c) for c in cur.masks) for m in mem.masks)
+    # the whole site mapped lands on the target's quantiles (monotone: order kept)
+    own, target = intensity_quantiles(cur.images), strategy.quantiles["RUNMC"]
+    moved = match_quantiles(cur.images, own, target)
+    np.testing.assert_allclose(intensity_quantiles(moved), target, atol=0.02)
+    flat, order = cur.images.flatten(), cur.images.flatten().argsort()
+    assert bool((moved.flatten()[order].diff() >= -1e-7).all()) and len(flat) > 0
+
+
+def test_shared_prompt_trains_and_samples_every_site_under_prompt_0(data, monkeypatch):
+    import smg_learning.replay as rp
+    from smg_learning.smd import SiteModulatedDiffusion
+
+    class FakeSMD:
+        def sample(self, prompts, **kw):
+            self.prompts = prompts
+            n = len(prompts)
+            return torch.rand(n, 1, 16, 16), torch.zeros(n, 1, 16, 16, dtype=torch.long)
+
+    captured = []
+
+    class Recording(rp._TensorSet):
+        def __init__(self, images, masks, sites):
+            captured.append(sorted(set(sites.tolist())))
+            super().__init__(images, masks, sites)
+
+    monkeypatch.setattr(rp, "_TensorSet", Recording)
+    for shared, prompts, trained in ((False, [0, 0, 1, 1], [0, 1, 2]), (True, [0] * 4, [0])):
+        cfg = replace_nested(
+            run_preset("tiny"), smd={"shared_prompt": shared, "replay_per_site": 2}
+        )
+        fake = FakeSMD()
+        mem = rp.smd_memory(fake, 2, cfg, seed=0)
+        assert fake.prompts.tolist() == prompts
+        assert mem.sites.tolist() == [0, 0, 1, 1]  # the site each sample stands in for
+        smd = SiteModulatedDiffusion(rp.smd_model_config(cfg, data.channels, [], 1))
+        rp.train_smd_stage(smd, data, 2, mem, cfg, None, seed=0, device="cpu", quiet=True)
+        assert captured[-1] == trained  # the prompts the SMD trained its stage with
+
+
+@pytest.mark.slow
+def test_the_site_modulation_control_runs_at_toy_size(experiment, tmp_path):
+    run = experiment("site-modulation", "run")
+    res = run.run_control(tmp_path, "tiny", workers=1, threads=1, quiet=True)
+    rows = {(r["method"], r["seed"]) for r in res["rows"]}
+    assert rows == {(m, s) for m in run.P.ROWS for s in (0, 1)}
+    assert len(res["claims"]) == len(run.P.CLAIMS)
+    replayed = [r["metrics"] for r in res["rows"] if r["method"] != "finetune"]
+    assert all(0 <= m["site_acc"] <= 1 and 0 <= m["mask_dice"] <= 1 for m in replayed)
+    assert (tmp_path / "report.md").is_file()

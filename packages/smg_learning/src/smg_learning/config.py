@@ -82,6 +82,10 @@ class SMDConfig:
     ddim_steps: int = 100
     replay_per_site: int = 256
     mask_threshold: float = 0.0
+    # one prompt for every site (issue #22): the control for site modulation. The SMD
+    # trains and samples every site with prompt 0, so its replay of each earlier site is
+    # a draw from the mixture of the sites it has seen
+    shared_prompt: bool = False
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,7 @@ def train_continual(
         write_metrics(out, metrics)
     metrics["_model"] = model
     metrics["_smd"] = smd
+    metrics["_memory"] = strategy.memory  # the last stage's replay (sample-quality checks)
     return metrics
 
 

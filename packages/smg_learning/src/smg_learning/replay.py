@@ -112,8 +112,12 @@ def smd_memory(
     """``cfg.smd.replay_per_site`` DDIM samples for each of the first ``n_sites`` prompts."""
     g = torch.Generator().manual_seed(seed * 7919 + n_sites)
     sites = torch.arange(n_sites).repeat_interleave(cfg.smd.replay_per_site)
+    prompts = torch.zeros_like(sites) if cfg.smd.shared_prompt else sites
     images, masks = smd.sample(
-        sites, steps=steps or cfg.smd.ddim_steps, generator=g, mask_threshold=cfg.smd.mask_threshold
+        prompts,
+        steps=steps or cfg.smd.ddim_steps,
+        generator=g,
+        mask_threshold=cfg.smd.mask_threshold,
     )
     return ReplayMemory(images, masks, sites)
 
@@ -231,6 +235,8 @@ def train_smd_stage(
         images.append(memory.images)
         masks.append(memory.masks)
         ids.append(memory.sites)
+    if cfg.smd.shared_prompt:  # every site under prompt 0 (the site-modulation control)
+        ids = [torch.zeros_like(i) for i in ids]
     dataset = _TensorSet(torch.cat(images), torch.cat(masks), torch.cat(ids))
     smd.config = dataclasses.replace(smd.config, site_names=tuple(data.sites[: t + 1]))
     tcfg = TrainConfig(

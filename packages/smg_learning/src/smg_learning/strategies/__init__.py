@@ -19,6 +19,7 @@ from smg_learning.strategies.replay_real import RealReplay, ReplayReal
 from smg_learning.strategies.smd_replay import SMDReplay, SMDReplayPlain
 from smg_learning.strategies.pga_real import PGAReal, PGAStep
 from smg_learning.strategies.smg import SMG
+from smg_learning.strategies.style_replay import StyleReplay
 # isort: on
 
 __all__ = [
@@ -38,5 +39,6 @@ __all__ = [
     "SMDReplay",
     "SMDReplayPlain",
     "Strategy",
+    "StyleReplay",
     "step_generator",
 ]
