@@ -130,7 +130,11 @@ NAMED = [
         'images = [*shown_images, it["image"]]',
         'images = [it["image"], *shown_images]',
     ),
-    ("evaluate.py", "asked = [a for a, keep in zip(few.items, scored) if keep]", "asked = few.items"),
+    (
+        "evaluate.py",
+        "asked = [a for a, keep in zip(few.items, scored) if keep]",
+        "asked = few.items",
+    ),
     ("evaluate.py", 'return data["forget"]', "return items"),
     ("evaluate.py", "rng.integers(len(ids))", "0"),
     ("data.py", 'tuple(item["images"])', 'tuple(item["images"][-1:])'),
