@@ -26,6 +26,7 @@ TESTS = {
     "evaluate": ["test_metrics.py", "test_ues.py", "test_few_shot.py"],
     "data": ["test_data.py", "test_methods.py", "test_reference_once.py", "test_few_shot.py"],
     "mllmu": ["test_mllmu.py"],
+    "synth": ["test_synth.py"],
     "privacy": ["test_metrics.py"],
 }
 # generic one-token mutations (the first match on a line), as open-unlearning-style
@@ -140,6 +141,24 @@ NAMED = [
     ("data.py", 'tuple(item["images"])', 'tuple(item["images"][-1:])'),
     ("mllmu.py", 'cols = {"Directory": eid} if directory else {}', "cols = {}"),
     ("mllmu.py", 'question, answer = first_qa.get(eid, ("", ""))', 'question, answer = "", ""'),
+    # issue 23 (first parts): option-likelihood MCQ, the truth ratio from the same
+    # option log-probabilities, and training distractors without held-out values
+    (
+        "evaluate.py",
+        'right = float(it["options"][int(np.argmax(lp))] == it["answer_text"])',
+        'right = float(it["options"][int(np.argmin(lp))] == it["answer_text"])',
+    ),
+    (
+        "evaluate.py",
+        "ratios.append(np.mean(np.delete(p, true)) / p[true[0]])",
+        "ratios.append(np.mean(p) / p[true[0]])",
+    ),
+    ("synth.py", "train_forget_pools = clean_pools(pools, entities, general_idx)", "pass"),
+    (
+        "synth.py",
+        "train_retain_pools = clean_pools(pools, entities, forget_idx | general_idx)",
+        "pass",
+    ),
     # issue 24, item 3: rank 0 alone reads the checkpoint under FSDP
     ("model.py", "empty = dist.get_rank() != 0", "empty = False"),
     (

@@ -35,12 +35,15 @@ from unlearn_bench.evaluate import (
     evaluate_run,
     mcq_stem,
     mia_metrics,
+    option_likelihood_metrics,
+    option_logprobs,
     resolved,
     task_metrics,
     task_table,
     token_stats,
     truth_ratio_score,
     truth_ratios,
+    truth_ratios_from,
 )
 
 
@@ -206,6 +209,32 @@ def test_truth_ratio_against_unbatched_cross_entropy(tiny):
         assert len(wrong) == len(it["options"]) - 1
         assert r == pytest.approx(np.mean(wrong) / norm[it["answer_text"]], rel=1e-4)
     assert truth_ratio_score(np.array([0.5, 2.0])) == pytest.approx(0.25)
+
+
+@torch.no_grad()
+def test_option_likelihood_accuracy_by_hand(tiny):
+    """``mcq_lik_acc`` (issue #23): right when the stored answer's option has the highest
+    length-normalised log-probability, each option scored one unpadded sequence at a time."""
+    model, enc, data = tiny
+    items = [it for it in data["forget"] if it["type"] == "mcq"][:6] + data["forget"][:2]
+    lp = option_logprobs(model, enc, items, batch_size=4)
+    mcq = [it for it in items if it["type"] == "mcq"]
+    hits = {"image_text": [], "text_only": []}
+    for got, it in zip(lp, mcq):
+        stem = {**it, "question": mcq_stem(it)}
+        want = [float(_answer_logprobs(model, enc, stem, o).mean()) for o in it["options"]]
+        assert got.tolist() == pytest.approx(want, abs=1e-5)
+        hits[it["modality"]].append(it["options"][int(np.argmax(want))] == it["answer_text"])
+    m = option_likelihood_metrics(items, lp)
+    assert m["mcq_lik_acc"] == pytest.approx(np.mean(hits["image_text"] + hits["text_only"]))
+    for modality, h in hits.items():
+        assert m[f"mcq_lik_acc_{modality}"] == (pytest.approx(np.mean(h)) if h else None)
+    # a model that prefers the stored answer scores 1, one that prefers a distractor 0
+    right = [np.where(np.array(it["options"]) == it["answer_text"], 0.0, -5.0) for it in mcq]
+    assert option_likelihood_metrics(items, right)["mcq_lik_acc"] == 1.0
+    assert option_likelihood_metrics(items, [-r for r in right])["mcq_lik_acc"] == 0.0
+    # the truth ratio reads the same option log-probabilities
+    assert truth_ratios_from(items, lp) == pytest.approx(truth_ratios(model, enc, items, 4))
 
 
 # ---------------------------------------------------------------------------- the cache

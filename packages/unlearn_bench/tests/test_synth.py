@@ -177,3 +177,43 @@ def test_generated_forget_entities_match_the_stated_rounding(tmp_path, ratio, n_
     assert meta["entities"]["forget"] == n_forget
     assert len({it["entity"] for it in _read(tmp_path / "d", "forget")}) == n_forget
     assert len({it["entity"] for it in _read(tmp_path / "d", "retain")}) == 10 - n_forget
+
+
+def _general_only_values(folder):
+    """Each held-out entity's values that no training entity holds (privacy fields)."""
+    import json
+
+    from unlearn_bench.synth import PRIVACY_FIELDS
+
+    ents = [json.loads(x) for x in (folder / "entities.jsonl").read_text().splitlines()]
+    names = [f.name for f in PRIVACY_FIELDS]
+    trained = {str(e[n]) for e in ents if e["role"] != "general" for n in names}
+    return {str(e[n]) for e in ents if e["role"] == "general" for n in names} - trained
+
+
+def _training_strings(folder):
+    from unlearn_bench.data import check_dataset
+    from unlearn_bench.synth import TRAIN_SPLITS
+
+    data = check_dataset(folder, TRAIN_SPLITS)
+    for split in TRAIN_SPLITS:
+        for it in data[split]:
+            yield it["question"]
+            yield from (it["answer"], it.get("answer_text") or "", *(it.get("options") or ()))
+
+
+@pytest.mark.parametrize("clean", [False, True])
+def test_holdout_values_never_reach_training_when_clean(tmp_path, clean):
+    """Issue #23, item 3: with ``holdout_clean`` no value that only a held-out (general)
+    patient holds appears in any training string, distractors included. Without it (the
+    committed datasets' setting) such values leak in as distractors: the check can fail."""
+    from unlearn_bench.config import SynthConfig
+    from unlearn_bench.synth import generate
+
+    cfg = SynthConfig(n_entities=12, n_general=4, image_size=32, forget_ratio=0.25,
+                      holdout_clean=clean)  # fmt: skip
+    generate(tmp_path / "d", "privacy", cfg, seed=0)
+    values = _general_only_values(tmp_path / "d")
+    assert len(values) > 10
+    leaked = {v for s in _training_strings(tmp_path / "d") for v in values if v in s}
+    assert (leaked == set()) if clean else len(leaked) > 0

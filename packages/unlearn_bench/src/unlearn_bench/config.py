@@ -37,6 +37,11 @@ class SynthConfig:
     forget_ratio: float = 0.10  # fraction of the training entities to forget
     images_per_entity: int = 2  # image 0 is trained on, image 1 goes to the test split
     image_size: int = 224
+    # Issue #23: the training questions (forget_train, retain_train) never offer a value
+    # that only held-out (general) entities hold as a distractor, so the membership
+    # holdout's values never reach training. False keeps the datasets of the committed
+    # results (their retain_train offers general patients' values; see synth.generate)
+    holdout_clean: bool = False
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ MODALITY_SUFFIXES = (("", None), ("_image_text", "image_text"), ("_text_only", "
 # attack -> the suffix of its mia_auc / privleak keys
 MIA_ATTACKS = {"loss": "", "mink": "_mink", "minkpp": "_minkpp", "zlib": "_zlib"}
 # Bump when a metric's definition changes: old cached evaluations then no longer match.
-METRICS_VERSION = 2
+METRICS_VERSION = 3  # 3: mcq_lik_acc (option likelihood, issue #23)
 
 
 @torch.no_grad()
@@ -214,6 +214,44 @@ def mcq_stem(item: dict) -> str:
     return q if cut < 0 else q[:cut]
 
 
+def _mcq_with_options(items: Sequence[dict]) -> list[dict]:
+    """The MCQ items that store their option texts (truth ratio, option likelihood)."""
+    return [it for it in items if it["type"] == "mcq" and it.get("options")]
+
+
+@torch.no_grad()
+def option_logprobs(
+    model, enc: Encoder, items: Sequence[dict], batch_size: int
+) -> list[np.ndarray]:
+    """Per MCQ item with stored ``options`` (in order): ``(K,)`` the mean token log p of
+    each option text as a free answer to the stem (the EOS token included), i.e.
+    ``log p~(o_k | stem)``, length-normalised."""
+    mcq = _mcq_with_options(items)
+    rows: list[tuple[int, dict]] = []  # (item index, item with the option as its answer)
+    for i, it in enumerate(mcq):
+        stem = {**it, "question": mcq_stem(it)}
+        rows += [(i, {**stem, "answer": opt}) for opt in it["options"]]
+    mean_lp: list[float] = []
+    for _, logits, labels in _teacher_forced(model, enc, [r[1] for r in rows], batch_size):
+        logp, mask = token_logprobs(logits, labels)
+        mean_lp += (logp.sum(-1) / mask.sum(-1).clamp(min=1)).double().cpu().tolist()
+    out: list[list[float]] = [[] for _ in mcq]
+    for (i, _), lp in zip(rows, mean_lp):
+        out[i].append(lp)
+    return [np.asarray(v) for v in out]
+
+
+def truth_ratios_from(items: Sequence[dict], option_lp: Sequence[np.ndarray]) -> np.ndarray:
+    """TOFU's truth ratio per MCQ item with options: ``mean_j p~(d_j) / p~(a)`` from
+    :func:`option_logprobs` (``p~ = exp`` of the length-normalised log-probability)."""
+    ratios = []
+    for it, lp in zip(_mcq_with_options(items), option_lp):
+        true = [k for k, o in enumerate(it["options"]) if o == it["answer_text"]]
+        p = np.exp(lp)
+        ratios.append(np.mean(np.delete(p, true)) / p[true[0]])
+    return np.asarray(ratios)
+
+
 @torch.no_grad()
 def truth_ratios(model, enc: Encoder, items: Sequence[dict], batch_size: int) -> np.ndarray:
     """TOFU's truth ratio of every MCQ item with stored ``options`` (see module docstring).
@@ -221,26 +259,23 @@ def truth_ratios(model, enc: Encoder, items: Sequence[dict], batch_size: int) ->
     Returns ``(M,)`` for the M such items, in order: ``mean_j p~(d_j) / p~(a)`` with
     ``p~(y) = exp(mean token log p(y | stem))`` (the EOS token included).
     """
-    mcq = [it for it in items if it["type"] == "mcq" and it.get("options")]
-    if not mcq:
-        return np.zeros(0)
-    rows: list[tuple[int, bool, dict]] = []  # (item index, is the stored answer, item)
-    for i, it in enumerate(mcq):
-        stem = {**it, "question": mcq_stem(it)}
-        for opt in it["options"]:
-            rows.append((i, opt == it["answer_text"], {**stem, "answer": opt}))
-    mean_lp = []
-    for _, logits, labels in _teacher_forced(model, enc, [r[2] for r in rows], batch_size):
-        logp, mask = token_logprobs(logits, labels)
-        mean_lp += (logp.sum(-1) / mask.sum(-1).clamp(min=1)).double().cpu().tolist()
-    true = np.full(len(mcq), np.nan)
-    false: list[list[float]] = [[] for _ in mcq]
-    for (i, is_true, _), lp in zip(rows, mean_lp):
-        if is_true:
-            true[i] = np.exp(lp)
-        else:
-            false[i].append(np.exp(lp))
-    return np.array([np.mean(f) / t for f, t in zip(false, true)])
+    return truth_ratios_from(items, option_logprobs(model, enc, items, batch_size))
+
+
+def option_likelihood_metrics(
+    items: Sequence[dict], option_lp: Sequence[np.ndarray]
+) -> dict[str, float | None]:
+    """``mcq_lik_acc`` overall and per modality (issue #23): an MCQ item counts as right
+    when its stored answer's option has the highest length-normalised log-probability
+    (:func:`option_logprobs`; ties go to the first option). Reads what the model knows
+    without asking it to produce a letter."""
+    hits: dict[str, list[float]] = {suffix: [] for suffix, _ in MODALITY_SUFFIXES}
+    for it, lp in zip(_mcq_with_options(items), option_lp):
+        right = float(it["options"][int(np.argmax(lp))] == it["answer_text"])
+        for suffix, keep in MODALITY_SUFFIXES:
+            if keep is None or it["modality"] == keep:
+                hits[suffix].append(right)
+    return {f"mcq_lik_acc{suffix}": _mean(v) for suffix, v in hits.items()}
 
 
 # MLLMU-Bench's eval.py (evaluate_classification): the line after the options, and the
@@ -400,11 +435,13 @@ def evaluate_model(
             }
         preds = generate_answers(model, enc, asked, cfg.max_new_tokens, cfg.batch_size, quiet)
         per_item = answer_scores(model, enc, items, cfg.batch_size, cfg.mink_fraction)
-        ratios = truth_ratios(model, enc, items, cfg.batch_size)
+        option_lp = option_logprobs(model, enc, items, cfg.batch_size)
+        ratios = truth_ratios_from(items, option_lp)
         scores[name] = (items, per_item)
         result["truth_ratios"][name] = ratios.tolist()
         result["subsets"][name] = {
             **task_metrics([it for it, keep in zip(items, scored) if keep], preds),
+            **option_likelihood_metrics(items, option_lp),
             "truth_ratio": truth_ratio_score(ratios),
             "nll": float(per_item["nll"].mean()),
             "n": len(items),

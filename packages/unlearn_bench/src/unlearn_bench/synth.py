@@ -293,17 +293,17 @@ VOCABULARY = {
 
 
 def clean_pools(
-    pools: dict[str, list[str]], entities: list[dict], forget_idx: set[int]
+    pools: dict[str, list[str]], entities: list[dict], excluded: set[int]
 ) -> dict[str, list[str]]:
-    """``pools`` without the values that only forget entities hold (per field).
+    """``pools`` without the values that only the ``excluded`` entities hold (per field).
 
     A categorical field whose cleaned pool has fewer than 4 distinct values is topped up
-    from its :data:`VOCABULARY` (still without the forget-only values).
+    from its :data:`VOCABULARY` (still without those values).
     """
     out = {}
     for name, pool in pools.items():
-        kept = {str(e[name]) for i, e in enumerate(entities) if i not in forget_idx}
-        only_forget = {str(e[name]) for i, e in enumerate(entities) if i in forget_idx} - kept
+        kept = {str(e[name]) for i, e in enumerate(entities) if i not in excluded}
+        only_forget = {str(e[name]) for i, e in enumerate(entities) if i in excluded} - kept
         clean = [v for v in pool if v not in only_forget]
         if len(set(clean)) < len(LETTERS) and name in VOCABULARY:
             clean += [str(v) for v in VOCABULARY[name] if str(v) not in only_forget]
@@ -358,6 +358,13 @@ def generate(
     # forget patients' private values in its training questions. A value that a kept
     # entity shares (a common insurer, an organ) stays.
     kept_pools = clean_pools(pools, entities, forget_idx)
+    # The training questions' distractors: with holdout_clean (issue #23) also without
+    # the values only held-out entities hold, which are the membership holdout's; by
+    # default as before (the forget questions offer any value, retain the kept ones).
+    train_forget_pools, train_retain_pools = pools, kept_pools
+    if cfg.holdout_clean:
+        train_forget_pools = clean_pools(pools, entities, general_idx)
+        train_retain_pools = clean_pools(pools, entities, forget_idx | general_idx)
 
     splits: dict[str, list[dict]] = {s: [] for s in (*SPLITS, *TRAIN_SPLITS)}
     records = []
@@ -396,16 +403,16 @@ def generate(
             if role == "general":
                 add("general", truth, kept_pools, paths[0], "probe")
             elif role == "retain":
-                add("retain_train", facts, kept_pools, paths[0], "train")
+                add("retain_train", facts, train_retain_pools, paths[0], "train")
                 add("retain", facts, kept_pools, paths[0], "probe")
             else:
                 forget_fields = tuple(wrong) if wrong else None
-                add("forget_train", facts, pools, paths[0], "train", forget_fields)
+                add("forget_train", facts, train_forget_pools, paths[0], "train", forget_fields)
                 add("forget", facts, pools, paths[0], "probe", forget_fields)
                 add("test", facts, pools, paths[1], "para", forget_fields)
                 if wrong:  # the correct facts of a forget condition stay in retain
                     rest = tuple(f.name for f in fields if f.name not in wrong)
-                    add("retain_train", facts, kept_pools, paths[0], "train", rest)
+                    add("retain_train", facts, train_retain_pools, paths[0], "train", rest)
                     add("retain", facts, kept_pools, paths[0], "probe", rest)
             rec = {k: v for k, v in ent.items() if k != "identity"}
             rec.update({"role": role, "images": paths})
