@@ -31,7 +31,7 @@ from medcommon.config import replace_nested
 from medcommon.errors import Diverged, InputError
 from medcommon.fs import write_text_atomic
 from medcommon.provenance import load_beside
-from medcommon.report import claims_table, make_results, write_results
+from medcommon.report import claims_table, make_results, markdown_table, write_results
 from medcommon.train import fix_threads, pinned_map
 from smg_learning import __version__
 from smg_learning.config import RunConfig, run_preset
@@ -211,18 +211,13 @@ def plot_cosines(results: dict[str, Any], path: Path, every: int) -> Path | None
             ax.axvline(edge * every, color="0.8", lw=0.8)
         ax.axhline(0, color="0.5", lw=0.6)
         ax.set_title(name)
-        ax.set_xlabel("probe step (stages with replay, concatenated)")
+        ax.set_xlabel("training step (stages with replay, concatenated)")
     axes[0].set_ylabel("cosine (mean over seeds)")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def _mean_sd(values: Sequence[float]) -> str:
-    v = np.asarray(values, dtype=float)
-    return f"{v.mean():.3f} ± {v.std(ddof=1) if v.size > 1 else 0.0:.3f}"
 
 
 def write_report(out: Path, results: dict[str, Any]) -> Path:
@@ -259,12 +254,8 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     if results.get("claims"):
         lines += ["## Claims (paired by seed, 95 % t-interval)", "",
                   claims_table(results["claims"]), ""]  # fmt: skip
-    lines += ["## Rows (mean ± sd over seeds)", "",
-              "| row | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]  # fmt: skip
-    for row in dict.fromkeys(r["method"] for r in results["rows"]):
-        ms = [r["metrics"] for r in results["rows"] if r["method"] == row]
-        cells = [_mean_sd([m[k] for m in ms]) if all(k in m for m in ms) else "–" for k in METRICS]
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += ["## Rows (mean ± sd over seeds)", ""]
+    lines.append(markdown_table(results, METRICS).rstrip())
     if ex["traces"]:
         lines += ["", "![the probe's cosines through training](cosines.png)"]
     path = out / "report.md"

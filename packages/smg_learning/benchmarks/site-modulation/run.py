@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from medcommon.cli import run_main
@@ -29,7 +28,7 @@ from medcommon.config import replace_nested
 from medcommon.errors import InputError
 from medcommon.fs import write_text_atomic
 from medcommon.provenance import load_beside
-from medcommon.report import claims_table, make_results, write_results
+from medcommon.report import claims_table, make_results, markdown_table, write_results
 from medcommon.train import fix_threads, pinned_map
 from smg_learning import __version__
 from smg_learning.config import RunConfig, run_preset
@@ -141,11 +140,6 @@ def run_control(out: Path, preset: str, workers: int, threads: int, quiet: bool)
     return results
 
 
-def _mean_sd(values: Sequence[float]) -> str:
-    v = np.asarray(values, dtype=float)
-    return f"{v.mean():.3f} ± {v.std(ddof=1) if v.size > 1 else 0.0:.3f}"
-
-
 def write_report(out: Path, results: dict[str, Any]) -> Path:
     ex, prov = results["extra"], results.get("provenance", {})
     lines = [
@@ -164,13 +158,8 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         "",
         "## Rows (mean ± sd over seeds)",
         "",
-        "| row | " + " | ".join(METRICS) + " |",
-        "|---|" + "---|" * len(METRICS),
     ]
-    for row in dict.fromkeys(r["method"] for r in results["rows"]):
-        ms = [r["metrics"] for r in results["rows"] if r["method"] == row]
-        cells = [_mean_sd([m[k] for m in ms]) if all(k in m for m in ms) else "–" for k in METRICS]
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines.append(markdown_table(results, METRICS).rstrip())
     path = out / "report.md"
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
