@@ -204,6 +204,11 @@ def test_rouge_l_hand_computed_lcs():
         2 * p * r / (p + r)
     )
     assert rouge_l("completely different", "the cat") == 0.0
+    # recall (open-unlearning's rougeL_recall) = LCS / reference length; precision / answer's
+    assert rouge_l("the cat on the mat", "the cat sat on the mat", measure="recall") == r
+    assert rouge_l("the cat on the mat", "the cat sat on the mat", measure="precision") == p
+    with pytest.raises(ValueError, match="measure"):
+        rouge_l("a", "a", measure="f1")
 
 
 def test_exact_and_substring_match():

@@ -17,6 +17,7 @@ from medcommon.report import (
     plot_differences,
     plot_heatmap,
     plot_image_grid,
+    plot_tradeoff,
     write_report,
     write_results,
 )
@@ -98,6 +99,15 @@ def test_plots_are_png_files(tmp_path):
         plot_differences(
             {"a": [0.1, -0.02, 0.05], "b": [float("nan")], "c": [0.3]}, tmp_path / "d.png", "t", "x"
         ),
+        plot_tradeoff(
+            {"npo": ([0.9, 0.5, 0.1], [0.8, 0.7, 0.4])},
+            {"vanilla": (0.9, 0.8)},
+            tmp_path / "t.png",
+            "t",
+            "forget",
+            "retain",
+            marked={"npo": (0.1, 0.4)},
+        ),
     ]
     for p in paths:
         data = p.read_bytes()
@@ -107,6 +117,7 @@ def test_plots_are_png_files(tmp_path):
         "d.png",
         "g.png",
         "h.png",
+        "t.png",
     ]  # no temp files left
 
 

@@ -63,3 +63,17 @@ def tiny(tiny_data):
     data = check_dataset(tiny_data)
     model, processor = build_tiny(TinyModelConfig(), corpus_texts(data))
     return model.eval(), Encoder(processor, tiny_data), data
+
+
+@pytest.fixture(scope="session")
+def knowledge_data(tmp_path_factory):
+    """A small dataset with issue #23's settings: two training wordings, validation probes
+    and the verbatim holdout, a clean membership holdout."""
+    import dataclasses
+
+    from unlearn_bench.synth import generate
+
+    out = tmp_path_factory.mktemp("data") / "knowledge"
+    cfg = dataclasses.replace(TINY, train_wordings=2, validation_probes=True, holdout_clean=True)
+    generate(out, "privacy", cfg, seed=0)
+    return out

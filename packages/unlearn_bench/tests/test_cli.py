@@ -458,8 +458,10 @@ def test_evaluate_writes_all_metrics(tiny_data, tiny_run, ga_run):
         for k in ("mcq_acc", "rougeL", "cloze_acc"):
             for suffix in ("", "_image_text", "_text_only"):
                 assert k + suffix in res["subsets"][s]
-    # no --vanilla was given, so the vanilla model can only come from the run's config
-    assert 0.0 <= res["ues"] <= 1.0 and "ues_vanilla" in res
+    # no --vanilla was given, so the vanilla model can only come from the run's config; it
+    # is also the reference here, so there is nothing to forget and UES is undefined
+    assert res["ues"] is None and res["ues_undefined"].startswith("nothing to forget")
+    assert "ues_vanilla" in res
     assert load_run(ga_run).info.extra["vanilla_model"] == str((tiny_run / "model").resolve())
     assert main([*map(str, args), "--vanilla", str(tiny_run)]) == 0
     explicit = json.loads((ga_run / "eval-all.json").read_text())

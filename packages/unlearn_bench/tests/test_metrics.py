@@ -286,14 +286,17 @@ def test_cached_evaluation_is_reused_only_under_the_same_settings(tiny_run, tiny
 
 
 def test_a_model_against_itself_as_reference_and_vanilla(tiny_run, tiny_data, tmp_path):
-    """The retrained model evaluated against itself: UES 1, PrivLeak 0, forget quality 1."""
+    """The retrained model evaluated against itself: PrivLeak 0, forget quality 1, and UES
+    undefined, since it is also the vanilla model (nothing to forget; issue #23)."""
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     cfg = EvalConfig(max_new_tokens=2, batch_size=8, max_items=4)
     res = evaluate_run(run, tiny_data, cfg, vanilla=run, reference=run, device="cpu", quiet=True)
     assert res["privleak"] == 0.0 and res["privleak_mink"] == 0.0
     assert res["forget_quality"] == pytest.approx(1.0)
-    assert res["ues"] == 1.0 and res["ues_vanilla"] == 0.0
+    assert res["ues"] is None and "nothing to forget" in res["ues_undefined"]
+    assert res["ues_vanilla"] == 0.0
+    assert res["privleak_kn_mink"] == 0.0 and res["forget_quality_tofu"] == pytest.approx(1.0)
     assert set(res["truth_ratios"]) == {"forget", "retain", "test", "general"}
 
 

@@ -202,8 +202,8 @@ def _training_strings(folder):
             yield from (it["answer"], it.get("answer_text") or "", *(it.get("options") or ()))
 
 
-@pytest.mark.parametrize("clean", [False, True])
-def test_holdout_values_never_reach_training_when_clean(tmp_path, clean):
+@pytest.mark.parametrize("clean,knowledge", [(False, False), (True, False), (True, True)])
+def test_holdout_values_never_reach_training_when_clean(tmp_path, clean, knowledge):
     """Issue #23, item 3: with ``holdout_clean`` no value that only a held-out (general)
     patient holds appears in any training string, distractors included. Without it (the
     committed datasets' setting) such values leak in as distractors: the check can fail."""
@@ -211,9 +211,81 @@ def test_holdout_values_never_reach_training_when_clean(tmp_path, clean):
     from unlearn_bench.synth import generate
 
     cfg = SynthConfig(n_entities=12, n_general=4, image_size=32, forget_ratio=0.25,
-                      holdout_clean=clean)  # fmt: skip
+                      holdout_clean=clean, train_wordings=1 + knowledge,
+                      validation_probes=knowledge)  # fmt: skip
     generate(tmp_path / "d", "privacy", cfg, seed=0)
     values = _general_only_values(tmp_path / "d")
     assert len(values) > 10
     leaked = {v for s in _training_strings(tmp_path / "d") for v in values if v in s}
     assert (leaked == set()) if clean else len(leaked) > 0
+
+
+def test_issue_23_settings_leave_the_other_questions_unchanged(tmp_path):
+    """Two training wordings and the extra splits draw from their own generator: every file
+    of the default dataset is the same with them, the training files less the second
+    wording's items."""
+    import dataclasses
+
+    from unlearn_bench.synth import EXTRA_SPLITS, TRAIN_ALT, TRAIN_SPLITS
+
+    generate(tmp_path / "a", "privacy", CFG, seed=2)
+    more = dataclasses.replace(CFG, train_wordings=2, validation_probes=True)
+    meta = generate(tmp_path / "b", "privacy", more, seed=2)
+    for s in SPLITS:
+        assert (tmp_path / "a" / f"{s}.jsonl").read_bytes() == (
+            tmp_path / "b" / f"{s}.jsonl"
+        ).read_bytes()
+    for s in TRAIN_SPLITS:
+        a, b = _read(tmp_path / "a", s), _read(tmp_path / "b", s)
+        first = [it for it in b if not it["id"].endswith(TRAIN_ALT)]
+        second = [it for it in b if it["id"].endswith(TRAIN_ALT)]
+        assert first == a and len(second) == len(a)
+        # the same facts, each under a second wording
+        key = {(it["entity"], it["field"], it["type"]): it for it in a}
+        for it in second:
+            twin = key[(it["entity"], it["field"], it["type"])]
+            assert it["answer_text"] == twin["answer_text"]
+            assert it["question"].split("\n")[0] != twin["question"].split("\n")[0]
+    assert not any((tmp_path / "a" / f"{s}.jsonl").exists() for s in EXTRA_SPLITS)
+    assert meta["extra_counts"] == {s: len(_read(tmp_path / "b", s)) for s in EXTRA_SPLITS}
+
+
+def test_five_wordings_are_disjoint(tmp_path):
+    """Train, second train, probe, validation and test paraphrase: for every fact and
+    question type, five different questions (issue #23: trained under two, probed in a
+    third, the dose chosen on a fourth)."""
+    import dataclasses
+
+    more = dataclasses.replace(CFG, train_wordings=2, validation_probes=True)
+    generate(tmp_path / "d", "privacy", more, seed=0)
+    by_fact: dict = {}
+    for s in ("forget_train", "forget", "forget_val", "test"):
+        for it in _read(tmp_path / "d", s):
+            stem = it["question"].split("\n")[0]
+            by_fact.setdefault((it["entity"], it["field"], it["type"]), []).append(stem)
+    assert by_fact
+    for stems in by_fact.values():
+        assert len(stems) == 5 and len(set(stems)) == 5
+
+
+def test_validation_probes_and_verbatim_holdout_cover_their_entities(tmp_path):
+    import dataclasses
+
+    more = dataclasses.replace(CFG, train_wordings=2, validation_probes=True)
+    generate(tmp_path / "d", "privacy", more, seed=0)
+    for probe, val in (("forget", "forget_val"), ("retain", "retain_val")):
+        a, b = _read(tmp_path / "d", probe), _read(tmp_path / "d", val)
+        facts = {(it["entity"], it["field"], it["type"], it["answer_text"]) for it in a}
+        assert {(it["entity"], it["field"], it["type"], it["answer_text"]) for it in b} == facts
+    general = _read(tmp_path / "d", "general")
+    held = _read(tmp_path / "d", "general_train")
+    assert {it["entity"] for it in held} == {it["entity"] for it in general}
+    assert all(it["question"].startswith(("Tell me", "Fill in: the")) for it in held)
+
+
+def test_train_wordings_must_be_one_or_two(tmp_path):
+    import dataclasses
+
+    with pytest.raises(InputError, match="train_wordings"):
+        generate(tmp_path / "d", "privacy", dataclasses.replace(CFG, train_wordings=3), seed=0)
+    assert not (tmp_path / "d").exists()

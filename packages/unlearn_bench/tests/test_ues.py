@@ -10,7 +10,7 @@ import itertools
 
 import pytest
 
-from unlearn_bench.ues import knowledge_score, ues, ues_vanilla
+from unlearn_bench.ues import knowledge_score, ues, ues_undefined, ues_vanilla
 
 
 def subsets(forget, retain):
@@ -76,11 +76,15 @@ def test_utility_above_retrain_is_capped():
     assert ues(better, RETRAIN, VANILLA) == 1.0
 
 
-def test_nothing_to_forget_uses_the_fallback_scale():
-    # vanilla knows no more than retrain: scale max(F_r, 1 - F_r) = 5/6
+def test_nothing_to_forget_leaves_ues_undefined():
+    """Issue #23: where vanilla's forget side is not above retrain's, UES is None and the
+    reason names both forget-side scores (it used to give a number on a fallback scale)."""
     model = subsets((0.25, 0.0, 0.0), R_RETAIN)
-    f = 1 - F_R / (5 / 6)
-    assert ues(model, RETRAIN, RETRAIN) == pytest.approx(2 * f / (f + 1))
+    assert ues(model, RETRAIN, RETRAIN) is None
+    why = ues_undefined(RETRAIN, RETRAIN)
+    assert why.startswith("nothing to forget") and f"{F_R:.3f}" in why
+    assert ues_undefined(RETRAIN, VANILLA) is None
+    assert ues(RETRAIN, RETRAIN, VANILLA) == 1.0
 
 
 def test_ues_in_unit_interval():

@@ -65,7 +65,9 @@ def _preset_arg(p: argparse.ArgumentParser, real: str) -> None:
 
 def _preset_help(p: argparse.ArgumentParser, real: str) -> None:
     action = next(a for a in p._actions if a.dest == "preset")
-    action.help = f"a preset: tiny, demo, small or full (default: full {real}, else tiny)"
+    action.help = (
+        f"a preset: tiny, demo, small, knowledge or full (default: full {real}, else tiny)"
+    )
 
 
 # The precision, LoRA and memory flags: shorthands for --set of the scale group's fields.
@@ -300,6 +302,44 @@ def cmd_benchmark(args) -> int:
     run_benchmark(
         args.out, preset=args.preset, seeds=args.seeds, scenarios=args.scenarios,
         forget_ratio=args.forget_ratio, methods=args.methods, data=args.data,
+        device=args.device, quiet=args.quiet, workers=args.workers, threads=args.threads,
+    )  # fmt: skip
+    return 0
+
+
+def _matched_args(p: argparse.ArgumentParser) -> None:
+    from medcommon.cli.args import BENCHMARK_THREADS, add_preset_arg
+    from unlearn_bench.matched import METHODS_RUN, PRESET
+
+    p.add_argument(
+        "--out", type=Path, required=True, help="folder for results.json, report.md, tradeoff.png"
+    )
+    add_preset_arg(p, PRESET)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    p.add_argument(
+        "--methods", nargs="+", default=list(METHODS_RUN),
+        help=f"methods on the dose grid (default: {' '.join(METHODS_RUN)})",
+    )  # fmt: skip
+    p.add_argument("--workers", type=int, default=1, help="seeds run at once (default 1)")
+    p.add_argument(
+        "--threads", type=int, default=BENCHMARK_THREADS,
+        help=f"CPU threads per process, pinned (default {BENCHMARK_THREADS}; recorded)",
+    )  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+@app.command(
+    "matched",
+    "unlearning at matched forgetting: each method's dose grid, the dose chosen on validation "
+    "probes, full evaluation and relearning there (issue #23's protocol)",
+    args=_matched_args,
+)
+def cmd_matched(args) -> int:
+    from unlearn_bench.matched import run_matched
+
+    run_matched(
+        args.out, preset=args.preset, seeds=args.seeds, methods=args.methods,
         device=args.device, quiet=args.quiet, workers=args.workers, threads=args.threads,
     )  # fmt: skip
     return 0

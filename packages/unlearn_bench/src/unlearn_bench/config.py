@@ -42,6 +42,16 @@ class SynthConfig:
     # holdout's values never reach training. False keeps the datasets of the committed
     # results (their retain_train offers general patients' values; see synth.generate)
     holdout_clean: bool = False
+    # Issue #23, knowledge that probes can see (Allen-Zhu & Li 2024, "Physics of Language
+    # Models 3.1": facts trained under varied phrasings become extractable). 2 adds a
+    # second training wording of every training question; 1 writes the datasets of the
+    # committed results byte for byte.
+    train_wordings: int = 1
+    # Issue #23: also write forget_val / retain_val (probes of the same facts in a fourth
+    # wording, to pick an unlearning dose without the test probes) and general_train (the
+    # held-out entities' questions in the training wording: the verbatim membership
+    # holdout, as MUSE compares training texts against unseen texts of the same template).
+    validation_probes: bool = False
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,10 @@ import torch
 
 from medcommon.data import read_jsonl
 from medcommon.errors import InputError
-from unlearn_bench.synth import QTYPES, SPLITS, TRAIN_SPLITS
+from unlearn_bench.synth import EXTRA_SPLITS, QTYPES, SPLITS, TRAIN_SPLITS
 
 FILES = (*SPLITS, *TRAIN_SPLITS)  # every question file of a dataset folder
+OPTIONAL_FILES = EXTRA_SPLITS  # written by generate with validation_probes (issue #23)
 
 REQUIRED = ("id", "type", "modality", "question", "answer")
 # The type of every field a question row may hold (synth's README lists them): required
@@ -47,7 +48,7 @@ IDK_ANSWERS = (
 def read_split(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
     """Items of ``DATA/<split>.jsonl``, validated; errors name the file and line."""
     data_dir = Path(data_dir)
-    if split not in FILES:
+    if split not in (*FILES, *OPTIONAL_FILES):
         raise InputError("--split", f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     path = data_dir / f"{split}.jsonl"
     if not data_dir.is_dir():
@@ -106,6 +107,12 @@ def check_types(item: dict[str, Any], where: str) -> None:
         isinstance(options, list) and all(isinstance(o, str) for o in options)
     ):
         raise InputError(where, f"field 'options' must be a list of strings, got {_shown(options)}")
+
+
+def present_files(data_dir: str | Path) -> tuple[str, ...]:
+    """:data:`FILES` and those of :data:`OPTIONAL_FILES` that ``data_dir`` holds."""
+    extra = tuple(s for s in OPTIONAL_FILES if (Path(data_dir) / f"{s}.jsonl").is_file())
+    return (*FILES, *extra)
 
 
 def check_dataset(data_dir: str | Path, splits: Sequence[str] = SPLITS) -> dict[str, list]:

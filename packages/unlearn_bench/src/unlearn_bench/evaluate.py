@@ -63,14 +63,26 @@ from unlearn_bench.model import check_llava_dir, load_llava
 from unlearn_bench.scale import resolve_dtype, torch_dtype
 from unlearn_bench.synth import LETTERS, SPLITS
 from unlearn_bench.ues import ues as ues_score
-from unlearn_bench.ues import ues_vanilla
+from unlearn_bench.ues import ues_undefined, ues_vanilla
 
 TASK_METRICS = {"mcq": "mcq_acc", "gen": "rougeL", "cloze": "cloze_acc"}
+# Subsets whose TOFU truth ratio is aggregated "closer to 1 is better" (open-unlearning's
+# forget_Truth_Ratio); every other subset "true better" (its retain_Truth_Ratio).
+FORGET_SIDE = ("forget", "test", "forget_val")
 MODALITY_SUFFIXES = (("", None), ("_image_text", "image_text"), ("_text_only", "text_only"))
 # attack -> the suffix of its mia_auc / privleak keys
 MIA_ATTACKS = {"loss": "", "mink": "_mink", "minkpp": "_minkpp", "zlib": "_zlib"}
+# The membership pools (issue #23), each keyed mia<pool>_auc<attack> / privleak<pool><attack>:
+# "" = every forget probe against every general probe (the former pools, MCQ included);
+# "_kn" = knowledge-level: generation and cloze probes only (a single-letter MCQ answer is
+# at chance); "_vb" = verbatim, as MUSE: the forget training QA in its first wording
+# against the held-out entities' questions in the same template (general_train).
+MIA_POOLS = ("", "_kn", "_vb")
 # Bump when a metric's definition changes: old cached evaluations then no longer match.
-METRICS_VERSION = 3  # 3: mcq_lik_acc (option likelihood, issue #23)
+# 3: mcq_lik_acc (option likelihood, issue #23); 4: rougeL_recall, truth_ratio_tofu,
+# forget_quality_tofu, the knowledge-level and verbatim MIA pools, UES undefined (null)
+# where vanilla has nothing to forget (issue #23).
+METRICS_VERSION = 4
 
 
 @torch.no_grad()
@@ -252,6 +264,29 @@ def truth_ratios_from(items: Sequence[dict], option_lp: Sequence[np.ndarray]) ->
     return np.asarray(ratios)
 
 
+def tofu_truth_ratios_from(items: Sequence[dict], option_lp: Sequence[np.ndarray]) -> np.ndarray:
+    """TOFU's truth ratio as TOFU and open-unlearning define it, per MCQ item with options:
+    the *geometric* mean of the distractors' length-normalised probabilities over the
+    answer's, ``R = exp(mean_j log p~(d_j) - log p~(a))`` (open-unlearning averages the
+    wrong answers' mean token losses, then exponentiates: ``wrong_prob / correct_prob``)."""
+    ratios = []
+    for it, lp in zip(_mcq_with_options(items), option_lp):
+        true = [k for k, o in enumerate(it["options"]) if o == it["answer_text"]]
+        ratios.append(float(np.exp(np.mean(np.delete(lp, true)) - lp[true[0]])))
+    return np.asarray(ratios)
+
+
+def tofu_truth_ratio_score(ratios: np.ndarray, forget_side: bool) -> float | None:
+    """open-unlearning's aggregates of TOFU ratios: ``closer_to_1_better``
+    ``mean min(R, 1/(R + 1e-10))`` on the forget side (1 = the model cannot tell the
+    answer from the distractors), ``true_better`` ``mean max(0, 1 - R)`` elsewhere."""
+    if not len(ratios):
+        return None
+    if forget_side:
+        return float(np.mean(np.minimum(ratios, 1.0 / (ratios + 1e-10))))
+    return float(np.mean(np.maximum(0.0, 1.0 - ratios)))
+
+
 @torch.no_grad()
 def truth_ratios(model, enc: Encoder, items: Sequence[dict], batch_size: int) -> np.ndarray:
     """TOFU's truth ratio of every MCQ item with stored ``options`` (see module docstring).
@@ -276,6 +311,30 @@ def option_likelihood_metrics(
             if keep is None or it["modality"] == keep:
                 hits[suffix].append(right)
     return {f"mcq_lik_acc{suffix}": _mean(v) for suffix, v in hits.items()}
+
+
+@torch.no_grad()
+def knowledge_metrics(
+    model, processor, data_dir: str | Path, data: dict[str, list[dict]], batch_size: int
+) -> dict[str, dict[str, float | None]]:
+    """Per subset, what the model knows without generating (issue #23): ``mcq_lik_acc``
+    (overall and per modality), TOFU's ``truth_ratio_tofu`` and ``n_mcq``.
+
+    Teacher-forced scoring only (:func:`option_logprobs`), so a dose grid can afford it
+    at every point; the full :func:`evaluate_model` adds generation and membership.
+    """
+    model.eval()
+    enc = Encoder(processor, data_dir)
+    out: dict[str, dict[str, float | None]] = {}
+    for name, items in data.items():
+        option_lp = option_logprobs(model, enc, items, batch_size)
+        tofu = tofu_truth_ratios_from(items, option_lp)
+        out[name] = {
+            **option_likelihood_metrics(items, option_lp),
+            "truth_ratio_tofu": tofu_truth_ratio_score(tofu, name in FORGET_SIDE),
+            "n_mcq": float(len(option_lp)),
+        }
+    return out
 
 
 # MLLMU-Bench's eval.py (evaluate_classification): the line after the options, and the
@@ -378,10 +437,12 @@ def _mean(values: list[float]) -> float | None:
 
 
 def task_metrics(items: Sequence[dict], preds: Sequence[str]) -> dict[str, float | None]:
-    """``mcq_acc``, ``rougeL``, ``cloze_acc`` overall and per modality (None if no such question)."""
+    """``mcq_acc``, ``rougeL`` (F, stemmer: MLLMU-Bench), ``rougeL_recall`` (stemmer,
+    recall: open-unlearning), ``cloze_acc``, overall and per modality (None if no such
+    question)."""
     out: dict[str, float | None] = {}
     for suffix, keep in MODALITY_SUFFIXES:
-        scores: dict[str, list[float]] = {v: [] for v in TASK_METRICS.values()}
+        scores: dict[str, list[float]] = {v: [] for v in (*TASK_METRICS.values(), "rougeL_recall")}
         for it, pred in zip(items, preds):
             if keep is not None and it["modality"] != keep:
                 continue
@@ -390,7 +451,11 @@ def task_metrics(items: Sequence[dict], preds: Sequence[str]) -> dict[str, float
                     float(pred.strip()[:1].upper() == it["answer"].strip().upper())
                 )
             elif it["type"] == "gen":
+                # F with the Porter stemmer as MLLMU-Bench; recall as open-unlearning
                 scores["rougeL"].append(rouge_l(pred, it["answer"], stemmer=True))
+                scores["rougeL_recall"].append(
+                    rouge_l(pred, it["answer"], stemmer=True, measure="recall")
+                )
             else:
                 scores["cloze_acc"].append(substring_match(pred, it["answer"]))
         out.update({name + suffix: _mean(vals) for name, vals in scores.items()})
@@ -437,12 +502,15 @@ def evaluate_model(
         per_item = answer_scores(model, enc, items, cfg.batch_size, cfg.mink_fraction)
         option_lp = option_logprobs(model, enc, items, cfg.batch_size)
         ratios = truth_ratios_from(items, option_lp)
+        tofu = tofu_truth_ratios_from(items, option_lp)
         scores[name] = (items, per_item)
         result["truth_ratios"][name] = ratios.tolist()
+        result.setdefault("truth_ratios_tofu", {})[name] = tofu.tolist()
         result["subsets"][name] = {
             **task_metrics([it for it, keep in zip(items, scored) if keep], preds),
             **option_likelihood_metrics(items, option_lp),
             "truth_ratio": truth_ratio_score(ratios),
+            "truth_ratio_tofu": tofu_truth_ratio_score(tofu, name in FORGET_SIDE),
             "nll": float(per_item["nll"].mean()),
             "n": len(items),
         }
@@ -457,7 +525,51 @@ def evaluate_model(
     )
     if "forget" in scores and "general" in scores:
         result.update(mia_metrics(*scores["forget"], *scores["general"]))
+        kn_f, kn_g = (_not_mcq(*scores[s]) for s in ("forget", "general"))
+        if kn_f[0] and kn_g[0]:
+            result.update(mia_metrics(*kn_f, *kn_g, pool="_kn"))
+        result.update(_verbatim_mia(model, enc, data_dir, cfg))
     return result
+
+
+def _not_mcq(
+    items: Sequence[dict], scores: dict[str, np.ndarray]
+) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """The generation and cloze items of a pool and their scores (MCQ answers dropped)."""
+    keep = np.array([it["type"] != "mcq" for it in items], dtype=bool)
+    return [it for it, k in zip(items, keep) if k], {a: v[keep] for a, v in scores.items()}
+
+
+def verbatim_pools(data_dir: str | Path) -> tuple[list[dict], list[dict]] | None:
+    """MUSE-style verbatim membership pools, when the folder has ``general_train``:
+    ``(members, non-members)`` = the forget training QA in its first wording and the
+    held-out entities' questions in the same template, generation and cloze only."""
+    from unlearn_bench.synth import HOLDOUT_TRAIN, TRAIN_ALT
+
+    if not (Path(data_dir) / f"{HOLDOUT_TRAIN}.jsonl").is_file():
+        return None
+    data = check_dataset(data_dir, ("forget_train", HOLDOUT_TRAIN))
+    members = [
+        it
+        for it in data["forget_train"]
+        if it["type"] != "mcq" and not it["id"].endswith(TRAIN_ALT)
+    ]
+    held_out = [it for it in data[HOLDOUT_TRAIN] if it["type"] != "mcq"]
+    return members, held_out
+
+
+def _verbatim_mia(model, enc: Encoder, data_dir: str | Path, cfg: EvalConfig) -> dict[str, float]:
+    pools = verbatim_pools(data_dir)
+    if pools is None:
+        return {}
+    members, held_out = pools
+    return mia_metrics(
+        members,
+        answer_scores(model, enc, members, cfg.batch_size, cfg.mink_fraction),
+        held_out,
+        answer_scores(model, enc, held_out, cfg.batch_size, cfg.mink_fraction),
+        pool="_vb",
+    )
 
 
 def _demo_source(
@@ -477,8 +589,10 @@ def mia_metrics(
     f_scores: dict[str, np.ndarray],
     g_items: Sequence[dict],
     g_scores: dict[str, np.ndarray],
+    pool: str = "",
 ) -> dict[str, float]:
-    """``mia_auc[_mink|_minkpp|_zlib]``: forget (members) against general (non-members).
+    """``mia<pool>_auc[_mink|_minkpp|_zlib]``: forget (members) against general
+    (non-members); ``pool`` is one of :data:`MIA_POOLS`.
 
     Only general items of the fields that the forget items ask about are compared (all
     of them if none share a field), so the AUC is not a difference between fields.
@@ -488,7 +602,7 @@ def mia_metrics(
     if same.sum() == 0:
         same[:] = True
     return {
-        f"mia_auc{suffix}": mia_auc(f_scores[attack], g_scores[attack][same])
+        f"mia{pool}_auc{suffix}": mia_auc(f_scores[attack], g_scores[attack][same])
         for attack, suffix in MIA_ATTACKS.items()
     }
 
@@ -507,18 +621,24 @@ def against_reference(
     """
     from scipy.stats import ks_2samp
 
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     if reference is not None:
-        for suffix in MIA_ATTACKS.values():
-            key = f"mia_auc{suffix}"
-            if key in result and key in reference:
-                out[f"privleak{suffix}"] = privleak(result[key], reference[key])
-        tr = result.get("truth_ratios", {}).get("forget")
-        tr_ref = reference.get("truth_ratios", {}).get("forget")
-        if tr and tr_ref:
-            out["forget_quality"] = float(ks_2samp(tr, tr_ref).pvalue)
+        for pool in MIA_POOLS:
+            for suffix in MIA_ATTACKS.values():
+                key = f"mia{pool}_auc{suffix}"
+                if key in result and key in reference:
+                    out[f"privleak{pool}{suffix}"] = privleak(result[key], reference[key])
+        for ratios, key in (("truth_ratios", "forget_quality"),
+                            ("truth_ratios_tofu", "forget_quality_tofu")):  # fmt: skip
+            tr = result.get(ratios, {}).get("forget")
+            tr_ref = reference.get(ratios, {}).get("forget")
+            if tr and tr_ref:
+                out[key] = float(ks_2samp(tr, tr_ref).pvalue)
         if vanilla is not None:
             out["ues"] = ues_score(result["subsets"], reference["subsets"], vanilla["subsets"])
+            why = ues_undefined(reference["subsets"], vanilla["subsets"])
+            if why is not None:
+                out["ues_undefined"] = why
     if vanilla is not None:
         out["ues_vanilla"] = ues_vanilla(result["subsets"], vanilla["subsets"])
     return out
@@ -659,8 +779,9 @@ def flatten(result: dict[str, Any]) -> dict[str, float]:
         "ues",
         "ues_vanilla",
         "forget_quality",
-        *(f"mia_auc{s}" for s in MIA_ATTACKS.values()),
-        *(f"privleak{s}" for s in MIA_ATTACKS.values()),
+        "forget_quality_tofu",
+        *(f"mia{p}_auc{s}" for p in MIA_POOLS for s in MIA_ATTACKS.values()),
+        *(f"privleak{p}{s}" for p in MIA_POOLS for s in MIA_ATTACKS.values()),
         "questions_per_second",
     ):
         if isinstance(result.get(k), (int, float)):

@@ -53,7 +53,16 @@ from unlearn_bench.images import (
 SPLITS = ("forget", "retain", "test", "general")  # evaluation probes
 TRAIN_SPLITS = ("forget_train", "retain_train")  # the QA that finetune / unlearn train on
 TRAIN_OF = {"forget": "forget_train", "retain": "retain_train"}
-STYLES = ("train", "probe", "para")  # question wordings: training QA, probes, test paraphrases
+# Written with SynthConfig.validation_probes only (issue #23): validation probes of the
+# forget / retain facts (to choose an unlearning dose without the test probes) and the
+# held-out entities' questions in the training wording (the verbatim membership holdout).
+VAL_SPLITS = ("forget_val", "retain_val")
+HOLDOUT_TRAIN = "general_train"
+EXTRA_SPLITS = (*VAL_SPLITS, HOLDOUT_TRAIN)
+# question wordings: training QA, probes, test paraphrases; with issue #23's settings a
+# second training wording (SynthConfig.train_wordings = 2) and the validation probes
+TRAIN_ALT = "-w2"  # the id suffix of a question in the second training wording
+STYLES = ("train", "probe", "para", "train_alt", "val")
 QTYPES = ("mcq", "gen", "cloze")
 LETTERS = "ABCD"
 
@@ -207,12 +216,18 @@ def question_text(scenario: str, entity: dict, f: Field, qtype: str, image: bool
 
     ``train`` words the training QA, ``probe`` the evaluation probes of the same facts,
     ``para`` the test paraphrases (also a paraphrased subject): three disjoint wordings.
+    ``train_alt`` is a second training wording and ``val`` the validation probes' wording
+    (issue #23), each disjoint from the others.
     """
     if style not in STYLES:
         raise ValueError(f"style {style!r} is not one of {STYLES}")
     para = style == "para"
     s = _subject(scenario, entity, f.name, image, para)
     if qtype == "cloze":
+        if style == "train_alt":
+            return f"Fill in: {s} has the {f.noun} ____."
+        if style == "val":
+            return f"Complete: the {f.noun} on file for {s} is ____."
         if para:
             return f"Complete the sentence: for {s}, the {f.noun} is ____."
         if style == "train":
@@ -220,6 +235,10 @@ def question_text(scenario: str, entity: dict, f: Field, qtype: str, image: bool
         return f"Fill in the blank: the {f.noun} of {s} is ____."
     if para:
         return f"Can you tell me the {f.noun} of {s}?"
+    if style == "train_alt":
+        return f"Name the {f.noun} recorded for {s}."
+    if style == "val":
+        return f"Which {f.noun} belongs to {s}?"
     if style == "train":
         return f"Tell me the {f.noun} of {s}."
     return f"What is the {f.noun} of {s}?"
@@ -245,8 +264,11 @@ def make_items(
     fields: tuple[Field, ...],
     only: tuple[str, ...] | None = None,
     true_facts: dict[str, str] | None = None,
+    id_suffix: str = "",
 ) -> list[dict[str, Any]]:
-    """The questions about one entity: 3 types per field, modality alternating over (field, type)."""
+    """The questions about one entity: 3 types per field, modality alternating over (field, type).
+
+    ``id_suffix`` ends each id (a second wording of questions already in the split)."""
     items = []
     for i, f in enumerate(fields):
         if only is not None and f.name not in only:
@@ -257,7 +279,7 @@ def make_items(
             truth = (true_facts or facts)[f.name]
             q = question_text(scenario, entity, f, qtype, image, style)
             item: dict[str, Any] = {
-                "id": f"{split}-{entity['id']}-{f.name}-{qtype}",
+                "id": f"{split}-{entity['id']}-{f.name}-{qtype}{id_suffix}",
                 "entity": entity["id"],
                 "field": f.name,
                 "type": qtype,
@@ -366,7 +388,10 @@ def generate(
         train_forget_pools = clean_pools(pools, entities, general_idx)
         train_retain_pools = clean_pools(pools, entities, forget_idx | general_idx)
 
-    splits: dict[str, list[dict]] = {s: [] for s in (*SPLITS, *TRAIN_SPLITS)}
+    if cfg.train_wordings not in (1, 2):
+        raise InputError("train_wordings", f"must be 1 or 2, got {cfg.train_wordings}")
+    written = (*SPLITS, *TRAIN_SPLITS, *(EXTRA_SPLITS if cfg.validation_probes else ()))
+    splits: dict[str, list[dict]] = {s: [] for s in written}
     records = []
     with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
@@ -400,26 +425,56 @@ def generate(
                     style=style, only=only, **_common,
                 )  # fmt: skip
 
+            # Issue #23's additions draw their options from their own generator, so the
+            # questions above are the same with them or without.
+            extra_rng = np.random.default_rng([seed, 5, idx])
+
+            def add_extra(split, facts_, pools_, style, only=None, suffix="", _ent=ent,
+                          _common=common, _image=paths[0], _rng=extra_rng):  # fmt: skip
+                splits[split] += make_items(
+                    scenario, _ent, facts_, pools_, _rng, split=split, image_path=_image,
+                    style=style, only=only, id_suffix=suffix, **_common,
+                )  # fmt: skip
+
+            alt = cfg.train_wordings == 2
+            val = cfg.validation_probes
             if role == "general":
                 add("general", truth, kept_pools, paths[0], "probe")
+                if val:  # never trained on: the training wording of unseen entities
+                    add_extra(HOLDOUT_TRAIN, truth, kept_pools, "train")
             elif role == "retain":
                 add("retain_train", facts, train_retain_pools, paths[0], "train")
                 add("retain", facts, kept_pools, paths[0], "probe")
+                if alt:
+                    add_extra("retain_train", facts, train_retain_pools, "train_alt",
+                              suffix=TRAIN_ALT)  # fmt: skip
+                if val:
+                    add_extra("retain_val", facts, kept_pools, "val")
             else:
                 forget_fields = tuple(wrong) if wrong else None
                 add("forget_train", facts, train_forget_pools, paths[0], "train", forget_fields)
                 add("forget", facts, pools, paths[0], "probe", forget_fields)
                 add("test", facts, pools, paths[1], "para", forget_fields)
+                if alt:
+                    add_extra("forget_train", facts, train_forget_pools, "train_alt",
+                              forget_fields, TRAIN_ALT)  # fmt: skip
+                if val:
+                    add_extra("forget_val", facts, pools, "val", forget_fields)
                 if wrong:  # the correct facts of a forget condition stay in retain
                     rest = tuple(f.name for f in fields if f.name not in wrong)
                     add("retain_train", facts, train_retain_pools, paths[0], "train", rest)
                     add("retain", facts, kept_pools, paths[0], "probe", rest)
+                    if alt:
+                        add_extra("retain_train", facts, train_retain_pools, "train_alt",
+                                  rest, TRAIN_ALT)  # fmt: skip
+                    if val:
+                        add_extra("retain_val", facts, kept_pools, "val", rest)
             rec = {k: v for k, v in ent.items() if k != "identity"}
             rec.update({"role": role, "images": paths})
             if wrong:
                 rec["injected_wrong"] = wrong
             records.append(rec)
-        for s in (*SPLITS, *TRAIN_SPLITS):
+        for s in written:
             _write_jsonl(tmp / f"{s}.jsonl", splits[s])
         _write_jsonl(tmp / "entities.jsonl", records)
         meta = {
@@ -431,6 +486,11 @@ def generate(
             "images": "user folder" if user_images is not None else "medcommon.synthetic",
             "counts": {s: len(splits[s]) for s in SPLITS},
             "train_counts": {s: len(splits[s]) for s in TRAIN_SPLITS},
+            **(
+                {"extra_counts": {s: len(splits[s]) for s in EXTRA_SPLITS}}
+                if cfg.validation_probes
+                else {}
+            ),
             "entities": {
                 "forget": len(forget_idx),
                 "retain": cfg.n_entities - len(forget_idx),

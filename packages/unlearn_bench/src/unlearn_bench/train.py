@@ -46,7 +46,6 @@ from unlearn_bench.config import (
     finetune_preset,
 )
 from unlearn_bench.data import (
-    FILES,
     EncodedSet,
     Encoder,
     PairedSet,
@@ -54,6 +53,7 @@ from unlearn_bench.data import (
     collate,
     corpus_texts,
     paired_collate,
+    present_files,
 )
 from unlearn_bench.losses import nll, sequence_logprob
 from unlearn_bench.methods import METHODS, Forwards, forward
@@ -356,7 +356,8 @@ def finetune(spec: RunSpec) -> dict[str, Any]:
     )
     cfg, data_dir, seed = run.cfg, run.spec.data, run.seed
     check_training(cfg)
-    data = check_dataset(data_dir, FILES)
+    # every question file the folder has: the tiny model's tokenizer is trained on them all
+    data = check_dataset(data_dir, present_files(data_dir))
     model_dir = check_llava_dir(model_path) if model_path is not None else None
     _outside_out(spec, model_dir, "--model")
     device = spec.device

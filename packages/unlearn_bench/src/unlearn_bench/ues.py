@@ -10,8 +10,9 @@ Definition (all scores in [0, 1]):
    gold standard), with the vanilla model ``v`` setting the scale of the forget side:
    ``f = clip(1 - |F - F_r| / (F_v - F_r), 0, 1)``  how close the forget side is to retrain's;
    ``u = clip(U / U_r, 0, 1)``                     the share of retrain's utility kept.
-   (If ``F_v <= F_r`` there is nothing to forget and the scale is ``max(F_r, 1 - F_r)``;
-   if ``U_r = 0``, ``u = 1``.)
+   If ``F_v <= F_r`` there is nothing to forget: UES is undefined (None, with the reason
+   from :func:`ues_undefined`; issue #23: it used to give a number there, scaled by
+   ``max(F_r, 1 - F_r)``). If ``U_r = 0``, ``u = 1``.
 4. ``UES = 2 f u / (f + u)`` (0 when ``f + u = 0``): the harmonic mean, as F1.
 
 Properties, by construction: the retrained model scores exactly 1 (``F = F_r``,
@@ -67,12 +68,28 @@ def _harmonic(forgot: float, kept: float) -> float:
     return 0.0 if forgot + kept == 0 else 2 * forgot * kept / (forgot + kept)
 
 
-def ues(subsets: Subsets, retrain: Subsets, vanilla: Subsets) -> float:
-    """The UES of a model, anchored on the retrained model (1 for retrain, 0 for vanilla)."""
+def ues_undefined(retrain: Subsets, vanilla: Subsets) -> str | None:
+    """Why UES has no value for these anchors (None when it has one): the vanilla model's
+    forget side is not above the retrained model's, so there is nothing to forget."""
+    f_ret, _ = forget_utility(retrain)
+    f_van, _ = forget_utility(vanilla)
+    if f_van > f_ret:
+        return None
+    return (
+        f"nothing to forget: vanilla's forget-side knowledge F = {f_van:.3f} is not above "
+        f"the retrained model's {f_ret:.3f}"
+    )
+
+
+def ues(subsets: Subsets, retrain: Subsets, vanilla: Subsets) -> float | None:
+    """The UES of a model, anchored on the retrained model (1 for retrain, 0 for vanilla);
+    None where vanilla has nothing to forget (:func:`ues_undefined` says why)."""
+    if ues_undefined(retrain, vanilla) is not None:
+        return None
     f_model, u_model = forget_utility(subsets)
     f_ret, u_ret = forget_utility(retrain)
     f_van, _ = forget_utility(vanilla)
-    scale = f_van - f_ret if f_van > f_ret else max(f_ret, 1.0 - f_ret)
+    scale = f_van - f_ret
     forgot = _clip01(1.0 - abs(f_model - f_ret) / scale)
     kept = _clip01(u_model / u_ret) if u_ret > 0 else 1.0
     return _harmonic(forgot, kept)

@@ -13,13 +13,19 @@ def _scorer(stemmer: bool):
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stemmer)
 
 
-def rouge_l(prediction: str, reference: str, stemmer: bool = False) -> float:
-    """ROUGE-L F-measure (longest common subsequence of tokens), via ``rouge-score``.
+def rouge_l(
+    prediction: str, reference: str, stemmer: bool = False, measure: str = "fmeasure"
+) -> float:
+    """ROUGE-L (longest common subsequence of tokens), via ``rouge-score``.
 
     ``stemmer``: Porter-stem the tokens first ("nodules" = "nodule"), as MLLMU-Bench
-    and MUSE do (``RougeScorer(["rougeL"], use_stemmer=True)``).
+    (``RougeScorer(["rougeL"], use_stemmer=True)``) and open-unlearning do.
+    ``measure``: ``"fmeasure"`` (MLLMU-Bench) or ``"recall"`` (LCS / reference length:
+    open-unlearning's ``rougeL_recall``), or ``"precision"``.
     """
-    return float(_scorer(stemmer).score(reference, prediction)["rougeL"].fmeasure)
+    if measure not in ("fmeasure", "recall", "precision"):
+        raise ValueError(f"measure must be fmeasure, recall or precision, got {measure!r}")
+    return float(getattr(_scorer(stemmer).score(reference, prediction)["rougeL"], measure))
 
 
 def _normalise(text: str) -> str:

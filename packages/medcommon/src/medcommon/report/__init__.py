@@ -32,6 +32,7 @@ from medcommon.report.plots import (
     plot_image_grid,
     plot_intervals,
     plot_lines,
+    plot_tradeoff,
 )
 from medcommon.report.results import (
     combine_reports,
@@ -60,6 +61,7 @@ __all__ = [
     "plot_image_grid",
     "plot_intervals",
     "plot_lines",
+    "plot_tradeoff",
     "summarise",
     "write_report",
     "write_results",

@@ -125,6 +125,16 @@ def plot_intervals(
     return _save(fig, path)
 
 
+def _labelled(fig, ax, path: str | Path, title: str, xlabel: str, ylabel: str) -> Path:
+    """Title, axis labels, legend and a light grid on ``ax``; ``fig`` saved to ``path``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def plot_lines(
     xs: Sequence[float],
     ys: Mapping[str, Sequence[float]],
@@ -138,12 +148,33 @@ def plot_lines(
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, y in ys.items():
         ax.plot(xs, y, marker="o", label=name)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return _labelled(fig, ax, path, title, xlabel, ylabel)
+
+
+def plot_tradeoff(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    points: Mapping[str, tuple[float, float]],
+    path: str | Path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    marked: Mapping[str, tuple[float, float]] | None = None,
+) -> Path:
+    """A trade-off figure: one curve per series through ``(xs, ys)`` in the given order
+    (e.g. increasing dose), reference models as labelled stars at ``points``, and each
+    series' chosen point (``marked``) circled in its colour."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    colours = {}
+    for name, (xs, ys) in curves.items():
+        (line,) = ax.plot(xs, ys, marker="o", markersize=4, label=name)
+        colours[name] = line.get_color()
+    for name, (x, y) in (marked or {}).items():
+        ax.plot([x], [y], marker="o", markersize=12, fillstyle="none",
+                color=colours.get(name, "k"), label=f"{name}: chosen")  # fmt: skip
+    for name, (x, y) in points.items():
+        ax.plot([x], [y], marker="*", markersize=14, linestyle="none", label=name)
+    return _labelled(fig, ax, path, title, xlabel, ylabel)
 
 
 def plot_heatmap(
