@@ -23,10 +23,12 @@ TESTS = {
     "model": ["test_real_checkpoints.py", "test_fsdp.py"],
     "scale": ["test_real_checkpoints.py"],
     "train": ["test_reference_once.py"],
-    "evaluate": ["test_metrics.py", "test_ues.py", "test_few_shot.py"],
+    "evaluate": ["test_conventions.py", "test_metrics.py", "test_ues.py", "test_few_shot.py"],
+    "ues": ["test_ues.py", "test_conventions.py"],
+    "matched": ["test_matched.py"],
     "data": ["test_data.py", "test_methods.py", "test_reference_once.py", "test_few_shot.py"],
     "mllmu": ["test_mllmu.py"],
-    "synth": ["test_synth.py"],
+    "synth": ["test_synth.py", "test_conventions.py"],
     "privacy": ["test_metrics.py"],
 }
 # generic one-token mutations (the first match on a line), as open-unlearning-style
@@ -159,6 +161,82 @@ NAMED = [
         "train_retain_pools = clean_pools(pools, entities, forget_idx | general_idx)",
         "pass",
     ),
+    # issue 23: the knowledge benchmark (wordings, splits, conventions, matched forgetting)
+    ("synth.py", "suffix=TRAIN_ALT)  # fmt: skip", "suffix='')  # fmt: skip"),
+    (
+        "synth.py",
+        'add_extra(HOLDOUT_TRAIN, truth, kept_pools, "train")',
+        'add_extra(HOLDOUT_TRAIN, truth, kept_pools, "probe")',
+    ),
+    ("synth.py", "scenario, _ent, facts_, pools_, _rng,", "scenario, _ent, facts_, pools_, rng,"),
+    (
+        "synth.py",
+        'add_extra("forget_val", facts, pools, "val", forget_fields)',
+        'add_extra("forget_val", facts, pools, "probe", forget_fields)',
+    ),
+    (
+        "evaluate.py",
+        "ratios.append(float(np.exp(np.mean(np.delete(lp, true)) - lp[true[0]])))",
+        "ratios.append(float(np.mean(np.exp(np.delete(lp, true))) / np.exp(lp[true[0]])))",
+    ),
+    (
+        "evaluate.py",
+        '"truth_ratio_tofu": tofu_truth_ratio_score(tofu, name in FORGET_SIDE),\n            "n_mcq"',
+        '"truth_ratio_tofu": tofu_truth_ratio_score(tofu, False),\n            "n_mcq"',
+    ),
+    (
+        "evaluate.py",
+        'rouge_l(pred, it["answer"], stemmer=True, measure="recall")',
+        'rouge_l(pred, it["answer"], stemmer=False, measure="recall")',
+    ),
+    (
+        "evaluate.py",
+        'keep = np.array([it["type"] != "mcq" for it in items], dtype=bool)',
+        "keep = np.array([True for it in items], dtype=bool)",
+    ),
+    (
+        "evaluate.py",
+        'if it["type"] != "mcq" and not it["id"].endswith(TRAIN_ALT)',
+        'if it["type"] != "mcq"',
+    ),
+    (
+        "evaluate.py",
+        "held_out = [it for it in data[HOLDOUT_TRAIN]",
+        'held_out = [it for it in data["forget"]',
+    ),
+    (
+        "evaluate.py",
+        '("truth_ratios_tofu", "forget_quality_tofu")',
+        '("truth_ratios", "forget_quality_tofu")',
+    ),
+    ("ues.py", "    if ues_undefined(retrain, vanilla) is not None:\n        return None\n", ""),
+    (
+        "matched.py",
+        'p for p in points if abs(p["val"]["forget_val"] - retrain_val_forget) <= MATCH_MARGIN',
+        'p for p in points if p["val"]["forget_val"] - retrain_val_forget <= MATCH_MARGIN',
+    ),
+    (
+        "matched.py",
+        '(-p["val"]["retain_val"], p["dose"].strength, p["dose"].epochs)',
+        '(p["dose"].strength, -p["val"]["retain_val"], p["dose"].epochs)',
+    ),
+    (
+        "matched.py",
+        'train = [it for it in forget_train if it["field"] in RELEARN_FIELDS]',
+        'train = [it for it in forget_train if it["field"] not in RELEARN_FIELDS]',
+    ),
+    ("matched.py", "        opt.step()\n", "        pass\n"),
+    (
+        "matched.py",
+        'loss = nll(forward(model, batch).logits, batch["labels"])',
+        'loss = -nll(forward(model, batch).logits, batch["labels"])',
+    ),
+    (
+        "matched.py",
+        'chosen = choose_dose(points, know["retrain"]["forget_val"])',
+        'chosen = choose_dose(points, know["vanilla"]["forget_val"])',
+    ),
+    ("matched.py", "return sorted(doses, key=lambda d: (d.strength, d.epochs))", "return doses"),
     # issue 24, item 3: rank 0 alone reads the checkpoint under FSDP
     ("model.py", "empty = dist.get_rank() != 0", "empty = False"),
     (
@@ -185,6 +263,10 @@ def _code_lines(path: Path, rel: str):
         text = [ln.strip() for ln in lines]
         start = next(i for i, ln in enumerate(text) if ln.startswith("def token_stats"))
         stop = next(i for i, ln in enumerate(text) if ln.startswith("def evaluate_run"))
+    elif rel == "matched.py":  # the protocol: grid, dose choice, relearning (not the report)
+        text = [ln.strip() for ln in lines]
+        start = next(i for i, ln in enumerate(text) if ln.startswith("def grid"))
+        stop = next(i for i, ln in enumerate(text) if ln.startswith("class _Piece"))
     for i in range(start, stop):
         ln = lines[i]
         s = ln.strip()
@@ -201,7 +283,7 @@ def _code_lines(path: Path, rel: str):
 def make_mutants(src: Path, per_line: int = 1) -> list[Mutant]:
     """Every rule matching a line gives a mutant (``per_line`` does not apply to these rules)."""
     methods = sorted((src / "unlearn_bench" / "methods").glob("*.py"))
-    files = ["losses.py", *(f"methods/{p.name}" for p in methods), "evaluate.py"]
+    files = ["losses.py", *(f"methods/{p.name}" for p in methods), "evaluate.py", "matched.py"]
     out = []
     for rel in files:
         if rel in ("methods/__init__.py", "methods/base.py"):

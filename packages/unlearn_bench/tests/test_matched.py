@@ -115,6 +115,9 @@ def test_claims_name_metrics_that_the_rows_carry(tmp_path):
     claims = [c for c in declared_claims() if "ga" not in (c.method, c.baseline)]
     assert {c["claim"] for c in res["claims"]} == {c.claim for c in claims}
     assert rows["npo"]["matched"] == 1.0
+    # matched against the retrained model's validation forget score, on validation probes
+    val = "forget_val_mcq_lik_acc"
+    assert abs(rows["npo"][val] - rows["retrain"][val]) <= matched.MATCH_MARGIN
     for c in claims:
         assert c.metric in rows[c.method] and c.metric in rows[c.baseline], c.claim
     for name in ("vanilla", "retrain"):

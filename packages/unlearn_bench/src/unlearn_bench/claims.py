@@ -84,10 +84,22 @@ def declared_claims() -> list[Claim]:
 # NPO left the forget MCQ accuracy near 1.0 (the declared claim failed) while its generated
 # answers lost the forget facts; cloze accuracy (the reference is a substring of the greedy
 # answer) measures that. Same margin, but written after its result was seen: post hoc.
+# Added after the demo of 2290390 showed option likelihood (issue #23, mcq_lik_acc) seeing
+# what the letter MCQ did not (vanilla 0.896 vs retrain 0.062 on forget probes): the same
+# sanity and central claims read by likelihood. Written after those values were seen, so
+# post hoc; issue #23's own benchmark (unlearn_bench.matched) declares its claims in advance.
 LEARNED: list[Claim] = [
     Claim(
         "learned: NPO lowers forget-set cloze accuracy below vanilla (answers forget)",
         "npo", "vanilla", "forget_cloze_acc", "privacy", "less", MARGIN, post_hoc=True,
+    ),
+    Claim(
+        "learned: sanity read by option likelihood: retrain's forget accuracy below vanilla's",
+        "retrain", "vanilla", "forget_mcq_lik_acc", "privacy", "less", MARGIN, post_hoc=True,
+    ),
+    Claim(
+        "learned: NPO lowers forget option-likelihood accuracy below vanilla",
+        "npo", "vanilla", "forget_mcq_lik_acc", "privacy", "less", MARGIN, post_hoc=True,
     ),
 ]  # fmt: skip
 
