@@ -99,9 +99,25 @@ def test_relearning_fits_the_relearning_items(knowledge_data, tmp_path, monkeypa
         assert train_nll(*load_llava(tmp_path / "m")) == pytest.approx(before, rel=1e-6)
 
 
-def test_claims_name_metrics_that_the_rows_carry(tmp_path):
+def test_claims_name_metrics_that_the_rows_carry(tmp_path, monkeypatch):
     """End to end on the tiny preset (one seed, two doses, NPO): rows, the grid, the figure,
-    and every declared claim about NPO finds its metric in the method and baseline rows."""
+    and every declared claim about NPO finds its metric in the method and baseline rows;
+    the dose is matched to the retrained model's validation forget score."""
+    targets = []
+    real_choose = matched.choose_dose
+
+    def spy(points, reference):
+        targets.append(reference)
+        return real_choose(points, reference)
+
+    monkeypatch.setattr(matched, "choose_dose", spy)
+    real_knowledge = matched._knowledge
+
+    def knows(model_dir, *args):  # the tiny vanilla model knows nothing: pretend it does
+        k = real_knowledge(model_dir, *args)
+        return {**k, "forget_val": 0.9} if "vanilla" in str(model_dir) else k
+
+    monkeypatch.setattr(matched, "_knowledge", knows)
     res = matched.run_matched(
         tmp_path / "b", preset="tiny", seeds=(0,), methods=("npo",),
         doses=[Dose(1e-3, 1.0), Dose(1e-2, 1.0)], quiet=True, device="cpu",
@@ -118,6 +134,7 @@ def test_claims_name_metrics_that_the_rows_carry(tmp_path):
     # matched against the retrained model's validation forget score, on validation probes
     val = "forget_val_mcq_lik_acc"
     assert abs(rows["npo"][val] - rows["retrain"][val]) <= matched.MATCH_MARGIN
+    assert targets == [rows["retrain"][val]] and rows["vanilla"][val] == 0.9
     for c in claims:
         assert c.metric in rows[c.method] and c.metric in rows[c.baseline], c.claim
     for name in ("vanilla", "retrain"):
