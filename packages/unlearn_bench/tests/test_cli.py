@@ -461,6 +461,10 @@ def test_evaluate_writes_all_metrics(tiny_data, tiny_run, ga_run):
     # no --vanilla was given, so the vanilla model can only come from the run's config; it
     # is also the reference here, so there is nothing to forget and UES is undefined
     assert res["ues"] is None and res["ues_undefined"].startswith("nothing to forget")
+    from unlearn_bench.evaluate import summary_lines
+
+    assert any(ln.startswith("ues") and "undefined: nothing to forget" in ln
+               for ln in summary_lines(res))  # fmt: skip
     assert "ues_vanilla" in res
     assert load_run(ga_run).info.extra["vanilla_model"] == str((tiny_run / "model").resolve())
     assert main([*map(str, args), "--vanilla", str(tiny_run)]) == 0

@@ -790,12 +790,16 @@ def flatten(result: dict[str, Any]) -> dict[str, float]:
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
-    """``name value`` lines of the overall metrics (the per-modality ones are in the JSON)."""
-    return [
+    """``name value`` lines of the overall metrics (the per-modality ones are in the JSON),
+    and why UES has no value where it has none."""
+    lines = [
         f"{k:28s} {v:.4f}"
         for k, v in flatten(result).items()
         if not k.endswith(("_image_text", "_text_only"))
     ]
+    if result.get("ues_undefined"):
+        lines.append(f"{'ues':28s} undefined: {result['ues_undefined']}")
+    return lines
 
 
 def task_table(
