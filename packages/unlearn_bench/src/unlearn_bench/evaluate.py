@@ -4,19 +4,23 @@ Tasks (MLLMU-Bench): multiple choice scores the first generated letter (asked ze
 or few-shot as MLLMU-Bench's eval.py with ``mcq_prompt="mllmu_few_shot"``,
 :func:`mllmu_mcq_items`); generation
 scores ROUGE-L F (Porter stemmer, as MLLMU-Bench's ``use_stemmer=True``) of the greedy
-answer against the reference; cloze counts the reference as a substring of the greedy
-answer. Each also per modality, with the suffixes ``_image_text`` and ``_text_only``.
+answer against the reference, and ROUGE-L recall with the stemmer (open-unlearning's
+``rougeL_recall``); cloze counts the reference as a substring of the greedy answer. Each
+also per modality, with the suffixes ``_image_text`` and ``_text_only``. ``mcq_lik_acc``
+reads multiple choice by option likelihood (issue #23).
 
-Truth ratio (TOFU, Maini et al. 2024; open-unlearning): for an MCQ item with stem q,
-stored answer a and distractors d_j, ``R = mean_j p(d_j|q)^(1/|d_j|) / p(a|q)^(1/|a|)``
-(length-normalised probabilities of the option texts as free answers to the stem).
-``truth_ratio`` per subset is open-unlearning's ``true_better`` aggregate
-``mean max(0, 1 - R)``; ``forget_quality`` is the KS-test p-value
-(``scipy.stats.ks_2samp``) of the forget items' R under the model against the
-retrained model (TOFU's forget quality; 1 = indistinguishable from retrain).
+Truth ratio as TOFU (Maini et al. 2024) and open-unlearning define it, for an MCQ item
+with stem q, stored answer a and distractors d_j (length-normalised probabilities of the
+option texts as free answers to the stem): ``R = (prod_j p~(d_j))^(1/J) / p~(a)``, the
+geometric mean. ``truth_ratio_tofu`` aggregates it "closer to 1" on the forget side and
+"true better" elsewhere; ``forget_quality_tofu`` is the KS-test p-value
+(``scipy.stats.ks_2samp``) of the forget items' R under the model against the retrained
+model (TOFU's forget quality; 1 = indistinguishable from retrain). ``truth_ratio`` and
+``forget_quality`` are the former, arithmetic-mean ratio, kept for comparison.
 
-Membership inference (forget = members, general = non-members of the same fields),
-open-unlearning's attacks, each a per-item score where higher means "member"
+Membership inference (forget = members, general = non-members of the same fields; three
+pools, :data:`MIA_POOLS`: every probe, generation and cloze probes only, and the verbatim
+training QA against held-out questions in the same template), open-unlearning's attacks, each a per-item score where higher means "member"
 (:mod:`medcommon.metrics.privacy`): ``loss`` (negative mean answer NLL), ``mink``
 (Min-K% Prob, k = ``EvalConfig.mink_fraction``, 0.4 as MUSE's PrivLeak), ``minkpp``
 (Min-K%++) and ``zlib``. ``mia_auc[_mink|_minkpp|_zlib]`` are their ROC AUCs and
