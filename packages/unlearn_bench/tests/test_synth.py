@@ -248,6 +248,12 @@ def test_issue_23_settings_leave_the_other_questions_unchanged(tmp_path):
             assert it["question"].split("\n")[0] != twin["question"].split("\n")[0]
     assert not any((tmp_path / "a" / f"{s}.jsonl").exists() for s in EXTRA_SPLITS)
     assert meta["extra_counts"] == {s: len(_read(tmp_path / "b", s)) for s in EXTRA_SPLITS}
+    # the card says what the extra files are, and only when they are there
+    card_a = (tmp_path / "a" / "README.md").read_text()
+    card_b = (tmp_path / "b" / "README.md").read_text()
+    assert card_a.endswith("`dataset.json`.\n") and "general_train.jsonl" not in card_a
+    assert f"`forget_val.jsonl` ({meta['extra_counts']['forget_val']})" in card_b
+    assert "`-w2`" in card_b
 
 
 def test_five_wordings_are_disjoint(tmp_path):

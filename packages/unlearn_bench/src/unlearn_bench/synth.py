@@ -541,4 +541,28 @@ Files: `forget_train.jsonl`, `retain_train.jsonl`, `forget.jsonl`, `retain.jsonl
 question, answer, answer_text, options (mcq), true_answer (when the answer is an injected wrong
 fact)`), `entities.jsonl` (the profiles/fact table with `role` and `images`), `images/*.png`,
 `dataset.json`.
-"""
+{_extra_card(meta)}"""
+
+
+def _extra_card(meta: dict[str, Any]) -> str:
+    """The card's paragraph on issue #23's settings; empty when they are off, so the
+    default card is as before."""
+    cfg = meta["config"]
+    parts = []
+    if cfg.get("train_wordings", 1) == 2:
+        parts.append(
+            "Every training question is also asked in a second wording (ids ending in `-w2`, "
+            '"Name the ... recorded for ..." / "Fill in: ... has the ... ____.").'
+        )
+    if "extra_counts" in meta:
+        x = meta["extra_counts"]
+        parts.append(
+            f"`forget_val.jsonl` ({x['forget_val']}) and `retain_val.jsonl` ({x['retain_val']}) "
+            'probe the same facts in a validation wording ("Which ... belongs to ...?"), to '
+            f"choose an unlearning dose without the test probes; `general_train.jsonl` "
+            f"({x['general_train']}) asks the held-out entities in the training wording, "
+            "never trained on: the verbatim membership holdout."
+        )
+    if cfg.get("holdout_clean"):
+        parts.append("No value that only held-out entities hold appears in any training question.")
+    return "\n" + " ".join(parts) + "\n" if parts else ""
