@@ -163,6 +163,13 @@ NAMED = [
     ),
     # issue 23: the knowledge benchmark (wordings, splits, conventions, matched forgetting)
     ("synth.py", "suffix=TRAIN_ALT)  # fmt: skip", "suffix='')  # fmt: skip"),
+    ("synth.py", "more = EXTRA_WORDINGS[1 : cfg.train_wordings - 1]", "more = EXTRA_WORDINGS[1:]"),
+    (
+        "synth.py",
+        '("train_alt", TRAIN_ALT), ("train_w3", "-w3"), ("train_w4", "-w4")',
+        '("train_alt", TRAIN_ALT), ("train_alt", "-w3"), ("train_w4", "-w4")',
+    ),
+    ("matched.py", "train_wordings=max(2, cfg.train_wordings)", "train_wordings=2"),
     (
         "synth.py",
         'add_extra(HOLDOUT_TRAIN, truth, kept_pools, "train")',
@@ -196,7 +203,7 @@ NAMED = [
     ),
     (
         "evaluate.py",
-        'if it["type"] != "mcq" and not it["id"].endswith(TRAIN_ALT)',
+        'if it["type"] != "mcq" and not it["id"].endswith(WORDING_SUFFIXES)',
         'if it["type"] != "mcq"',
     ),
     (

@@ -36,7 +36,9 @@ SECTIONS = {
 
 # ------------------------------------------------------------------------ presets
 def test_the_standard_presets_are_files():
-    assert config.PRESETS.names() == sorted(["tiny", "demo", "small", "full", "knowledge"])
+    assert config.PRESETS.names() == sorted(
+        ["tiny", "demo", "small", "full", "knowledge", "knowledge-w4"]
+    )
     assert (config.PRESETS.folder / "_cpu.yaml").is_file()  # a base, not a preset
 
 

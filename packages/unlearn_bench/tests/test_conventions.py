@@ -130,6 +130,20 @@ def test_verbatim_pools_are_training_text_against_unseen_text_of_one_template(kn
     assert verbatim_pools(knowledge_data.parent / "nowhere") is None
 
 
+def test_verbatim_members_keep_the_first_wording_with_four_wordings(tmp_path):
+    import dataclasses
+
+    from unlearn_bench.config import SynthConfig
+    from unlearn_bench.synth import generate
+
+    tiny = SynthConfig(n_entities=10, n_general=2, image_size=32, forget_ratio=0.2)
+    cfg = dataclasses.replace(tiny, train_wordings=4, validation_probes=True, holdout_clean=True)
+    generate(tmp_path / "d", "privacy", cfg, seed=0)
+    members, held_out = verbatim_pools(tmp_path / "d")
+    firsts = [it for it in members if it["question"].startswith(("Tell me", "Fill in: the"))]
+    assert members == firsts and len(members) == len(held_out) > 0  # 2 forget, 2 held out
+
+
 # ------------------------------------------------------------- knowledge_metrics
 def test_knowledge_metrics_read_the_option_likelihoods(tiny):
     model, enc, data = tiny

@@ -25,6 +25,35 @@ def test_grid_is_every_lr_and_epochs_weakest_first():
     assert strengths == sorted(strengths)
 
 
+@pytest.mark.parametrize("wordings,expected", [(1, 2), (2, 2), (4, 4)])
+def test_the_protocol_data_have_at_least_two_wordings_and_the_preset_may_add(
+    monkeypatch, wordings, expected
+):
+    from unlearn_bench.config import SynthConfig
+
+    monkeypatch.setattr(matched, "synth_preset", lambda _: SynthConfig(train_wordings=wordings))
+    cfg = matched.knowledge_data("any")
+    assert (cfg.train_wordings, cfg.validation_probes, cfg.holdout_clean) == (expected, True, True)
+
+
+@pytest.mark.parametrize("preset", ["knowledge", "knowledge-w4", "tiny"])
+def test_each_setting_runs_the_seeds_fixed_for_it(tmp_path, monkeypatch, preset):
+    from unlearn_bench.config import PRESETS
+
+    assert set(matched.PRESET_SEEDS) <= set(PRESETS.names())
+    seen = []
+
+    def stop(fn, jobs, **_):
+        seen.extend(j.seed for j in jobs)
+        raise SystemExit
+
+    monkeypatch.setattr(matched, "pinned_map", stop)
+    with pytest.raises(SystemExit):
+        matched.run_matched(tmp_path / "o", preset=preset, quiet=True, device="cpu")
+    assert seen == list(matched.PRESET_SEEDS.get(preset, matched.DEFAULT_SEEDS))
+    assert matched.PRESET_SEEDS["knowledge-w4"] == (0, 1, 2, 3)
+
+
 def test_the_matched_dose_is_within_the_margin_with_the_best_retain_score():
     retrain = 0.10
     points = [

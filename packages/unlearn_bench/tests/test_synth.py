@@ -274,6 +274,44 @@ def test_five_wordings_are_disjoint(tmp_path):
         assert len(stems) == 5 and len(set(stems)) == 5
 
 
+def test_four_wordings_add_two_more_to_the_two_wording_dataset(tmp_path):
+    """train_wordings = 4 writes the two-wording dataset unchanged (so the committed
+    knowledge results' data stay what they were) plus every training question in a third
+    and a fourth wording: seven disjoint wordings per fact and question type."""
+    import dataclasses
+
+    from unlearn_bench.synth import EXTRA_SPLITS, SPLITS, TRAIN_SPLITS
+
+    two = dataclasses.replace(CFG, train_wordings=2, validation_probes=True)
+    generate(tmp_path / "a", "privacy", two, seed=3)
+    generate(tmp_path / "b", "privacy", dataclasses.replace(two, train_wordings=4), seed=3)
+    for s in (*SPLITS, *EXTRA_SPLITS):
+        assert _read(tmp_path / "a", s) == _read(tmp_path / "b", s)
+    by_fact: dict = {}
+    for s in TRAIN_SPLITS:
+        a, b = _read(tmp_path / "a", s), _read(tmp_path / "b", s)
+        assert [it for it in b if not it["id"].endswith(("-w3", "-w4"))] == a
+        for suffix in ("-w3", "-w4"):
+            new = [it for it in b if it["id"].endswith(suffix)]
+            assert len(new) == len(a) // 2  # a holds the first and second wordings
+        for it in b:
+            stem = it["question"].split("\n")[0]
+            by_fact.setdefault((it["entity"], it["field"], it["type"]), []).append(
+                (stem, it["answer_text"])
+            )
+    for s in ("forget", "forget_val", "test", "retain", "retain_val"):
+        for it in _read(tmp_path / "b", s):
+            stem = it["question"].split("\n")[0]
+            by_fact[(it["entity"], it["field"], it["type"])].append((stem, it["answer_text"]))
+    forget_ents = {it["entity"] for it in _read(tmp_path / "b", "forget")}
+    for (ent, _, _), pairs in by_fact.items():
+        stems = [q for q, _ in pairs]
+        assert len({a for _, a in pairs}) == 1  # one fact, one answer, in every wording
+        assert len(set(stems)) == len(stems) == (7 if ent in forget_ents else 6)
+    card = (tmp_path / "b" / "README.md").read_text()
+    assert "3 more wordings (ids ending in `-w2`, `-w3`, `-w4`)" in card
+
+
 def test_validation_probes_and_verbatim_holdout_cover_their_entities(tmp_path):
     import dataclasses
 
@@ -289,9 +327,11 @@ def test_validation_probes_and_verbatim_holdout_cover_their_entities(tmp_path):
     assert all(it["question"].startswith(("Tell me", "Fill in: the")) for it in held)
 
 
-def test_train_wordings_must_be_one_or_two(tmp_path):
+@pytest.mark.parametrize("wordings", [0, 5])
+def test_train_wordings_must_be_one_to_four(tmp_path, wordings):
     import dataclasses
 
-    with pytest.raises(InputError, match="train_wordings"):
-        generate(tmp_path / "d", "privacy", dataclasses.replace(CFG, train_wordings=3), seed=0)
+    bad = dataclasses.replace(CFG, train_wordings=wordings)
+    with pytest.raises(InputError, match="train_wordings: must be 1 to 4"):
+        generate(tmp_path / "d", "privacy", bad, seed=0)
     assert not (tmp_path / "d").exists()

@@ -315,7 +315,10 @@ def _matched_args(p: argparse.ArgumentParser) -> None:
         "--out", type=Path, required=True, help="folder for results.json, report.md, tradeoff.png"
     )
     add_preset_arg(p, PRESET)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=None,
+        help="seeds (default: the preset's reported seeds, knowledge 0 1 2, knowledge-w4 0 1 2 3)",
+    )  # fmt: skip
     p.add_argument(
         "--methods", nargs="+", default=list(METHODS_RUN),
         help=f"methods on the dose grid (default: {' '.join(METHODS_RUN)})",

@@ -44,8 +44,9 @@ class SynthConfig:
     holdout_clean: bool = False
     # Issue #23, knowledge that probes can see (Allen-Zhu & Li 2024, "Physics of Language
     # Models 3.1": facts trained under varied phrasings become extractable). 2 adds a
-    # second training wording of every training question; 1 writes the datasets of the
-    # committed results byte for byte.
+    # second training wording of every training question, 3 and 4 a third and fourth (each
+    # setting writes the smaller one's files and adds the new wording's items); 1 writes
+    # the datasets of the committed results byte for byte.
     train_wordings: int = 1
     # Issue #23: also write forget_val / retain_val (probes of the same facts in a fourth
     # wording, to pick an unlearning dose without the test probes) and general_train (the

@@ -548,7 +548,7 @@ def verbatim_pools(data_dir: str | Path) -> tuple[list[dict], list[dict]] | None
     """MUSE-style verbatim membership pools, when the folder has ``general_train``:
     ``(members, non-members)`` = the forget training QA in its first wording and the
     held-out entities' questions in the same template, generation and cloze only."""
-    from unlearn_bench.synth import HOLDOUT_TRAIN, TRAIN_ALT
+    from unlearn_bench.synth import HOLDOUT_TRAIN, WORDING_SUFFIXES
 
     if not (Path(data_dir) / f"{HOLDOUT_TRAIN}.jsonl").is_file():
         return None
@@ -556,7 +556,7 @@ def verbatim_pools(data_dir: str | Path) -> tuple[list[dict], list[dict]] | None
     members = [
         it
         for it in data["forget_train"]
-        if it["type"] != "mcq" and not it["id"].endswith(TRAIN_ALT)
+        if it["type"] != "mcq" and not it["id"].endswith(WORDING_SUFFIXES)
     ]
     held_out = [it for it in data[HOLDOUT_TRAIN] if it["type"] != "mcq"]
     return members, held_out

@@ -31,6 +31,16 @@ the protocol below fixes both before any run:
 
 Claims (:func:`declared_claims`) and margins are fixed here before the runs; the results
 (``results.json``, ``report.md``, ``tradeoff.png``) come from :func:`run_matched`.
+
+**A second setting, ``knowledge-w4``** (its preset file says how it was chosen), added
+after the first run's sanity claim came out undecided (vanilla's forget probes above
+retrain's by 0.32, 95 % interval down to 0.14, against the committed 0.30) and reported
+beside it, never in its place: the same protocol, grid, claims and margins on the same
+patients, but every fact trained under four wordings (Allen-Zhu & Li's premise: more
+varied phrasings at training time, more extractable facts), 20 epochs, and the seeds
+of :data:`PRESET_SEEDS`. Its forget training QA is twice as large, so each grid
+epoch is twice the optimizer steps. It was chosen on pilot seeds 101 and 102 (not
+reported) and their validation probes, before any reported run of it.
 """
 
 from __future__ import annotations
@@ -61,6 +71,9 @@ from unlearn_bench.synth import PRIVACY_FIELDS, generate
 from unlearn_bench.train import finetune, run_spec, unlearn
 
 PRESET = "knowledge"
+# the seeds each setting reports, fixed before its run (module docstring)
+PRESET_SEEDS = {"knowledge": (0, 1, 2), "knowledge-w4": (0, 1, 2, 3)}
+DEFAULT_SEEDS = (0, 1, 2)
 SCENARIO = "privacy"
 METHODS_RUN = ("npo", "ga")  # NPO and its ablation (NPO with beta -> 0 is GA)
 # The dose grid, fixed before the reported runs (24 forget-QA steps per epoch at batch 8 in
@@ -161,10 +174,12 @@ def choose_dose(points: Sequence[dict[str, Any]], retrain_val_forget: float) -> 
 
 def knowledge_data(preset: str) -> SynthConfig:
     """The preset's data settings with the three this protocol needs, whatever the preset
-    says: two training wordings, validation probes, a clean membership holdout."""
+    says: at least two training wordings, validation probes, a clean membership holdout."""
+    cfg = synth_preset(preset)
     return dataclasses.replace(
-        synth_preset(preset), train_wordings=2, validation_probes=True, holdout_clean=True
-    )
+        cfg, train_wordings=max(2, cfg.train_wordings), validation_probes=True,
+        holdout_clean=True,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ relearning
@@ -310,7 +325,7 @@ def run_matched(
     out: str | Path,
     *,
     preset: str = PRESET,
-    seeds: Sequence[int] = (0, 1, 2),
+    seeds: Sequence[int] | None = None,
     methods: Sequence[str] = METHODS_RUN,
     doses: Sequence[Dose] | None = None,
     device: str = "auto",
@@ -320,6 +335,7 @@ def run_matched(
 ) -> dict[str, Any]:
     """Run the protocol of this module into ``out``; returns the ``results.json`` object.
 
+    ``seeds``: default the preset's :data:`PRESET_SEEDS` (else :data:`DEFAULT_SEEDS`).
     ``preset``/``doses`` other than the defaults are for tests (``tiny``, one dose); the
     committed results use the defaults. Each seed is one piece (``workers`` at once, each
     pinned to ``threads`` CPU threads); the rows do not depend on ``workers``.
@@ -330,6 +346,7 @@ def run_matched(
     if workers < 1:
         raise InputError("--workers", f"must be at least 1, got {workers}")
     doses = list(doses) if doses is not None else grid()
+    seeds = list(seeds) if seeds is not None else list(PRESET_SEEDS.get(preset, DEFAULT_SEEDS))
     eval_preset(preset)  # an unknown preset is refused before anything is written
     knowledge_data(preset)
     out = Path(out)

@@ -59,10 +59,14 @@ TRAIN_OF = {"forget": "forget_train", "retain": "retain_train"}
 VAL_SPLITS = ("forget_val", "retain_val")
 HOLDOUT_TRAIN = "general_train"
 EXTRA_SPLITS = (*VAL_SPLITS, HOLDOUT_TRAIN)
-# question wordings: training QA, probes, test paraphrases; with issue #23's settings a
-# second training wording (SynthConfig.train_wordings = 2) and the validation probes
+# question wordings: training QA, probes, test paraphrases; with issue #23's settings more
+# training wordings (SynthConfig.train_wordings, up to 4) and the validation probes
 TRAIN_ALT = "-w2"  # the id suffix of a question in the second training wording
-STYLES = ("train", "probe", "para", "train_alt", "val")
+# the style and id suffix of each training wording after the first (train_wordings = 2..4)
+EXTRA_WORDINGS = (("train_alt", TRAIN_ALT), ("train_w3", "-w3"), ("train_w4", "-w4"))
+WORDING_SUFFIXES = tuple(suffix for _, suffix in EXTRA_WORDINGS)
+MAX_TRAIN_WORDINGS = 1 + len(EXTRA_WORDINGS)
+STYLES = ("train", "probe", "para", "train_alt", "val", "train_w3", "train_w4")
 QTYPES = ("mcq", "gen", "cloze")
 LETTERS = "ABCD"
 
@@ -216,8 +220,8 @@ def question_text(scenario: str, entity: dict, f: Field, qtype: str, image: bool
 
     ``train`` words the training QA, ``probe`` the evaluation probes of the same facts,
     ``para`` the test paraphrases (also a paraphrased subject): three disjoint wordings.
-    ``train_alt`` is a second training wording and ``val`` the validation probes' wording
-    (issue #23), each disjoint from the others.
+    ``train_alt``, ``train_w3`` and ``train_w4`` are the second to fourth training wordings
+    and ``val`` the validation probes' wording (issue #23), each disjoint from the others.
     """
     if style not in STYLES:
         raise ValueError(f"style {style!r} is not one of {STYLES}")
@@ -226,6 +230,10 @@ def question_text(scenario: str, entity: dict, f: Field, qtype: str, image: bool
     if qtype == "cloze":
         if style == "train_alt":
             return f"Fill in: {s} has the {f.noun} ____."
+        if style == "train_w3":
+            return f"Blank to fill: {s} is recorded with the {f.noun} ____."
+        if style == "train_w4":
+            return f"Fill the gap: the chart of {s} lists the {f.noun} ____."
         if style == "val":
             return f"Complete: the {f.noun} on file for {s} is ____."
         if para:
@@ -237,6 +245,10 @@ def question_text(scenario: str, entity: dict, f: Field, qtype: str, image: bool
         return f"Can you tell me the {f.noun} of {s}?"
     if style == "train_alt":
         return f"Name the {f.noun} recorded for {s}."
+    if style == "train_w3":
+        return f"State the {f.noun} that {s} has."
+    if style == "train_w4":
+        return f"Give the {f.noun} listed in the chart of {s}."
     if style == "val":
         return f"Which {f.noun} belongs to {s}?"
     if style == "train":
@@ -388,8 +400,10 @@ def generate(
         train_forget_pools = clean_pools(pools, entities, general_idx)
         train_retain_pools = clean_pools(pools, entities, forget_idx | general_idx)
 
-    if cfg.train_wordings not in (1, 2):
-        raise InputError("train_wordings", f"must be 1 or 2, got {cfg.train_wordings}")
+    if cfg.train_wordings not in range(1, MAX_TRAIN_WORDINGS + 1):
+        raise InputError(
+            "train_wordings", f"must be 1 to {MAX_TRAIN_WORDINGS}, got {cfg.train_wordings}"
+        )
     written = (*SPLITS, *TRAIN_SPLITS, *(EXTRA_SPLITS if cfg.validation_probes else ()))
     splits: dict[str, list[dict]] = {s: [] for s in written}
     records = []
@@ -436,7 +450,10 @@ def generate(
                     style=style, only=only, id_suffix=suffix, **_common,
                 )  # fmt: skip
 
-            alt = cfg.train_wordings == 2
+            alt = cfg.train_wordings >= 2
+            # the third and fourth wordings come after everything else this entity draws,
+            # so the datasets with two wordings are the same byte for byte
+            more = EXTRA_WORDINGS[1 : cfg.train_wordings - 1]
             val = cfg.validation_probes
             if role == "general":
                 add("general", truth, kept_pools, paths[0], "probe")
@@ -450,6 +467,8 @@ def generate(
                               suffix=TRAIN_ALT)  # fmt: skip
                 if val:
                     add_extra("retain_val", facts, kept_pools, "val")
+                for style, suffix in more:
+                    add_extra("retain_train", facts, train_retain_pools, style, suffix=suffix)
             else:
                 forget_fields = tuple(wrong) if wrong else None
                 add("forget_train", facts, train_forget_pools, paths[0], "train", forget_fields)
@@ -469,6 +488,11 @@ def generate(
                                   rest, TRAIN_ALT)  # fmt: skip
                     if val:
                         add_extra("retain_val", facts, kept_pools, "val", rest)
+                for style, suffix in more:
+                    add_extra("forget_train", facts, train_forget_pools, style, forget_fields,
+                              suffix)  # fmt: skip
+                    if wrong:
+                        add_extra("retain_train", facts, train_retain_pools, style, rest, suffix)
             rec = {k: v for k, v in ent.items() if k != "identity"}
             rec.update({"role": role, "images": paths})
             if wrong:
@@ -549,10 +573,17 @@ def _extra_card(meta: dict[str, Any]) -> str:
     default card is as before."""
     cfg = meta["config"]
     parts = []
-    if cfg.get("train_wordings", 1) == 2:
+    wordings = cfg.get("train_wordings", 1)
+    if wordings == 2:
         parts.append(
             "Every training question is also asked in a second wording (ids ending in `-w2`, "
             '"Name the ... recorded for ..." / "Fill in: ... has the ... ____.").'
+        )
+    elif wordings > 2:
+        suffixes = ", ".join(f"`{x}`" for x in WORDING_SUFFIXES[: wordings - 1])
+        parts.append(
+            f"Every training question is also asked in {wordings - 1} more wordings (ids "
+            f"ending in {suffixes})."
         )
     if "extra_counts" in meta:
         x = meta["extra_counts"]
