@@ -20,10 +20,11 @@ model (TOFU's forget quality; 1 = indistinguishable from retrain). ``truth_ratio
 
 Membership inference (forget = members, general = non-members of the same fields; three
 pools, :data:`MIA_POOLS`: every probe, generation and cloze probes only, and the verbatim
-training QA against held-out questions in the same template), open-unlearning's attacks, each a per-item score where higher means "member"
-(:mod:`medcommon.metrics.privacy`): ``loss`` (negative mean answer NLL), ``mink``
-(Min-K% Prob, k = ``EvalConfig.mink_fraction``, 0.4 as MUSE's PrivLeak), ``minkpp``
-(Min-K%++) and ``zlib``. ``mia_auc[_mink|_minkpp|_zlib]`` are their ROC AUCs and
+training QA against held-out questions in the same template), open-unlearning's attacks,
+each a per-item score where higher means "member" (:mod:`medcommon.metrics.privacy`):
+``loss`` (negative mean answer NLL), ``mink`` (Min-K% Prob, k =
+``EvalConfig.mink_fraction``, 0.4 as MUSE's PrivLeak), ``minkpp`` (Min-K%++) and
+``zlib``. ``mia_auc[_mink|_minkpp|_zlib]`` are their ROC AUCs and
 ``privleak[...]`` MUSE's PrivLeak against the retrained model:
 ``(AUC'_model - AUC'_retrain) / AUC'_retrain * 100`` with ``AUC' = 1 - AUC``; ideal 0,
 negative when the model still leaks (under-unlearning), positive when over-unlearned.
