@@ -30,6 +30,8 @@ TESTS = {
     "mllmu": ["test_mllmu.py"],
     "synth": ["test_synth.py", "test_conventions.py"],
     "privacy": ["test_metrics.py"],
+    "config": ["test_matched.py"],
+    "cli": ["test_matched.py"],
 }
 # generic one-token mutations (the first match on a line), as open-unlearning-style
 # wiring bugs: signs, reductions, shifts, masks, comparisons
@@ -244,6 +246,43 @@ NAMED = [
         'chosen = choose_dose(points, know["vanilla"]["forget_val"])',
     ),
     ("matched.py", "return sorted(doses, key=lambda d: (d.strength, d.epochs))", "return doses"),
+    # issue 23, third setting: a preset's matched section fixes its seeds and methods
+    (
+        "cli.py",
+        "seeds = args.seeds if args.seeds is not None else cfg.seeds",
+        "seeds = args.seeds",
+    ),
+    (
+        "cli.py",
+        "seeds = args.seeds if args.seeds is not None else cfg.seeds",
+        "seeds = cfg.seeds or args.seeds",
+    ),
+    (
+        "cli.py",
+        "methods = args.methods if args.methods is not None else cfg.methods",
+        "methods = args.methods",
+    ),
+    (
+        "cli.py",
+        "methods = args.methods if args.methods is not None else cfg.methods",
+        "methods = args.methods or cfg.methods",
+    ),
+    (
+        "cli.py",
+        "methods=methods if methods is not None else METHODS_RUN",
+        "methods=methods or METHODS_RUN",
+    ),
+    ("cli.py", '"--methods", nargs="*", default=None', '"--methods", nargs="+", default=None'),
+    (
+        "config.py",
+        "if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):",
+        "if any(s < 0 for s in seeds):",
+    ),
+    (
+        "config.py",
+        "if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):",
+        "if len(set(seeds)) != len(seeds):",
+    ),
     # issue 24, item 3: rank 0 alone reads the checkpoint under FSDP
     ("model.py", "empty = dist.get_rank() != 0", "empty = False"),
     (

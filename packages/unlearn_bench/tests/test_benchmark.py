@@ -30,6 +30,7 @@ SECTIONS = {
     "finetune": config.finetune_preset,
     "eval": config.eval_preset,
     "benchmark": config.benchmark_preset,
+    "matched": config.matched_preset,
     **{f"methods.{m}": METHODS.get(m).preset_config for m in METHODS.names()},
 }
 
@@ -37,7 +38,7 @@ SECTIONS = {
 # ------------------------------------------------------------------------ presets
 def test_the_standard_presets_are_files():
     assert config.PRESETS.names() == sorted(
-        ["tiny", "demo", "small", "full", "knowledge", "knowledge-w4"]
+        ["tiny", "demo", "small", "full", "knowledge", "knowledge-w4", "knowledge-w4-f8"]
     )
     assert (config.PRESETS.folder / "_cpu.yaml").is_file()  # a base, not a preset
 
@@ -48,7 +49,7 @@ def test_every_preset_file_loads_for_every_section(preset, section):
     cfg = SECTIONS[section](preset)
     full = SECTIONS[section]("full")
     assert type(cfg) is type(full)
-    if preset != "full" and section != "benchmark":
+    if preset != "full" and section not in ("benchmark", "matched"):
         assert cfg != full  # every CPU preset scales every config down from the paper's
 
 

@@ -54,6 +54,61 @@ def test_each_setting_runs_the_seeds_fixed_for_it(tmp_path, monkeypatch, preset)
     assert matched.PRESET_SEEDS["knowledge-w4"] == (0, 1, 2, 3)
 
 
+def test_a_later_setting_fixes_its_seeds_and_methods_in_its_own_preset(tmp_path, monkeypatch):
+    """knowledge-w4-f8 (the third setting) names seeds 0-11 and no unlearning methods in its
+    preset's matched section; the command uses them, its flags win, and the first two
+    settings keep matched.py's PRESET_SEEDS and METHODS_RUN."""
+    from medcommon.cli import run_main
+    from unlearn_bench.cli import main
+    from unlearn_bench.config import MatchedConfig, matched_preset
+
+    assert matched_preset("knowledge-w4-f8") == MatchedConfig(seeds=tuple(range(12)), methods=())
+    for preset in matched.PRESET_SEEDS:
+        assert matched_preset(preset) == MatchedConfig()
+    seen = []
+    monkeypatch.setattr(matched, "run_matched", lambda out, **kw: seen.append(kw))
+    base = ["matched", "--out", str(tmp_path / "o"), "--quiet"]
+    for extra in (
+        ["--preset", "knowledge-w4-f8"],
+        ["--preset", "knowledge-w4-f8", "--seeds", "5", "--methods", "npo"],
+        ["--preset", "knowledge-w4"],
+        ["--preset", "knowledge", "--methods"],
+    ):
+        assert run_main(main, [*base, *extra]) == 0
+    got = [(kw["seeds"], tuple(kw["methods"])) for kw in seen]
+    assert got == [
+        (tuple(range(12)), ()), ([5], ("npo",)), (None, matched.METHODS_RUN), (None, ()),
+    ]  # fmt: skip
+
+
+def test_a_preset_with_bad_matched_seeds_is_refused(tmp_path, monkeypatch):
+    from medcommon.errors import InputError
+    from medcommon.presets import Presets
+    from unlearn_bench import config
+
+    (tmp_path / "bad.yaml").write_text("matched:\n  seeds: [0, 1, 1]\n")
+    (tmp_path / "neg.yaml").write_text("matched:\n  seeds: [-1]\n")
+    monkeypatch.setattr(config, "PRESETS", Presets("unlearn_bench", folder=tmp_path))
+    for name in ("bad", "neg"):
+        with pytest.raises(InputError, match="matched.seeds: need distinct seeds >= 0"):
+            config.matched_preset(name)
+
+
+def test_vanilla_and_retrain_only_report_the_sanity_claim(tmp_path):
+    """The third setting's run (no unlearning methods), end to end on the tiny preset."""
+    res = matched.run_matched(
+        tmp_path / "s", preset="tiny", seeds=(0,), methods=(), quiet=True, device="cpu"
+    )
+    assert [r["method"] for r in res["rows"]] == ["vanilla", "retrain"] and res["grid"] == []
+    assert [c["claim"] for c in res["claims"]] == [declared_claims()[0].claim]
+    assert declared_claims()[0].claim.startswith("sanity")
+    rows = {r["method"]: r["metrics"] for r in res["rows"]}
+    for name in ("vanilla", "retrain"):
+        for key in ("forget_mcq_lik_acc", "relearn_forget_mcq_lik_acc", "privleak_vb_mink"):
+            assert key in rows[name], (name, key)
+    assert (tmp_path / "s" / "tradeoff.png").stat().st_size > 0
+
+
 def test_the_matched_dose_is_within_the_margin_with_the_best_retain_score():
     retrain = 0.10
     points = [

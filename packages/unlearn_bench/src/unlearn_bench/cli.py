@@ -317,11 +317,13 @@ def _matched_args(p: argparse.ArgumentParser) -> None:
     add_preset_arg(p, PRESET)
     p.add_argument(
         "--seeds", type=int, nargs="+", default=None,
-        help="seeds (default: the preset's reported seeds, knowledge 0 1 2, knowledge-w4 0 1 2 3)",
+        help="seeds (default: the preset's reported seeds: knowledge 0-2, knowledge-w4 0-3, "
+        "knowledge-w4-f8 0-11)",
     )  # fmt: skip
     p.add_argument(
-        "--methods", nargs="+", default=list(METHODS_RUN),
-        help=f"methods on the dose grid (default: {' '.join(METHODS_RUN)})",
+        "--methods", nargs="*", default=None,
+        help=f"methods on the dose grid; none named: vanilla and retrain only (default: the "
+        f"preset's matched.methods, else {' '.join(METHODS_RUN)})",
     )  # fmt: skip
     p.add_argument("--workers", type=int, default=1, help="seeds run at once (default 1)")
     p.add_argument(
@@ -339,10 +341,16 @@ def _matched_args(p: argparse.ArgumentParser) -> None:
     args=_matched_args,
 )
 def cmd_matched(args) -> int:
-    from unlearn_bench.matched import run_matched
+    from unlearn_bench.config import matched_preset
+    from unlearn_bench.matched import METHODS_RUN, run_matched
 
+    # the preset's matched section fixes a later setting's seeds and methods (config.py)
+    cfg = matched_preset(args.preset)
+    seeds = args.seeds if args.seeds is not None else cfg.seeds
+    methods = args.methods if args.methods is not None else cfg.methods
     run_matched(
-        args.out, preset=args.preset, seeds=args.seeds, methods=args.methods,
+        args.out, preset=args.preset, seeds=seeds,
+        methods=methods if methods is not None else METHODS_RUN,
         device=args.device, quiet=args.quiet, workers=args.workers, threads=args.threads,
     )  # fmt: skip
     return 0
